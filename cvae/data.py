@@ -1,0 +1,150 @@
+"""MNIST as a LightningDataModule: 55k/5k train/val from the training set, 10k test, pixels in [0, 1].
+
+torchvision parses (and, with network, downloads) the IDX files. By default each split then lives as one
+uint8 tensor on the training device and batches are index slices of a per-epoch permutation: MNIST is so
+small that the per-item PIL round trip of a classic DataLoader would cost more than the model itself.
+`loader=dataloader` keeps that classic path for users who add per-item transforms.
+"""
+from pathlib import Path
+
+import pytorch_lightning as pl
+import torch
+from torch.utils.data import DataLoader, Dataset, Subset
+from torchvision import datasets, transforms
+
+from cvae.model import NUM_PIXELS
+
+TRAIN_SIZE = 60_000
+LOADERS = ("memory", "dataloader")
+
+
+class EpochPermutation:
+    """Indices of one epoch: a permutation seeded by (seed, epoch), dealt into disjoint per-rank shards.
+
+    Every rank draws the same permutation, so the shards partition it. When shuffling (training), the tail
+    that does not divide by world_size is dropped so every rank runs the same number of steps (DDP would
+    hang otherwise); evaluation keeps every index, since metrics there are synced sums, not gradient steps.
+    """
+
+    def __init__(self, size: int, shuffle: bool, seed: int = 0, rank: int = 0, world_size: int = 1):
+        self.size, self.shuffle, self.seed = size, shuffle, seed
+        self.rank, self.world_size = rank, world_size
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:  # called by Lightning at the start of every epoch
+        self.epoch = epoch
+
+    def indices(self) -> torch.Tensor:
+        if not self.shuffle:
+            return torch.arange(self.rank, self.size, self.world_size)
+        generator = torch.Generator().manual_seed(self.seed + self.epoch)
+        order = torch.randperm(self.size, generator=generator)
+        order = order[: self.size - self.size % self.world_size]
+        return order[self.rank :: self.world_size]
+
+    def __len__(self) -> int:
+        if self.shuffle:
+            return self.size // self.world_size
+        return len(range(self.rank, self.size, self.world_size))
+
+
+class TensorBatches:
+    """Batches (x in [0, 1] of shape (B, 784), y) sliced from uint8 tensors that already sit on the device."""
+
+    def __init__(self, images: torch.Tensor, labels: torch.Tensor, batch_size: int, sampler: EpochPermutation):
+        self.images, self.labels, self.batch_size = images, labels, batch_size
+        self.sampler = sampler  # Lightning finds `sampler.set_epoch` here, as on a DataLoader
+        self.batch_sampler = None  # ...and, being DataLoader-like, it looks for this too
+
+    def __len__(self) -> int:
+        return -(-len(self.sampler) // self.batch_size)
+
+    def __iter__(self):
+        order = self.sampler.indices().to(self.images.device)
+        for batch in order.split(self.batch_size):
+            yield self.images[batch].view(-1, NUM_PIXELS).float().div_(255), self.labels[batch]
+
+
+def flatten(image: torch.Tensor) -> torch.Tensor:
+    return image.view(NUM_PIXELS)
+
+
+class MNISTDataModule(pl.LightningDataModule):
+    def __init__(
+        self,
+        data_dir: str = "data",
+        batch_size: int = 128,
+        eval_batch_size: int = 1000,
+        val_size: int = 5_000,
+        split_seed: int = 12345,
+        shuffle_seed: int = 0,
+        loader: str = "memory",
+        num_workers: int = 0,
+        download: bool = True,
+    ):
+        super().__init__()
+        if loader not in LOADERS:
+            raise ValueError(f"data.loader={loader!r} is not a data path; choose one of {', '.join(LOADERS)}")
+        self.data_dir = Path(data_dir).expanduser()
+        self.batch_size, self.eval_batch_size = batch_size, eval_batch_size
+        self.val_size, self.split_seed, self.shuffle_seed = val_size, split_seed, shuffle_seed
+        self.loader, self.num_workers, self.download = loader, num_workers, download
+        self.splits: dict[str, tuple[torch.Tensor, torch.Tensor] | Dataset] = {}
+
+    def mnist(self, train: bool) -> datasets.MNIST:
+        transform = transforms.Compose([transforms.ToTensor(), flatten]) if self.loader == "dataloader" else None
+        try:
+            return datasets.MNIST(self.data_dir, train=train, download=self.download, transform=transform)
+        except RuntimeError as error:
+            raise FileNotFoundError(
+                f"MNIST not found in {(self.data_dir / 'MNIST' / 'raw').resolve()} and could not be downloaded "
+                f"({error}). Point data.data_dir=PATH or CVAE_DATA_DIR at a folder holding MNIST/raw/ with the "
+                f"IDX files (train-images-idx3-ubyte, ...)."
+            ) from None
+
+    def prepare_data(self) -> None:
+        if self.download:  # once per node, before setup() runs on every rank
+            self.mnist(train=True), self.mnist(train=False)
+
+    def train_val_indices(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """The fixed 55k/5k split: its own seed, so it is the same for every run seed."""
+        order = torch.randperm(TRAIN_SIZE, generator=torch.Generator().manual_seed(self.split_seed))
+        return order[self.val_size :], order[: self.val_size]
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.splits:
+            return
+        train_set, test_set = self.mnist(train=True), self.mnist(train=False)
+        train_idx, val_idx = self.train_val_indices()
+        if self.loader == "dataloader":
+            self.splits = {"train": Subset(train_set, train_idx), "val": Subset(train_set, val_idx), "test": test_set}
+            return
+        device = self.trainer.strategy.root_device if self.trainer is not None else torch.device("cpu")
+        images, labels = train_set.data.to(device), train_set.targets.to(device)
+        self.splits = {
+            "train": (images[train_idx.to(device)], labels[train_idx.to(device)]),
+            "val": (images[val_idx.to(device)], labels[val_idx.to(device)]),
+            "test": (test_set.data.to(device), test_set.targets.to(device)),
+        }
+
+    def batches(self, split: str) -> TensorBatches | DataLoader:
+        shuffle = split == "train"
+        batch_size = self.batch_size if shuffle else self.eval_batch_size
+        if self.loader == "dataloader":
+            return DataLoader(
+                self.splits[split], batch_size=batch_size, shuffle=shuffle, num_workers=self.num_workers,
+                persistent_workers=self.num_workers > 0, pin_memory=torch.cuda.is_available(),
+            )
+        images, labels = self.splits[split]
+        rank, world_size = (self.trainer.global_rank, self.trainer.world_size) if self.trainer else (0, 1)
+        sampler = EpochPermutation(len(labels), shuffle, self.shuffle_seed, rank, world_size)
+        return TensorBatches(images, labels, batch_size, sampler)
+
+    def train_dataloader(self):
+        return self.batches("train")
+
+    def val_dataloader(self):
+        return self.batches("val")
+
+    def test_dataloader(self):
+        return self.batches("test")

@@ -1,0 +1,74 @@
+"""The LightningModule: a thin shell that trains the CVAE on its ELBO and logs exact per-split means."""
+from functools import partial
+
+import pytorch_lightning as pl
+import torch
+from torch import nn
+from torchmetrics import MeanMetric
+
+from cvae.model import CVAE, negative_elbo
+
+ELBO_TERMS = ("nelbo", "recon", "kl")
+EVAL_STAGES = ("val", "test")
+
+
+class CVAELitModule(pl.LightningModule):
+    def __init__(
+        self,
+        latent_dim: int = 2,
+        hidden_dims: tuple[int, ...] = (512, 256),
+        optimizer: partial | None = None,
+        beta: float = 1.0,
+        kl_warmup_epochs: int = 0,
+        free_bits: float = 0.0,
+    ):
+        super().__init__()
+        hidden_dims = [int(h) for h in hidden_dims]  # plain ints, so a checkpoint loads with weights_only
+        # The optimizer is a factory, not a hyperparameter: the checkpoint keeps only what rebuilds the model.
+        self.save_hyperparameters(ignore=["optimizer"])
+        self.model = CVAE(latent_dim, hidden_dims)
+        self.optimizer = optimizer
+        self.train_nelbo = MeanMetric()
+        # Means over every image of the split (MeanMetric of per-image values), synced across DDP ranks.
+        self.eval_means = nn.ModuleDict(
+            {stage: nn.ModuleDict({term: MeanMetric() for term in ELBO_TERMS}) for stage in EVAL_STAGES}
+        )
+
+    def kl_weight(self) -> float:
+        """beta, ramped up linearly, step by step, over the first kl_warmup_epochs."""
+        warmup = self.hparams.kl_warmup_epochs
+        if warmup <= 0:
+            return self.hparams.beta
+        epochs_done = self.global_step / max(1, self.trainer.num_training_batches)
+        return self.hparams.beta * min(1.0, epochs_done / warmup)
+
+    def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        x, y = batch
+        terms = negative_elbo(self.model, x, y)
+        # Free bits: KL below the floor (per dimension, batch mean) is not penalised, so units stay active.
+        kl = terms["kl_dims"].mean(dim=0).clamp(min=self.hparams.free_bits).sum()
+        beta = self.kl_weight()
+        loss = terms["recon"].mean() + beta * kl
+        self.train_nelbo.update(terms["nelbo"].detach())
+        self.log("train/nelbo_step", terms["nelbo"].detach().mean(), prog_bar=True)
+        self.log("train/nelbo", self.train_nelbo, on_step=False, on_epoch=True)
+        self.log("train/beta", beta, on_step=False, on_epoch=True)
+        return loss
+
+    def evaluation_step(self, batch: tuple[torch.Tensor, torch.Tensor], stage: str) -> None:
+        x, y = batch
+        terms = negative_elbo(self.model, x, y)
+        for term, mean in self.eval_means[stage].items():
+            mean.update(terms[term])
+            self.log(f"{stage}/{term}", mean, on_step=False, on_epoch=True, prog_bar=term == "nelbo")
+
+    def validation_step(self, batch, batch_idx):
+        self.evaluation_step(batch, "val")
+
+    def test_step(self, batch, batch_idx):
+        self.evaluation_step(batch, "test")
+
+    def configure_optimizers(self):
+        if self.optimizer is None:
+            raise ValueError("no optimizer to train with: pass model.optimizer (a partial, e.g. torch.optim.Adam)")
+        return self.optimizer(params=self.parameters())

@@ -1,0 +1,19 @@
+"""Evaluate a checkpoint on the MNIST test set: python evaluate.py ckpt_path=PATH. See conf/evaluate.yaml."""
+import os
+from pathlib import Path
+
+import hydra
+from omegaconf import DictConfig
+
+os.environ.setdefault("PROJECT_ROOT", str(Path(__file__).resolve().parent))
+
+
+@hydra.main(version_base="1.3", config_path="conf", config_name="evaluate")
+def main(cfg: DictConfig) -> None:
+    from cvae.evaluation import evaluate
+
+    evaluate(cfg)
+
+
+if __name__ == "__main__":
+    main()
