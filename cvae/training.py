@@ -26,10 +26,10 @@ def train(cfg: DictConfig) -> dict:
 
     best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
     evaluated = best or None  # without checkpoints, the weights in memory
-    metrics = {
-        **trainer.validate(model, datamodule=datamodule, ckpt_path=evaluated, verbose=False)[0],
-        **trainer.test(model, datamodule=datamodule, ckpt_path=evaluated)[0],
-    }
+    trainer.loggers = []  # re-validating the best checkpoint is no new point on the val curves
+    val_metrics = trainer.validate(model, datamodule=datamodule, ckpt_path=evaluated, verbose=False)[0]
+    trainer.loggers = loggers
+    metrics = {**val_metrics, **trainer.test(model, datamodule=datamodule, ckpt_path=evaluated)[0]}
     summary = {
         **metrics,
         "epochs": trainer.current_epoch,
@@ -38,9 +38,20 @@ def train(cfg: DictConfig) -> dict:
     }
     for logger in loggers:
         if isinstance(logger, TensorBoardLogger):
-            resolved = OmegaConf.to_container(cfg, resolve=True)
-            hparams = {key: resolved[key] for key in HPARAM_KEYS if key in resolved}
-            logger.log_hyperparams(hparams, metrics={f"final/{name}": value for name, value in metrics.items()})
+            logger.log_hyperparams(knobs(cfg), metrics={f"final/{name}": value for name, value in metrics.items()})
     if trainer.is_global_zero:
         write_json_atomic(Path(cfg.paths.output_dir) / "metrics.json", summary)
     return summary
+
+
+def knobs(cfg: DictConfig) -> dict:
+    """The settings that tell runs apart, for TensorBoard's HPARAMS tab: Hydra's `_target_`-style keys left out."""
+    def without_hydra_keys(node):
+        if isinstance(node, dict):
+            return {key: without_hydra_keys(value) for key, value in node.items() if not key.startswith("_")}
+        return node
+
+    return without_hydra_keys({
+        key: OmegaConf.to_container(cfg[key], resolve=True) if OmegaConf.is_config(cfg[key]) else cfg[key]
+        for key in HPARAM_KEYS if key in cfg
+    })
