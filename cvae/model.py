@@ -84,3 +84,21 @@ def negative_elbo(model: CVAE, x: torch.Tensor, y: torch.Tensor) -> dict[str, to
     kl_dims = kl_per_dim(mu, logvar)
     kl = kl_dims.sum(dim=1)
     return {"nelbo": recon + kl, "recon": recon, "kl": kl, "kl_dims": kl_dims, "mu": mu, "logvar": logvar}
+
+
+def importance_weighted_nll(model: CVAE, x: torch.Tensor, y: torch.Tensor, k: int) -> torch.Tensor:
+    """-log p(x | y) estimated with k importance samples from q (Burda et al., 2016), per image:
+
+        log p(x | y) >= log (1/k) sum_i p(x | z_i, y) p(z_i) / q(z_i | x, y),   z_i ~ q(z | x, y)
+
+    k = 1 is the ELBO; the bound tightens as k grows.
+    """
+    mu, logvar = model.encode(x, y)
+    eps = torch.randn(k, *mu.shape, device=mu.device, dtype=mu.dtype)
+    z = mu + torch.exp(0.5 * logvar) * eps  # (k, B, latent_dim)
+    logits = model.decode(z.flatten(0, 1), y.repeat(k)).view(k, *x.shape)
+    log_px_given_z = -F.binary_cross_entropy_with_logits(logits, x.expand_as(logits), reduction="none").sum(-1)
+    log_pz = -0.5 * (z.pow(2) + math.log(2 * math.pi)).sum(-1)
+    log_qz = -0.5 * (eps.pow(2) + logvar + math.log(2 * math.pi)).sum(-1)
+    log_weights = log_px_given_z + log_pz - log_qz
+    return -(torch.logsumexp(log_weights, dim=0) - math.log(k))

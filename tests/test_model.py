@@ -97,3 +97,16 @@ def test_negative_elbo_is_recon_plus_kl_and_bounds_the_data_likelihood(real_batc
     assert (terms["kl"] >= 0).all()
     # An untrained decoder outputs p ~ 0.5 everywhere: about 784 * log 2 nats per image.
     assert terms["recon"].mean().item() == pytest.approx(784 * math.log(2), rel=0.1)
+
+
+def test_importance_weighted_bound_is_tighter_than_the_elbo_and_tightens_with_k(real_batch):
+    from cvae.model import importance_weighted_nll
+
+    x, y = real_batch
+    torch.manual_seed(0)
+    model = CVAE(latent_dim=2)
+    with torch.no_grad():
+        nelbo = torch.stack([negative_elbo(model, x, y)["nelbo"] for _ in range(50)]).mean(0)
+        bounds = {k: importance_weighted_nll(model, x, y, k).mean().item() for k in (1, 10, 100)}
+    assert bounds[1] == pytest.approx(nelbo.mean().item(), rel=2e-3), "k = 1 is the ELBO"
+    assert bounds[100] < bounds[10] < bounds[1]
