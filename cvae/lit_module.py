@@ -7,6 +7,7 @@ from torch import nn
 from torchmetrics import MeanMetric
 
 from cvae.model import CVAE, negative_elbo
+from cvae.quality import PosteriorStats
 
 ELBO_TERMS = ("nelbo", "recon", "kl")
 EVAL_STAGES = ("val", "test")
@@ -33,6 +34,7 @@ class CVAELitModule(pl.LightningModule):
         self.eval_means = nn.ModuleDict(
             {stage: nn.ModuleDict({term: MeanMetric() for term in ELBO_TERMS}) for stage in EVAL_STAGES}
         )
+        self.posterior_stats = nn.ModuleDict({stage: PosteriorStats(latent_dim) for stage in EVAL_STAGES})
 
     def kl_weight(self) -> float:
         """beta, ramped up linearly, step by step, over the first kl_warmup_epochs."""
@@ -61,6 +63,20 @@ class CVAELitModule(pl.LightningModule):
         for term, mean in self.eval_means[stage].items():
             mean.update(terms[term])
             self.log(f"{stage}/{term}", mean, on_step=False, on_epoch=True, prog_bar=term == "nelbo")
+        self.posterior_stats[stage].update(terms["mu"], terms["logvar"])
+
+    def log_posterior_stats(self, stage: str) -> None:
+        """Posterior-collapse diagnostics: how many latent units are in use, and the KL each one carries."""
+        stats = self.posterior_stats[stage].compute()
+        self.log(f"{stage}/active_units", stats["active_units"])
+        self.log_dict({f"{stage}/kl_dim/{dim}": kl for dim, kl in enumerate(stats["kl_per_dim"])})
+        self.posterior_stats[stage].reset()
+
+    def on_validation_epoch_end(self):
+        self.log_posterior_stats("val")
+
+    def on_test_epoch_end(self):
+        self.log_posterior_stats("test")
 
     def validation_step(self, batch, batch_idx):
         self.evaluation_step(batch, "val")

@@ -1,0 +1,103 @@
+"""The fixed reference MNIST classifier behind FID (its penultimate features), label accuracy and CAS.
+
+Its weights are trained once by `python -m cvae.classifier --data-dir PATH` (fixed seed, MNIST training set
+only), committed, and checked against WEIGHTS_SHA256 whenever they load: a metric computed with other
+weights would not be comparable, so they are never retrained silently.
+"""
+import argparse
+import hashlib
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torchvision import datasets
+
+WEIGHTS_PATH = Path(__file__).parent / "weights" / "mnist_classifier.pt"
+WEIGHTS_SHA256 = "to-be-filled-after-training"
+NUM_FEATURES = 128
+
+
+class ReferenceClassifier(nn.Module):
+    """Two conv blocks and a 128-unit feature layer: small enough that FID on 10k images takes seconds on CPU."""
+
+    num_features = NUM_FEATURES
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Sequential(
+            nn.Conv2d(1, 32, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),   # 32 x 14 x 14
+            nn.Conv2d(32, 64, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),  # 64 x 7 x 7
+        )
+        self.features_layer = nn.Sequential(nn.Flatten(), nn.Dropout(0.25), nn.Linear(64 * 7 * 7, NUM_FEATURES), nn.ReLU())
+        self.head = nn.Sequential(nn.Dropout(0.25), nn.Linear(NUM_FEATURES, 10))
+
+    def features(self, images: torch.Tensor) -> torch.Tensor:
+        """Penultimate activations of images in [0, 1], shape (B, 1, 28, 28) or (B, 784)."""
+        return self.features_layer(self.conv(images.reshape(-1, 1, 28, 28)))
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.head(self.features(images))
+
+
+def sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def load_reference_classifier(path: Path = WEIGHTS_PATH, expected_sha256: str = WEIGHTS_SHA256) -> ReferenceClassifier:
+    """The committed classifier, in eval mode, after checking its weights are the ones its figures came from."""
+    if not path.is_file():
+        raise FileNotFoundError(f"reference classifier weights {path} are missing; restore them from git")
+    if sha256(path) != expected_sha256:
+        raise ValueError(
+            f"reference classifier weights {path} do not match their checksum; restore them from git "
+            f"(or, to adopt new weights on purpose, update WEIGHTS_SHA256 in {Path(__file__).name})"
+        )
+    classifier = ReferenceClassifier()
+    classifier.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+    return classifier.eval().requires_grad_(False)
+
+
+def fit_classifier(
+    images: torch.Tensor, labels: torch.Tensor, epochs: int, seed: int, batch_size: int = 128
+) -> ReferenceClassifier:
+    """A ReferenceClassifier trained from scratch (Adam) on images in [0, 1]: for the reference and for CAS."""
+    torch.manual_seed(seed)
+    classifier = ReferenceClassifier().to(images.device).train()
+    optimizer = torch.optim.Adam(classifier.parameters(), lr=1e-3)
+    for _ in range(epochs):
+        for batch in torch.randperm(len(labels), device=images.device).split(batch_size):
+            loss = F.cross_entropy(classifier(images[batch]), labels[batch])
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+    return classifier.eval().requires_grad_(False)
+
+
+@torch.no_grad()
+def accuracy(classifier: nn.Module, images: torch.Tensor, labels: torch.Tensor, batch_size: int = 2000) -> float:
+    predictions = torch.cat([classifier(batch).argmax(1) for batch in images.split(batch_size)])
+    return (predictions == labels).float().mean().item()
+
+
+def mnist_tensors(data_dir: str, train: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    mnist = datasets.MNIST(data_dir, train=train, download=True)
+    return mnist.data.unsqueeze(1).float() / 255, mnist.targets
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description="Train the reference MNIST classifier (run once; commit weights).")
+    parser.add_argument("--data-dir", default="data", help="folder holding MNIST/raw/")
+    parser.add_argument("--epochs", type=int, default=4)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--out", type=Path, default=WEIGHTS_PATH)
+    args = parser.parse_args()
+    classifier = fit_classifier(*mnist_tensors(args.data_dir, train=True), epochs=args.epochs, seed=args.seed)
+    test_accuracy = accuracy(classifier, *mnist_tensors(args.data_dir, train=False))
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    torch.save(classifier.state_dict(), args.out)
+    print(f"test accuracy {test_accuracy:.4f}; weights {args.out} sha256 {sha256(args.out)}")
+
+
+if __name__ == "__main__":
+    main()

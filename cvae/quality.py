@@ -1,0 +1,229 @@
+"""How good a conditional generator is: FID (torchmetrics) on features of the reference MNIST classifier or of
+InceptionV3, label accuracy of generated digits, the importance-weighted NLL, posterior-collapse diagnostics
+and the classification accuracy score (CAS)."""
+from pathlib import Path
+
+import torch
+import pytorch_lightning as pl
+from torch import nn
+from torchmetrics import Metric
+from torchmetrics.classification import MulticlassAccuracy
+from torchmetrics.image.fid import FrechetInceptionDistance
+
+from cvae.classifier import ReferenceClassifier, accuracy, fit_classifier, load_reference_classifier
+from cvae.model import CVAE, NUM_CLASSES, importance_weighted_nll, kl_per_dim
+
+FEATURE_EXTRACTORS = ("mnist", "inception")
+ACTIVE_UNIT_THRESHOLD = 0.01  # variance over inputs of a unit's posterior mean (Burda et al., 2016)
+
+
+class ClassifierFeatures(nn.Module):
+    """Penultimate features of the reference MNIST classifier."""
+
+    def __init__(self, classifier: ReferenceClassifier):
+        super().__init__()
+        self.classifier, self.num_features = classifier, classifier.num_features
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.classifier.features(images)
+
+
+class InceptionFeatures(nn.Module):
+    """torchmetrics' standard FID InceptionV3 (2048-d pool features), fed grey digits as RGB bytes."""
+
+    num_features = 2048
+
+    def __init__(self, weights_path: str | None):
+        super().__init__()
+        from torchmetrics.image.fid import NoTrainInceptionV3
+
+        if weights_path is not None and not Path(weights_path).is_file():
+            raise FileNotFoundError(
+                f"InceptionV3 weights {weights_path} not found: put torch-fidelity's "
+                f"pt_inception-2015-12-05-6726825d.pth there, or set callbacks.fid.inception_weights=null on a "
+                f"connected machine to download it"
+            )
+        try:
+            self.inception = NoTrainInceptionV3(
+                name="inception-v3-compat", features_list=["2048"], feature_extractor_weights_path=weights_path
+            )
+        except Exception as error:  # offline: torch-fidelity could not download the weights
+            raise RuntimeError(
+                f"InceptionV3 weights could not be loaded ({type(error).__name__}); download torch-fidelity's "
+                f"pt_inception-2015-12-05-6726825d.pth and pass its path as inception_weights=PATH"
+            ) from None
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        rgb = images.reshape(-1, 1, 28, 28).expand(-1, 3, -1, -1)
+        return self.inception((rgb * 255).round().to(torch.uint8)).reshape(len(images), -1)
+
+
+def feature_extractor(name: str = "mnist", inception_weights: str | None = None) -> nn.Module:
+    if name == "mnist":
+        return ClassifierFeatures(load_reference_classifier())
+    if name == "inception":
+        return InceptionFeatures(inception_weights)
+    raise ValueError(f"FID features {name!r} are unknown; choose one of {', '.join(FEATURE_EXTRACTORS)}")
+
+
+class PrecomputedFeatures(nn.Module):
+    """Lets torchmetrics' FID take features we extract once and share between the overall and per-digit FIDs."""
+
+    def __init__(self, num_features: int):
+        super().__init__()
+        self.num_features = num_features
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        return features
+
+
+def feature_fid(num_features: int) -> FrechetInceptionDistance:
+    """FID over precomputed features; real statistics survive reset(), so real images are read once."""
+    return FrechetInceptionDistance(feature=PrecomputedFeatures(num_features), reset_real_features=False)
+
+
+class ConditionalGenerationMetrics(nn.Module):
+    """FID and label accuracy, overall and per digit, of generated digits against real ones.
+
+    Every state is a torchmetrics state, so under DDP compute() gathers every rank's samples."""
+
+    def __init__(self, extractor: nn.Module, classifier: ReferenceClassifier):
+        super().__init__()
+        self.extractor, self.classifier = extractor, classifier
+        self.fid = feature_fid(extractor.num_features)
+        self.fid_per_digit = nn.ModuleList(feature_fid(extractor.num_features) for _ in range(NUM_CLASSES))
+        self.label_acc = MulticlassAccuracy(NUM_CLASSES, average="micro")
+        self.label_acc_per_digit = MulticlassAccuracy(NUM_CLASSES, average=None)
+
+    @torch.no_grad()
+    def update(self, images: torch.Tensor, labels: torch.Tensor, real: bool) -> None:
+        features = self.extractor(images)
+        self.fid.update(features, real=real)
+        if not real:  # the reference classifier's own features need only its head on top
+            shared = isinstance(self.extractor, ClassifierFeatures) and self.extractor.classifier is self.classifier
+            predictions = (self.classifier.head(features) if shared else self.classifier(images)).argmax(dim=1)
+            self.label_acc.update(predictions, labels)
+            self.label_acc_per_digit.update(predictions, labels)
+        for digit, fid in enumerate(self.fid_per_digit):
+            if (labels == digit).any():
+                fid.update(features[labels == digit], real=real)
+
+    def compute(self) -> dict[str, float]:
+        metrics = {"fid": self.fid.compute().item(), "label_acc": self.label_acc.compute().item()}
+        for digit, (fid, acc) in enumerate(zip(self.fid_per_digit, self.label_acc_per_digit.compute())):
+            enough = min(fid.real_features_num_samples, fid.fake_features_num_samples) >= 2  # for a covariance
+            metrics[f"fid_digit/{digit}"] = fid.compute().item() if enough else float("nan")
+            metrics[f"label_acc_digit/{digit}"] = acc.item()
+        return metrics
+
+    def reset_generated(self) -> None:
+        for metric in (self.fid, *self.fid_per_digit, self.label_acc, self.label_acc_per_digit):
+            metric.reset()
+
+
+def balanced_labels(num_samples: int, device: torch.device | str = "cpu") -> torch.Tensor:
+    """num_samples labels, the same count of each digit."""
+    if num_samples <= 0 or num_samples % NUM_CLASSES:
+        raise ValueError(f"a class-balanced sample count must be a positive multiple of 10, got {num_samples}")
+    return torch.arange(NUM_CLASSES, device=device).repeat_interleave(num_samples // NUM_CLASSES)
+
+
+def prior_latents(num_samples: int, latent_dim: int, seed: int) -> torch.Tensor:
+    """z ~ N(0, I) from its own seeded generator: the same samples every call, whatever the global RNG did."""
+    return torch.randn(num_samples, latent_dim, generator=torch.Generator().manual_seed(seed))
+
+
+@torch.no_grad()
+def generate(model: CVAE, labels: torch.Tensor, z: torch.Tensor, batch_size: int = 2000) -> torch.Tensor:
+    """Prior samples (B, 1, 28, 28) for the given labels at the given z, decoded in large batches."""
+    z = z.to(labels.device)
+    return torch.cat([model.sample(y, z_batch) for y, z_batch in zip(labels.split(batch_size), z.split(batch_size))])
+
+
+class PosteriorStats(Metric):
+    """Posterior-collapse diagnostics over a split: per latent dimension, the variance over inputs of the
+    posterior mean (active when above 0.01) and the mean KL. Sums, so exact under DDP."""
+
+    full_state_update = False
+
+    def __init__(self, latent_dim: int):
+        super().__init__()
+        for name in ("mu_sum", "mu_sq_sum", "kl_sum"):
+            self.add_state(name, torch.zeros(latent_dim, dtype=torch.float64), dist_reduce_fx="sum")
+        self.add_state("count", torch.zeros((), dtype=torch.float64), dist_reduce_fx="sum")
+
+    def update(self, mu: torch.Tensor, logvar: torch.Tensor) -> None:
+        mu = mu.double()
+        self.mu_sum += mu.sum(0)
+        self.mu_sq_sum += mu.pow(2).sum(0)
+        self.kl_sum += kl_per_dim(mu, logvar.double()).sum(0)
+        self.count += len(mu)
+
+    def compute(self) -> dict[str, torch.Tensor]:
+        mean = self.mu_sum / self.count
+        variance = (self.mu_sq_sum - self.count * mean.pow(2)) / (self.count - 1)
+        return {
+            "active_units": (variance > ACTIVE_UNIT_THRESHOLD).sum().float(),
+            "kl_per_dim": self.kl_sum / self.count,
+        }
+
+
+@torch.no_grad()
+def mean_iw_nll(model: CVAE, images: torch.Tensor, labels: torch.Tensor, k: int, batch_size: int = 500) -> float:
+    """Mean over images of the k-sample importance-weighted bound on -log p(x | y), in nats."""
+    total = sum(
+        importance_weighted_nll(model, x, y, k).sum().item()
+        for x, y in zip(images.split(batch_size), labels.split(batch_size))
+    )
+    return total / len(labels)
+
+
+def classification_accuracy_score(
+    model: CVAE, test_images: torch.Tensor, test_labels: torch.Tensor, per_digit: int, epochs: int, seed: int
+) -> float:
+    """CAS (Ravuri & Vinyals, 2019): train the reference architecture on generated digits only, test on real ones."""
+    labels = balanced_labels(per_digit * NUM_CLASSES, test_images.device)
+    synthetic = generate(model, labels, prior_latents(len(labels), model.latent_dim, seed))
+    classifier = fit_classifier(synthetic, labels, epochs=epochs, seed=seed)
+    return accuracy(classifier, test_images.view(-1, 1, 28, 28), test_labels)
+
+
+def conditional_generation_metrics(features: str, inception_weights: str | None) -> ConditionalGenerationMetrics:
+    classifier = load_reference_classifier()
+    extractor = ClassifierFeatures(classifier) if features == "mnist" else feature_extractor(features, inception_weights)
+    return ConditionalGenerationMetrics(extractor, classifier)
+
+
+class GenerationQuality(pl.Callback):
+    """Every n epochs, val/fid and val/label_acc (overall and per digit): class-balanced prior samples, the
+    same z each time, against the real validation images, whose features are extracted once per run."""
+
+    def __init__(self, every_n_epochs: int = 1, num_samples: int = 10_000, features: str = "mnist",
+                 inception_weights: str | None = None, seed: int = 0):
+        if every_n_epochs <= 0:
+            raise ValueError(f"callbacks.generation_quality.every_n_epochs={every_n_epochs} must be positive")
+        balanced_labels(num_samples)  # refuse a bad count before training starts
+        self.every_n_epochs, self.num_samples, self.seed = every_n_epochs, num_samples, seed
+        self.features, self.inception_weights = features, inception_weights
+
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        if stage == "fit":
+            self.metrics = conditional_generation_metrics(self.features, self.inception_weights).to(pl_module.device)
+            self.has_real_features = False
+
+    def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if trainer.sanity_checking or trainer.state.fn != "fit" or trainer.current_epoch % self.every_n_epochs:
+            return
+        device = pl_module.device
+        if not self.has_real_features:
+            for x, y in trainer.datamodule.val_dataloader():
+                self.metrics.update(x.to(device), y.to(device), real=True)
+            self.has_real_features = True
+        # each rank generates its own share of the same balanced sample; compute() gathers them
+        shard = slice(trainer.global_rank, None, trainer.world_size)
+        labels = balanced_labels(self.num_samples, device)[shard]
+        z = prior_latents(self.num_samples, pl_module.model.latent_dim, self.seed)[shard]
+        self.metrics.update(generate(pl_module.model, labels, z), labels, real=False)
+        for name, value in self.metrics.compute().items():
+            pl_module.log(f"val/{name}", value)
+        self.metrics.reset_generated()
