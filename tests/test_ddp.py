@@ -1,0 +1,76 @@
+"""DDP with 2 CPU processes (trainer=ddp_cpu) inside a multirun, as users type it: each member is one complete
+run in its own dir, no process leaves stray output dirs, and the logged metrics, synced across ranks, equal what
+one process computes on the same checkpoint."""
+import json
+
+import pytest
+import pytorch_lightning as pl
+import torch
+
+from cvae.checkpoint import load_module
+from cvae.data import MNISTDataModule
+from tests.test_train import run_script
+
+# validation batches of one image on each of the 2 ranks: images 0..2*VAL_BATCHES_PER_RANK-1 in all
+VAL_BATCHES_PER_RANK = 50
+BATCH_SIZE = 32
+
+
+class SameNoiseForEveryImage(pl.Callback):
+    """Re-seeds torch before each evaluation batch. With one image per batch every image gets the same z noise,
+    whichever rank evaluates it, so -ELBO (one random z per image) is a function of the image alone and a DDP mean
+    can be compared with a one-process mean to float rounding, not to Monte Carlo noise (about 5e-4 relative)."""
+
+    def on_validation_batch_start(self, *args) -> None:
+        torch.manual_seed(0)
+
+    def on_test_batch_start(self, *args) -> None:
+        torch.manual_seed(0)
+
+
+@pytest.fixture(scope="module")
+def ddp_sweep(tmp_path_factory, data_dir):
+    """`python train.py -m latent_dim=2,10 trainer=ddp_cpu trainer.max_epochs=1` on a few batches, with every
+    default output location moved into an empty project root, where stray dirs would show."""
+    project_root = tmp_path_factory.mktemp("project")
+    sweep_dir = project_root / "sweep"
+    result = run_script(
+        "train.py", "-m", "latent_dim=2,10", "trainer=ddp_cpu", "trainer.max_epochs=1",
+        "trainer.limit_train_batches=3", f"trainer.limit_val_batches={VAL_BATCHES_PER_RANK}",
+        "trainer.limit_test_batches=1", "trainer.enable_progress_bar=false", "data.eval_batch_size=1",
+        f"batch_size={BATCH_SIZE}", f"data.data_dir={data_dir}", f"hydra.sweep.dir={sweep_dir}",
+        f"+callbacks.same_noise._target_={__name__}.SameNoiseForEveryImage",
+        env_extra={"PROJECT_ROOT": str(project_root)},
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    return project_root, sweep_dir
+
+
+def test_ddp_multirun_gives_one_complete_run_per_member(ddp_sweep):
+    project_root, sweep_dir = ddp_sweep
+    for job, latent_dim in (("0", 2), ("1", 10)):
+        member = sweep_dir / job
+        assert list(member.glob("events.out.tfevents.*"))
+        assert (member / "checkpoints" / "last.ckpt").is_file()
+        assert load_module(member / "checkpoints" / "best.ckpt").model.latent_dim == latent_dim
+        metrics = json.loads((member / "metrics.json").read_text())
+        assert "test/nelbo" in metrics and metrics["epochs"] == 1
+        assert (metrics["world_size"], metrics["global_batch_size"]) == (2, 2 * BATCH_SIZE), "batch_size is per process"
+    assert sorted(path.name for path in sweep_dir.iterdir() if path.is_dir()) == ["0", "1"]
+    assert sorted(path.name for path in project_root.iterdir()) == ["sweep"], "no stray output dirs"
+
+
+def test_ddp_metrics_equal_one_process_evaluation(ddp_sweep, data_dir):
+    """metrics.json holds the best checkpoint re-validated by both ranks; one process validating the same images
+    with the same checkpoint gets the same means: every image counted once, none twice."""
+    _, sweep_dir = ddp_sweep
+    member = sweep_dir / "0"
+    logged = json.loads((member / "metrics.json").read_text())
+    trainer = pl.Trainer(accelerator="cpu", devices=1, logger=False, enable_progress_bar=False,
+                         enable_model_summary=False, callbacks=[SameNoiseForEveryImage()],
+                         limit_val_batches=2 * VAL_BATCHES_PER_RANK)
+    datamodule = MNISTDataModule(data_dir=data_dir, eval_batch_size=1)
+    single = trainer.validate(load_module(member / "checkpoints" / "best.ckpt"), datamodule=datamodule,
+                              verbose=False)[0]
+    for name in ("val/nelbo", "val/kl"):
+        assert logged[name] == pytest.approx(single[name], rel=1e-4), name
