@@ -1,0 +1,129 @@
+"""Sweeps beyond one process at a time: members in parallel (joblib), on SLURM (submitit; here a stand-in sbatch
+runs the jobs it is sent), an Optuna search, and the summary table of a sweep, failed members included."""
+import csv
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import yaml
+from hydra import compose, initialize_config_dir
+
+from tests.conftest import CONF_DIR, QUICK_RUN
+from tests.test_train import run_script
+
+# one short epoch, nothing a sweep test does not look at
+TINY_RUN = [*QUICK_RUN, "trainer.max_epochs=1", "trainer.limit_train_batches=2", "trainer.limit_val_batches=1",
+            "trainer.limit_test_batches=1", "callbacks=model_checkpoint", "logger=csv"]
+
+# sbatch for a machine without SLURM: answers as SLURM does, then, in the background, runs each task of the job
+# array as SLURM would (its SLURM_* variables, the submitit command of the script) once submitit has moved the
+# task's pickled job into place, which it does only after sbatch has answered.
+FAKE_SBATCH = """#!{python}
+import os, re, subprocess, sys, time
+from pathlib import Path
+
+script = Path(sys.argv[-1]).read_text()
+first, last = map(int, re.search(r"--array=(\\d+)-(\\d+)", script).groups())
+folder = re.search(r"-m submitit.core._submit (\\S+)", script).group(1)
+if os.fork():
+    print("Submitted batch job 4242")
+    sys.exit(0)
+log = os.open(Path(sys.argv[-1]).parent / "fake_sbatch.log", os.O_WRONLY | os.O_CREAT)
+os.dup2(log, 1)  # sbatch's caller reads until stdout closes: keep none of it open
+os.dup2(log, 2)
+give_up = time.monotonic() + 600  # the launcher died before moving the jobs: no process left behind
+for task in range(first, last + 1):
+    job_id = f"4242_{{task}}"
+    while not (Path(folder.replace("%j", job_id)) / f"{{job_id}}_submitted.pkl").exists():
+        if time.monotonic() > give_up:
+            sys.exit(1)
+        time.sleep(0.2)
+    env = dict(os.environ, SLURM_JOB_ID=str(4243 + task), SLURM_ARRAY_JOB_ID="4242", SLURM_ARRAY_TASK_ID=str(task),
+               SLURM_NTASKS="1", SLURM_JOB_NUM_NODES="1", SLURM_NODEID="0", SLURM_PROCID="0", SLURM_LOCALID="0",
+               SLURM_JOB_NODELIST="localhost", SUBMITIT_EXECUTOR="slurm")
+    subprocess.run([sys.executable, "-u", "-m", "submitit.core._submit", folder], env=env)
+"""
+
+
+def read_summary(sweep_dir: Path) -> list[dict]:
+    with open(sweep_dir / "summary.csv", newline="") as summary:
+        return list(csv.DictReader(summary))
+
+
+def test_joblib_runs_members_in_parallel_and_the_summary_lists_the_failed_one(tmp_path, data_dir):
+    """lr=-1 fails when Adam is built: Hydra then skips its end-of-multirun callbacks, the summary comes anyway."""
+    sweep_dir = tmp_path / "sweep"
+    result = run_script("train.py", "-m", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2", "lr=1e-3,3e-3,-1",
+                        *TINY_RUN, f"data.data_dir={data_dir}", f"hydra.sweep.dir={sweep_dir}")
+    assert result.returncode != 0 and "Invalid learning rate" in result.stderr
+    assert "Joblib.Parallel(n_jobs=2" in result.stdout + result.stderr
+    rows = read_summary(sweep_dir)
+    assert [(row["member"], row["status"]) for row in rows] == [("0", "ok"), ("1", "ok"), ("2", "failed")]
+    for row, member in zip(rows[:2], ("0", "1")):
+        metrics = json.loads((sweep_dir / member / "metrics.json").read_text())
+        assert float(row["test/nelbo"]) == round(metrics["test/nelbo"], 4)
+        assert row["epochs"] == "1" and float(row["wall_seconds"]) > 0
+    assert rows[2]["overrides"].startswith("lr=-1 ") and rows[2]["val/nelbo"] == ""
+    assert "| 2 | failed | lr=-1 " in result.stdout, "the markdown table is printed"
+
+
+def test_optuna_search_minimises_val_nelbo(tmp_path, data_dir):
+    sweep_dir = tmp_path / "search"
+    result = run_script("train.py", "hparams_search=optuna", "hydra.sweeper.n_trials=2", *TINY_RUN,
+                        f"data.data_dir={data_dir}", f"hydra.sweep.dir={sweep_dir}")
+    assert result.returncode == 0, result.stderr[-3000:]
+    found = yaml.safe_load((sweep_dir / "optimization_results.yaml").read_text())
+    assert found["best_params"].keys() == {"latent_dim", "batch_size", "lr"}
+    val_nelbos = [json.loads((sweep_dir / trial / "metrics.json").read_text())["val/nelbo"] for trial in ("0", "1")]
+    assert found["best_value"] == min(val_nelbos), "train.py returns val/nelbo, Optuna keeps the lowest"
+    assert [row["status"] for row in read_summary(sweep_dir)] == ["ok", "ok"]
+
+
+def test_slurm_launcher_config_composes_for_ddp():
+    with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
+        cfg = compose("train", overrides=["hydra/launcher=slurm", "trainer=ddp", "trainer.num_nodes=2",
+                                          "hydra.launcher.gpus_per_node=4"], return_hydra_config=True)
+    launcher = cfg.hydra.launcher
+    assert launcher._target_.endswith("SlurmLauncher")
+    assert (launcher.nodes, launcher.gpus_per_node, launcher.tasks_per_node) == (2, 4, 4)
+
+
+def test_slurm_launcher_builds_jobs_that_run(tmp_path, data_dir):
+    fake_bin = tmp_path / "bin"
+    fake_bin.mkdir()
+    (fake_bin / "sbatch").write_text(FAKE_SBATCH.format(python=sys.executable))
+    (fake_bin / "srun").write_text("#!/bin/sh\nexit 1\n")  # submitit only checks that it exists
+    for tool in fake_bin.iterdir():
+        tool.chmod(0o755)
+    sweep_dir = tmp_path / "sweep"
+    result = run_script("train.py", "-m", "hydra/launcher=slurm", "hydra.launcher.partition=gpu", "latent_dim=2,3",
+                        *TINY_RUN, f"data.data_dir={data_dir}", f"hydra.sweep.dir={sweep_dir}",
+                        env_extra={"PATH": f"{fake_bin}{os.pathsep}{os.environ['PATH']}"})
+    assert result.returncode == 0, result.stderr[-3000:]
+    sbatch_script = next((sweep_dir / ".submitit").rglob("*_submission.sh")).read_text()
+    for line in ("--array=0-1", "--partition=gpu", "--gpus-per-node=1", "--ntasks-per-node=1", "--time=240"):
+        assert f"#SBATCH {line}" in sbatch_script
+    assert [row["status"] for row in read_summary(sweep_dir)] == ["ok", "ok"]
+
+
+def test_summary_command_reads_any_sweep_dir(tmp_path):
+    """Columns for the metrics some member has (here FID), failed members (no metrics.json) as failed."""
+    finished, failed = tmp_path / "0", tmp_path / "1"
+    for member, overrides in ((finished, ["latent_dim=2"]), (failed, ["latent_dim=10"])):
+        (member / ".hydra").mkdir(parents=True)
+        (member / ".hydra" / "overrides.yaml").write_text(yaml.safe_dump(overrides))
+    (finished / "metrics.json").write_text(json.dumps({"val/nelbo": 101.5, "test/nelbo": 100.25, "test/fid": 3.5,
+                                                       "epochs": 7}))
+    (finished / "timing.json").write_text(json.dumps({"fit_seconds": 10.0, "wall_seconds": 12.5}))
+    result = subprocess.run([sys.executable, "-m", "cvae.sweep", str(tmp_path)], capture_output=True, text=True,
+                            cwd=Path(__file__).resolve().parents[1])
+    assert result.returncode == 0, result.stderr
+    assert read_summary(tmp_path) == [
+        {"member": "0", "status": "ok", "overrides": "latent_dim=2", "val/nelbo": "101.5000", "test/nelbo": "100.2500",
+         "test/fid": "3.5000", "epochs": "7", "wall_seconds": "12.5000"},
+        {"member": "1", "status": "failed", "overrides": "latent_dim=10", "val/nelbo": "", "test/nelbo": "",
+         "test/fid": "", "epochs": "", "wall_seconds": ""},
+    ]
+    assert "| member | status | overrides | val/nelbo | test/nelbo | test/fid | epochs | wall_seconds |" in result.stdout
