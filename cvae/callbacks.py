@@ -3,7 +3,9 @@ import pytorch_lightning as pl
 import torch
 from pytorch_lightning.loggers import TensorBoardLogger
 
-from cvae.images import digit_rows, digit_rows_latents, reconstruction_rows
+from cvae.generate import first_of_each_digit
+from cvae.images import (digit_rows, digit_rows_latents, interpolation_images, latent_map_images, reconstruction_rows,
+                         style_transfer_image)
 
 
 class SampleGrids(pl.Callback):
@@ -32,3 +34,42 @@ class SampleGrids(pl.Callback):
             if isinstance(logger, TensorBoardLogger):
                 for tag, grid in grids.items():
                     logger.experiment.add_image(tag, grid.cpu(), global_step=trainer.global_step)
+
+
+class LatentExploration(pl.Callback):
+    """After every n-th epoch: the latent map of fixed validation images (posterior means coloured by digit, a
+    PCA projection above 2 dims, and the manifold per digit for latent_dim 2), interpolations and style
+    transfer, as TensorBoard images under exploration/. A second or so of CPU work, hence not every epoch."""
+
+    def __init__(self, every_n_epochs: int = 5, num_images: int = 1000, interpolation_steps: int = 10, seed: int = 0):
+        self.every_n_epochs, self.num_images = every_n_epochs, num_images
+        self.interpolation_steps, self.seed = interpolation_steps, seed
+
+    def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        x, y = next(iter(trainer.datamodule.val_dataloader()))  # at most one batch: the map stays cheap
+        self.real = x[: self.num_images], y[: self.num_images]
+        self.style_sources = first_of_each_digit(self.real[1])
+
+    def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        # after epochs n, 2n, ...: a run of n * k epochs ends on a picture of its final model
+        if not logs_images_now(trainer) or (trainer.current_epoch + 1) % self.every_n_epochs:
+            return
+        model, (x, y) = pl_module.model, self.real
+        images = {
+            **latent_map_images(model, x, y),
+            **interpolation_images(model, self.interpolation_steps, self.seed),
+            "style_transfer": style_transfer_image(model, x[self.style_sources], y[self.style_sources]),
+        }
+        add_tensorboard_images(trainer, {f"exploration/{name}": image for name, image in images.items()})
+
+
+def logs_images_now(trainer: pl.Trainer) -> bool:
+    """True at the end of a real training epoch's validation, on the rank that writes the logs."""
+    return not trainer.sanity_checking and trainer.is_global_zero and trainer.state.fn == "fit"
+
+
+def add_tensorboard_images(trainer: pl.Trainer, images: dict[str, torch.Tensor]) -> None:
+    for logger in trainer.loggers:
+        if isinstance(logger, TensorBoardLogger):
+            for tag, image in images.items():
+                logger.experiment.add_image(tag, image.cpu(), global_step=trainer.global_step)

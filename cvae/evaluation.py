@@ -1,18 +1,24 @@
 """What `python evaluate.py ckpt_path=...` does: test metrics of a checkpoint, a table, metrics.json and a
-PNG of prior samples per digit, all in evaluate's own output dir."""
+PNG of prior samples per digit, plus whatever generation and exploration the config asks for (see
+conf/evaluate.yaml), all in evaluate's own output dir."""
 from pathlib import Path
 
 import pytorch_lightning as pl
+import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 from torchvision.utils import save_image
 
+from cvae import generate
 from cvae.checkpoint import load_module
-from cvae.images import digit_rows, digit_rows_latents
+from cvae.images import (digit_rows, digit_rows_latents, image_grid, interpolation_images, latent_map_images,
+                         rows_grid, style_transfer_image)
+from cvae.model import CVAE
 from cvae.utils import format_table, write_json_atomic
 
 
 def evaluate(cfg: DictConfig) -> dict:
+    check_requests(cfg)  # before the test pass, so a typo fails in a second, not after it
     pl.seed_everything(cfg.seed, workers=True)
     module = load_module(cfg.ckpt_path)
     datamodule = instantiate(cfg.data)
@@ -22,6 +28,75 @@ def evaluate(cfg: DictConfig) -> dict:
     output_dir = Path(cfg.paths.output_dir)
     z = digit_rows_latents(module.model.latent_dim, cfg.samples_per_digit, seed=cfg.seed)
     save_image(digit_rows(module.model, z), output_dir / "samples.png")
+    test_split = test_images(datamodule)
+    for name, picture in requested_pictures(module.model, cfg, *test_split).items():
+        save_image(picture, output_dir / f"{name}.png")
+    if cfg.export.per_digit:
+        export_synthetic(module.model, cfg, output_dir)
+    metrics.update(write_anomaly_outputs(module.model, cfg, *test_split, output_dir))
     write_json_atomic(output_dir / "metrics.json", {**metrics, "ckpt_path": str(Path(cfg.ckpt_path).resolve())})
     print(format_table(metrics))
     return metrics
+
+
+def check_requests(cfg: DictConfig) -> None:
+    """Every generation key the config sets is valid; otherwise a one-line ValueError naming it."""
+    if cfg.digits is not None:
+        generate.parse_digits(cfg.digits, "digits")
+    if cfg.digit is not None:
+        generate.parse_digit(cfg.digit, "digit")
+    generate.check_count(cfg.variants, "variants")
+    generate.check_count(cfg.interpolation_steps, "interpolation_steps")
+    generate.check_count(cfg.export.per_digit, "export.per_digit", minimum=0)  # 0: no export
+    generate.check_score(cfg.anomaly.score)
+    generate.check_count(cfg.anomaly.k, "anomaly.k")
+    scores_for = cfg.anomaly.scores_for
+    if scores_for not in (None, "test"):
+        path = Path(str(scores_for))
+        if not path.is_file() or path.suffix not in generate.IMAGE_SET_SUFFIXES:
+            raise ValueError(f"anomaly.scores_for={scores_for!r} is neither test nor an existing .pt or .npz file")
+
+
+def test_images(datamodule: pl.LightningDataModule) -> tuple[torch.Tensor, torch.Tensor]:
+    """The test split as uint8 images (N, 28, 28) and labels, whichever data.loader set it up."""
+    split = datamodule.splits["test"]
+    return (split.data, split.targets) if hasattr(split, "targets") else split
+
+
+def requested_pictures(model: CVAE, cfg: DictConfig, x: torch.Tensor, y: torch.Tensor) -> dict[str, torch.Tensor]:
+    """The PNG images the config asks for, by file name (without .png)."""
+    pictures = {}
+    if cfg.digits is not None:
+        pictures["digits"] = rows_grid(generate.digit_strings(model, cfg.digits, cfg.variants, cfg.seed))
+    if cfg.digit is not None:
+        variants = generate.digit_variants(model, cfg.digit, cfg.variants, cfg.seed)
+        pictures[f"digit_{generate.parse_digit(cfg.digit)}"] = image_grid(variants)
+    if cfg.latent_map:
+        pictures.update(latent_map_images(model, x, y))
+    if cfg.interpolate:
+        pictures.update(interpolation_images(model, cfg.interpolation_steps, cfg.seed))
+    if cfg.style_transfer:
+        sources = generate.first_of_each_digit(y)
+        pictures["style_transfer"] = style_transfer_image(model, x[sources], y[sources])
+    return pictures
+
+
+def export_synthetic(model: CVAE, cfg: DictConfig, output_dir: Path) -> None:
+    images, labels = generate.synthetic_dataset(model, cfg.export.per_digit, cfg.seed, cfg.batch_size, progress=True)
+    for path in generate.write_synthetic_dataset(images, labels, output_dir, image_folder=cfg.export.image_folder,
+                                                 progress=True):
+        print(f"wrote {path}")
+
+
+def write_anomaly_outputs(model: CVAE, cfg: DictConfig, x: torch.Tensor, y: torch.Tensor, output_dir: Path) -> dict:
+    """anomaly_scores.csv and anomaly_demo.json, as asked; the demo's AUROC as a metric."""
+    anomaly = cfg.anomaly
+    if anomaly.scores_for is not None:
+        images, labels = (x, y) if anomaly.scores_for == "test" else generate.load_image_set(anomaly.scores_for)
+        scores = generate.anomaly_scores(model, images, labels, anomaly.score, anomaly.k, cfg.seed, cfg.batch_size)
+        print(f"wrote {generate.write_scores_csv(output_dir / 'anomaly_scores.csv', scores, labels, anomaly.score)}")
+    if not anomaly.demo:
+        return {}
+    demo = generate.anomaly_demo(model, x, y, anomaly.score, anomaly.k, cfg.seed, cfg.batch_size)
+    write_json_atomic(output_dir / "anomaly_demo.json", demo)
+    return {"anomaly_demo/auroc": demo["auroc"]}
