@@ -67,9 +67,9 @@ class CVAELitModule(pl.LightningModule):
 
     def log_posterior_stats(self, stage: str) -> None:
         """Posterior-collapse diagnostics: how many latent units are in use, and the KL each one carries."""
-        stats = self.posterior_stats[stage].compute()
-        self.log(f"{stage}/active_units", stats["active_units"])
-        self.log_dict({f"{stage}/kl_dim/{dim}": kl for dim, kl in enumerate(stats["kl_per_dim"])})
+        stats = self.posterior_stats[stage].compute()  # already summed over DDP ranks: the same on every rank
+        self.log(f"{stage}/active_units", stats["active_units"].item())
+        self.log_dict({f"{stage}/kl_dim/{dim}": kl.item() for dim, kl in enumerate(stats["kl_per_dim"])})
         self.posterior_stats[stage].reset()
 
     def on_validation_epoch_end(self):

@@ -24,6 +24,7 @@ def write_json_atomic(path: str | Path, data: dict) -> None:
         tmp.write("\n")
         tmp.flush()
         os.fsync(tmp.fileno())
+    os.chmod(tmp.name, 0o644)  # NamedTemporaryFile makes it private; results are for everyone who reads the run
     os.replace(tmp.name, path)
 
 
