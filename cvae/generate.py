@@ -23,6 +23,7 @@ import numpy as np
 import torch
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
 from PIL import Image
 from torchmetrics.functional import auroc
 from tqdm.auto import tqdm
@@ -167,11 +168,14 @@ def latent_scatter(points: torch.Tensor, labels: torch.Tensor, axis_names: tuple
     figure = Figure(figsize=(6, 6), dpi=100)
     FigureCanvasAgg(figure)
     axes = figure.add_subplot()
-    for digit in range(NUM_CLASSES):
-        chosen = labels.cpu() == digit
-        axes.scatter(*points[chosen].T.tolist(), s=3, alpha=0.6, color=f"C{digit}", label=str(digit))
+    # drawn in a shuffled (fixed) order, so no digit is painted over all the others
+    order = torch.randperm(len(points), generator=torch.Generator().manual_seed(0))
+    colours = [f"C{digit}" for digit in labels.cpu()[order].tolist()]
+    axes.scatter(*points[order].T.tolist(), c=colours, s=3, alpha=0.6)
+    legend = [Line2D([], [], marker="o", linestyle="", color=f"C{digit}", label=str(digit))
+              for digit in range(NUM_CLASSES)]
+    axes.legend(handles=legend, title="digit", loc="upper right", fontsize="small")
     axes.set(xlabel=axis_names[0], ylabel=axis_names[1], title=title)
-    axes.legend(markerscale=4, title="digit", loc="upper right", fontsize="small")
     figure.tight_layout()
     return figure
 
