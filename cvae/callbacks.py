@@ -3,9 +3,10 @@ import pytorch_lightning as pl
 import torch
 from pytorch_lightning.loggers import TensorBoardLogger
 
-from cvae.generate import first_of_each_digit
+from cvae.generate import first_of_each_digit, prior_latents
 from cvae.images import (digit_rows, digit_rows_latents, interpolation_images, latent_map_images, reconstruction_rows,
                          style_transfer_image)
+from cvae.quality import balanced_labels, conditional_generation_metrics, decode_at
 
 
 class SampleGrids(pl.Callback):
@@ -22,18 +23,49 @@ class SampleGrids(pl.Callback):
         self.real = x[: self.num_reconstructions].to(pl_module.device), y[: self.num_reconstructions].to(pl_module.device)
 
     def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if trainer.sanity_checking or not trainer.is_global_zero or trainer.state.fn != "fit":
+        if not (logs_images_now(trainer) and epoch_is_due(trainer, self.every_n_epochs)):
             return
-        if trainer.current_epoch % self.every_n_epochs:
-            return
-        grids = {
+        add_tensorboard_images(trainer, {
             "samples/prior_by_digit": digit_rows(pl_module.model, self.z),
             "samples/reconstructions": reconstruction_rows(pl_module.model, *self.real),
-        }
-        for logger in trainer.loggers:
-            if isinstance(logger, TensorBoardLogger):
-                for tag, grid in grids.items():
-                    logger.experiment.add_image(tag, grid.cpu(), global_step=trainer.global_step)
+        })
+
+
+class GenerationQuality(pl.Callback):
+    """Every n epochs and after the last, val/fid and val/label_acc (overall and per digit): class-balanced prior
+    samples, the same z each time, against the real validation images, whose features are extracted once.
+
+    Under DDP each rank generates its share of the samples and reads its shard of the validation images;
+    the torchmetrics states gather them all, so every rank logs the same figures."""
+
+    def __init__(self, every_n_epochs: int = 5, num_samples: int = 10_000, features: str = "mnist",
+                 inception_weights: str | None = None, seed: int = 0):
+        if every_n_epochs <= 0:
+            raise ValueError(f"callbacks.generation_quality.every_n_epochs={every_n_epochs} must be positive")
+        balanced_labels(num_samples)  # refuse a bad count before training starts
+        self.every_n_epochs, self.num_samples, self.seed = every_n_epochs, num_samples, seed
+        self.features, self.inception_weights = features, inception_weights
+
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        if stage == "fit":
+            self.metrics = conditional_generation_metrics(self.features, self.inception_weights).to(pl_module.device)
+            self.has_real_features = False
+
+    def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if trainer.sanity_checking or trainer.state.fn != "fit" or not epoch_is_due(trainer, self.every_n_epochs):
+            return
+        device = pl_module.device
+        if not self.has_real_features:
+            for x, y in trainer.datamodule.val_dataloader():
+                self.metrics.update(x.to(device), y.to(device), real=True)
+            self.has_real_features = True
+        shard = slice(trainer.global_rank, None, trainer.world_size)
+        labels = balanced_labels(self.num_samples, device)[shard]
+        z = prior_latents(self.num_samples, pl_module.model.latent_dim, self.seed)[shard]
+        self.metrics.update(decode_at(pl_module.model, labels, z), labels, real=False)
+        for name, value in self.metrics.compute().items():
+            pl_module.log(f"val/{name}", value)
+        self.metrics.reset_generated()
 
 
 class LatentExploration(pl.Callback):
@@ -51,8 +83,7 @@ class LatentExploration(pl.Callback):
         self.style_sources = first_of_each_digit(self.real[1])
 
     def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        # after epochs n, 2n, ...: a run of n * k epochs ends on a picture of its final model
-        if not logs_images_now(trainer) or (trainer.current_epoch + 1) % self.every_n_epochs:
+        if not (logs_images_now(trainer) and epoch_is_due(trainer, self.every_n_epochs)):
             return
         model, (x, y) = pl_module.model, self.real
         images = {
@@ -61,6 +92,12 @@ class LatentExploration(pl.Callback):
             "style_transfer": style_transfer_image(model, x[self.style_sources], y[self.style_sources]),
         }
         add_tensorboard_images(trainer, {f"exploration/{name}": image for name, image in images.items()})
+
+
+def epoch_is_due(trainer: pl.Trainer, every_n_epochs: int) -> bool:
+    """After epochs n, 2n, ... and after the last one, so every run ends on a picture of its final model."""
+    epochs_done = trainer.current_epoch + 1
+    return epochs_done % every_n_epochs == 0 or epochs_done == trainer.max_epochs
 
 
 def logs_images_now(trainer: pl.Trainer) -> bool:

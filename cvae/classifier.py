@@ -14,20 +14,21 @@ from torch import nn
 from torchvision import datasets
 
 WEIGHTS_PATH = Path(__file__).parent / "weights" / "mnist_classifier.pt"
-WEIGHTS_SHA256 = "to-be-filled-after-training"
+WEIGHTS_SHA256 = "cacf0bfdae93cba03e3489f447082ac94afed4c368482b851040038b02537bb0"
 NUM_FEATURES = 128
 
 
 class ReferenceClassifier(nn.Module):
-    """Two conv blocks and a 128-unit feature layer: small enough that FID on 10k images takes seconds on CPU."""
+    """Two conv layers and a 128-unit feature layer, about 1.5 M multiply-adds per digit: FID on 10k images
+    takes about a second on CPU. The second conv strides instead of pooling: 4x fewer operations."""
 
     num_features = NUM_FEATURES
 
     def __init__(self):
         super().__init__()
         self.conv = nn.Sequential(
-            nn.Conv2d(1, 32, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),   # 32 x 14 x 14
-            nn.Conv2d(32, 64, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),  # 64 x 7 x 7
+            nn.Conv2d(1, 32, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),  # 32 x 14 x 14
+            nn.Conv2d(32, 64, 3, stride=2, padding=1), nn.ReLU(),        # 64 x 7 x 7
         )
         self.features_layer = nn.Sequential(nn.Flatten(), nn.Dropout(0.25), nn.Linear(64 * 7 * 7, NUM_FEATURES), nn.ReLU())
         self.head = nn.Sequential(nn.Dropout(0.25), nn.Linear(NUM_FEATURES, 10))
@@ -58,19 +59,34 @@ def load_reference_classifier(path: Path = WEIGHTS_PATH, expected_sha256: str = 
     return classifier.eval().requires_grad_(False)
 
 
+def random_shifts(images: torch.Tensor, max_pixels: int) -> torch.Tensor:
+    """Each image translated by up to max_pixels in x and y: the augmentation that lifts a small CNN past 99 %."""
+    shifts = (torch.rand(len(images), 2, device=images.device) * 2 - 1) * (2 * max_pixels / 28)
+    theta = torch.zeros(len(images), 2, 3, device=images.device)
+    theta[:, 0, 0] = theta[:, 1, 1] = 1
+    theta[:, :, 2] = shifts
+    grid = F.affine_grid(theta, list(images.shape), align_corners=False)
+    return F.grid_sample(images, grid, align_corners=False)
+
+
 def fit_classifier(
-    images: torch.Tensor, labels: torch.Tensor, epochs: int, seed: int, batch_size: int = 128
+    images: torch.Tensor, labels: torch.Tensor, epochs: int, seed: int, batch_size: int = 128, max_shift: int = 0
 ) -> ReferenceClassifier:
-    """A ReferenceClassifier trained from scratch (Adam) on images in [0, 1]: for the reference and for CAS."""
+    """A ReferenceClassifier trained from scratch on images (N, 1, 28, 28) in [0, 1]: Adam with a learning rate
+    decaying to zero, optionally on randomly shifted digits. For the reference classifier and for CAS."""
     torch.manual_seed(seed)
     classifier = ReferenceClassifier().to(images.device).train()
     optimizer = torch.optim.Adam(classifier.parameters(), lr=1e-3)
+    steps = epochs * -(-len(labels) // batch_size)
+    schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=2e-3, total_steps=steps)
     for _ in range(epochs):
         for batch in torch.randperm(len(labels), device=images.device).split(batch_size):
-            loss = F.cross_entropy(classifier(images[batch]), labels[batch])
+            x = random_shifts(images[batch], max_shift) if max_shift else images[batch]
+            loss = F.cross_entropy(classifier(x), labels[batch])
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
+            schedule.step()
     return classifier.eval().requires_grad_(False)
 
 
@@ -88,11 +104,13 @@ def mnist_tensors(data_dir: str, train: bool) -> tuple[torch.Tensor, torch.Tenso
 def main() -> None:
     parser = argparse.ArgumentParser(description="Train the reference MNIST classifier (run once; commit weights).")
     parser.add_argument("--data-dir", default="data", help="folder holding MNIST/raw/")
-    parser.add_argument("--epochs", type=int, default=4)
+    parser.add_argument("--epochs", type=int, default=6)
+    parser.add_argument("--max-shift", type=int, default=2, help="random translation, pixels")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, default=WEIGHTS_PATH)
     args = parser.parse_args()
-    classifier = fit_classifier(*mnist_tensors(args.data_dir, train=True), epochs=args.epochs, seed=args.seed)
+    classifier = fit_classifier(*mnist_tensors(args.data_dir, train=True), epochs=args.epochs, seed=args.seed,
+                                max_shift=args.max_shift)
     test_accuracy = accuracy(classifier, *mnist_tensors(args.data_dir, train=False))
     args.out.parent.mkdir(parents=True, exist_ok=True)
     torch.save(classifier.state_dict(), args.out)

@@ -14,6 +14,7 @@ from cvae.checkpoint import load_module
 from cvae.images import (digit_rows, digit_rows_latents, image_grid, interpolation_images, latent_map_images,
                          rows_grid, style_transfer_image)
 from cvae.model import CVAE
+from cvae.quality import generator_report
 from cvae.utils import format_table, write_json_atomic
 
 
@@ -29,13 +30,14 @@ def evaluate(cfg: DictConfig) -> dict:
     z = digit_rows_latents(module.model.latent_dim, cfg.samples_per_digit, seed=cfg.seed)
     save_image(digit_rows(module.model, z), output_dir / "samples.png")
     test_split = test_images(datamodule)
+    metrics.update(quality_report(module.model, cfg, *test_split))
     for name, picture in requested_pictures(module.model, cfg, *test_split).items():
         save_image(picture, output_dir / f"{name}.png")
     if cfg.export.per_digit:
         export_synthetic(module.model, cfg, output_dir)
     metrics.update(write_anomaly_outputs(module.model, cfg, *test_split, output_dir))
     write_json_atomic(output_dir / "metrics.json", {**metrics, "ckpt_path": str(Path(cfg.ckpt_path).resolve())})
-    print(format_table(metrics))
+    print(format_table(dict(sorted(metrics.items(), key=lambda item: item[0].count("/")))))  # per-digit rows last
     return metrics
 
 
@@ -61,6 +63,18 @@ def test_images(datamodule: pl.LightningDataModule) -> tuple[torch.Tensor, torch
     """The test split as uint8 images (N, 28, 28) and labels, whichever data.loader set it up."""
     split = datamodule.splits["test"]
     return (split.data, split.targets) if hasattr(split, "targets") else split
+
+
+def quality_report(model: CVAE, cfg: DictConfig, x: torch.Tensor, y: torch.Tensor) -> dict[str, float]:
+    """test/fid, test/label_acc (both also per digit), test/nll_iw and, with quality.cas, test/cas."""
+    quality = cfg.quality
+    device = generate.model_device(model)
+    with generate.seeded_global_rng(cfg.seed, device):
+        return generator_report(
+            model, generate.pixels(x).to(device), y.to(device), num_samples=quality.num_samples,
+            features=quality.features, inception_weights=quality.inception_weights, iw_samples=quality.iw_samples,
+            seed=cfg.seed, cas_per_digit=quality.cas_per_digit if quality.cas else 0, cas_epochs=quality.cas_epochs,
+        )
 
 
 def requested_pictures(model: CVAE, cfg: DictConfig, x: torch.Tensor, y: torch.Tensor) -> dict[str, torch.Tensor]:

@@ -4,13 +4,13 @@ and the classification accuracy score (CAS)."""
 from pathlib import Path
 
 import torch
-import pytorch_lightning as pl
 from torch import nn
 from torchmetrics import Metric
 from torchmetrics.classification import MulticlassAccuracy
 from torchmetrics.image.fid import FrechetInceptionDistance
 
 from cvae.classifier import ReferenceClassifier, accuracy, fit_classifier, load_reference_classifier
+from cvae.generate import prior_latents
 from cvae.model import CVAE, NUM_CLASSES, importance_weighted_nll, kl_per_dim
 
 FEATURE_EXTRACTORS = ("mnist", "inception")
@@ -128,14 +128,9 @@ def balanced_labels(num_samples: int, device: torch.device | str = "cpu") -> tor
     return torch.arange(NUM_CLASSES, device=device).repeat_interleave(num_samples // NUM_CLASSES)
 
 
-def prior_latents(num_samples: int, latent_dim: int, seed: int) -> torch.Tensor:
-    """z ~ N(0, I) from its own seeded generator: the same samples every call, whatever the global RNG did."""
-    return torch.randn(num_samples, latent_dim, generator=torch.Generator().manual_seed(seed))
-
-
 @torch.no_grad()
-def generate(model: CVAE, labels: torch.Tensor, z: torch.Tensor, batch_size: int = 2000) -> torch.Tensor:
-    """Prior samples (B, 1, 28, 28) for the given labels at the given z, decoded in large batches."""
+def decode_at(model: CVAE, labels: torch.Tensor, z: torch.Tensor, batch_size: int = 2000) -> torch.Tensor:
+    """Images (B, 1, 28, 28) of the given labels at the given z, decoded in large batches on the labels' device."""
     z = z.to(labels.device)
     return torch.cat([model.sample(y, z_batch) for y, z_batch in zip(labels.split(batch_size), z.split(batch_size))])
 
@@ -183,7 +178,7 @@ def classification_accuracy_score(
 ) -> float:
     """CAS (Ravuri & Vinyals, 2019): train the reference architecture on generated digits only, test on real ones."""
     labels = balanced_labels(per_digit * NUM_CLASSES, test_images.device)
-    synthetic = generate(model, labels, prior_latents(len(labels), model.latent_dim, seed))
+    synthetic = decode_at(model, labels, prior_latents(len(labels), model.latent_dim, seed))
     classifier = fit_classifier(synthetic, labels, epochs=epochs, seed=seed)
     return accuracy(classifier, test_images.view(-1, 1, 28, 28), test_labels)
 
@@ -194,36 +189,22 @@ def conditional_generation_metrics(features: str, inception_weights: str | None)
     return ConditionalGenerationMetrics(extractor, classifier)
 
 
-class GenerationQuality(pl.Callback):
-    """Every n epochs, val/fid and val/label_acc (overall and per digit): class-balanced prior samples, the
-    same z each time, against the real validation images, whose features are extracted once per run."""
-
-    def __init__(self, every_n_epochs: int = 1, num_samples: int = 10_000, features: str = "mnist",
-                 inception_weights: str | None = None, seed: int = 0):
-        if every_n_epochs <= 0:
-            raise ValueError(f"callbacks.generation_quality.every_n_epochs={every_n_epochs} must be positive")
-        balanced_labels(num_samples)  # refuse a bad count before training starts
-        self.every_n_epochs, self.num_samples, self.seed = every_n_epochs, num_samples, seed
-        self.features, self.inception_weights = features, inception_weights
-
-    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
-        if stage == "fit":
-            self.metrics = conditional_generation_metrics(self.features, self.inception_weights).to(pl_module.device)
-            self.has_real_features = False
-
-    def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if trainer.sanity_checking or trainer.state.fn != "fit" or trainer.current_epoch % self.every_n_epochs:
-            return
-        device = pl_module.device
-        if not self.has_real_features:
-            for x, y in trainer.datamodule.val_dataloader():
-                self.metrics.update(x.to(device), y.to(device), real=True)
-            self.has_real_features = True
-        # each rank generates its own share of the same balanced sample; compute() gathers them
-        shard = slice(trainer.global_rank, None, trainer.world_size)
-        labels = balanced_labels(self.num_samples, device)[shard]
-        z = prior_latents(self.num_samples, pl_module.model.latent_dim, self.seed)[shard]
-        self.metrics.update(generate(pl_module.model, labels, z), labels, real=False)
-        for name, value in self.metrics.compute().items():
-            pl_module.log(f"val/{name}", value)
-        self.metrics.reset_generated()
+def generator_report(
+    model: CVAE, test_images: torch.Tensor, test_labels: torch.Tensor, *, num_samples: int, features: str,
+    inception_weights: str | None, iw_samples: int, seed: int, cas_per_digit: int = 0, cas_epochs: int = 3,
+) -> dict[str, float]:
+    """The test-set figures of evaluate.py beyond the ELBO: nll_iw, FID and label accuracy (overall and per
+    digit) of class-balanced prior samples against the real test images, and CAS when cas_per_digit > 0."""
+    device = test_images.device
+    metrics = conditional_generation_metrics(features, inception_weights).to(device)
+    for x, y in zip(test_images.split(2000), test_labels.split(2000)):
+        metrics.update(x, y, real=True)
+    labels = balanced_labels(num_samples, device)
+    metrics.update(decode_at(model, labels, prior_latents(num_samples, model.latent_dim, seed)), labels, real=False)
+    report = {f"test/{name}": value for name, value in metrics.compute().items()}
+    report["test/nll_iw"] = mean_iw_nll(model, test_images, test_labels, iw_samples)
+    if cas_per_digit > 0:
+        report["test/cas"] = classification_accuracy_score(
+            model, test_images, test_labels, cas_per_digit, epochs=cas_epochs, seed=seed
+        )
+    return report

@@ -19,6 +19,16 @@ QUICK_RUN = [
     "trainer.accelerator=cpu",
     "trainer.enable_progress_bar=false",
     "trainer.log_every_n_steps=1",
+    "callbacks.generation_quality.num_samples=1000",
+]
+# for runs that pick another callbacks group: QUICK_RUN without its setting of a default callback
+QUICK_RUN_ANY_CALLBACKS = [override for override in QUICK_RUN if not override.startswith("callbacks.")]
+# evaluate.py on a thousand generated digits and a 5-sample IW bound: every figure, in seconds
+QUICK_EVALUATION = [
+    "trainer.accelerator=cpu",
+    "trainer.enable_progress_bar=false",
+    "quality.num_samples=1000",
+    "quality.iw_samples=5",
 ]
 
 

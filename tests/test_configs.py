@@ -49,7 +49,8 @@ def test_callbacks_and_loggers_instantiate(tmp_path):
 
     cfg = compose_config("train", ["logger=many_loggers"], tmp_path)
     names = {type(obj).__name__ for obj in instantiate_group(cfg.callbacks) + instantiate_group(cfg.logger)}
-    assert names == {"ModelCheckpoint", "SampleGrids", "TensorBoardLogger", "CSVLogger"}
+    assert names == {"ModelCheckpoint", "SampleGrids", "GenerationQuality", "LatentExploration",
+                     "TensorBoardLogger", "CSVLogger"}
 
 
 def test_run_dirs_have_sub_second_resolution():

@@ -14,7 +14,7 @@ from cvae import generate
 from cvae.checkpoint import load_module
 from cvae.data import MNISTDataModule
 from cvae.images import latent_map_images
-from tests.conftest import QUICK_RUN, compose_config
+from tests.conftest import QUICK_EVALUATION, QUICK_RUN, compose_config
 
 PAD = 2  # make_grid's lines between images
 
@@ -217,7 +217,7 @@ def test_evaluate_writes_what_its_config_asks_for(run_2d, data_dir, tmp_path):
     from cvae.evaluation import evaluate
 
     overrides = [f"ckpt_path={run_2d / 'checkpoints' / 'best.ckpt'}", f"data.data_dir={data_dir}",
-                 "trainer.accelerator=cpu", "trainer.limit_test_batches=1", "trainer.enable_progress_bar=false",
+                 *QUICK_EVALUATION, "trainer.limit_test_batches=1",
                  "digits=007", "digit=3", "variants=4", "latent_map=true", "interpolate=true",
                  "interpolation_steps=6", "style_transfer=true", "export.per_digit=3", "anomaly.scores_for=test",
                  "anomaly.k=1", "anomaly.demo=true"]

@@ -10,11 +10,11 @@ from pathlib import Path
 import yaml
 from hydra import compose, initialize_config_dir
 
-from tests.conftest import CONF_DIR, QUICK_RUN
+from tests.conftest import CONF_DIR, QUICK_RUN_ANY_CALLBACKS
 from tests.test_train import run_script
 
 # one short epoch, nothing a sweep test does not look at
-TINY_RUN = [*QUICK_RUN, "trainer.max_epochs=1", "trainer.limit_train_batches=2", "trainer.limit_val_batches=1",
+TINY_RUN = [*QUICK_RUN_ANY_CALLBACKS, "trainer.max_epochs=1", "trainer.limit_train_batches=2", "trainer.limit_val_batches=1",
             "trainer.limit_test_batches=1", "callbacks=model_checkpoint", "logger=csv"]
 
 # sbatch for a machine without SLURM: answers as SLURM does, then, in the background, runs each task of the job

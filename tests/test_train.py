@@ -14,7 +14,7 @@ from tensorboard.plugins.hparams.plugin_data_pb2 import HParamsPluginData
 from cvae.checkpoint import load_module
 from cvae.data import MNISTDataModule
 from cvae.model import negative_elbo
-from tests.conftest import QUICK_RUN, ROOT, compose_config
+from tests.conftest import QUICK_EVALUATION, QUICK_RUN, QUICK_RUN_ANY_CALLBACKS, ROOT, compose_config
 
 ELBO_METRICS = {f"{stage}/{term}" for stage in ("val", "test") for term in ("nelbo", "recon", "kl")}
 
@@ -39,6 +39,8 @@ def test_tensorboard_has_scalars_images_and_hparams(trained_run):
     scalars = set(events.Tags()["scalars"])
     assert {"train/nelbo", "train/nelbo_step", "train/beta"} | ELBO_METRICS <= scalars
     assert len(events.Scalars("val/nelbo")) == 2, "one value per epoch"
+    assert {"val/fid", "val/label_acc", "val/fid_digit/7", "val/label_acc_digit/7", "val/active_units"} <= scalars
+    assert len(events.Scalars("val/fid")) == 1, "FID after the last epoch (every 5 otherwise)"
     images = events.Tags()["images"]
     assert {"samples/prior_by_digit", "samples/reconstructions"} <= set(images)
     grid = events.Images("samples/prior_by_digit")[-1]
@@ -79,11 +81,13 @@ def test_evaluate_writes_its_own_metrics_and_samples(trained_run, data_dir, tmp_
 
     run_dir, trained = trained_run
     ckpt = run_dir / "checkpoints" / "best.ckpt"
-    cfg = compose_config("evaluate", [f"ckpt_path={ckpt}", f"data.data_dir={data_dir}", "trainer.accelerator=cpu"],
-                         tmp_path)
+    cfg = compose_config("evaluate", [f"ckpt_path={ckpt}", f"data.data_dir={data_dir}", *QUICK_EVALUATION], tmp_path)
     returned = evaluate(cfg)
     written = json.loads((tmp_path / "metrics.json").read_text())
-    assert {"test/nelbo", "test/recon", "test/kl"} <= written.keys()
+    assert {"test/nelbo", "test/recon", "test/kl", "test/nll_iw", "test/fid", "test/label_acc",
+            "test/label_acc_digit/0", "test/fid_digit/9", "test/active_units", "test/kl_dim/2"} <= written.keys()
+    assert 0 <= written["test/active_units"] <= 3 and 0 <= written["test/label_acc"] <= 1 and written["test/fid"] > 0
+    assert written["test/nll_iw"] < written["test/nelbo"], "the IW bound is tighter than the ELBO"
     assert written["test/kl"] == pytest.approx(trained["test/kl"], rel=1e-4), "same checkpoint, same KL"
     assert written["test/nelbo"] == pytest.approx(trained["test/nelbo"], rel=0.01)
     assert written["test/nelbo"] == pytest.approx(returned["test/nelbo"])
@@ -113,7 +117,7 @@ def test_multirun_gives_one_complete_run_per_member(tmp_path, data_dir):
 
 
 def test_launches_in_the_same_second_get_their_own_dirs(tmp_path, data_dir):
-    quick = [*QUICK_RUN, "trainer.max_epochs=1", "trainer.limit_train_batches=1", "trainer.limit_val_batches=1",
+    quick = [*QUICK_RUN_ANY_CALLBACKS, "trainer.max_epochs=1", "trainer.limit_train_batches=1", "trainer.limit_val_batches=1",
              "trainer.limit_test_batches=1", "callbacks=none", "logger=csv", f"data.data_dir={data_dir}"]
     env = {**os.environ, "PROJECT_ROOT": str(tmp_path)}
     launches = [subprocess.Popen([sys.executable, "train.py", *quick], cwd=ROOT, env=env,
