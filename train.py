@@ -10,9 +10,12 @@ os.environ.setdefault("PROJECT_ROOT", str(Path(__file__).resolve().parent))
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="train")
 def main(cfg: DictConfig) -> float:
-    from cvae.training import train  # imported here so `--help` and config errors come back fast
+    # imported here so that `--help` and Hydra's own config errors come back fast
+    from cvae.checks import TRAIN_RULES
+    from cvae.cli import run_task
+    from cvae.training import train
 
-    metrics = train(cfg)
+    metrics = run_task(train, cfg, TRAIN_RULES)
     return metrics[cfg.optimized_metric]
 
 

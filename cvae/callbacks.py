@@ -1,11 +1,22 @@
 """Lightning callbacks: what TensorBoard shows of a run beyond its scalars."""
+from pathlib import Path
+
 import pytorch_lightning as pl
 import torch
 from pytorch_lightning.loggers import TensorBoardLogger
+from pytorch_lightning.utilities import rank_zero_info
+from pytorch_lightning.utilities.exceptions import SIGTERMException
 
+from cvae.errors import ConfigError, DivergenceError
 from cvae.generate import first_of_each_digit, prior_latents
-from cvae.images import (digit_rows, digit_rows_latents, interpolation_images, latent_map_images, reconstruction_rows,
-                         style_transfer_image)
+from cvae.images import (
+    digit_rows,
+    digit_rows_latents,
+    interpolation_images,
+    latent_map_images,
+    reconstruction_rows,
+    style_transfer_image,
+)
 from cvae.quality import balanced_labels, conditional_generation_metrics, decode_at
 
 
@@ -41,7 +52,7 @@ class GenerationQuality(pl.Callback):
     def __init__(self, every_n_epochs: int = 5, num_samples: int = 10_000, features: str = "mnist",
                  inception_weights: str | None = None, seed: int = 0):
         if every_n_epochs <= 0:
-            raise ValueError(f"callbacks.generation_quality.every_n_epochs={every_n_epochs} must be positive")
+            raise ConfigError(f"callbacks.generation_quality.every_n_epochs={every_n_epochs} must be positive")
         balanced_labels(num_samples)  # refuse a bad count before training starts
         self.every_n_epochs, self.num_samples, self.seed = every_n_epochs, num_samples, seed
         self.features, self.inception_weights = features, inception_weights
@@ -110,3 +121,36 @@ def add_tensorboard_images(trainer: pl.Trainer, images: dict[str, torch.Tensor])
         if isinstance(logger, TensorBoardLogger):
             for tag, image in images.items():
                 logger.experiment.add_image(tag, image.cpu(), global_step=trainer.global_step)
+
+
+def last_checkpoint_path(trainer: pl.Trainer) -> Path:
+    checkpoints = trainer.checkpoint_callback.dirpath if trainer.checkpoint_callback else None
+    return Path(checkpoints or Path(trainer.default_root_dir) / "checkpoints") / "last.ckpt"
+
+
+class StopOnDivergence(pl.Callback):
+    """Stops training at the first step whose loss is NaN or infinite, naming the epoch and step, before any
+    checkpoint is written from the broken weights: checkpoints/last.ckpt stays the last good one."""
+
+    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs, batch, batch_idx) -> None:
+        loss = outputs["loss"] if isinstance(outputs, dict) else outputs
+        if torch.isfinite(loss).item():
+            return
+        last = last_checkpoint_path(trainer)
+        kept = f"the last good checkpoint is {last}" if last.is_file() else "no checkpoint was written before it"
+        raise DivergenceError(
+            f"the loss became {loss.item()} at epoch {trainer.current_epoch}, step {trainer.global_step - 1} "
+            f"(batch {batch_idx} of the epoch); {kept}. Lower lr or model.beta and train again"
+        )
+
+
+class CheckpointOnInterrupt(pl.Callback):
+    """Ctrl-C or SIGTERM during training: save checkpoints/last.ckpt, so `ckpt_path=<it>` resumes the run."""
+
+    def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
+        if trainer.state.fn != "fit" or not isinstance(exception, (KeyboardInterrupt, SIGTERMException)):
+            return
+        last = last_checkpoint_path(trainer)
+        trainer.save_checkpoint(last)
+        rank_zero_info(f"interrupted at epoch {trainer.current_epoch}, step {trainer.global_step}; saved {last}: "
+                       f"resume with ckpt_path={last}")

@@ -13,6 +13,8 @@ import torch.nn.functional as F
 from torch import nn
 from torchvision import datasets
 
+from cvae.errors import DataError
+
 WEIGHTS_PATH = Path(__file__).parent / "weights" / "mnist_classifier.pt"
 WEIGHTS_SHA256 = "cacf0bfdae93cba03e3489f447082ac94afed4c368482b851040038b02537bb0"
 NUM_FEATURES = 128
@@ -48,9 +50,9 @@ def sha256(path: Path) -> str:
 def load_reference_classifier(path: Path = WEIGHTS_PATH, expected_sha256: str = WEIGHTS_SHA256) -> ReferenceClassifier:
     """The committed classifier, in eval mode, after checking its weights are the ones its figures came from."""
     if not path.is_file():
-        raise FileNotFoundError(f"reference classifier weights {path} are missing; restore them from git")
+        raise DataError(f"reference classifier weights {path} are missing; restore them from git")
     if sha256(path) != expected_sha256:
-        raise ValueError(
+        raise DataError(
             f"reference classifier weights {path} do not match their checksum; restore them from git "
             f"(or, to adopt new weights on purpose, update WEIGHTS_SHA256 in {Path(__file__).name})"
         )

@@ -11,8 +11,16 @@ from torchvision.utils import save_image
 
 from cvae import generate
 from cvae.checkpoint import load_module
-from cvae.images import (digit_rows, digit_rows_latents, image_grid, interpolation_images, latent_map_images,
-                         rows_grid, style_transfer_image)
+from cvae.errors import ConfigError
+from cvae.images import (
+    digit_rows,
+    digit_rows_latents,
+    image_grid,
+    interpolation_images,
+    latent_map_images,
+    rows_grid,
+    style_transfer_image,
+)
 from cvae.model import CVAE
 from cvae.quality import generator_report
 from cvae.utils import format_table, write_json_atomic
@@ -56,7 +64,7 @@ def check_requests(cfg: DictConfig) -> None:
     if scores_for not in (None, "test"):
         path = Path(str(scores_for))
         if not path.is_file() or path.suffix not in generate.IMAGE_SET_SUFFIXES:
-            raise ValueError(f"anomaly.scores_for={scores_for!r} is neither test nor an existing .pt or .npz file")
+            raise ConfigError(f"anomaly.scores_for={scores_for!r} is neither test nor an existing .pt or .npz file")
 
 
 def test_images(datamodule: pl.LightningDataModule) -> tuple[torch.Tensor, torch.Tensor]:

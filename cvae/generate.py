@@ -28,6 +28,7 @@ from PIL import Image
 from torchmetrics.functional import auroc
 from tqdm.auto import tqdm
 
+from cvae.errors import ConfigError
 from cvae.model import CVAE, IMAGE_SHAPE, NUM_CLASSES, NUM_PIXELS, importance_weighted_nll, negative_elbo, one_hot
 
 DIGIT_CHARACTERS = "0123456789"
@@ -45,12 +46,12 @@ def parse_digits(digits: int | str, key: str = "digits") -> list[int]:
     digits=20261120). Anything but the characters 0-9 is refused, naming the key and the offending value."""
     allowed = f"a non-empty string of the characters 0-9 (quote it on the command line: {key}=\"'007'\")"
     if isinstance(digits, bool) or not isinstance(digits, int | str):
-        raise ValueError(f"{key}={digits!r} is not a digit string; expected {allowed}")
+        raise ConfigError(f"{key}={digits!r} is not a digit string; expected {allowed}")
     text = str(digits)
     others = sorted(set(text) - set(DIGIT_CHARACTERS))
     if not text or others:
         found = f" has {', '.join(map(repr, others))}" if others else " is empty"
-        raise ValueError(f"{key}={digits!r}{found}; expected {allowed}")
+        raise ConfigError(f"{key}={digits!r}{found}; expected {allowed}")
     return [int(character) for character in text]
 
 
@@ -58,19 +59,19 @@ def parse_digit(digit: int | str, key: str = "digit") -> int:
     """One digit 0-9, given as an int or a one-character string."""
     parsed = parse_digits(digit, key)
     if len(parsed) != 1:
-        raise ValueError(f"{key}={digit!r} is not a single digit; expected one of 0-9")
+        raise ConfigError(f"{key}={digit!r} is not a single digit; expected one of 0-9")
     return parsed[0]
 
 
 def check_count(value: int, key: str, minimum: int = 1) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ValueError(f"{key}={value!r} is not a count; expected a whole number >= {minimum}")
+        raise ConfigError(f"{key}={value!r} is not a count; expected a whole number >= {minimum}")
     return value
 
 
 def check_score(score: str) -> str:
     if score not in SCORES:
-        raise ValueError(f"anomaly.score={score!r} is not a score; choose one of {', '.join(SCORES)}")
+        raise ConfigError(f"anomaly.score={score!r} is not a score; choose one of {', '.join(SCORES)}")
     return score
 
 
@@ -193,7 +194,7 @@ def manifold_grid(model: CVAE, digit: int | str, size: int = MANIFOLD_SIZE) -> t
     (latent_dim 2 only): (size * size, 1, 28, 28), z1 growing to the right and z2 growing upwards, as in
     the scatter of latent_scatter."""
     if model.latent_dim != 2:
-        raise ValueError(f"a manifold grid needs latent_dim 2; this model has latent_dim {model.latent_dim}")
+        raise ConfigError(f"a manifold grid needs latent_dim 2; this model has latent_dim {model.latent_dim}")
     check_count(size, "size")
     probabilities = torch.linspace(0.5 / size, 1 - 0.5 / size, size)  # cell centres: no infinite quantiles
     quantiles = torch.distributions.Normal(0.0, 1.0).icdf(probabilities)
@@ -343,17 +344,17 @@ def load_image_set(path: str | Path) -> tuple[torch.Tensor, torch.Tensor]:
     `images` and `labels`), as write_synthetic_dataset writes them: uint8 (N, 28, 28) or floats in [0, 1]."""
     path = Path(path)
     if path.suffix not in IMAGE_SET_SUFFIXES:
-        raise ValueError(f"anomaly.scores_for={str(path)!r} is neither test, a .pt nor an .npz file")
+        raise ConfigError(f"anomaly.scores_for={str(path)!r} is neither test, a .pt nor an .npz file")
     if path.suffix == ".pt":
         arrays = torch.load(path, map_location="cpu", weights_only=True)
     else:
         with np.load(path) as npz:
             arrays = {key: torch.from_numpy(npz[key]) for key in npz.files}
     if not isinstance(arrays, dict) or not {"images", "labels"} <= arrays.keys():
-        raise ValueError(f"{path} does not hold both 'images' and 'labels'")
+        raise ConfigError(f"{path} does not hold both 'images' and 'labels'")
     images, labels = arrays["images"], arrays["labels"].long()
     if images[0].numel() != NUM_PIXELS or len(images) != len(labels):
-        raise ValueError(f"{path}: expected N images of 28x28 and N labels, got {tuple(images.shape)} and "
+        raise ConfigError(f"{path}: expected N images of 28x28 and N labels, got {tuple(images.shape)} and "
                          f"{tuple(labels.shape)}")
     return images, labels
 

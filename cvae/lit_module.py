@@ -6,6 +6,7 @@ import torch
 from torch import nn
 from torchmetrics import MeanMetric
 
+from cvae.errors import ConfigError
 from cvae.model import CVAE, negative_elbo
 from cvae.quality import PosteriorStats
 
@@ -86,5 +87,5 @@ class CVAELitModule(pl.LightningModule):
 
     def configure_optimizers(self):
         if self.optimizer is None:
-            raise ValueError("no optimizer to train with: pass model.optimizer (a partial, e.g. torch.optim.Adam)")
+            raise ConfigError("no optimizer to train with: pass model.optimizer (a partial, e.g. torch.optim.Adam)")
         return self.optimizer(params=self.parameters())

@@ -10,6 +10,7 @@ from torchmetrics.classification import MulticlassAccuracy
 from torchmetrics.image.fid import FrechetInceptionDistance
 
 from cvae.classifier import ReferenceClassifier, accuracy, fit_classifier, load_reference_classifier
+from cvae.errors import ConfigError, DataError
 from cvae.generate import prior_latents
 from cvae.model import CVAE, NUM_CLASSES, importance_weighted_nll, kl_per_dim
 
@@ -38,7 +39,7 @@ class InceptionFeatures(nn.Module):
         from torchmetrics.image.fid import NoTrainInceptionV3
 
         if weights_path is not None and not Path(weights_path).is_file():
-            raise FileNotFoundError(
+            raise DataError(
                 f"InceptionV3 weights {weights_path} not found: put torch-fidelity's "
                 f"pt_inception-2015-12-05-6726825d.pth there, or set callbacks.fid.inception_weights=null on a "
                 f"connected machine to download it"
@@ -48,7 +49,7 @@ class InceptionFeatures(nn.Module):
                 name="inception-v3-compat", features_list=["2048"], feature_extractor_weights_path=weights_path
             )
         except Exception as error:  # offline: torch-fidelity could not download the weights
-            raise RuntimeError(
+            raise DataError(
                 f"InceptionV3 weights could not be loaded ({type(error).__name__}); download torch-fidelity's "
                 f"pt_inception-2015-12-05-6726825d.pth and pass its path as inception_weights=PATH"
             ) from None
@@ -63,7 +64,7 @@ def feature_extractor(name: str = "mnist", inception_weights: str | None = None)
         return ClassifierFeatures(load_reference_classifier())
     if name == "inception":
         return InceptionFeatures(inception_weights)
-    raise ValueError(f"FID features {name!r} are unknown; choose one of {', '.join(FEATURE_EXTRACTORS)}")
+    raise ConfigError(f"FID features {name!r} are unknown; choose one of {', '.join(FEATURE_EXTRACTORS)}")
 
 
 class PrecomputedFeatures(nn.Module):
@@ -124,7 +125,7 @@ class ConditionalGenerationMetrics(nn.Module):
 def balanced_labels(num_samples: int, device: torch.device | str = "cpu") -> torch.Tensor:
     """num_samples labels, the same count of each digit."""
     if num_samples <= 0 or num_samples % NUM_CLASSES:
-        raise ValueError(f"a class-balanced sample count must be a positive multiple of 10, got {num_samples}")
+        raise ConfigError(f"a class-balanced sample count must be a positive multiple of 10, got {num_samples}")
     return torch.arange(NUM_CLASSES, device=device).repeat_interleave(num_samples // NUM_CLASSES)
 
 

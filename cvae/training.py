@@ -21,6 +21,8 @@ from pytorch_lightning.loggers import TensorBoardLogger
 from pytorch_lightning.strategies.launchers import _SubprocessScriptLauncher
 from pytorch_lightning.utilities import rank_zero_only
 
+from cvae.callbacks import CheckpointOnInterrupt, StopOnDivergence
+from cvae.checkpoint import AtomicCheckpointIO, check_resumable
 from cvae.utils import instantiate_group, write_json_atomic
 
 HPARAM_KEYS = ("latent_dim", "batch_size", "lr", "seed", "model", "data", "trainer")
@@ -39,14 +41,18 @@ def train(cfg: DictConfig) -> dict:
     datamodule = instantiate(cfg.data)
     model = instantiate(cfg.model)
     loggers = instantiate_group(cfg.get("logger"))
-    callbacks = [*instantiate_group(cfg.get("callbacks")), RandomStateCheckpoint()]
-    trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
+    if cfg.get("ckpt_path"):
+        check_resumable(cfg.ckpt_path, cfg.model)
+    # always on, whatever the callbacks group: resumable runs, and no training on from NaN weights
+    safety = [RandomStateCheckpoint(), StopOnDivergence(), CheckpointOnInterrupt()]
+    callbacks = [*instantiate_group(cfg.get("callbacks")), *safety]
+    trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False, plugins=[AtomicCheckpointIO()])
     output_dir = Path(cfg.paths.output_dir)
     write_environment(output_dir / "environment.json", cfg.paths.root_dir)
 
     with launch_local_ranks(trainer, cfg):
         fit_started = time.perf_counter()
-        trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
+        trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"), weights_only=True)
         fit_seconds = time.perf_counter() - fit_started
         summary = evaluate_best(trainer, model, datamodule, loggers, cfg)
 

@@ -20,10 +20,14 @@ def write_json_atomic(path: str | Path, data: dict) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.NamedTemporaryFile("w", dir=path.parent, prefix=f".{path.name}.", delete=False) as tmp:
-        json.dump(data, tmp, indent=2, sort_keys=True)
-        tmp.write("\n")
-        tmp.flush()
-        os.fsync(tmp.fileno())
+        try:
+            json.dump(data, tmp, indent=2, sort_keys=True)
+            tmp.write("\n")
+            tmp.flush()
+            os.fsync(tmp.fileno())
+        except BaseException:
+            os.unlink(tmp.name)
+            raise
     os.chmod(tmp.name, 0o644)  # NamedTemporaryFile makes it private; results are for everyone who reads the run
     os.replace(tmp.name, path)
 

@@ -1,0 +1,22 @@
+"""Errors that mean "the input was wrong", not "the program is wrong": entry points report them as one line
+(what was wrong and how to fix it) with no traceback, unless HYDRA_FULL_ERROR=1 asks for one."""
+
+
+class UsageError(Exception):
+    """Bad input from the user: a config value, a data folder, a checkpoint file, a generation request."""
+
+
+class ConfigError(UsageError, ValueError):
+    pass
+
+
+class DataError(UsageError, FileNotFoundError):
+    pass
+
+
+class CheckpointError(UsageError, ValueError):
+    pass
+
+
+class DivergenceError(UsageError, ArithmeticError):
+    """The loss became NaN or infinite: a learning rate too high, usually."""
