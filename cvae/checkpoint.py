@@ -13,6 +13,9 @@ from cvae.errors import CheckpointError
 from cvae.lit_module import CVAELitModule
 
 
+ZIP_MAGIC = b"PK\x03\x04"  # torch.save writes a zip archive
+
+
 def architecture(hparams) -> dict:
     """The hyperparameters that fix the shapes of the weights, as plain values."""
     return {"latent_dim": int(hparams["latent_dim"]), "hidden_dims": [int(width) for width in hparams["hidden_dims"]]}
@@ -23,14 +26,17 @@ def read_checkpoint(path: str | Path) -> dict:
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint {path} does not exist; pass ckpt_path=<run dir>/checkpoints/best.ckpt")
+    with open(path, "rb") as file:
+        if file.read(4) != ZIP_MAGIC:
+            raise CheckpointError(f"{path} is not a cvae checkpoint: it is not in torch's checkpoint format")
     try:
         checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as error:
         refused = re.search(r"GLOBAL (\S+)", str(error))
         detail = f" (it refers to {refused.group(1)})" if refused else ""
         raise CheckpointError(
-            f"{path} is not a cvae checkpoint: it is not in torch's format or holds objects beyond tensors and plain "
-            f"values{detail}, which are never unpickled because that could run code"
+            f"{path} is not a cvae checkpoint: it holds objects beyond tensors and plain values{detail}, which are "
+            f"never unpickled because that could run code"
         ) from None
     except Exception as error:  # truncated or corrupted: torch names the part it could not read
         first_sentence = str(error).split(". ")[0].strip() or type(error).__name__

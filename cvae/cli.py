@@ -5,12 +5,14 @@ HYDRA_FULL_ERROR=1 shows the traceback instead. In a multirun the error is re-ra
 Hydra records the member as failed and the sweep goes on with the others."""
 import logging
 import os
+import signal
 import sys
 from collections.abc import Callable
 
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig
+from pytorch_lightning.utilities.exceptions import SIGTERMException
 
 from cvae.checks import check_config
 from cvae.errors import UsageError
@@ -35,6 +37,9 @@ def run_task(task: Callable[[DictConfig], object], cfg: DictConfig, rules: dict)
     try:
         check_config(cfg, rules)
         return task(cfg)
+    except SIGTERMException:  # CheckpointOnInterrupt has saved the run and said how to resume it
+        print("error: stopped by SIGTERM", file=sys.stderr)
+        sys.exit(128 + signal.SIGTERM)
     except Exception as error:
         cause = usage_error(error)
         if cause is None or os.environ.get("HYDRA_FULL_ERROR") == "1":

@@ -1,0 +1,256 @@
+"""Bad input, faults and untrusted files, each triggered for real: the message, the exit status, and that nothing
+was lost or left half-written."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import pytorch_lightning as pl
+import torch
+
+from cvae.checkpoint import AtomicCheckpointIO, load_module
+from cvae.checks import EVALUATE_RULES, TRAIN_RULES
+from cvae.cli import run_task
+from cvae.errors import CheckpointError
+from cvae.evaluation import evaluate
+from cvae.training import train
+from cvae.utils import write_json_atomic
+from tests.conftest import QUICK_EVALUATION, QUICK_RUN, ROOT, compose_config
+from tests.test_train import run_script
+
+
+def expect_one_line_exit(capsys, task, cfg, rules) -> str:
+    """Runs an entry point's task as train.py / evaluate.py do; returns its one-line error."""
+    with pytest.raises(SystemExit) as exit_:
+        run_task(task, cfg, rules)
+    assert exit_.value.code == 1
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), lines
+    return lines[0]
+
+
+@pytest.mark.parametrize(("override", "named"), [
+    ("latent_dim=0", "latent_dim=0"),
+    ("batch_size=-8", "batch_size=-8"),
+    ("lr=0", "lr=0"),
+    ("lr=-0.001", "lr=-0.001"),
+    ("trainer.max_epochs=0", "trainer.max_epochs=0"),
+    ("model.hidden_dims=[512,0]", "model.hidden_dims=[512, 0]"),
+    ("model.hidden_dims=[]", "model.hidden_dims=[]"),
+])
+def test_bad_training_values_fail_before_any_work(override, named, tmp_path, capsys, data_dir):
+    cfg = compose_config("train", [override, f"data.data_dir={data_dir}"], tmp_path)
+    line = expect_one_line_exit(capsys, train, cfg, TRAIN_RULES)
+    assert named in line and "must be" in line
+    assert list(tmp_path.iterdir()) == [], "nothing was written"
+
+
+@pytest.mark.parametrize(("override", "named"), [
+    ("digits=12a", "digits='12a'"),
+    ("digit=12", "digit=12"),
+    ("samples_per_digit=0", "samples_per_digit=0"),
+    ("variants=0", "variants=0"),
+    ("export.per_digit=-5", "export.per_digit=-5"),
+    ("quality.num_samples=15", "quality.num_samples=15"),
+    ("quality.iw_samples=0", "quality.iw_samples=0"),
+])
+def test_bad_evaluation_requests_fail_before_any_work(override, named, tmp_path, capsys, trained_run):
+    ckpt = trained_run[0] / "checkpoints" / "best.ckpt"
+    cfg = compose_config("evaluate", [f"ckpt_path={ckpt}", override], tmp_path)
+    assert named in expect_one_line_exit(capsys, evaluate, cfg, EVALUATE_RULES)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_entry_point_exits_non_zero_with_one_line_and_traceback_only_when_asked(tmp_path):
+    quiet = run_script("train.py", "latent_dim=-1", f"hydra.run.dir={tmp_path / 'run'}")
+    assert quiet.returncode == 1
+    assert quiet.stderr.strip().splitlines()[-1].startswith("error: latent_dim=-1 is not allowed")
+    assert "Traceback" not in quiet.stderr
+    loud = run_script("train.py", "latent_dim=-1", f"hydra.run.dir={tmp_path / 'run'}",
+                      env_extra={"HYDRA_FULL_ERROR": "1"})
+    assert loud.returncode == 1 and "Traceback" in loud.stderr and "ConfigError" in loud.stderr
+
+
+@pytest.mark.parametrize(("override", "message"), [
+    ("no_such_key=1", "Could not override 'no_such_key'"),
+    ("trainer=no_such_trainer", "Could not find 'trainer/no_such_trainer'"),
+])
+def test_unknown_keys_and_groups_are_named(override, message, tmp_path):
+    result = run_script("train.py", override, f"hydra.run.dir={tmp_path / 'run'}")
+    assert result.returncode == 1 and message in result.stderr and "Traceback" not in result.stderr
+    assert not (tmp_path / "run").exists()
+
+
+def test_missing_data_names_where_it_looked_and_how_to_fix_it(tmp_path, capsys):
+    cfg = compose_config("train", [f"data.data_dir={tmp_path / 'nothing_here'}", "data.download=false"], tmp_path)
+    line = expect_one_line_exit(capsys, train, cfg, TRAIN_RULES)
+    assert str(tmp_path / "nothing_here" / "MNIST" / "raw") in line
+    assert "data.data_dir" in line and "CVAE_DATA_DIR" in line
+
+
+@pytest.fixture
+def mnist_copy(tmp_path, data_dir) -> Path:
+    """A writable copy of the extracted MNIST files."""
+    raw = tmp_path / "mnist" / "MNIST" / "raw"
+    raw.mkdir(parents=True)
+    for source in (Path(data_dir) / "MNIST" / "raw").glob("*-ubyte"):
+        (raw / source.name).write_bytes(source.read_bytes())
+    return tmp_path / "mnist"
+
+
+@pytest.mark.parametrize("damage", ["truncate", "flip_a_byte"])
+def test_damaged_mnist_files_are_named_and_never_trained_on(damage, mnist_copy, tmp_path, capsys):
+    images = mnist_copy / "MNIST" / "raw" / "train-images-idx3-ubyte"
+    data = bytearray(images.read_bytes())
+    if damage == "truncate":
+        data = data[: len(data) // 2]
+    else:
+        data[len(data) // 2] ^= 0xFF
+    images.write_bytes(bytes(data))
+    output_dir = tmp_path / "run"
+    cfg = compose_config("train", [*QUICK_RUN, f"data.data_dir={mnist_copy}", "data.download=false"], output_dir)
+    line = expect_one_line_exit(capsys, train, cfg, TRAIN_RULES)
+    assert "train-images-idx3-ubyte" in line and "checksum" in line
+    assert not (output_dir / "checkpoints").exists()
+
+
+def crafted_pickle(path: Path, proof: Path) -> Path:
+    """A file torch.load(weights_only=False) would execute: it creates `proof` when unpickled."""
+    class Exploit:
+        def __reduce__(self):
+            return (os.system, (f"touch {proof}",))
+
+    torch.save({"state_dict": {}, "hyper_parameters": {"latent_dim": 2, "hidden_dims": Exploit()}}, path)
+    return path
+
+
+def bad_checkpoints(tmp_path: Path, good: Path) -> dict[str, Path]:
+    truncated = tmp_path / "truncated.ckpt"
+    truncated.write_bytes(good.read_bytes()[:5000])
+    not_a_checkpoint = tmp_path / "notes.ckpt"
+    not_a_checkpoint.write_text("these are not weights\n")
+    return {"truncated": truncated, "not_a_checkpoint": not_a_checkpoint,
+            "crafted": crafted_pickle(tmp_path / "crafted.ckpt", tmp_path / "code_ran")}
+
+
+@pytest.mark.parametrize("kind", ["truncated", "not_a_checkpoint", "crafted"])
+def test_bad_checkpoints_are_refused_by_evaluate_and_resume_without_running_code(kind, trained_run, tmp_path, capsys,
+                                                                               data_dir):
+    ckpt = bad_checkpoints(tmp_path, trained_run[0] / "checkpoints" / "best.ckpt")[kind]
+    expected = {"truncated": "truncated or corrupted", "not_a_checkpoint": "is not a cvae checkpoint",
+                "crafted": "never unpickled"}[kind]
+    evaluation = compose_config("evaluate", [f"ckpt_path={ckpt}", *QUICK_EVALUATION], tmp_path / "evaluate")
+    assert expected in expect_one_line_exit(capsys, evaluate, evaluation, EVALUATE_RULES)
+    resume = compose_config("train", [*QUICK_RUN, f"ckpt_path={ckpt}", f"data.data_dir={data_dir}"], tmp_path / "run")
+    assert expected in expect_one_line_exit(capsys, train, resume, TRAIN_RULES)
+    assert not (tmp_path / "code_ran").exists(), "loading a checkpoint ran code from it"
+    assert not (tmp_path / "run" / "checkpoints").exists()
+
+
+def test_a_checkpoint_of_another_model_is_refused(trained_run, tmp_path, capsys, data_dir):
+    ckpt = trained_run[0] / "checkpoints" / "last.ckpt"  # latent_dim 3, hidden [512, 256]
+    cfg = compose_config("train", [*QUICK_RUN, f"ckpt_path={ckpt}", "latent_dim=5", "model.hidden_dims=[64]",
+                                   f"data.data_dir={data_dir}"], tmp_path)
+    line = expect_one_line_exit(capsys, train, cfg, TRAIN_RULES)
+    assert "latent_dim=3, hidden_dims=[512, 256]" in line and "latent_dim=5, hidden_dims=[64]" in line
+    with pytest.raises(CheckpointError, match="does not match"):
+        torch.save({**torch.load(ckpt, weights_only=True), "hyper_parameters": {"latent_dim": 5}}, tmp_path / "x.ckpt")
+        load_module(tmp_path / "x.ckpt")
+
+
+class PoisonWeightsAtEpoch(pl.Callback):
+    """Stands in for a divergence: makes the weights NaN at the start of the given epoch."""
+
+    def __init__(self, epoch: int):
+        self.epoch = epoch
+
+    def on_train_epoch_start(self, trainer, pl_module):
+        if trainer.current_epoch == self.epoch:
+            with torch.no_grad():
+                pl_module.model.decoder[-1].bias.fill_(float("nan"))
+
+
+def test_divergence_stops_the_run_keeps_the_last_good_checkpoint_and_says_where(tmp_path, capsys, data_dir):
+    cfg = compose_config("train", [*QUICK_RUN, "trainer.max_epochs=3", f"data.data_dir={data_dir}",
+                                   "+callbacks.poison._target_=tests.test_failures.PoisonWeightsAtEpoch",
+                                   "+callbacks.poison.epoch=1"], tmp_path)
+    line = expect_one_line_exit(capsys, train, cfg, TRAIN_RULES)
+    assert "the loss became nan at epoch 1, step 5" in line and "last good checkpoint" in line
+    last = load_module(tmp_path / "checkpoints" / "last.ckpt")
+    assert all(torch.isfinite(p).all() for p in last.parameters()), "last.ckpt holds the good weights"
+    assert torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=True)["epoch"] == 0
+    assert not (tmp_path / "metrics.json").exists()
+
+
+def test_a_real_divergence_exits_non_zero_and_other_sweep_members_complete(tmp_path, data_dir):
+    sweep = tmp_path / "sweep"
+    result = run_script("train.py", "-m", "lr=1e-3,50", *QUICK_RUN, "trainer.max_epochs=1",
+                        f"data.data_dir={data_dir}", f"hydra.sweep.dir={sweep}")
+    assert result.returncode != 0
+    assert "the loss became" in (sweep / "1" / "train.log").read_text()
+    assert (sweep / "0" / "metrics.json").is_file() and not (sweep / "1" / "metrics.json").exists()
+    summary = (sweep / "summary.csv").read_text().splitlines()
+    assert any("lr=50" in row and "failed" in row for row in summary)
+
+
+@pytest.mark.parametrize("stop", [signal.SIGINT, signal.SIGTERM])
+def test_an_interrupted_run_leaves_a_checkpoint_that_resumes_to_the_end(stop, tmp_path, data_dir):
+    run_dir = tmp_path / "run"
+    args = ["train.py", "trainer.max_epochs=3", "trainer.limit_train_batches=400", "trainer.limit_val_batches=2",
+            "trainer.enable_progress_bar=false", "callbacks=model_checkpoint", "logger=csv",
+            f"data.data_dir={data_dir}", f"hydra.run.dir={run_dir}"]
+    process = subprocess.Popen([sys.executable, *args], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                               text=True)
+    deadline = time.monotonic() + 300
+    while not (run_dir / "hparams.yaml").is_file() and time.monotonic() < deadline:  # fit has started
+        time.sleep(0.2)
+    time.sleep(2.0)
+    process.send_signal(stop)
+    output = process.communicate(timeout=300)[0]
+    assert process.returncode != 0, output[-2000:]
+    assert "resume with ckpt_path=" in output
+    last = run_dir / "checkpoints" / "last.ckpt"
+    assert load_module(last) is not None
+    assert not (run_dir / "metrics.json").exists(), "an interrupted run has no final metrics"
+    assert not list(run_dir.rglob("*.partial")) and not list(run_dir.rglob(".metrics.json.*"))
+
+    resumed = run_script(*args, f"ckpt_path={last}")
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert json.loads((run_dir / "metrics.json").read_text())["epochs"] == 3
+
+
+def test_a_failed_write_leaves_the_previous_file_whole(tmp_path, monkeypatch):
+    metrics = tmp_path / "metrics.json"
+    write_json_atomic(metrics, {"test/nelbo": 100.0})
+    with pytest.raises(TypeError):
+        write_json_atomic(metrics, {"test/nelbo": object()})  # json.dump fails half-way
+    assert json.loads(metrics.read_text()) == {"test/nelbo": 100.0}
+    assert [p.name for p in tmp_path.iterdir()] == ["metrics.json"]
+
+    checkpoint = tmp_path / "last.ckpt"
+    AtomicCheckpointIO().save_checkpoint({"epoch": 1}, checkpoint)
+
+    def interrupted_save(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(torch, "save", interrupted_save)
+    with pytest.raises(KeyboardInterrupt):
+        AtomicCheckpointIO().save_checkpoint({"epoch": 2}, checkpoint)
+    monkeypatch.undo()
+    assert torch.load(checkpoint, weights_only=True) == {"epoch": 1}
+
+
+def test_evaluating_a_checkpoint_twice_writes_two_dirs(trained_run, tmp_path, data_dir):
+    ckpt = trained_run[0] / "checkpoints" / "best.ckpt"
+    env = {**os.environ, "PROJECT_ROOT": str(tmp_path)}
+    args = [sys.executable, "evaluate.py", f"ckpt_path={ckpt}", f"data.data_dir={data_dir}", *QUICK_EVALUATION]
+    launches = [subprocess.Popen(args, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                                 text=True) for _ in range(2)]
+    for launch in launches:
+        assert launch.wait(timeout=600) == 0, launch.stderr.read()[-2000:]
+    runs = sorted((tmp_path / "outputs" / "evaluate").glob("*/*"))
+    assert len(runs) == 2 and all((run / "metrics.json").is_file() for run in runs)
