@@ -5,6 +5,7 @@ uint8 tensor on the training device and batches are index slices of a per-epoch 
 small that the per-item PIL round trip of a classic DataLoader would cost more than the model itself.
 `loader=dataloader` keeps that classic path for users who add per-item transforms.
 """
+import hashlib
 from pathlib import Path
 
 import pytorch_lightning as pl
@@ -12,10 +13,28 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Subset
 from torchvision import datasets, transforms
 
+from cvae.errors import ConfigError, DataError
 from cvae.model import NUM_PIXELS
 
 TRAIN_SIZE = 60_000
 LOADERS = ("memory", "dataloader")
+# MD5 of the extracted IDX files, which torchvision reads without checking (it checks only the .gz it downloads)
+MNIST_MD5 = {
+    "train-images-idx3-ubyte": "6bbc9ace898e44ae57da46a324031adb",
+    "train-labels-idx1-ubyte": "a25bea736e30d166cdddb491f175f624",
+    "t10k-images-idx3-ubyte": "2646ac647ad5339dbf082846283269ea",
+    "t10k-labels-idx1-ubyte": "27ae3e4e09519cfbb04c329615203637",
+}
+
+
+def verify_mnist_files(raw_dir: Path) -> None:
+    """Refuse truncated or corrupted MNIST files by name, before a model ever trains on part of the data.
+    Missing files are left to torchvision, which downloads them where it can."""
+    for name, expected in MNIST_MD5.items():
+        path = raw_dir / name
+        if path.is_file() and hashlib.md5(path.read_bytes(), usedforsecurity=False).hexdigest() != expected:
+            raise DataError(f"{path.resolve()} fails its checksum: it is truncated or corrupted. Replace it with "
+                            f"the original (or delete it and its .gz to download MNIST again)")
 
 
 class EpochPermutation:
@@ -84,7 +103,7 @@ class MNISTDataModule(pl.LightningDataModule):
     ):
         super().__init__()
         if loader not in LOADERS:
-            raise ValueError(f"data.loader={loader!r} is not a data path; choose one of {', '.join(LOADERS)}")
+            raise ConfigError(f"data.loader={loader!r} is not a data path; choose one of {', '.join(LOADERS)}")
         self.data_dir = Path(data_dir).expanduser()
         self.batch_size, self.eval_batch_size = batch_size, eval_batch_size
         self.val_size, self.split_seed, self.shuffle_seed = val_size, split_seed, shuffle_seed
@@ -93,10 +112,11 @@ class MNISTDataModule(pl.LightningDataModule):
 
     def mnist(self, train: bool) -> datasets.MNIST:
         transform = transforms.Compose([transforms.ToTensor(), flatten]) if self.loader == "dataloader" else None
+        verify_mnist_files(self.data_dir / "MNIST" / "raw")
         try:
             return datasets.MNIST(self.data_dir, train=train, download=self.download, transform=transform)
         except RuntimeError as error:
-            raise FileNotFoundError(
+            raise DataError(
                 f"MNIST not found in {(self.data_dir / 'MNIST' / 'raw').resolve()} and could not be downloaded "
                 f"({error}). Point data.data_dir=PATH or CVAE_DATA_DIR at a folder holding MNIST/raw/ with the "
                 f"IDX files (train-images-idx3-ubyte, ...)."
