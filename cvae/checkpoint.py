@@ -12,7 +12,6 @@ from pytorch_lightning.plugins.io import TorchCheckpointIO
 from cvae.errors import CheckpointError
 from cvae.lit_module import CVAELitModule
 
-
 ZIP_MAGIC = b"PK\x03\x04"  # torch.save writes a zip archive
 
 

@@ -1,5 +1,4 @@
 """Every config group option composes, and the top-level knobs reach the objects they configure."""
-from pathlib import Path
 
 import pytest
 from hydra.utils import instantiate
