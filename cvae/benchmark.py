@@ -327,11 +327,11 @@ def lightning_run(loader: str, args, device: torch.device) -> Phase:
             module = instantiate(cfg.model)
             if args.compile:
                 module.model.compile()
-            timer = epoch_timer(device)
             loggers = instantiate_group(cfg.get("logger"))
-            callbacks = [*instantiate_group(cfg.get("callbacks")), *training_callbacks()]
-            hook_seconds = time_epoch_end_hooks(callbacks, device)
-            trainer = instantiate(cfg.trainer, callbacks=[*callbacks, timer], logger=loggers or False)
+            trainer = training_trainer(cfg, loggers)
+            hook_seconds = time_epoch_end_hooks(trainer.callbacks, device)
+            timer = epoch_timer(device)
+            trainer.callbacks.append(timer)
             trainer.fit(module, datamodule=datamodule)
         train, rest = timer.split()
         phase.warmup_s, phase.epoch_s = train[: args.warmup], train[args.warmup :]
@@ -351,11 +351,24 @@ def lightning_run(loader: str, args, device: torch.device) -> Phase:
     return phase
 
 
-def training_callbacks() -> list:
-    """The callbacks train.py adds to the configured ones (cvae.training.RandomStateCheckpoint, where it exists)."""
-    from cvae import training
+SAFETY_CALLBACKS = ("RandomStateCheckpoint", "StopOnDivergence", "CheckpointOnInterrupt")
 
-    return [training.RandomStateCheckpoint()] if hasattr(training, "RandomStateCheckpoint") else []
+
+def training_trainer(cfg, loggers: list):
+    """The trainer train.py fits with: cvae.training.build_trainer(cfg, loggers) where it exists; else, as
+    train.py builds it inline, the configured callbacks, train.py's own callbacks and checkpoint plugin."""
+    from hydra.utils import instantiate
+
+    from cvae import callbacks, training
+    from cvae.utils import instantiate_group
+
+    if hasattr(training, "build_trainer"):
+        return training.build_trainer(cfg, loggers)
+    found = {name: getattr(training, name, None) or getattr(callbacks, name, None) for name in SAFETY_CALLBACKS}
+    extra = [callback_class() for callback_class in found.values() if callback_class is not None]
+    plugins = [training.AtomicCheckpointIO()] if hasattr(training, "AtomicCheckpointIO") else None
+    return instantiate(cfg.trainer, callbacks=[*instantiate_group(cfg.get("callbacks")), *extra],
+                       logger=loggers or False, plugins=plugins)
 
 
 # ------------------------------------------------------------------------------------------------------- FID
