@@ -23,6 +23,7 @@ class CVAELitModule(pl.LightningModule):
         beta: float = 1.0,
         kl_warmup_epochs: int = 0,
         free_bits: float = 0.0,
+        compile: bool = False,
     ):
         super().__init__()
         hidden_dims = [int(h) for h in hidden_dims]  # plain ints, so a checkpoint loads with weights_only
@@ -30,12 +31,18 @@ class CVAELitModule(pl.LightningModule):
         self.save_hyperparameters(ignore=["optimizer"])
         self.model = CVAE(latent_dim, hidden_dims)
         self.optimizer = optimizer
-        self.train_nelbo = MeanMetric()
+        # nan_strategy="disable": no NaN check, which is a host-device sync per step on a GPU (a NaN loss stops
+        # the run anyway); a NaN would show in the mean instead of being dropped
+        self.train_nelbo = MeanMetric(nan_strategy="disable")
         # Means over every image of the split (MeanMetric of per-image values), synced across DDP ranks.
         self.eval_means = nn.ModuleDict(
             {stage: nn.ModuleDict({term: MeanMetric() for term in ELBO_TERMS}) for stage in EVAL_STAGES}
         )
         self.posterior_stats = nn.ModuleDict({stage: PosteriorStats(latent_dim) for stage in EVAL_STAGES})
+
+    def on_fit_start(self) -> None:
+        if self.hparams.compile:  # torch.compile of forward, in place: parameter names (checkpoints) unchanged
+            self.model.compile()
 
     def kl_weight(self) -> float:
         """beta, ramped up linearly, step by step, over the first kl_warmup_epochs."""
@@ -52,11 +59,15 @@ class CVAELitModule(pl.LightningModule):
         kl = terms["kl_dims"].mean(dim=0).clamp(min=self.hparams.free_bits).sum()
         beta = self.kl_weight()
         loss = terms["recon"].mean() + beta * kl
-        self.train_nelbo.update(terms["nelbo"].detach())
-        self.log("train/nelbo_step", terms["nelbo"].detach().mean(), prog_bar=True)
-        self.log("train/nelbo", self.train_nelbo, on_step=False, on_epoch=True)
-        self.log("train/beta", beta, on_step=False, on_epoch=True)
+        nelbo = terms["nelbo"].detach()
+        self.train_nelbo.update(nelbo)
+        self.log("train/nelbo_step", nelbo.mean(), prog_bar=True)
         return loss
+
+    def on_train_epoch_end(self) -> None:
+        # Once per epoch, not per step: every self.log call costs Lightning bookkeeping on the hot path.
+        self.log("train/nelbo", self.train_nelbo)
+        self.log("train/beta", self.kl_weight())
 
     def evaluation_step(self, batch: tuple[torch.Tensor, torch.Tensor], stage: str) -> None:
         x, y = batch

@@ -15,6 +15,7 @@ from cvae.generate import prior_latents
 from cvae.model import CVAE, NUM_CLASSES, importance_weighted_nll, kl_per_dim
 
 FEATURE_EXTRACTORS = ("mnist", "inception")
+FEATURE_CHUNK = 2000  # images per feature-extractor call
 ACTIVE_UNIT_THRESHOLD = 0.01  # variance over inputs of a unit's posterior mean (Burda et al., 2016)
 
 
@@ -83,6 +84,11 @@ def feature_fid(num_features: int) -> FrechetInceptionDistance:
     return FrechetInceptionDistance(feature=PrecomputedFeatures(num_features), reset_real_features=False)
 
 
+def in_chunks(network: nn.Module, images: torch.Tensor) -> torch.Tensor:
+    """network(images), a chunk at a time: the first conv layer's output for 10k digits would take a gigabyte."""
+    return torch.cat([network(chunk) for chunk in images.split(FEATURE_CHUNK)])
+
+
 class ConditionalGenerationMetrics(nn.Module):
     """FID and label accuracy, overall and per digit, of generated digits against real ones.
 
@@ -98,11 +104,11 @@ class ConditionalGenerationMetrics(nn.Module):
 
     @torch.no_grad()
     def update(self, images: torch.Tensor, labels: torch.Tensor, real: bool) -> None:
-        features = self.extractor(images)
+        features = in_chunks(self.extractor, images)
         self.fid.update(features, real=real)
         if not real:  # the reference classifier's own features need only its head on top
             shared = isinstance(self.extractor, ClassifierFeatures) and self.extractor.classifier is self.classifier
-            predictions = (self.classifier.head(features) if shared else self.classifier(images)).argmax(dim=1)
+            predictions = (self.classifier.head(features) if shared else in_chunks(self.classifier, images)).argmax(dim=1)
             self.label_acc.update(predictions, labels)
             self.label_acc_per_digit.update(predictions, labels)
         for digit, fid in enumerate(self.fid_per_digit):

@@ -17,6 +17,7 @@ import pytorch_lightning as pl
 import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
+from pytorch_lightning.callbacks import ProgressBar, TQDMProgressBar
 from pytorch_lightning.loggers import TensorBoardLogger
 from pytorch_lightning.strategies.launchers import _SubprocessScriptLauncher
 from pytorch_lightning.utilities import rank_zero_only
@@ -37,16 +38,14 @@ PROJECT_ROOT = Path(__file__).resolve().parents[1]
 
 def train(cfg: DictConfig) -> dict:
     started = time.perf_counter()
+    torch.set_float32_matmul_precision(cfg.get("matmul_precision", "highest"))
     pl.seed_everything(cfg.seed, workers=True)
     datamodule = instantiate(cfg.data)
     model = instantiate(cfg.model)
     loggers = instantiate_group(cfg.get("logger"))
     if cfg.get("ckpt_path"):
         check_resumable(cfg.ckpt_path, cfg.model)
-    # always on, whatever the callbacks group: resumable runs, and no training on from NaN weights
-    safety = [RandomStateCheckpoint(), StopOnDivergence(), CheckpointOnInterrupt()]
-    callbacks = [*instantiate_group(cfg.get("callbacks")), *safety]
-    trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False, plugins=[AtomicCheckpointIO()])
+    trainer = build_trainer(cfg, loggers)
     output_dir = Path(cfg.paths.output_dir)
     write_environment(output_dir / "environment.json", cfg.paths.root_dir)
 
@@ -61,6 +60,19 @@ def train(cfg: DictConfig) -> dict:
         timing = {"fit_seconds": round(fit_seconds, 2), "wall_seconds": round(time.perf_counter() - started, 2)}
         write_json_atomic(output_dir / "timing.json", timing)
     return summary
+
+
+def build_trainer(cfg: DictConfig, loggers: list) -> pl.Trainer:
+    """The trainer of a run (also what python -m cvae.benchmark times): the configured callbacks, the safety ones
+    and, when the trainer shows a progress bar and none is configured, tqdm redrawn every 10 batches (Lightning's
+    default bar, Rich when installed, redraws and reads every logged metric after each batch: about 1 ms of a
+    12 ms step on CPU, and a host-device sync per step on a GPU)."""
+    # always on, whatever the callbacks group: resumable runs, and no training on from NaN weights
+    safety = [RandomStateCheckpoint(), StopOnDivergence(), CheckpointOnInterrupt()]
+    callbacks = [*instantiate_group(cfg.get("callbacks")), *safety]
+    if cfg.trainer.get("enable_progress_bar", True) and not any(isinstance(c, ProgressBar) for c in callbacks):
+        callbacks.append(TQDMProgressBar(refresh_rate=10))
+    return instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False, plugins=[AtomicCheckpointIO()])
 
 
 def evaluate_best(trainer: pl.Trainer, model, datamodule, loggers: list, cfg: DictConfig) -> dict:
