@@ -30,8 +30,7 @@ class SampleGrids(pl.Callback):
 
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self.z = digit_rows_latents(pl_module.model.latent_dim, self.samples_per_digit).to(pl_module.device)
-        x, y = next(iter(trainer.datamodule.val_dataloader()))
-        self.real = x[: self.num_reconstructions].to(pl_module.device), y[: self.num_reconstructions].to(pl_module.device)
+        self.real = first_validation_images(trainer, self.num_reconstructions, pl_module.device)
 
     def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if not (logs_images_now(trainer) and epoch_is_due(trainer, self.every_n_epochs)):
@@ -89,8 +88,7 @@ class LatentExploration(pl.Callback):
         self.interpolation_steps, self.seed = interpolation_steps, seed
 
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        x, y = next(iter(trainer.datamodule.val_dataloader()))  # at most one batch: the map stays cheap
-        self.real = x[: self.num_images], y[: self.num_images]
+        self.real = first_validation_images(trainer, self.num_images, pl_module.device)
         self.style_sources = first_of_each_digit(self.real[1])
 
     def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -103,6 +101,18 @@ class LatentExploration(pl.Callback):
             "style_transfer": style_transfer_image(model, x[self.style_sources], y[self.style_sources]),
         }
         add_tensorboard_images(trainer, {f"exploration/{name}": image for name, image in images.items()})
+
+
+def first_validation_images(trainer: pl.Trainer, count: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """The first `count` validation images and labels (fewer if this rank's shard is smaller), on the device."""
+    images, labels, found = [], [], 0
+    for x, y in trainer.datamodule.val_dataloader():
+        images.append(x[: count - found])
+        labels.append(y[: count - found])
+        found += len(labels[-1])
+        if found == count:
+            break
+    return torch.cat(images).to(device), torch.cat(labels).to(device)
 
 
 def epoch_is_due(trainer: pl.Trainer, every_n_epochs: int) -> bool:

@@ -5,7 +5,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -19,7 +18,7 @@ from cvae.errors import CheckpointError
 from cvae.evaluation import evaluate
 from cvae.training import train
 from cvae.utils import write_json_atomic
-from tests.conftest import QUICK_EVALUATION, QUICK_RUN, ROOT, compose_config
+from tests.conftest import QUICK_EVALUATION, QUICK_RUN, QUICK_RUN_ANY_CALLBACKS, ROOT, compose_config
 from tests.test_train import run_script
 
 
@@ -197,24 +196,28 @@ def test_a_real_divergence_exits_non_zero_and_other_sweep_members_complete(tmp_p
     assert any("lr=50" in row and "failed" in row for row in summary)
 
 
+class SignalSelfAt(pl.Callback):
+    """Sends this process a real signal in the middle of an epoch, as Ctrl-C or a scheduler would."""
+
+    def __init__(self, signal_number: int, epoch: int = 1, batch: int = 2):
+        self.signal_number, self.epoch, self.batch = signal_number, epoch, batch
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        if (trainer.current_epoch, batch_idx) == (self.epoch, self.batch):
+            os.kill(os.getpid(), self.signal_number)
+
+
 @pytest.mark.parametrize("stop", [signal.SIGINT, signal.SIGTERM])
 def test_an_interrupted_run_leaves_a_checkpoint_that_resumes_to_the_end(stop, tmp_path, data_dir):
     run_dir = tmp_path / "run"
-    args = ["train.py", "trainer.max_epochs=3", "trainer.limit_train_batches=400", "trainer.limit_val_batches=2",
-            "trainer.enable_progress_bar=false", "callbacks=model_checkpoint", "logger=csv",
+    args = ["train.py", *QUICK_RUN_ANY_CALLBACKS, "trainer.max_epochs=3", "callbacks=model_checkpoint", "logger=csv",
             f"data.data_dir={data_dir}", f"hydra.run.dir={run_dir}"]
-    process = subprocess.Popen([sys.executable, *args], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                               text=True)
-    deadline = time.monotonic() + 300
-    while not (run_dir / "hparams.yaml").is_file() and time.monotonic() < deadline:  # fit has started
-        time.sleep(0.2)
-    time.sleep(2.0)
-    process.send_signal(stop)
-    output = process.communicate(timeout=300)[0]
-    assert process.returncode != 0, output[-2000:]
-    assert "resume with ckpt_path=" in output
+    interrupted = run_script(*args, "+callbacks.stop._target_=tests.test_failures.SignalSelfAt",
+                             f"+callbacks.stop.signal_number={int(stop)}")
+    assert interrupted.returncode != 0
+    assert "interrupted at epoch 1" in interrupted.stdout + interrupted.stderr
     last = run_dir / "checkpoints" / "last.ckpt"
-    assert load_module(last) is not None
+    assert torch.load(last, weights_only=True)["epoch"] == 1, "saved mid-epoch 1, not the end of epoch 0"
     assert not (run_dir / "metrics.json").exists(), "an interrupted run has no final metrics"
     assert not list(run_dir.rglob("*.partial")) and not list(run_dir.rglob(".metrics.json.*"))
 

@@ -6,6 +6,7 @@ import torch
 
 from cvae.classifier import WEIGHTS_PATH, accuracy, load_reference_classifier, sha256
 from cvae.data import MNISTDataModule
+from cvae.errors import DataError
 from cvae.model import kl_per_dim
 from cvae.quality import (
     ConditionalGenerationMetrics,
@@ -41,7 +42,7 @@ def test_reference_classifier_is_accurate_on_real_test_digits(classifier, real):
 def test_reference_classifier_refuses_weights_that_fail_the_checksum(tmp_path):
     tampered = tmp_path / "classifier.pt"
     tampered.write_bytes(WEIGHTS_PATH.read_bytes() + b"\0")
-    with pytest.raises(ValueError, match="do not match their checksum"):
+    with pytest.raises(DataError, match="do not match their checksum"):
         load_reference_classifier(tampered)
     assert load_reference_classifier(tampered, expected_sha256=sha256(tampered)) is not None
 
