@@ -11,7 +11,7 @@ from torchmetrics.image.fid import FrechetInceptionDistance
 
 from cvae.classifier import ReferenceClassifier, accuracy, fit_classifier, load_reference_classifier
 from cvae.errors import ConfigError, DataError
-from cvae.generate import prior_latents
+from cvae.generate import decode_prior, prior_latents
 from cvae.model import CVAE, NUM_CLASSES, importance_weighted_nll, kl_per_dim
 
 FEATURE_EXTRACTORS = ("mnist", "inception")
@@ -42,8 +42,8 @@ class InceptionFeatures(nn.Module):
         if weights_path is not None and not Path(weights_path).is_file():
             raise DataError(
                 f"InceptionV3 weights {weights_path} not found: put torch-fidelity's "
-                f"pt_inception-2015-12-05-6726825d.pth there, or set callbacks.fid.inception_weights=null on a "
-                f"connected machine to download it"
+                f"pt_inception-2015-12-05-6726825d.pth there, or leave inception_weights=null on a connected "
+                f"machine to download it"
             )
         try:
             self.inception = NoTrainInceptionV3(
@@ -60,9 +60,9 @@ class InceptionFeatures(nn.Module):
         return self.inception((rgb * 255).round().to(torch.uint8)).reshape(len(images), -1)
 
 
-def feature_extractor(name: str = "mnist", inception_weights: str | None = None) -> nn.Module:
+def feature_extractor(name: str, inception_weights: str | None, classifier: ReferenceClassifier) -> nn.Module:
     if name == "mnist":
-        return ClassifierFeatures(load_reference_classifier())
+        return ClassifierFeatures(classifier)
     if name == "inception":
         return InceptionFeatures(inception_weights)
     raise ConfigError(f"FID features {name!r} are unknown; choose one of {', '.join(FEATURE_EXTRACTORS)}")
@@ -192,8 +192,7 @@ def classification_accuracy_score(
 
 def conditional_generation_metrics(features: str, inception_weights: str | None) -> ConditionalGenerationMetrics:
     classifier = load_reference_classifier()
-    extractor = ClassifierFeatures(classifier) if features == "mnist" else feature_extractor(features, inception_weights)
-    return ConditionalGenerationMetrics(extractor, classifier)
+    return ConditionalGenerationMetrics(feature_extractor(features, inception_weights, classifier), classifier)
 
 
 def generator_report(
@@ -207,7 +206,7 @@ def generator_report(
     for x, y in zip(test_images.split(2000), test_labels.split(2000)):
         metrics.update(x, y, real=True)
     labels = balanced_labels(num_samples, device)
-    metrics.update(decode_at(model, labels, prior_latents(num_samples, model.latent_dim, seed)), labels, real=False)
+    metrics.update(decode_prior(model, labels, seed).to(device), labels, real=False)
     report = {f"test/{name}": value for name, value in metrics.compute().items()}
     report["test/nll_iw"] = mean_iw_nll(model, test_images, test_labels, iw_samples)
     if cas_per_digit > 0:
