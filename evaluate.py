@@ -1,4 +1,5 @@
 """Evaluate a checkpoint on the MNIST test set: python evaluate.py ckpt_path=PATH. See conf/evaluate.yaml."""
+
 import os
 from pathlib import Path
 

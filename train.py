@@ -1,4 +1,5 @@
 """Train the conditional VAE: python train.py [key=value ...] [-m for sweeps]. See conf/train.yaml."""
+
 import os
 from pathlib import Path
 

@@ -17,6 +17,7 @@ timed epochs. A training epoch of (b) and (c) is timed from on_train_epoch_start
 rest of the epoch. Peak memory is the process's peak resident set during the phase on CPU (reset between
 phases through /proc/self/clear_refs) and torch.cuda.max_memory_allocated on a GPU.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -90,7 +91,10 @@ class PeakMemory:
         else:
             import resource
 
-            self.bytes, self.kind = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024, "process peak RSS (lifetime)"
+            self.bytes, self.kind = (
+                resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
+                "process peak RSS (lifetime)",
+            )
 
 
 def read_vm_hwm() -> int | None:
@@ -346,8 +350,11 @@ def lightning_run(loader: str, args, device: torch.device) -> Phase:
             f"{', '.join(type(lg).__name__ for lg in trainer.loggers) or 'none'}"
         )
         if hook_seconds:
-            phase.notes.append("epoch-end hooks of callbacks, s over all {} epochs: {}".format(
-                args.warmup + args.epochs, ", ".join(f"{name} {sum(s):.2f}" for name, s in hook_seconds.items())))
+            phase.notes.append(
+                "epoch-end hooks of callbacks, s over all {} epochs: {}".format(
+                    args.warmup + args.epochs, ", ".join(f"{name} {sum(s):.2f}" for name, s in hook_seconds.items())
+                )
+            )
     return phase
 
 
@@ -367,15 +374,20 @@ def training_trainer(cfg, loggers: list):
     found = {name: getattr(training, name, None) or getattr(callbacks, name, None) for name in SAFETY_CALLBACKS}
     extra = [callback_class() for callback_class in found.values() if callback_class is not None]
     plugins = [training.AtomicCheckpointIO()] if hasattr(training, "AtomicCheckpointIO") else None
-    return instantiate(cfg.trainer, callbacks=[*instantiate_group(cfg.get("callbacks")), *extra],
-                       logger=loggers or False, plugins=plugins)
+    return instantiate(
+        cfg.trainer,
+        callbacks=[*instantiate_group(cfg.get("callbacks")), *extra],
+        logger=loggers or False,
+        plugins=plugins,
+    )
 
 
 # ------------------------------------------------------------------------------------------------------- FID
-def time_fid(model: CVAE, real_x: torch.Tensor, real_y: torch.Tensor, args, device: torch.device
-             ) -> tuple[float | None, str]:
-    """Seconds for the FID of --fid-samples (10k) class-balanced prior samples with the default (MNIST classifier) features, as
-    the per-epoch callback computes it: generate, extract features, compute (the real images' features are
+def time_fid(
+    model: CVAE, real_x: torch.Tensor, real_y: torch.Tensor, args, device: torch.device
+) -> tuple[float | None, str]:
+    """Seconds for the FID of --fid-samples (10k) class-balanced prior samples with the default (MNIST classifier)
+    features, as the per-epoch callback computes it: generate, extract features, compute (the real images' features are
     extracted once per run and are not counted). None and the reason when the project has no FID to time."""
     try:
         from cvae import quality
@@ -395,8 +407,9 @@ def time_fid(model: CVAE, real_x: torch.Tensor, real_y: torch.Tensor, args, devi
         synchronize(device)
         started = time.perf_counter()
         labels = balanced_labels(args.fid_samples, device)
-        metrics.update(decode(model, labels, prior_latents(args.fid_samples, model.latent_dim, args.seed)), labels,
-                       real=False)
+        metrics.update(
+            decode(model, labels, prior_latents(args.fid_samples, model.latent_dim, args.seed)), labels, real=False
+        )
         fid = metrics.compute()["fid"]
         synchronize(device)
     return time.perf_counter() - started, f"FID {fid:.2f} against {len(real_y):,} validation images"
@@ -481,36 +494,53 @@ def report(phases: dict[str, Phase], extra: dict, info: dict, args) -> str:
         + (f", --limit {args.limit} batches" if args.limit else "")
         + (f", overrides {' '.join(args.override)}" if args.override else "")
     )
-    lines += ["", "| path | s / training epoch | epochs (s) | images/s | × (a) | val + callbacks s / epoch | peak memory "
-              "| train nelbo |", "| --- | ---: | --- | ---: | ---: | ---: | ---: | ---: |"]
+    lines += [
+        "",
+        "| path | s / training epoch | epochs (s) | images/s | × (a) | val + callbacks s / epoch | peak memory "
+        "| train nelbo |",
+        "| --- | ---: | --- | ---: | ---: | ---: | ---: | ---: |",
+    ]
     floor = phases.get("a")
     for phase in phases.values():
         ratio = f"{phase.median_s / floor.median_s:.2f}" if floor else "n/a"
         rest = f"{statistics.median(phase.rest_s):.2f}" if phase.rest_s else "–"
         nelbo = "n/a" if phase.final_nelbo is None else f"{phase.final_nelbo:.1f}"
-        epochs = ", ".join(f"{s:.2f}" for s in phase.epoch_s) + " (warm-up " + ", ".join(
-            f"{s:.2f}" for s in phase.warmup_s) + ")"
-        lines.append(f"| {phase.label} | {phase.median_s:.2f} | {epochs} | {phase.images_per_s:,.0f} | {ratio} "
-                     f"| {rest} | {fmt_bytes(phase.peak_memory)} | {nelbo} |")
+        epochs = (
+            ", ".join(f"{s:.2f}" for s in phase.epoch_s)
+            + " (warm-up "
+            + ", ".join(f"{s:.2f}" for s in phase.warmup_s)
+            + ")"
+        )
+        lines.append(
+            f"| {phase.label} | {phase.median_s:.2f} | {epochs} | {phase.images_per_s:,.0f} | {ratio} "
+            f"| {rest} | {fmt_bytes(phase.peak_memory)} | {nelbo} |"
+        )
     lines += ["", "| check | value | target | met |", "| --- | ---: | ---: | :---: |"]
     if "a" in phases and "b" in phases:
         value = phases["b"].median_s / phases["a"].median_s
         cpu = statistics.median(phases["b"].cpu_s) / statistics.median(phases["a"].cpu_s)
-        lines.append(f"| (b) / (a), time per training epoch | {value:.2f} (process CPU time: {cpu:.2f}) "
-                     f"| ≤ {TARGETS['b_over_a']} | {check(value, TARGETS['b_over_a'], True)} |")
+        lines.append(
+            f"| (b) / (a), time per training epoch | {value:.2f} (process CPU time: {cpu:.2f}) "
+            f"| ≤ {TARGETS['b_over_a']} | {check(value, TARGETS['b_over_a'], True)} |"
+        )
     if "b" in phases and "c" in phases:
         value = phases["c"].median_s / phases["b"].median_s
-        lines.append(f"| (b) speed-up over (c) | {value:.2f}× | ≥ {TARGETS['c_over_b']}× "
-                     f"| {check(value, TARGETS['c_over_b'], False)} |")
+        lines.append(
+            f"| (b) speed-up over (c) | {value:.2f}× | ≥ {TARGETS['c_over_b']}× "
+            f"| {check(value, TARGETS['c_over_b'], False)} |"
+        )
     fid_s, fid_note = extra["fid"]
     if fid_s is None:
-        lines.append(f"| FID on {args.fid_samples:,} samples | {fid_note} | < {TARGETS['fid_cpu_s']} s for 10,000 on CPU "
-                     f"| – |")
+        lines.append(
+            f"| FID on {args.fid_samples:,} samples | {fid_note} | < {TARGETS['fid_cpu_s']} s for 10,000 on CPU | – |"
+        )
     else:
         applies = args.fid_samples == 10_000 and resolve_device(args.device).type == "cpu"
         met = check(fid_s, TARGETS["fid_cpu_s"], True) if applies else "–"
-        lines.append(f"| FID on {args.fid_samples:,} samples | {fid_s:.2f} s ({fid_note}) "
-                     f"| < {TARGETS['fid_cpu_s']} s for 10,000 on CPU | {met} |")
+        lines.append(
+            f"| FID on {args.fid_samples:,} samples | {fid_s:.2f} s ({fid_note}) "
+            f"| < {TARGETS['fid_cpu_s']} s for 10,000 on CPU | {met} |"
+        )
     if "end_to_end" in extra:
         e2e = extra["end_to_end"]
         value = e2e["wall"] / e2e["reference"]
@@ -524,28 +554,40 @@ def report(phases: dict[str, Phase], extra: dict, info: dict, args) -> str:
     if "end_to_end" in extra:
         e2e = extra["end_to_end"]
         fit = "n/a" if e2e["fit"] is None else f"{e2e['fit']:.1f} s"
-        notes.append(f"end to end: fit {fit} of {e2e['wall']:.1f} s wall (the rest: start-up, final validation and "
-                     f"test of the best checkpoint, files); plain test pass {e2e['test_pass']:.2f} s")
+        notes.append(
+            f"end to end: fit {fit} of {e2e['wall']:.1f} s wall (the rest: start-up, final validation and "
+            f"test of the best checkpoint, files); plain test pass {e2e['test_pass']:.2f} s"
+        )
     memory_kinds = sorted({phase.memory_kind for phase in phases.values() if phase.memory_kind})
     notes.append(f"peak memory: {', '.join(memory_kinds)}, per phase")
-    notes.append("process CPU time counts every thread of the process; far from the wall time (with one torch "
-                 "thread), it says the machine was busy with other work")
+    notes.append(
+        "process CPU time counts every thread of the process; far from the wall time (with one torch "
+        "thread), it says the machine was busy with other work"
+    )
     lines += [f"- {note}" for note in notes]
     return "\n".join(lines) + "\n"
 
 
 # --------------------------------------------------------------------------------------------------- main
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m cvae.benchmark", description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m cvae.benchmark",
+        description=__doc__.split("\n\n")[0],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument("--epochs", type=int, default=2, help="timed epochs per path (default 2)")
     parser.add_argument("--warmup", type=int, default=1, help="untimed epochs before them (default 1)")
-    parser.add_argument("--limit", type=int, default=None, help="batches per epoch (and per val/test pass): a quick look")
+    parser.add_argument(
+        "--limit", type=int, default=None, help="batches per epoch (and per val/test pass): a quick look"
+    )
     parser.add_argument("--out", default=str(ROOT / "outputs" / "benchmark.md"), help="markdown file to write")
     parser.add_argument("--device", default="auto", help="auto (cuda if there is one), cpu, cuda, cuda:1, ...")
     parser.add_argument("--paths", default="abc", help="which of (a), (b), (c) to run, e.g. ab (default abc)")
-    parser.add_argument("--end-to-end", action="store_true",
-                        help=f"also time `python train.py trainer.max_epochs={END_TO_END_EPOCHS}` in a subprocess")
+    parser.add_argument(
+        "--end-to-end",
+        action="store_true",
+        help=f"also time `python train.py trainer.max_epochs={END_TO_END_EPOCHS}` in a subprocess",
+    )
     parser.add_argument("--fid-samples", type=int, default=10_000, help="generated images of the FID timing")
     parser.add_argument("--latent-dim", type=int, default=2)
     parser.add_argument("--hidden-dims", type=int, nargs="+", default=[512, 256])
@@ -556,12 +598,24 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--data-dir", default=os.environ.get("CVAE_DATA_DIR"), help="default: $CVAE_DATA_DIR")
     parser.add_argument("--compile", action="store_true", help="torch.compile the model (all paths)")
     parser.add_argument("--precision", default="32-true", help="Lightning precision, e.g. bf16-mixed (all paths)")
-    parser.add_argument("--matmul-precision", default="highest", choices=["highest", "high", "medium"],
-                        help="torch.set_float32_matmul_precision (high: TF32 on Ampere+ GPUs)")
-    parser.add_argument("--threads", type=int, default=None,
-                        help="torch intra-op threads (default: torch's choice); also OMP_NUM_THREADS of --end-to-end")
-    parser.add_argument("--override", action="append", default=[],
-                        help="a Hydra override for (b), (c) and the end-to-end run, e.g. --override callbacks=none")
+    parser.add_argument(
+        "--matmul-precision",
+        default="highest",
+        choices=["highest", "high", "medium"],
+        help="torch.set_float32_matmul_precision (high: TF32 on Ampere+ GPUs)",
+    )
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="torch intra-op threads (default: torch's choice); also OMP_NUM_THREADS of --end-to-end",
+    )
+    parser.add_argument(
+        "--override",
+        action="append",
+        default=[],
+        help="a Hydra override for (b), (c) and the end-to-end run, e.g. --override callbacks=none",
+    )
     args = parser.parse_args(argv)
     if args.hidden_dims != [512, 256]:
         args.override = [f"model.hidden_dims=[{','.join(map(str, args.hidden_dims))}]", *args.override]
@@ -589,8 +643,13 @@ def run(args: argparse.Namespace) -> tuple[dict[str, Phase], dict, str]:
     if args.end_to_end:
         test_pass = plain_test_pass(model, test_x, test_y, args, device)
         wall, fit, command = end_to_end(args)
-        extra["end_to_end"] = {"wall": wall, "fit": fit, "command": command, "test_pass": test_pass,
-                               "reference": END_TO_END_EPOCHS * phases["a"].median_s + test_pass}
+        extra["end_to_end"] = {
+            "wall": wall,
+            "fit": fit,
+            "command": command,
+            "test_pass": test_pass,
+            "reference": END_TO_END_EPOCHS * phases["a"].median_s + test_pass,
+        }
     if "a" not in args.paths:
         phases.pop("a", None)
     return phases, extra, report(phases, extra, info, args)

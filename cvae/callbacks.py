@@ -1,4 +1,5 @@
 """Lightning callbacks: what TensorBoard shows of a run beyond its scalars."""
+
 from pathlib import Path
 
 import pytorch_lightning as pl
@@ -35,10 +36,13 @@ class SampleGrids(pl.Callback):
     def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if not (logs_images_now(trainer) and epoch_is_due(trainer, self.every_n_epochs)):
             return
-        add_tensorboard_images(trainer, {
-            "samples/prior_by_digit": digit_rows(pl_module.model, self.z),
-            "samples/reconstructions": reconstruction_rows(pl_module.model, *self.real),
-        })
+        add_tensorboard_images(
+            trainer,
+            {
+                "samples/prior_by_digit": digit_rows(pl_module.model, self.z),
+                "samples/reconstructions": reconstruction_rows(pl_module.model, *self.real),
+            },
+        )
 
 
 class GenerationQuality(pl.Callback):
@@ -48,8 +52,14 @@ class GenerationQuality(pl.Callback):
     Under DDP each rank generates its share of the samples and reads its shard of the validation images;
     the torchmetrics states gather them all, so every rank logs the same figures."""
 
-    def __init__(self, every_n_epochs: int = 5, num_samples: int = 10_000, features: str = "mnist",
-                 inception_weights: str | None = None, seed: int = 0):
+    def __init__(
+        self,
+        every_n_epochs: int = 5,
+        num_samples: int = 10_000,
+        features: str = "mnist",
+        inception_weights: str | None = None,
+        seed: int = 0,
+    ):
         if every_n_epochs <= 0:
             raise ConfigError(f"callbacks.generation_quality.every_n_epochs={every_n_epochs} must be positive")
         balanced_labels(num_samples)  # refuse a bad count before training starts
@@ -162,5 +172,7 @@ class CheckpointOnInterrupt(pl.Callback):
             return
         last = last_checkpoint_path(trainer)
         trainer.save_checkpoint(last)
-        rank_zero_info(f"interrupted at epoch {trainer.current_epoch}, step {trainer.global_step}; saved {last}: "
-                       f"resume with ckpt_path={last}")
+        rank_zero_info(
+            f"interrupted at epoch {trainer.current_epoch}, step {trainer.global_step}; saved {last}: "
+            f"resume with ckpt_path={last}"
+        )

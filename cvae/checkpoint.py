@@ -1,5 +1,6 @@
 """Checkpoints as data only: torch.load(weights_only=True) never runs code from the file; checks that a file
 is a cvae checkpoint of the model asked for; and checkpoint writes that are never seen half-done."""
+
 import os
 import pickle
 import re

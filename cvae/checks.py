@@ -1,5 +1,6 @@
 """Config checks that run before any work starts, so a bad value fails in a second with a message that names
 the key, the value and what is allowed."""
+
 from omegaconf import DictConfig, OmegaConf
 
 from cvae.errors import ConfigError
@@ -34,8 +35,10 @@ EVALUATE_RULES = {
     "batch_size": TRAIN_RULES["batch_size"],
     "seed": TRAIN_RULES["seed"],
     "samples_per_digit": (positive_int, "a positive integer"),
-    "quality.num_samples": (lambda value: positive_int(value) and value % 10 == 0,
-                            "a positive multiple of 10 (the same count of each digit)"),
+    "quality.num_samples": (
+        lambda value: positive_int(value) and value % 10 == 0,
+        "a positive multiple of 10 (the same count of each digit)",
+    ),
     "quality.iw_samples": (positive_int, "a positive integer (1 gives the ELBO)"),
     "quality.cas_per_digit": (positive_int, "a positive integer"),
     "quality.cas_epochs": (positive_int, "a positive integer"),

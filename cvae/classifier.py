@@ -4,6 +4,7 @@ Its weights are trained once by `python -m cvae.classifier --data-dir PATH` (fix
 only), committed, and checked against WEIGHTS_SHA256 whenever they load: a metric computed with other
 weights would not be comparable, so they are never retrained silently.
 """
+
 import argparse
 import hashlib
 from pathlib import Path
@@ -29,10 +30,15 @@ class ReferenceClassifier(nn.Module):
     def __init__(self):
         super().__init__()
         self.conv = nn.Sequential(
-            nn.Conv2d(1, 32, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),  # 32 x 14 x 14
-            nn.Conv2d(32, 64, 3, stride=2, padding=1), nn.ReLU(),        # 64 x 7 x 7
+            nn.Conv2d(1, 32, 3, padding=1),
+            nn.ReLU(),
+            nn.MaxPool2d(2),  # 32 x 14 x 14
+            nn.Conv2d(32, 64, 3, stride=2, padding=1),
+            nn.ReLU(),  # 64 x 7 x 7
         )
-        self.features_layer = nn.Sequential(nn.Flatten(), nn.Dropout(0.25), nn.Linear(64 * 7 * 7, NUM_FEATURES), nn.ReLU())
+        self.features_layer = nn.Sequential(
+            nn.Flatten(), nn.Dropout(0.25), nn.Linear(64 * 7 * 7, NUM_FEATURES), nn.ReLU()
+        )
         self.head = nn.Sequential(nn.Dropout(0.25), nn.Linear(NUM_FEATURES, 10))
 
     def features(self, images: torch.Tensor) -> torch.Tensor:
@@ -111,8 +117,9 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, default=WEIGHTS_PATH)
     args = parser.parse_args()
-    classifier = fit_classifier(*mnist_tensors(args.data_dir, train=True), epochs=args.epochs, seed=args.seed,
-                                max_shift=args.max_shift)
+    classifier = fit_classifier(
+        *mnist_tensors(args.data_dir, train=True), epochs=args.epochs, seed=args.seed, max_shift=args.max_shift
+    )
     test_accuracy = accuracy(classifier, *mnist_tensors(args.data_dir, train=False))
     args.out.parent.mkdir(parents=True, exist_ok=True)
     torch.save(classifier.state_dict(), args.out)

@@ -3,6 +3,7 @@ reported as one line ("error: <what was wrong and how to fix it>") with exit sta
 
 HYDRA_FULL_ERROR=1 shows the traceback instead. In a multirun the error is re-raised after its line, so that
 Hydra records the member as failed and the sweep goes on with the others."""
+
 import logging
 import os
 import signal

@@ -5,6 +5,7 @@ uint8 tensor on the training device and batches are index slices of a per-epoch 
 small that the per-item PIL round trip of a classic DataLoader would cost more than the model itself.
 `loader=dataloader` keeps that classic path for users who add per-item transforms.
 """
+
 import hashlib
 from pathlib import Path
 
@@ -33,8 +34,10 @@ def verify_mnist_files(raw_dir: Path) -> None:
     for name, expected in MNIST_MD5.items():
         path = raw_dir / name
         if path.is_file() and hashlib.md5(path.read_bytes(), usedforsecurity=False).hexdigest() != expected:
-            raise DataError(f"{path.resolve()} fails its checksum: it is truncated or corrupted. Replace it with "
-                            f"the original (or delete it and its .gz to download MNIST again)")
+            raise DataError(
+                f"{path.resolve()} fails its checksum: it is truncated or corrupted. Replace it with "
+                f"the original (or delete it and its .gz to download MNIST again)"
+            )
 
 
 class EpochPermutation:
@@ -152,8 +155,12 @@ class MNISTDataModule(pl.LightningDataModule):
         batch_size = self.batch_size if shuffle else self.eval_batch_size
         if self.loader == "dataloader":
             return DataLoader(
-                self.splits[split], batch_size=batch_size, shuffle=shuffle, num_workers=self.num_workers,
-                persistent_workers=self.num_workers > 0, pin_memory=torch.cuda.is_available(),
+                self.splits[split],
+                batch_size=batch_size,
+                shuffle=shuffle,
+                num_workers=self.num_workers,
+                persistent_workers=self.num_workers > 0,
+                pin_memory=torch.cuda.is_available(),
             )
         images, labels = self.splits[split]
         rank, world_size = (self.trainer.global_rank, self.trainer.world_size) if self.trainer else (0, 1)

@@ -1,6 +1,7 @@
 """What `python evaluate.py ckpt_path=...` does: test metrics of a checkpoint, a table, metrics.json and a
 PNG of prior samples per digit, plus whatever generation and exploration the config asks for (see
 conf/evaluate.yaml), all in evaluate's own output dir."""
+
 from pathlib import Path
 
 import pytorch_lightning as pl
@@ -79,9 +80,16 @@ def quality_report(model: CVAE, cfg: DictConfig, x: torch.Tensor, y: torch.Tenso
     device = generate.model_device(model)
     with generate.seeded_global_rng(cfg.seed, device):
         return generator_report(
-            model, generate.pixels(x).to(device), y.to(device), num_samples=quality.num_samples,
-            features=quality.features, inception_weights=quality.inception_weights, iw_samples=quality.iw_samples,
-            seed=cfg.seed, cas_per_digit=quality.cas_per_digit if quality.cas else 0, cas_epochs=quality.cas_epochs,
+            model,
+            generate.pixels(x).to(device),
+            y.to(device),
+            num_samples=quality.num_samples,
+            features=quality.features,
+            inception_weights=quality.inception_weights,
+            iw_samples=quality.iw_samples,
+            seed=cfg.seed,
+            cas_per_digit=quality.cas_per_digit if quality.cas else 0,
+            cas_epochs=quality.cas_epochs,
         )
 
 
@@ -105,8 +113,9 @@ def requested_pictures(model: CVAE, cfg: DictConfig, x: torch.Tensor, y: torch.T
 
 def export_synthetic(model: CVAE, cfg: DictConfig, output_dir: Path) -> None:
     images, labels = generate.synthetic_dataset(model, cfg.export.per_digit, cfg.seed, cfg.batch_size, progress=True)
-    for path in generate.write_synthetic_dataset(images, labels, output_dir, image_folder=cfg.export.image_folder,
-                                                 progress=True):
+    for path in generate.write_synthetic_dataset(
+        images, labels, output_dir, image_folder=cfg.export.image_folder, progress=True
+    ):
         print(f"wrote {path}")
 
 

@@ -12,6 +12,7 @@ Images come back as (..., 1, 28, 28) floats in [0, 1] (Bernoulli means), x goes 
 [0, 1] (or uint8 (N, 28, 28), see `pixels`), labels as int64 class indices. Every random draw comes from a
 seeded generator, so each output is a function of the model and the seed alone.
 """
+
 import csv
 import os
 import secrets
@@ -118,8 +119,9 @@ def prior_latents(count: int, latent_dim: int, seed: int) -> torch.Tensor:
 
 
 @torch.no_grad()
-def decode_prior(model: CVAE, labels: torch.Tensor, seed: int = 0, batch_size: int = 1000,
-                 progress: str | None = None) -> torch.Tensor:
+def decode_prior(
+    model: CVAE, labels: torch.Tensor, seed: int = 0, batch_size: int = 1000, progress: str | None = None
+) -> torch.Tensor:
     """One image per label, each from its own z ~ N(0, I): (N, 1, 28, 28) on the CPU."""
     z = prior_latents(len(labels), model.latent_dim, seed)
     batches = in_batches(model, (labels, z), batch_size, progress)
@@ -162,8 +164,9 @@ def project_2d(points: torch.Tensor) -> tuple[torch.Tensor, tuple[str, str]]:
     return centred @ components[:2].T, ("PC1", "PC2")
 
 
-def latent_scatter(points: torch.Tensor, labels: torch.Tensor, axis_names: tuple[str, str],
-                   title: str = "posterior means") -> Figure:
+def latent_scatter(
+    points: torch.Tensor, labels: torch.Tensor, axis_names: tuple[str, str], title: str = "posterior means"
+) -> Figure:
     """A scatter of 2-D points coloured by digit, with a legend. A bare Figure (no pyplot): no global state,
     no display needed."""
     figure = Figure(figsize=(6, 6), dpi=100)
@@ -173,8 +176,9 @@ def latent_scatter(points: torch.Tensor, labels: torch.Tensor, axis_names: tuple
     order = torch.randperm(len(points), generator=torch.Generator().manual_seed(0))
     colours = [f"C{digit}" for digit in labels.cpu()[order].tolist()]
     axes.scatter(*points[order].T.tolist(), c=colours, s=3, alpha=0.6)
-    legend = [Line2D([], [], marker="o", linestyle="", color=f"C{digit}", label=str(digit))
-              for digit in range(NUM_CLASSES)]
+    legend = [
+        Line2D([], [], marker="o", linestyle="", color=f"C{digit}", label=str(digit)) for digit in range(NUM_CLASSES)
+    ]
     axes.legend(handles=legend, title="digit", loc="upper right", fontsize="small")
     axes.set(xlabel=axis_names[0], ylabel=axis_names[1], title=title)
     figure.tight_layout()
@@ -223,8 +227,9 @@ def interpolate_within_digit(model: CVAE, digit: int | str, steps: int = 10, see
 
 
 @torch.no_grad()
-def interpolate_across_digits(model: CVAE, start: int | str, end: int | str, steps: int = 10,
-                              seed: int = 0) -> torch.Tensor:
+def interpolate_across_digits(
+    model: CVAE, start: int | str, end: int | str, steps: int = 10, seed: int = 0
+) -> torch.Tensor:
     """One style (a fixed z ~ N(0, I)) morphing from digit `start` to digit `end`: the decoder's label input
     moves from one one-hot vector to the other. (steps, 1, 28, 28)."""
     device = model_device(model)
@@ -258,8 +263,9 @@ def first_of_each_digit(labels: torch.Tensor) -> torch.Tensor:
 # --- synthetic data -------------------------------------------------------------------------------------
 
 
-def synthetic_dataset(model: CVAE, per_digit: int, seed: int = 0, batch_size: int = 1000,
-                      progress: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+def synthetic_dataset(
+    model: CVAE, per_digit: int, seed: int = 0, batch_size: int = 1000, progress: bool = False
+) -> tuple[torch.Tensor, torch.Tensor]:
     """per_digit samples of each digit, as MNIST stores them: uint8 images (N, 28, 28) and int64 labels (N,),
     sorted by digit (shuffle them for training)."""
     labels = torch.arange(NUM_CLASSES).repeat_interleave(check_count(per_digit, "export.per_digit"))
@@ -288,8 +294,14 @@ def atomic_path(path: Path, directory: bool = False):
             temporary.unlink(missing_ok=True)
 
 
-def write_synthetic_dataset(images: torch.Tensor, labels: torch.Tensor, output_dir: str | Path,
-                            name: str = "synthetic", image_folder: bool = False, progress: bool = False) -> list[Path]:
+def write_synthetic_dataset(
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    output_dir: str | Path,
+    name: str = "synthetic",
+    image_folder: bool = False,
+    progress: bool = False,
+) -> list[Path]:
     """<name>.pt (torch.load(path, weights_only=True) gives {"images", "labels"}), <name>.npz (numpy.load gives
     the same arrays) and, if asked, <name>/<digit>/<index>.png. Returns the paths written."""
     output_dir = Path(output_dir)
@@ -311,8 +323,9 @@ def write_image_folder(images: torch.Tensor, labels: torch.Tensor, folder: Path,
         for digit in range(NUM_CLASSES):
             (temporary / str(digit)).mkdir()
         counts = [0] * NUM_CLASSES
-        for image, label in tqdm(list(zip(images.numpy(), labels.tolist())), desc="PNG files", unit="image",
-                                 disable=not progress):
+        for image, label in tqdm(
+            list(zip(images.numpy(), labels.tolist())), desc="PNG files", unit="image", disable=not progress
+        ):
             Image.fromarray(image).save(temporary / str(label) / f"{counts[label]:06d}.png")
             counts[label] += 1
     return folder
@@ -322,8 +335,15 @@ def write_image_folder(images: torch.Tensor, labels: torch.Tensor, folder: Path,
 
 
 @torch.no_grad()
-def anomaly_scores(model: CVAE, x: torch.Tensor, y: torch.Tensor, score: str = "nelbo", k: int = 10,
-                   seed: int = 0, batch_size: int = 1000) -> torch.Tensor:
+def anomaly_scores(
+    model: CVAE,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    score: str = "nelbo",
+    k: int = 10,
+    seed: int = 0,
+    batch_size: int = 1000,
+) -> torch.Tensor:
     """Per image, in nats (higher: less like a digit y): `nelbo`, the -ELBO averaged over k draws of z from
     q(z | x, y), or `iw`, the k-sample importance-weighted bound on -log p(x | y). (N,) on the CPU."""
     check_score(score)
@@ -354,8 +374,9 @@ def load_image_set(path: str | Path) -> tuple[torch.Tensor, torch.Tensor]:
         raise ConfigError(f"{path} does not hold both 'images' and 'labels'")
     images, labels = arrays["images"], arrays["labels"].long()
     if images[0].numel() != NUM_PIXELS or len(images) != len(labels):
-        raise ConfigError(f"{path}: expected N images of 28x28 and N labels, got {tuple(images.shape)} and "
-                         f"{tuple(labels.shape)}")
+        raise ConfigError(
+            f"{path}: expected N images of 28x28 and N labels, got {tuple(images.shape)} and {tuple(labels.shape)}"
+        )
     return images, labels
 
 
@@ -365,8 +386,9 @@ def write_scores_csv(path: str | Path, scores: torch.Tensor, labels: torch.Tenso
     with atomic_path(path) as temporary, open(temporary, "w", newline="") as file:
         writer = csv.writer(file)
         writer.writerow(["index", "label", score])
-        writer.writerows([index, label, f"{value:.4f}"]
-                         for index, (label, value) in enumerate(zip(labels.tolist(), scores.tolist())))
+        writer.writerows(
+            [index, label, f"{value:.4f}"] for index, (label, value) in enumerate(zip(labels.tolist(), scores.tolist()))
+        )
     return path
 
 
@@ -378,8 +400,15 @@ def corrupt(images: torch.Tensor) -> torch.Tensor:
     return torch.rot90(images.reshape(-1, *IMAGE_SHAPE[1:]), 1, dims=(1, 2))
 
 
-def anomaly_demo(model: CVAE, x: torch.Tensor, y: torch.Tensor, score: str = "nelbo", k: int = 10,
-                 seed: int = 0, batch_size: int = 1000) -> dict:
+def anomaly_demo(
+    model: CVAE,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    score: str = "nelbo",
+    k: int = 10,
+    seed: int = 0,
+    batch_size: int = 1000,
+) -> dict:
     """AUROC of the score at telling real images (negatives) from their corrupted copies (positives)."""
     real, rotated = (anomaly_scores(model, images, y, score, k, seed, batch_size) for images in (x, corrupt(x)))
     scores = torch.cat([real, rotated]).double()
@@ -389,6 +418,10 @@ def anomaly_demo(model: CVAE, x: torch.Tensor, y: torch.Tensor, score: str = "ne
     is_corrupted = torch.cat([torch.zeros(len(real)), torch.ones(len(rotated))]).long()
     return {
         "auroc": auroc(scaled, is_corrupted, task="binary").item(),
-        "score": score, "k": k, "images": len(real), "corruption": CORRUPTION,
-        "mean_score_real": real.mean().item(), "mean_score_corrupted": rotated.mean().item(),
+        "score": score,
+        "k": k,
+        "images": len(real),
+        "corruption": CORRUPTION,
+        "mean_score_real": real.mean().item(),
+        "mean_score_corrupted": rotated.mean().item(),
     }

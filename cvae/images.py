@@ -1,5 +1,6 @@
 """Image batches the project shows, laid out as grids (3, H, W) in [0, 1] for PNG files and TensorBoard:
 prior samples one row per digit, reconstructions, and the pictures of cvae.generate."""
+
 import torch
 from torchvision.utils import make_grid
 
@@ -47,8 +48,10 @@ def latent_map_images(model: CVAE, x: torch.Tensor, y: torch.Tensor) -> dict[str
     images = {"latent_map": generate.figure_image(generate.latent_scatter(points, y, axis_names, title))}
     if model.latent_dim == 2:
         # no lines inside a digit's grid, so it reads as one continuous surface
-        grids = [make_grid(generate.manifold_grid(model, digit), nrow=generate.MANIFOLD_SIZE, padding=0)
-                 for digit in range(NUM_CLASSES)]
+        grids = [
+            make_grid(generate.manifold_grid(model, digit), nrow=generate.MANIFOLD_SIZE, padding=0)
+            for digit in range(NUM_CLASSES)
+        ]
         images["latent_manifold"] = make_grid(torch.stack(grids), nrow=5, padding=8, pad_value=1.0)
     return images
 
@@ -57,10 +60,14 @@ def interpolation_images(model: CVAE, steps: int = 10, seed: int = 0) -> dict[st
     """`interpolation_within_digit`: a row per digit, morphing between the same two z in every row;
     `interpolation_across_digits`: one fixed z, row d morphing from digit d into digit d + 1 (9 into 0)."""
     within = [generate.interpolate_within_digit(model, digit, steps, seed) for digit in range(NUM_CLASSES)]
-    across = [generate.interpolate_across_digits(model, digit, (digit + 1) % NUM_CLASSES, steps, seed)
-              for digit in range(NUM_CLASSES)]
-    return {"interpolation_within_digit": rows_grid(torch.stack(within)),
-            "interpolation_across_digits": rows_grid(torch.stack(across))}
+    across = [
+        generate.interpolate_across_digits(model, digit, (digit + 1) % NUM_CLASSES, steps, seed)
+        for digit in range(NUM_CLASSES)
+    ]
+    return {
+        "interpolation_within_digit": rows_grid(torch.stack(within)),
+        "interpolation_across_digits": rows_grid(torch.stack(across)),
+    }
 
 
 def style_transfer_image(model: CVAE, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:

@@ -1,4 +1,5 @@
 """The LightningModule: a thin shell that trains the CVAE on its ELBO and logs exact per-split means."""
+
 from functools import partial
 
 import pytorch_lightning as pl

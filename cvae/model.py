@@ -1,12 +1,13 @@
 """Conditional VAE for 28x28 digits: the model and its ELBO, written to be read next to the math.
 
-    q(z | x, y) = N(mu, diag sigma^2)        encoder on [x ; onehot(y)]
-    p(z)        = N(0, I)
-    p(x | z, y) = Bernoulli(sigmoid(f(z, y)))  decoder on [z ; onehot(y)]
+q(z | x, y) = N(mu, diag sigma^2)        encoder on [x ; onehot(y)]
+p(z)        = N(0, I)
+p(x | z, y) = Bernoulli(sigmoid(f(z, y)))  decoder on [z ; onehot(y)]
 
-    -ELBO(x, y) = E_q[-log p(x | z, y)] + KL(q(z | x, y) || p(z))
-                =        recon           +          kl            (nats per image)
+-ELBO(x, y) = E_q[-log p(x | z, y)] + KL(q(z | x, y) || p(z))
+            =        recon           +          kl            (nats per image)
 """
+
 import math
 
 import torch

@@ -1,6 +1,7 @@
 """How good a conditional generator is: FID (torchmetrics) on features of the reference MNIST classifier or of
 InceptionV3, label accuracy of generated digits, the importance-weighted NLL, posterior-collapse diagnostics
 and the classification accuracy score (CAS)."""
+
 from pathlib import Path
 
 import torch
@@ -108,7 +109,9 @@ class ConditionalGenerationMetrics(nn.Module):
         self.fid.update(features, real=real)
         if not real:  # the reference classifier's own features need only its head on top
             shared = isinstance(self.extractor, ClassifierFeatures) and self.extractor.classifier is self.classifier
-            predictions = (self.classifier.head(features) if shared else in_chunks(self.classifier, images)).argmax(dim=1)
+            predictions = (self.classifier.head(features) if shared else in_chunks(self.classifier, images)).argmax(
+                dim=1
+            )
             self.label_acc.update(predictions, labels)
             self.label_acc_per_digit.update(predictions, labels)
         for digit, fid in enumerate(self.fid_per_digit):
@@ -196,8 +199,17 @@ def conditional_generation_metrics(features: str, inception_weights: str | None)
 
 
 def generator_report(
-    model: CVAE, test_images: torch.Tensor, test_labels: torch.Tensor, *, num_samples: int, features: str,
-    inception_weights: str | None, iw_samples: int, seed: int, cas_per_digit: int = 0, cas_epochs: int = 3,
+    model: CVAE,
+    test_images: torch.Tensor,
+    test_labels: torch.Tensor,
+    *,
+    num_samples: int,
+    features: str,
+    inception_weights: str | None,
+    iw_samples: int,
+    seed: int,
+    cas_per_digit: int = 0,
+    cas_epochs: int = 3,
 ) -> dict[str, float]:
     """The test-set figures of evaluate.py beyond the ELBO: nll_iw, FID and label accuracy (overall and per
     digit) of class-balanced prior samples against the real test images, and CAS when cas_per_digit > 0."""

@@ -6,6 +6,7 @@ it after every multirun; for any existing sweep dir (also one still running or o
 
 Kept free of torch so that Hydra, which builds its callbacks at start-up, stays quick to start.
 """
+
 import atexit
 import csv
 import io
@@ -28,8 +29,11 @@ def read_json(path: Path) -> dict | None:
 
 def member_dirs(sweep_dir: Path) -> list[Path]:
     """The sweep's members: subdirs Hydra started a job in (.hydra/) or that hold results, by job number."""
-    members = [path for path in sweep_dir.iterdir()
-               if path.is_dir() and ((path / ".hydra").is_dir() or (path / "metrics.json").is_file())]
+    members = [
+        path
+        for path in sweep_dir.iterdir()
+        if path.is_dir() and ((path / ".hydra").is_dir() or (path / "metrics.json").is_file())
+    ]
     return sorted(members, key=lambda path: (0, int(path.name)) if path.name.isdigit() else (1, path.name))
 
 

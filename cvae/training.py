@@ -4,6 +4,7 @@ validation and test, attach the final metrics to the TensorBoard hparams and wri
 A run dir also gets environment.json (versions, platform, git commit: with .hydra/ what it takes to re-run the
 run) and timing.json (wall times, kept out of metrics.json so that equal runs have byte-identical metrics.json).
 """
+
 import os
 import platform
 import subprocess
@@ -27,8 +28,16 @@ from cvae.checkpoint import AtomicCheckpointIO, check_resumable
 from cvae.utils import instantiate_group, write_json_atomic
 
 HPARAM_KEYS = ("latent_dim", "batch_size", "lr", "seed", "model", "data", "trainer")
-PACKAGES = ("torch", "torchvision", "pytorch-lightning", "lightning", "torchmetrics", "hydra-core", "omegaconf",
-            "numpy")
+PACKAGES = (
+    "torch",
+    "torchvision",
+    "pytorch-lightning",
+    "lightning",
+    "torchmetrics",
+    "hydra-core",
+    "omegaconf",
+    "numpy",
+)
 # A DDP rank started by launch_local_ranks finds its job's config, resolved, in this environment variable.
 JOB_CONFIG_VARIABLE = "CVAE_JOB_CONFIG"
 # What launching local ranks changes in this process, put back afterwards for the next job of a multirun.
@@ -88,8 +97,10 @@ def evaluate_best(trainer: pl.Trainer, model, datamodule, loggers: list, cfg: Di
     global_batch_size = cfg.batch_size * trainer.world_size * trainer.accumulate_grad_batches
     for logger in loggers:
         if isinstance(logger, TensorBoardLogger):
-            logger.log_hyperparams({**knobs(cfg), "global_batch_size": global_batch_size},
-                                   metrics={f"final/{name}": value for name, value in metrics.items()})
+            logger.log_hyperparams(
+                {**knobs(cfg), "global_batch_size": global_batch_size},
+                metrics={f"final/{name}": value for name, value in metrics.items()},
+            )
     return {
         **metrics,
         "epochs": trainer.current_epoch,
@@ -108,15 +119,19 @@ def within_run_dir(path: str, output_dir: str) -> str:
 
 def knobs(cfg: DictConfig) -> dict:
     """The settings that tell runs apart, for TensorBoard's HPARAMS tab: Hydra's `_target_`-style keys left out."""
+
     def without_hydra_keys(node):
         if isinstance(node, dict):
             return {key: without_hydra_keys(value) for key, value in node.items() if not key.startswith("_")}
         return node
 
-    return without_hydra_keys({
-        key: OmegaConf.to_container(cfg[key], resolve=True) if OmegaConf.is_config(cfg[key]) else cfg[key]
-        for key in HPARAM_KEYS if key in cfg
-    })
+    return without_hydra_keys(
+        {
+            key: OmegaConf.to_container(cfg[key], resolve=True) if OmegaConf.is_config(cfg[key]) else cfg[key]
+            for key in HPARAM_KEYS
+            if key in cfg
+        }
+    )
 
 
 class RandomStateCheckpoint(pl.Callback):
@@ -164,9 +179,13 @@ def launch_local_ranks(trainer: pl.Trainer, cfg: DictConfig):
     cluster = strategy.cluster_environment
     saved_variables = {name: os.environ.get(name) for name in DDP_VARIABLES}
     saved_threads = torch.get_num_threads()
-    os.environ.update(MASTER_ADDR=cluster.main_address, MASTER_PORT=str(cluster.main_port),
-                      NODE_RANK=str(cluster.node_rank()), LOCAL_RANK="0",
-                      WORLD_SIZE=str(strategy.num_processes * strategy.num_nodes))
+    os.environ.update(
+        MASTER_ADDR=cluster.main_address,
+        MASTER_PORT=str(cluster.main_port),
+        NODE_RANK=str(cluster.node_rank()),
+        LOCAL_RANK="0",
+        WORLD_SIZE=str(strategy.num_processes * strategy.num_nodes),
+    )
     children = [start_rank(local_rank, cfg) for local_rank in range(1, strategy.num_processes)]
     try:
         yield
@@ -184,14 +203,21 @@ def launch_local_ranks(trainer: pl.Trainer, cfg: DictConfig):
 
 
 def lightning_would_start_processes(strategy) -> bool:
-    return (isinstance(strategy.launcher, _SubprocessScriptLauncher) and strategy.num_processes > 1
-            and not strategy.cluster_environment.creates_processes_externally)
+    return (
+        isinstance(strategy.launcher, _SubprocessScriptLauncher)
+        and strategy.num_processes > 1
+        and not strategy.cluster_environment.creates_processes_externally
+    )
 
 
 def start_rank(local_rank: int, cfg: DictConfig) -> subprocess.Popen:
     python_path = os.pathsep.join(filter(None, [str(PROJECT_ROOT), os.environ.get("PYTHONPATH")]))
-    env = {**os.environ, "LOCAL_RANK": str(local_rank), "PYTHONPATH": python_path,
-           JOB_CONFIG_VARIABLE: OmegaConf.to_yaml(cfg, resolve=True)}
+    env = {
+        **os.environ,
+        "LOCAL_RANK": str(local_rank),
+        "PYTHONPATH": python_path,
+        JOB_CONFIG_VARIABLE: OmegaConf.to_yaml(cfg, resolve=True),
+    }
     return subprocess.Popen([sys.executable, "-m", "cvae.training"], env=env)
 
 
@@ -206,13 +232,16 @@ def restore_variables(saved: dict) -> None:
 @rank_zero_only
 def write_environment(path: Path, project_root: str) -> None:
     """What this run ran on, beside the config and overrides Hydra keeps in .hydra/."""
-    write_json_atomic(path, {
-        "python": platform.python_version(),
-        "platform": platform.platform(),
-        "packages": installed_versions(),
-        "cuda": torch.version.cuda,
-        "git": git_revision(project_root),
-    })
+    write_json_atomic(
+        path,
+        {
+            "python": platform.python_version(),
+            "platform": platform.platform(),
+            "packages": installed_versions(),
+            "cuda": torch.version.cuda,
+            "git": git_revision(project_root),
+        },
+    )
 
 
 def installed_versions() -> dict:
@@ -228,9 +257,11 @@ def installed_versions() -> dict:
 def git_revision(project_root: str) -> dict | None:
     """The commit checked out, and whether tracked files differ from it (then the commit alone does not re-run
     the run); None outside a git checkout."""
+
     def git(*args: str) -> str:
-        return subprocess.run(["git", "-C", str(project_root), *args], capture_output=True, text=True,
-                              check=True).stdout.strip()
+        return subprocess.run(
+            ["git", "-C", str(project_root), *args], capture_output=True, text=True, check=True
+        ).stdout.strip()
 
     try:
         return {"commit": git("rev-parse", "HEAD"), "dirty": bool(git("status", "--porcelain", "--untracked-files=no"))}

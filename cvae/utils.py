@@ -1,4 +1,5 @@
 """Small helpers the entry points share: building config groups, writing results safely, printing them."""
+
 import json
 import os
 import tempfile
@@ -37,6 +38,9 @@ def format_table(metrics: dict) -> str:
     shown = {name: f"{value:.4f}" if isinstance(value, float) else str(value) for name, value in metrics.items()}
     name_width = max(len("metric"), *map(len, shown))
     value_width = max(len("value"), *map(len, shown.values()))
-    rows = [f"| {'metric':<{name_width}} | {'value':>{value_width}} |", f"|{'-' * (name_width + 2)}|{'-' * (value_width + 1)}:|"]
+    rows = [
+        f"| {'metric':<{name_width}} | {'value':>{value_width}} |",
+        f"|{'-' * (name_width + 2)}|{'-' * (value_width + 1)}:|",
+    ]
     rows += [f"| {name:<{name_width}} | {value:>{value_width}} |" for name, value in shown.items()]
     return "\n".join(rows)

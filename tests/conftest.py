@@ -1,5 +1,6 @@
 """Shared fixtures: the real MNIST files, Hydra configs composed as the entry points compose them, and one
 short real training run that several tests inspect."""
+
 import os
 from pathlib import Path
 

@@ -1,5 +1,6 @@
 """The benchmark's code on a slice of real MNIST: every path runs, the figures are sane, the report holds them.
 No timing is asserted: timings belong to the benchmark's own run on a quiet machine."""
+
 import math
 
 import pytest
@@ -10,9 +11,28 @@ from cvae import benchmark
 @pytest.fixture(scope="module")
 def quick(data_dir, tmp_path_factory):
     out = tmp_path_factory.mktemp("benchmark") / "benchmark.md"
-    args = benchmark.parse_args(["--limit", "3", "--epochs", "2", "--warmup", "1", "--out", str(out),
-                                 "--device", "cpu", "--data-dir", data_dir, "--latent-dim", "3", "--fid-samples", "200",
-                                 "--override", "callbacks=model_checkpoint"])
+    args = benchmark.parse_args(
+        [
+            "--limit",
+            "3",
+            "--epochs",
+            "2",
+            "--warmup",
+            "1",
+            "--out",
+            str(out),
+            "--device",
+            "cpu",
+            "--data-dir",
+            data_dir,
+            "--latent-dim",
+            "3",
+            "--fid-samples",
+            "200",
+            "--override",
+            "callbacks=model_checkpoint",
+        ]
+    )
     return args, *benchmark.run(args)
 
 
@@ -46,17 +66,55 @@ def test_report_is_a_markdown_table_with_the_ratios_and_the_machine(quick):
 
 def test_main_writes_the_report_where_asked(data_dir, tmp_path, capsys):
     out = tmp_path / "nested" / "bench.md"
-    text = benchmark.main(["--limit", "2", "--epochs", "1", "--warmup", "0", "--paths", "a", "--out", str(out),
-                           "--device", "cpu", "--data-dir", data_dir, "--fid-samples", "100"])
+    text = benchmark.main(
+        [
+            "--limit",
+            "2",
+            "--epochs",
+            "1",
+            "--warmup",
+            "0",
+            "--paths",
+            "a",
+            "--out",
+            str(out),
+            "--device",
+            "cpu",
+            "--data-dir",
+            data_dir,
+            "--fid-samples",
+            "100",
+        ]
+    )
     assert out.read_text() == text
     assert "(a) plain PyTorch loop" in capsys.readouterr().out
     assert "(b)" not in text.split("| check |")[0]
 
 
 def test_end_to_end_times_train_py_against_five_plain_epochs(data_dir, tmp_path):
-    args = benchmark.parse_args(["--limit", "2", "--epochs", "1", "--warmup", "0", "--paths", "a", "--end-to-end",
-                                 "--out", str(tmp_path / "b.md"), "--device", "cpu", "--data-dir", data_dir,
-                                 "--fid-samples", "100", "--override", "callbacks=model_checkpoint"])
+    args = benchmark.parse_args(
+        [
+            "--limit",
+            "2",
+            "--epochs",
+            "1",
+            "--warmup",
+            "0",
+            "--paths",
+            "a",
+            "--end-to-end",
+            "--out",
+            str(tmp_path / "b.md"),
+            "--device",
+            "cpu",
+            "--data-dir",
+            data_dir,
+            "--fid-samples",
+            "100",
+            "--override",
+            "callbacks=model_checkpoint",
+        ]
+    )
     _, extra, text = benchmark.run(args)
     e2e = extra["end_to_end"]
     assert e2e["wall"] > 0 and e2e["fit"] is not None and 0 < e2e["fit"] < e2e["wall"]

@@ -34,8 +34,9 @@ def test_reference_defaults(tmp_path):
 
 
 def test_top_level_knobs_feed_model_data_and_optimizer(tmp_path, data_dir):
-    cfg = compose_config("train", ["latent_dim=7", "batch_size=64", "lr=3e-3", "seed=5", f"data.data_dir={data_dir}"],
-                         tmp_path)
+    cfg = compose_config(
+        "train", ["latent_dim=7", "batch_size=64", "lr=3e-3", "seed=5", f"data.data_dir={data_dir}"], tmp_path
+    )
     module, datamodule = instantiate(cfg.model), instantiate(cfg.data)
     assert module.model.latent_dim == 7 and module.hparams.latent_dim == 7
     assert datamodule.batch_size == 64 and datamodule.shuffle_seed == 5
@@ -48,8 +49,14 @@ def test_callbacks_and_loggers_instantiate(tmp_path):
 
     cfg = compose_config("train", ["logger=many_loggers"], tmp_path)
     names = {type(obj).__name__ for obj in instantiate_group(cfg.callbacks) + instantiate_group(cfg.logger)}
-    assert names == {"ModelCheckpoint", "SampleGrids", "GenerationQuality", "LatentExploration",
-                     "TensorBoardLogger", "CSVLogger"}
+    assert names == {
+        "ModelCheckpoint",
+        "SampleGrids",
+        "GenerationQuality",
+        "LatentExploration",
+        "TensorBoardLogger",
+        "CSVLogger",
+    }
 
 
 def test_run_dirs_have_sub_second_resolution():

@@ -1,5 +1,6 @@
 """The MNIST datamodule on the real files: split sizes, a fixed split, pixel range, both data paths, and the
 in-memory epoch permutation (coverage, determinism, disjoint DDP shards)."""
+
 import pytest
 import torch
 
@@ -15,7 +16,9 @@ def datamodule(data_dir):
 
 def test_split_sizes(datamodule):
     assert {name: len(labels) for name, (_, labels) in datamodule.splits.items()} == {
-        "train": 55_000, "val": 5_000, "test": 10_000,
+        "train": 55_000,
+        "val": 5_000,
+        "test": 10_000,
     }
 
 

@@ -1,6 +1,7 @@
 """DDP with 2 CPU processes (trainer=ddp_cpu) inside a multirun, as users type it: each member is one complete
 run in its own dir, no process leaves stray output dirs, and the logged metrics, synced across ranks, equal what
 one process computes on the same checkpoint."""
+
 import json
 
 import pytest
@@ -35,10 +36,19 @@ def ddp_sweep(tmp_path_factory, data_dir):
     project_root = tmp_path_factory.mktemp("project")
     sweep_dir = project_root / "sweep"
     result = run_script(
-        "train.py", "-m", "latent_dim=2,10", "trainer=ddp_cpu", "trainer.max_epochs=1",
-        "trainer.limit_train_batches=3", f"trainer.limit_val_batches={VAL_BATCHES_PER_RANK}",
-        "trainer.limit_test_batches=1", "trainer.enable_progress_bar=false", "data.eval_batch_size=1",
-        f"batch_size={BATCH_SIZE}", f"data.data_dir={data_dir}", f"hydra.sweep.dir={sweep_dir}",
+        "train.py",
+        "-m",
+        "latent_dim=2,10",
+        "trainer=ddp_cpu",
+        "trainer.max_epochs=1",
+        "trainer.limit_train_batches=3",
+        f"trainer.limit_val_batches={VAL_BATCHES_PER_RANK}",
+        "trainer.limit_test_batches=1",
+        "trainer.enable_progress_bar=false",
+        "data.eval_batch_size=1",
+        f"batch_size={BATCH_SIZE}",
+        f"data.data_dir={data_dir}",
+        f"hydra.sweep.dir={sweep_dir}",
         f"+callbacks.same_noise._target_={__name__}.SameNoiseForEveryImage",
         env_extra={"PROJECT_ROOT": str(project_root)},
     )
@@ -66,11 +76,18 @@ def test_ddp_metrics_equal_one_process_evaluation(ddp_sweep, data_dir):
     _, sweep_dir = ddp_sweep
     member = sweep_dir / "0"
     logged = json.loads((member / "metrics.json").read_text())
-    trainer = pl.Trainer(accelerator="cpu", devices=1, logger=False, enable_progress_bar=False,
-                         enable_model_summary=False, callbacks=[SameNoiseForEveryImage()],
-                         limit_val_batches=2 * VAL_BATCHES_PER_RANK)
+    trainer = pl.Trainer(
+        accelerator="cpu",
+        devices=1,
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        callbacks=[SameNoiseForEveryImage()],
+        limit_val_batches=2 * VAL_BATCHES_PER_RANK,
+    )
     datamodule = MNISTDataModule(data_dir=data_dir, eval_batch_size=1)
-    single = trainer.validate(load_module(member / "checkpoints" / "best.ckpt"), datamodule=datamodule,
-                              verbose=False)[0]
+    single = trainer.validate(load_module(member / "checkpoints" / "best.ckpt"), datamodule=datamodule, verbose=False)[
+        0
+    ]
     for name in ("val/nelbo", "val/kl"):
         assert logged[name] == pytest.approx(single[name], rel=1e-4), name

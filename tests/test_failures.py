@@ -1,5 +1,6 @@
 """Bad input, faults and untrusted files, each triggered for real: the message, the exit status, and that nothing
 was lost or left half-written."""
+
 import json
 import os
 import signal
@@ -32,15 +33,18 @@ def expect_one_line_exit(capsys, task, cfg, rules) -> str:
     return lines[0]
 
 
-@pytest.mark.parametrize(("override", "named"), [
-    ("latent_dim=0", "latent_dim=0"),
-    ("batch_size=-8", "batch_size=-8"),
-    ("lr=0", "lr=0"),
-    ("lr=-0.001", "lr=-0.001"),
-    ("trainer.max_epochs=0", "trainer.max_epochs=0"),
-    ("model.hidden_dims=[512,0]", "model.hidden_dims=[512, 0]"),
-    ("model.hidden_dims=[]", "model.hidden_dims=[]"),
-])
+@pytest.mark.parametrize(
+    ("override", "named"),
+    [
+        ("latent_dim=0", "latent_dim=0"),
+        ("batch_size=-8", "batch_size=-8"),
+        ("lr=0", "lr=0"),
+        ("lr=-0.001", "lr=-0.001"),
+        ("trainer.max_epochs=0", "trainer.max_epochs=0"),
+        ("model.hidden_dims=[512,0]", "model.hidden_dims=[512, 0]"),
+        ("model.hidden_dims=[]", "model.hidden_dims=[]"),
+    ],
+)
 def test_bad_training_values_fail_before_any_work(override, named, tmp_path, capsys, data_dir):
     cfg = compose_config("train", [override, f"data.data_dir={data_dir}"], tmp_path)
     line = expect_one_line_exit(capsys, train, cfg, TRAIN_RULES)
@@ -48,15 +52,18 @@ def test_bad_training_values_fail_before_any_work(override, named, tmp_path, cap
     assert list(tmp_path.iterdir()) == [], "nothing was written"
 
 
-@pytest.mark.parametrize(("override", "named"), [
-    ("digits=12a", "digits='12a'"),
-    ("digit=12", "digit=12"),
-    ("samples_per_digit=0", "samples_per_digit=0"),
-    ("variants=0", "variants=0"),
-    ("export.per_digit=-5", "export.per_digit=-5"),
-    ("quality.num_samples=15", "quality.num_samples=15"),
-    ("quality.iw_samples=0", "quality.iw_samples=0"),
-])
+@pytest.mark.parametrize(
+    ("override", "named"),
+    [
+        ("digits=12a", "digits='12a'"),
+        ("digit=12", "digit=12"),
+        ("samples_per_digit=0", "samples_per_digit=0"),
+        ("variants=0", "variants=0"),
+        ("export.per_digit=-5", "export.per_digit=-5"),
+        ("quality.num_samples=15", "quality.num_samples=15"),
+        ("quality.iw_samples=0", "quality.iw_samples=0"),
+    ],
+)
 def test_bad_evaluation_requests_fail_before_any_work(override, named, tmp_path, capsys, trained_run):
     ckpt = trained_run[0] / "checkpoints" / "best.ckpt"
     cfg = compose_config("evaluate", [f"ckpt_path={ckpt}", override], tmp_path)
@@ -69,15 +76,19 @@ def test_entry_point_exits_non_zero_with_one_line_and_traceback_only_when_asked(
     assert quiet.returncode == 1
     assert quiet.stderr.strip().splitlines()[-1].startswith("error: latent_dim=-1 is not allowed")
     assert "Traceback" not in quiet.stderr
-    loud = run_script("train.py", "latent_dim=-1", f"hydra.run.dir={tmp_path / 'run'}",
-                      env_extra={"HYDRA_FULL_ERROR": "1"})
+    loud = run_script(
+        "train.py", "latent_dim=-1", f"hydra.run.dir={tmp_path / 'run'}", env_extra={"HYDRA_FULL_ERROR": "1"}
+    )
     assert loud.returncode == 1 and "Traceback" in loud.stderr and "ConfigError" in loud.stderr
 
 
-@pytest.mark.parametrize(("override", "message"), [
-    ("no_such_key=1", "Could not override 'no_such_key'"),
-    ("trainer=no_such_trainer", "Could not find 'trainer/no_such_trainer'"),
-])
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("no_such_key=1", "Could not override 'no_such_key'"),
+        ("trainer=no_such_trainer", "Could not find 'trainer/no_such_trainer'"),
+    ],
+)
 def test_unknown_keys_and_groups_are_named(override, message, tmp_path):
     result = run_script("train.py", override, f"hydra.run.dir={tmp_path / 'run'}")
     assert result.returncode == 1 and message in result.stderr and "Traceback" not in result.stderr
@@ -119,6 +130,7 @@ def test_damaged_mnist_files_are_named_and_never_trained_on(damage, mnist_copy, 
 
 def crafted_pickle(path: Path, proof: Path) -> Path:
     """A file torch.load(weights_only=False) would execute: it creates `proof` when unpickled."""
+
     class Exploit:
         def __reduce__(self):
             return (os.system, (f"touch {proof}",))
@@ -132,16 +144,23 @@ def bad_checkpoints(tmp_path: Path, good: Path) -> dict[str, Path]:
     truncated.write_bytes(good.read_bytes()[:5000])
     not_a_checkpoint = tmp_path / "notes.ckpt"
     not_a_checkpoint.write_text("these are not weights\n")
-    return {"truncated": truncated, "not_a_checkpoint": not_a_checkpoint,
-            "crafted": crafted_pickle(tmp_path / "crafted.ckpt", tmp_path / "code_ran")}
+    return {
+        "truncated": truncated,
+        "not_a_checkpoint": not_a_checkpoint,
+        "crafted": crafted_pickle(tmp_path / "crafted.ckpt", tmp_path / "code_ran"),
+    }
 
 
 @pytest.mark.parametrize("kind", ["truncated", "not_a_checkpoint", "crafted"])
-def test_bad_checkpoints_are_refused_by_evaluate_and_resume_without_running_code(kind, trained_run, tmp_path, capsys,
-                                                                               data_dir):
+def test_bad_checkpoints_are_refused_by_evaluate_and_resume_without_running_code(
+    kind, trained_run, tmp_path, capsys, data_dir
+):
     ckpt = bad_checkpoints(tmp_path, trained_run[0] / "checkpoints" / "best.ckpt")[kind]
-    expected = {"truncated": "truncated or corrupted", "not_a_checkpoint": "is not a cvae checkpoint",
-                "crafted": "never unpickled"}[kind]
+    expected = {
+        "truncated": "truncated or corrupted",
+        "not_a_checkpoint": "is not a cvae checkpoint",
+        "crafted": "never unpickled",
+    }[kind]
     evaluation = compose_config("evaluate", [f"ckpt_path={ckpt}", *QUICK_EVALUATION], tmp_path / "evaluate")
     assert expected in expect_one_line_exit(capsys, evaluate, evaluation, EVALUATE_RULES)
     resume = compose_config("train", [*QUICK_RUN, f"ckpt_path={ckpt}", f"data.data_dir={data_dir}"], tmp_path / "run")
@@ -152,8 +171,11 @@ def test_bad_checkpoints_are_refused_by_evaluate_and_resume_without_running_code
 
 def test_a_checkpoint_of_another_model_is_refused(trained_run, tmp_path, capsys, data_dir):
     ckpt = trained_run[0] / "checkpoints" / "last.ckpt"  # latent_dim 3, hidden [512, 256]
-    cfg = compose_config("train", [*QUICK_RUN, f"ckpt_path={ckpt}", "latent_dim=5", "model.hidden_dims=[64]",
-                                   f"data.data_dir={data_dir}"], tmp_path)
+    cfg = compose_config(
+        "train",
+        [*QUICK_RUN, f"ckpt_path={ckpt}", "latent_dim=5", "model.hidden_dims=[64]", f"data.data_dir={data_dir}"],
+        tmp_path,
+    )
     line = expect_one_line_exit(capsys, train, cfg, TRAIN_RULES)
     assert "latent_dim=3, hidden_dims=[512, 256]" in line and "latent_dim=5, hidden_dims=[64]" in line
     with pytest.raises(CheckpointError, match="does not match"):
@@ -174,9 +196,17 @@ class PoisonWeightsAtEpoch(pl.Callback):
 
 
 def test_divergence_stops_the_run_keeps_the_last_good_checkpoint_and_says_where(tmp_path, capsys, data_dir):
-    cfg = compose_config("train", [*QUICK_RUN, "trainer.max_epochs=3", f"data.data_dir={data_dir}",
-                                   "+callbacks.poison._target_=tests.test_failures.PoisonWeightsAtEpoch",
-                                   "+callbacks.poison.epoch=1"], tmp_path)
+    cfg = compose_config(
+        "train",
+        [
+            *QUICK_RUN,
+            "trainer.max_epochs=3",
+            f"data.data_dir={data_dir}",
+            "+callbacks.poison._target_=tests.test_failures.PoisonWeightsAtEpoch",
+            "+callbacks.poison.epoch=1",
+        ],
+        tmp_path,
+    )
     line = expect_one_line_exit(capsys, train, cfg, TRAIN_RULES)
     assert "the loss became nan at epoch 1, step 5" in line and "last good checkpoint" in line
     last = load_module(tmp_path / "checkpoints" / "last.ckpt")
@@ -187,8 +217,15 @@ def test_divergence_stops_the_run_keeps_the_last_good_checkpoint_and_says_where(
 
 def test_a_real_divergence_exits_non_zero_and_other_sweep_members_complete(tmp_path, data_dir):
     sweep = tmp_path / "sweep"
-    result = run_script("train.py", "-m", "lr=1e-3,50", *QUICK_RUN, "trainer.max_epochs=1",
-                        f"data.data_dir={data_dir}", f"hydra.sweep.dir={sweep}")
+    result = run_script(
+        "train.py",
+        "-m",
+        "lr=1e-3,50",
+        *QUICK_RUN,
+        "trainer.max_epochs=1",
+        f"data.data_dir={data_dir}",
+        f"hydra.sweep.dir={sweep}",
+    )
     assert result.returncode != 0
     assert "the loss became" in (sweep / "1" / "train.log").read_text()
     assert (sweep / "0" / "metrics.json").is_file() and not (sweep / "1" / "metrics.json").exists()
@@ -210,10 +247,18 @@ class SignalSelfAt(pl.Callback):
 @pytest.mark.parametrize("stop", [signal.SIGINT, signal.SIGTERM])
 def test_an_interrupted_run_leaves_a_checkpoint_that_resumes_to_the_end(stop, tmp_path, data_dir):
     run_dir = tmp_path / "run"
-    args = ["train.py", *QUICK_RUN_ANY_CALLBACKS, "trainer.max_epochs=3", "callbacks=model_checkpoint", "logger=csv",
-            f"data.data_dir={data_dir}", f"hydra.run.dir={run_dir}"]
-    interrupted = run_script(*args, "+callbacks.stop._target_=tests.test_failures.SignalSelfAt",
-                             f"+callbacks.stop.signal_number={int(stop)}")
+    args = [
+        "train.py",
+        *QUICK_RUN_ANY_CALLBACKS,
+        "trainer.max_epochs=3",
+        "callbacks=model_checkpoint",
+        "logger=csv",
+        f"data.data_dir={data_dir}",
+        f"hydra.run.dir={run_dir}",
+    ]
+    interrupted = run_script(
+        *args, "+callbacks.stop._target_=tests.test_failures.SignalSelfAt", f"+callbacks.stop.signal_number={int(stop)}"
+    )
     assert interrupted.returncode != 0
     assert "interrupted at epoch 1" in interrupted.stdout + interrupted.stderr
     last = run_dir / "checkpoints" / "last.ckpt"
@@ -251,8 +296,10 @@ def test_evaluating_a_checkpoint_twice_writes_two_dirs(trained_run, tmp_path, da
     ckpt = trained_run[0] / "checkpoints" / "best.ckpt"
     env = {**os.environ, "PROJECT_ROOT": str(tmp_path)}
     args = [sys.executable, "evaluate.py", f"ckpt_path={ckpt}", f"data.data_dir={data_dir}", *QUICK_EVALUATION]
-    launches = [subprocess.Popen(args, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                                 text=True) for _ in range(2)]
+    launches = [
+        subprocess.Popen(args, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        for _ in range(2)
+    ]
     for launch in launches:
         assert launch.wait(timeout=600) == 0, launch.stderr.read()[-2000:]
     runs = sorted((tmp_path / "outputs" / "evaluate").glob("*/*"))

@@ -1,6 +1,7 @@
 """Generation and exploration (cvae/generate.py) on real checkpoints: what each function returns (shapes,
 counts, determinism given the seed, the labels of exported data, AUROC of the anomaly demo), and evaluate.py
 writing the PNGs, files and CSV its config asks for."""
+
 import csv
 import json
 
@@ -31,9 +32,16 @@ def run_2d(tmp_path_factory, data_dir):
     from cvae.training import train
 
     output_dir = tmp_path_factory.mktemp("run_2d")
-    overrides = [*QUICK_RUN, f"data.data_dir={data_dir}", "latent_dim=2", "trainer.max_epochs=1",
-                 "trainer.limit_train_batches=60", "trainer.limit_val_batches=1", "trainer.limit_test_batches=1",
-                 "callbacks.latent_exploration.every_n_epochs=1"]
+    overrides = [
+        *QUICK_RUN,
+        f"data.data_dir={data_dir}",
+        "latent_dim=2",
+        "trainer.max_epochs=1",
+        "trainer.limit_train_batches=60",
+        "trainer.limit_val_batches=1",
+        "trainer.limit_test_batches=1",
+        "callbacks.latent_exploration.every_n_epochs=1",
+    ]
     train(compose_config("train", overrides, output_dir))
     return output_dir
 
@@ -81,13 +89,18 @@ def test_anything_but_digits_is_refused_by_name(digits):
     assert "\n" not in str(error.value)
 
 
-@pytest.mark.parametrize(("call", "message"), [
-    (lambda model: generate.digit_variants(model, 12), r"^digit=12 is not a single digit"),
-    (lambda model: generate.digit_variants(model, 1, variants=0), r"^variants=0 .* >= 1"),
-    (lambda model: generate.synthetic_dataset(model, per_digit=-2), r"^export.per_digit=-2 "),
-    (lambda model: generate.anomaly_scores(model, torch.zeros(1, 784), torch.zeros(1).long(), score="elbo"),
-     r"^anomaly.score='elbo' .* nelbo, iw"),
-])
+@pytest.mark.parametrize(
+    ("call", "message"),
+    [
+        (lambda model: generate.digit_variants(model, 12), r"^digit=12 is not a single digit"),
+        (lambda model: generate.digit_variants(model, 1, variants=0), r"^variants=0 .* >= 1"),
+        (lambda model: generate.synthetic_dataset(model, per_digit=-2), r"^export.per_digit=-2 "),
+        (
+            lambda model: generate.anomaly_scores(model, torch.zeros(1, 784), torch.zeros(1).long(), score="elbo"),
+            r"^anomaly.score='elbo' .* nelbo, iw",
+        ),
+    ],
+)
 def test_bad_requests_name_the_key_and_what_is_allowed(model_3d, call, message):
     with pytest.raises(ValueError, match=message):
         call(model_3d)
@@ -207,8 +220,16 @@ def test_anomaly_demo_tells_rotated_digits_from_real_ones(model_2d, test_split):
 def test_training_logs_the_latent_exploration_to_tensorboard(run_2d):
     events = EventAccumulator(str(run_2d), size_guidance={"images": 0}).Reload()
     exploration = {tag for tag in events.Tags()["images"] if tag.startswith("exploration/")}
-    assert exploration == {f"exploration/{name}" for name in (
-        "latent_map", "latent_manifold", "interpolation_within_digit", "interpolation_across_digits", "style_transfer")}
+    assert exploration == {
+        f"exploration/{name}"
+        for name in (
+            "latent_map",
+            "latent_manifold",
+            "interpolation_within_digit",
+            "interpolation_across_digits",
+            "style_transfer",
+        )
+    }
     style = events.Images("exploration/style_transfer")[-1]
     assert (style.width, style.height) == grid_size(11, 10)
 
@@ -216,14 +237,31 @@ def test_training_logs_the_latent_exploration_to_tensorboard(run_2d):
 def test_evaluate_writes_what_its_config_asks_for(run_2d, data_dir, tmp_path):
     from cvae.evaluation import evaluate
 
-    overrides = [f"ckpt_path={run_2d / 'checkpoints' / 'best.ckpt'}", f"data.data_dir={data_dir}",
-                 *QUICK_EVALUATION, "trainer.limit_test_batches=1",
-                 "digits=007", "digit=3", "variants=4", "latent_map=true", "interpolate=true",
-                 "interpolation_steps=6", "style_transfer=true", "export.per_digit=3", "anomaly.scores_for=test",
-                 "anomaly.k=1", "anomaly.demo=true"]
+    overrides = [
+        f"ckpt_path={run_2d / 'checkpoints' / 'best.ckpt'}",
+        f"data.data_dir={data_dir}",
+        *QUICK_EVALUATION,
+        "trainer.limit_test_batches=1",
+        "digits=007",
+        "digit=3",
+        "variants=4",
+        "latent_map=true",
+        "interpolate=true",
+        "interpolation_steps=6",
+        "style_transfer=true",
+        "export.per_digit=3",
+        "anomaly.scores_for=test",
+        "anomaly.k=1",
+        "anomaly.demo=true",
+    ]
     metrics = evaluate(compose_config("evaluate", overrides, tmp_path))
-    expected_sizes = {"digits": grid_size(3, 4), "digit_3": grid_size(4, 1), "style_transfer": grid_size(11, 10),
-                      "interpolation_within_digit": grid_size(6, 10), "interpolation_across_digits": grid_size(6, 10)}
+    expected_sizes = {
+        "digits": grid_size(3, 4),
+        "digit_3": grid_size(4, 1),
+        "style_transfer": grid_size(11, 10),
+        "interpolation_within_digit": grid_size(6, 10),
+        "interpolation_across_digits": grid_size(6, 10),
+    }
     for name, size in expected_sizes.items():
         with Image.open(tmp_path / f"{name}.png") as picture:
             assert picture.size == size, name

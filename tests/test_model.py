@@ -1,4 +1,5 @@
 """The CVAE's shapes and its ELBO terms, checked against independent computations."""
+
 import math
 
 import pytest

@@ -1,6 +1,7 @@
 """Quality metrics on real MNIST: FID (torchmetrics) on the reference classifier's features, label accuracy,
 posterior-collapse diagnostics, CAS, and the Inception wiring (with stand-in weights: none can be
 downloaded here)."""
+
 import pytest
 import torch
 
@@ -132,8 +133,10 @@ def test_classification_accuracy_score_rewards_generators_that_follow_the_label(
     test_x, test_y, val_x, val_y = real
     faithful = RealDigitGenerator(val_x, val_y, respect_labels=True)
     careless = RealDigitGenerator(val_x, val_y, respect_labels=False)
-    cas = {name: classification_accuracy_score(generator, test_x[:2000], test_y[:2000], 100, epochs=5, seed=0)
-           for name, generator in (("faithful", faithful), ("careless", careless))}
+    cas = {
+        name: classification_accuracy_score(generator, test_x[:2000], test_y[:2000], 100, epochs=5, seed=0)
+        for name, generator in (("faithful", faithful), ("careless", careless))
+    }
     assert cas["faithful"] > 0.8
     assert cas["careless"] < 0.2
 

@@ -1,4 +1,5 @@
 """README's set-up commands are the ones CI runs."""
+
 import re
 
 from tests.conftest import ROOT

@@ -1,5 +1,6 @@
 """Exact reproducibility on CPU: the same config and seed give a byte-identical metrics.json; a run stopped after
 its first epoch and resumed from last.ckpt ends exactly as an uninterrupted run; a run dir records what it ran on."""
+
 import json
 import re
 from pathlib import Path

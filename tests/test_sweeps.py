@@ -1,5 +1,6 @@
 """Sweeps beyond one process at a time: members in parallel (joblib), on SLURM (submitit; here a stand-in sbatch
 runs the jobs it is sent), an Optuna search, and the summary table of a sweep, failed members included."""
+
 import csv
 import json
 import os
@@ -14,8 +15,15 @@ from tests.conftest import CONF_DIR, QUICK_RUN_ANY_CALLBACKS
 from tests.test_train import run_script
 
 # one short epoch, nothing a sweep test does not look at
-TINY_RUN = [*QUICK_RUN_ANY_CALLBACKS, "trainer.max_epochs=1", "trainer.limit_train_batches=2", "trainer.limit_val_batches=1",
-            "trainer.limit_test_batches=1", "callbacks=model_checkpoint", "logger=csv"]
+TINY_RUN = [
+    *QUICK_RUN_ANY_CALLBACKS,
+    "trainer.max_epochs=1",
+    "trainer.limit_train_batches=2",
+    "trainer.limit_val_batches=1",
+    "trainer.limit_test_batches=1",
+    "callbacks=model_checkpoint",
+    "logger=csv",
+]
 
 # sbatch for a machine without SLURM: answers as SLURM does, then, in the background, runs each task of the job
 # array as SLURM would (its SLURM_* variables, the submitit command of the script) once submitit has moved the
@@ -55,8 +63,16 @@ def read_summary(sweep_dir: Path) -> list[dict]:
 def test_joblib_runs_members_in_parallel_and_the_summary_lists_the_failed_one(tmp_path, data_dir):
     """lr=-1 fails the config check: Hydra then skips its end-of-multirun callbacks, the summary comes anyway."""
     sweep_dir = tmp_path / "sweep"
-    result = run_script("train.py", "-m", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2", "lr=1e-3,3e-3,-1",
-                        *TINY_RUN, f"data.data_dir={data_dir}", f"hydra.sweep.dir={sweep_dir}")
+    result = run_script(
+        "train.py",
+        "-m",
+        "hydra/launcher=joblib",
+        "hydra.launcher.n_jobs=2",
+        "lr=1e-3,3e-3,-1",
+        *TINY_RUN,
+        f"data.data_dir={data_dir}",
+        f"hydra.sweep.dir={sweep_dir}",
+    )
     assert result.returncode != 0 and "lr=-1 is not allowed" in result.stderr
     assert "Joblib.Parallel(n_jobs=2" in result.stdout + result.stderr
     rows = read_summary(sweep_dir)
@@ -71,8 +87,14 @@ def test_joblib_runs_members_in_parallel_and_the_summary_lists_the_failed_one(tm
 
 def test_optuna_search_minimises_val_nelbo(tmp_path, data_dir):
     sweep_dir = tmp_path / "search"
-    result = run_script("train.py", "hparams_search=optuna", "hydra.sweeper.n_trials=2", *TINY_RUN,
-                        f"data.data_dir={data_dir}", f"hydra.sweep.dir={sweep_dir}")
+    result = run_script(
+        "train.py",
+        "hparams_search=optuna",
+        "hydra.sweeper.n_trials=2",
+        *TINY_RUN,
+        f"data.data_dir={data_dir}",
+        f"hydra.sweep.dir={sweep_dir}",
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     found = yaml.safe_load((sweep_dir / "optimization_results.yaml").read_text())
     assert found["best_params"].keys() == {"latent_dim", "batch_size", "lr"}
@@ -83,8 +105,11 @@ def test_optuna_search_minimises_val_nelbo(tmp_path, data_dir):
 
 def test_slurm_launcher_config_composes_for_ddp():
     with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
-        cfg = compose("train", overrides=["hydra/launcher=slurm", "trainer=ddp", "trainer.num_nodes=2",
-                                          "hydra.launcher.gpus_per_node=4"], return_hydra_config=True)
+        cfg = compose(
+            "train",
+            overrides=["hydra/launcher=slurm", "trainer=ddp", "trainer.num_nodes=2", "hydra.launcher.gpus_per_node=4"],
+            return_hydra_config=True,
+        )
     launcher = cfg.hydra.launcher
     assert launcher._target_.endswith("SlurmLauncher")
     assert (launcher.nodes, launcher.gpus_per_node, launcher.tasks_per_node) == (2, 4, 4)
@@ -98,9 +123,17 @@ def test_slurm_launcher_builds_jobs_that_run(tmp_path, data_dir):
     for tool in fake_bin.iterdir():
         tool.chmod(0o755)
     sweep_dir = tmp_path / "sweep"
-    result = run_script("train.py", "-m", "hydra/launcher=slurm", "hydra.launcher.partition=gpu", "latent_dim=2,3",
-                        *TINY_RUN, f"data.data_dir={data_dir}", f"hydra.sweep.dir={sweep_dir}",
-                        env_extra={"PATH": f"{fake_bin}{os.pathsep}{os.environ['PATH']}"})
+    result = run_script(
+        "train.py",
+        "-m",
+        "hydra/launcher=slurm",
+        "hydra.launcher.partition=gpu",
+        "latent_dim=2,3",
+        *TINY_RUN,
+        f"data.data_dir={data_dir}",
+        f"hydra.sweep.dir={sweep_dir}",
+        env_extra={"PATH": f"{fake_bin}{os.pathsep}{os.environ['PATH']}"},
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     sbatch_script = next((sweep_dir / ".submitit").rglob("*_submission.sh")).read_text()
     for line in ("--array=0-1", "--partition=gpu", "--gpus-per-node=1", "--ntasks-per-node=1", "--time=240"):
@@ -114,16 +147,39 @@ def test_summary_command_reads_any_sweep_dir(tmp_path):
     for member, overrides in ((finished, ["latent_dim=2"]), (failed, ["latent_dim=10"])):
         (member / ".hydra").mkdir(parents=True)
         (member / ".hydra" / "overrides.yaml").write_text(yaml.safe_dump(overrides))
-    (finished / "metrics.json").write_text(json.dumps({"val/nelbo": 101.5, "test/nelbo": 100.25, "test/fid": 3.5,
-                                                       "epochs": 7}))
+    (finished / "metrics.json").write_text(
+        json.dumps({"val/nelbo": 101.5, "test/nelbo": 100.25, "test/fid": 3.5, "epochs": 7})
+    )
     (finished / "timing.json").write_text(json.dumps({"fit_seconds": 10.0, "wall_seconds": 12.5}))
-    result = subprocess.run([sys.executable, "-m", "cvae.sweep", str(tmp_path)], capture_output=True, text=True,
-                            cwd=Path(__file__).resolve().parents[1])
+    result = subprocess.run(
+        [sys.executable, "-m", "cvae.sweep", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        cwd=Path(__file__).resolve().parents[1],
+    )
     assert result.returncode == 0, result.stderr
     assert read_summary(tmp_path) == [
-        {"member": "0", "status": "ok", "overrides": "latent_dim=2", "val/nelbo": "101.5000", "test/nelbo": "100.2500",
-         "test/fid": "3.5000", "epochs": "7", "wall_seconds": "12.5000"},
-        {"member": "1", "status": "failed", "overrides": "latent_dim=10", "val/nelbo": "", "test/nelbo": "",
-         "test/fid": "", "epochs": "", "wall_seconds": ""},
+        {
+            "member": "0",
+            "status": "ok",
+            "overrides": "latent_dim=2",
+            "val/nelbo": "101.5000",
+            "test/nelbo": "100.2500",
+            "test/fid": "3.5000",
+            "epochs": "7",
+            "wall_seconds": "12.5000",
+        },
+        {
+            "member": "1",
+            "status": "failed",
+            "overrides": "latent_dim=10",
+            "val/nelbo": "",
+            "test/nelbo": "",
+            "test/fid": "",
+            "epochs": "",
+            "wall_seconds": "",
+        },
     ]
-    assert "| member | status | overrides | val/nelbo | test/nelbo | test/fid | epochs | wall_seconds |" in result.stdout
+    assert (
+        "| member | status | overrides | val/nelbo | test/nelbo | test/fid | epochs | wall_seconds |" in result.stdout
+    )

@@ -1,5 +1,6 @@
 """A real (short) training run on real MNIST, and what it leaves behind: checkpoints, TensorBoard events,
 metrics.json; then evaluate.py on its checkpoint, and train.py as users type it (a multirun)."""
+
 import json
 import os
 import subprocess
@@ -45,8 +46,9 @@ def test_tensorboard_has_scalars_images_and_hparams(trained_run):
     assert {"samples/prior_by_digit", "samples/reconstructions"} <= set(images)
     grid = events.Images("samples/prior_by_digit")[-1]
     assert grid.height == 10 * 28 + 11 * 2, "one row per digit 0-9"
-    hparams = {tag: HParamsPluginData.FromString(content)
-               for tag, content in events.PluginTagToContent("hparams").items()}
+    hparams = {
+        tag: HParamsPluginData.FromString(content) for tag, content in events.PluginTagToContent("hparams").items()
+    }
     session = hparams["_hparams_/session_start_info"].session_start_info.hparams
     assert session["latent_dim"].number_value == 3 and session["model/beta"].number_value == 1.0
     assert not any(key.rsplit("/", 1)[-1].startswith("_") for key in session), "no _target_ noise in HPARAMS"
@@ -84,8 +86,18 @@ def test_evaluate_writes_its_own_metrics_and_samples(trained_run, data_dir, tmp_
     cfg = compose_config("evaluate", [f"ckpt_path={ckpt}", f"data.data_dir={data_dir}", *QUICK_EVALUATION], tmp_path)
     returned = evaluate(cfg)
     written = json.loads((tmp_path / "metrics.json").read_text())
-    assert {"test/nelbo", "test/recon", "test/kl", "test/nll_iw", "test/fid", "test/label_acc",
-            "test/label_acc_digit/0", "test/fid_digit/9", "test/active_units", "test/kl_dim/2"} <= written.keys()
+    assert {
+        "test/nelbo",
+        "test/recon",
+        "test/kl",
+        "test/nll_iw",
+        "test/fid",
+        "test/label_acc",
+        "test/label_acc_digit/0",
+        "test/fid_digit/9",
+        "test/active_units",
+        "test/kl_dim/2",
+    } <= written.keys()
     assert 0 <= written["test/active_units"] <= 3 and 0 <= written["test/label_acc"] <= 1 and written["test/fid"] > 0
     assert written["test/nll_iw"] < written["test/nelbo"], "the IW bound is tighter than the ELBO"
     assert written["test/kl"] == pytest.approx(trained["test/kl"], rel=1e-4), "same checkpoint, same KL"
@@ -103,8 +115,13 @@ def run_script(*args: str, cwd=ROOT, env_extra: dict | None = None) -> subproces
 def test_multirun_gives_one_complete_run_per_member(tmp_path, data_dir):
     sweep_dir = tmp_path / "sweep"
     result = run_script(
-        "train.py", "-m", "latent_dim=2,3", *QUICK_RUN, "trainer.max_epochs=1",
-        f"data.data_dir={data_dir}", f"hydra.sweep.dir={sweep_dir}",
+        "train.py",
+        "-m",
+        "latent_dim=2,3",
+        *QUICK_RUN,
+        "trainer.max_epochs=1",
+        f"data.data_dir={data_dir}",
+        f"hydra.sweep.dir={sweep_dir}",
     )
     assert result.returncode == 0, result.stderr[-3000:]
     for job, latent_dim in (("0", 2), ("1", 3)):
@@ -117,11 +134,28 @@ def test_multirun_gives_one_complete_run_per_member(tmp_path, data_dir):
 
 
 def test_launches_in_the_same_second_get_their_own_dirs(tmp_path, data_dir):
-    quick = [*QUICK_RUN_ANY_CALLBACKS, "trainer.max_epochs=1", "trainer.limit_train_batches=1", "trainer.limit_val_batches=1",
-             "trainer.limit_test_batches=1", "callbacks=none", "logger=csv", f"data.data_dir={data_dir}"]
+    quick = [
+        *QUICK_RUN_ANY_CALLBACKS,
+        "trainer.max_epochs=1",
+        "trainer.limit_train_batches=1",
+        "trainer.limit_val_batches=1",
+        "trainer.limit_test_batches=1",
+        "callbacks=none",
+        "logger=csv",
+        f"data.data_dir={data_dir}",
+    ]
     env = {**os.environ, "PROJECT_ROOT": str(tmp_path)}
-    launches = [subprocess.Popen([sys.executable, "train.py", *quick], cwd=ROOT, env=env,
-                                 stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    launches = [
+        subprocess.Popen(
+            [sys.executable, "train.py", *quick],
+            cwd=ROOT,
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for _ in range(2)
+    ]
     for launch in launches:
         assert launch.wait(timeout=600) == 0, launch.stderr.read()[-3000:]
     run_dirs = [p for p in (tmp_path / "outputs").glob("*/*") if p.is_dir()]
