@@ -1,10 +1,9 @@
-"""Lightning callbacks: what TensorBoard shows of a run beyond its scalars."""
+"""Lightning callbacks: what TensorBoard (and every logger that takes images) shows of a run beyond its scalars."""
 
 from pathlib import Path
 
 import pytorch_lightning as pl
 import torch
-from pytorch_lightning.loggers import TensorBoardLogger
 from pytorch_lightning.utilities import rank_zero_info
 from pytorch_lightning.utilities.exceptions import SIGTERMException
 
@@ -18,6 +17,7 @@ from cvae.images import (
     reconstruction_rows,
     style_transfer_image,
 )
+from cvae.loggers import log_images
 from cvae.quality import balanced_labels, conditional_generation_metrics, decode_at
 
 
@@ -36,18 +36,20 @@ class SampleGrids(pl.Callback):
     def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if not (logs_images_now(trainer) and epoch_is_due(trainer, self.every_n_epochs)):
             return
-        add_tensorboard_images(
-            trainer,
+        log_images(
+            trainer.loggers,
             {
                 "samples/prior_by_digit": digit_rows(pl_module.model, self.z),
                 "samples/reconstructions": reconstruction_rows(pl_module.model, *self.real),
             },
+            trainer.global_step,
         )
 
 
 class GenerationQuality(pl.Callback):
     """Every n epochs and after the last, val/fid and val/label_acc (overall and per digit): class-balanced prior
-    samples, the same z each time, against the real validation images, whose features are extracted once.
+    samples, the same z each time, against the real validation images, whose features are extracted once. Also
+    in trainer.validate, so the best checkpoint's figures reach metrics.json and the loggers' final metrics.
 
     Under DDP each rank generates its share of the samples and reads its shard of the validation images;
     the torchmetrics states gather them all, so every rank logs the same figures."""
@@ -67,12 +69,14 @@ class GenerationQuality(pl.Callback):
         self.features, self.inception_weights = features, inception_weights
 
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
-        if stage == "fit":
+        if stage in ("fit", "validate") and not hasattr(self, "metrics"):
             self.metrics = conditional_generation_metrics(self.features, self.inception_weights).to(pl_module.device)
             self.has_real_features = False
 
     def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if trainer.sanity_checking or trainer.state.fn != "fit" or not epoch_is_due(trainer, self.every_n_epochs):
+        if trainer.sanity_checking or trainer.state.fn not in ("fit", "validate"):
+            return
+        if trainer.state.fn == "fit" and not epoch_is_due(trainer, self.every_n_epochs):
             return
         device = pl_module.device
         if not self.has_real_features:
@@ -110,7 +114,9 @@ class LatentExploration(pl.Callback):
             **interpolation_images(model, self.interpolation_steps, self.seed),
             "style_transfer": style_transfer_image(model, x[self.style_sources], y[self.style_sources]),
         }
-        add_tensorboard_images(trainer, {f"exploration/{name}": image for name, image in images.items()})
+        log_images(
+            trainer.loggers, {f"exploration/{name}": image for name, image in images.items()}, trainer.global_step
+        )
 
 
 def first_validation_images(trainer: pl.Trainer, count: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
@@ -134,13 +140,6 @@ def epoch_is_due(trainer: pl.Trainer, every_n_epochs: int) -> bool:
 def logs_images_now(trainer: pl.Trainer) -> bool:
     """True at the end of a real training epoch's validation, on the rank that writes the logs."""
     return not trainer.sanity_checking and trainer.is_global_zero and trainer.state.fn == "fit"
-
-
-def add_tensorboard_images(trainer: pl.Trainer, images: dict[str, torch.Tensor]) -> None:
-    for logger in trainer.loggers:
-        if isinstance(logger, TensorBoardLogger):
-            for tag, image in images.items():
-                logger.experiment.add_image(tag, image.cpu(), global_step=trainer.global_step)
 
 
 def last_checkpoint_path(trainer: pl.Trainer) -> Path:

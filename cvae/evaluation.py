@@ -23,6 +23,7 @@ from cvae.images import (
     style_transfer_image,
 )
 from cvae.model import CVAE
+from cvae.projector import write_projector
 from cvae.quality import generator_report
 from cvae.utils import format_table, write_json_atomic
 
@@ -42,6 +43,8 @@ def evaluate(cfg: DictConfig) -> dict:
     metrics.update(quality_report(module.model, cfg, *test_split))
     for name, picture in requested_pictures(module.model, cfg, *test_split).items():
         save_image(picture, output_dir / f"{name}.png")
+    if cfg.projector:
+        write_projector(module.model, *(part[: cfg.projector_images] for part in test_split), output_dir)
     if cfg.export.per_digit:
         export_synthetic(module.model, cfg, output_dir)
     metrics.update(write_anomaly_outputs(module.model, cfg, *test_split, output_dir))
@@ -58,6 +61,7 @@ def check_requests(cfg: DictConfig) -> None:
         generate.parse_digit(cfg.digit, "digit")
     generate.check_count(cfg.variants, "variants")
     generate.check_count(cfg.interpolation_steps, "interpolation_steps")
+    generate.check_count(cfg.projector_images, "projector_images")
     generate.check_count(cfg.export.per_digit, "export.per_digit", minimum=0)  # 0: no export
     generate.check_score(cfg.anomaly.score)
     generate.check_count(cfg.anomaly.k, "anomaly.k")

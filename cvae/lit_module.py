@@ -29,7 +29,8 @@ class CVAELitModule(pl.LightningModule):
         super().__init__()
         hidden_dims = [int(h) for h in hidden_dims]  # plain ints, so a checkpoint loads with weights_only
         # The optimizer is a factory, not a hyperparameter: the checkpoint keeps only what rebuilds the model.
-        self.save_hyperparameters(ignore=["optimizer"])
+        # Not sent to the loggers: cvae.hparams gives them the whole run's knobs, each once.
+        self.save_hyperparameters(ignore=["optimizer"], logger=False)
         self.model = CVAE(latent_dim, hidden_dims)
         self.optimizer = optimizer
         # nan_strategy="disable": no NaN check, which is a host-device sync per step on a GPU (a NaN loss stops

@@ -1,5 +1,5 @@
 """What `python train.py` does: build everything from the config, fit, evaluate the best checkpoint on
-validation and test, attach the final metrics to the TensorBoard hparams and write metrics.json.
+validation and test, give every logger the hparams and final metrics and write metrics.json.
 
 A run dir also gets environment.json (versions, platform, git commit: with .hydra/ what it takes to re-run the
 run) and timing.json (wall times, kept out of metrics.json so that equal runs have byte-identical metrics.json).
@@ -19,15 +19,15 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.callbacks import ProgressBar, TQDMProgressBar
-from pytorch_lightning.loggers import TensorBoardLogger
 from pytorch_lightning.strategies.launchers import _SubprocessScriptLauncher
 from pytorch_lightning.utilities import rank_zero_only
 
 from cvae.callbacks import CheckpointOnInterrupt, StopOnDivergence
 from cvae.checkpoint import AtomicCheckpointIO, check_resumable
+from cvae.hparams import log_final
+from cvae.loggers import finish
 from cvae.utils import instantiate_group, write_json_atomic
 
-HPARAM_KEYS = ("latent_dim", "batch_size", "lr", "seed", "model", "data", "trainer")
 PACKAGES = (
     "torch",
     "torchvision",
@@ -63,6 +63,7 @@ def train(cfg: DictConfig) -> dict:
         trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"), weights_only=True)
         fit_seconds = time.perf_counter() - fit_started
         summary = evaluate_best(trainer, model, datamodule, loggers, cfg)
+        finish(loggers)
 
     if trainer.is_global_zero:
         write_json_atomic(output_dir / "metrics.json", summary)
@@ -86,7 +87,7 @@ def build_trainer(cfg: DictConfig, loggers: list) -> pl.Trainer:
 
 def evaluate_best(trainer: pl.Trainer, model, datamodule, loggers: list, cfg: DictConfig) -> dict:
     """Validation and test metrics of the best checkpoint (the weights in memory without checkpoints), with
-    the run's epochs and batch size; the metrics also go into TensorBoard's hparams."""
+    the run's epochs and batch size; the metrics also go into every logger's hparams."""
     best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
     evaluated = best or None
     trainer.loggers = []  # re-validating the best checkpoint is no new point on the val curves
@@ -95,12 +96,7 @@ def evaluate_best(trainer: pl.Trainer, model, datamodule, loggers: list, cfg: Di
     metrics = {**val_metrics, **trainer.test(model, datamodule=datamodule, ckpt_path=evaluated)[0]}
     # batch_size is per process: one optimizer step averages the gradients of this many images
     global_batch_size = cfg.batch_size * trainer.world_size * trainer.accumulate_grad_batches
-    for logger in loggers:
-        if isinstance(logger, TensorBoardLogger):
-            logger.log_hyperparams(
-                {**knobs(cfg), "global_batch_size": global_batch_size},
-                metrics={f"final/{name}": value for name, value in metrics.items()},
-            )
+    log_final(loggers, cfg, metrics, {"global_batch_size": global_batch_size}, trainer.global_step)
     return {
         **metrics,
         "epochs": trainer.current_epoch,
@@ -115,23 +111,6 @@ def within_run_dir(path: str, output_dir: str) -> str:
     if path and Path(path).is_relative_to(output_dir):
         return str(Path(path).relative_to(output_dir))
     return path
-
-
-def knobs(cfg: DictConfig) -> dict:
-    """The settings that tell runs apart, for TensorBoard's HPARAMS tab: Hydra's `_target_`-style keys left out."""
-
-    def without_hydra_keys(node):
-        if isinstance(node, dict):
-            return {key: without_hydra_keys(value) for key, value in node.items() if not key.startswith("_")}
-        return node
-
-    return without_hydra_keys(
-        {
-            key: OmegaConf.to_container(cfg[key], resolve=True) if OmegaConf.is_config(cfg[key]) else cfg[key]
-            for key in HPARAM_KEYS
-            if key in cfg
-        }
-    )
 
 
 class RandomStateCheckpoint(pl.Callback):
