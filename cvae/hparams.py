@@ -59,18 +59,19 @@ def add_tensorboard_hparams(logger: TensorBoardLogger, hparams: dict, final: dic
 
 
 def swept_knobs(cfg: DictConfig) -> dict:
-    """The keys this run's command line set (Hydra's task overrides), with the values the run used; a config
-    group's key (`logger=many_loggers`) with the option chosen."""
+    """The keys this run's command line set (Hydra's task overrides) with the values the run used; one that set
+    a whole config (a group option: `logger=many_loggers`, `logger=[tensorboard,mlflow]`) as it was typed."""
     if not HydraConfig.initialized():  # a DDP rank started by cvae.training: it logs nothing
         return {}
-    hydra = HydraConfig.get()
     swept = {}
-    for override in OverridesParser.create().parse_overrides(list(hydra.overrides.task)):
-        key = override.key_or_group
-        if key in hydra.runtime.choices:
-            swept[key] = hydra.runtime.choices[key]
-        elif not override.is_delete() and OmegaConf.select(cfg, key) is not None:
-            swept.update(flatten(key.replace(".", "/"), plain(OmegaConf.select(cfg, key)), cfg.paths.root_dir))
+    for override in OverridesParser.create().parse_overrides(list(HydraConfig.get().overrides.task)):
+        key, value = override.key_or_group, OmegaConf.select(cfg, override.key_or_group)
+        if override.is_delete() or value is None:
+            continue
+        if OmegaConf.is_dict(value):
+            swept[key] = override.get_value_element_as_str()
+        else:
+            swept.update(flatten(key.replace(".", "/"), plain(value), cfg.paths.root_dir))
     return swept
 
 

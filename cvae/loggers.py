@@ -17,16 +17,17 @@ from cvae.errors import ConfigError
 
 
 def log_images(loggers: list[Logger], images: dict[str, torch.Tensor], step: int) -> None:
-    """Every logger that shows images gets them (C, H, W in [0, 1]) under their tag at this step."""
-    for logger in loggers:
-        for tag, image in images.items():
-            image = image.detach().cpu()
+    """Every logger that shows images gets them (C, H, W in [0, 1]) under their tag at this step, as the same
+    8-bit pixels (W&B would stretch a float tensor's own range to black and white)."""
+    for tag, image in images.items():
+        pixels = (image.detach().cpu() * 255).clamp(0, 255).to(torch.uint8).permute(1, 2, 0).numpy()
+        for logger in loggers:
             if isinstance(logger, TensorBoardLogger):
-                logger.experiment.add_image(tag, image, global_step=step)
+                logger.experiment.add_image(tag, pixels, global_step=step, dataformats="HWC")
             elif isinstance(logger, MLFlowLogger):
-                logger.experiment.log_image(logger.run_id, image.permute(1, 2, 0).numpy(), key=tag, step=step)
+                logger.experiment.log_image(logger.run_id, pixels, key=tag, step=step)
             elif isinstance(logger, WandbLogger):
-                logger.log_image(key=tag, images=[image], step=step)
+                logger.log_image(key=tag, images=[pixels], step=step)
 
 
 def mlflow_logger(run_dir: str, run_name: str | None = None, tags: dict | None = None, **kwargs) -> MLFlowLogger:

@@ -183,3 +183,38 @@ def test_summary_command_reads_any_sweep_dir(tmp_path):
     assert (
         "| member | status | overrides | val/nelbo | test/nelbo | test/fid | epochs | wall_seconds |" in result.stdout
     )
+
+
+def test_summary_plot_draws_each_metric_against_each_swept_knob_a_line_per_other_setting(tmp_path):
+    """A 3 x 2 grid (latent_dim x lr) and a failed member: the figure's lines hold exactly the members' metrics."""
+    from cvae.sweep import summary_figure, summary_table, write_summary
+
+    grid = [(latent_dim, lr) for latent_dim in (20, 2, 10) for lr in ("3e-3", "1e-3")]
+
+    def nelbo(latent_dim: int, lr: str, metric: str) -> float:
+        return 100 + latent_dim + 1000 * float(lr) + (metric == "test/nelbo")
+
+    for number, (latent_dim, lr) in enumerate([*grid, (5, "1e-3")]):
+        member = tmp_path / str(number)
+        (member / ".hydra").mkdir(parents=True)
+        overrides = [f"latent_dim={latent_dim}", f"lr={lr}", "trainer.max_epochs=3"]
+        (member / ".hydra" / "overrides.yaml").write_text(yaml.safe_dump(overrides))
+        if number < len(grid):  # the last one failed: not drawn
+            metrics = {name: nelbo(latent_dim, lr, name) for name in ("val/nelbo", "test/nelbo")}
+            (member / "metrics.json").write_text(json.dumps(metrics))
+    figure = summary_figure(summary_table(tmp_path)[1])
+    axes = {(ax.get_ylabel(), ax.get_xlabel()): ax for ax in figure.axes}
+    assert set(axes) == {(metric, knob) for metric in ("val/nelbo", "test/nelbo") for knob in ("latent_dim", "lr")}
+    for metric in ("val/nelbo", "test/nelbo"):
+        drawn = {
+            line.get_label(): list(zip(line.get_xdata(), line.get_ydata())) for line in axes[metric, "latent_dim"].lines
+        }
+        assert drawn == {f"lr={lr}": [(d, nelbo(d, lr, metric)) for d in (2, 10, 20)] for lr in ("3e-3", "1e-3")}
+        drawn = {line.get_label(): list(zip(line.get_xdata(), line.get_ydata())) for line in axes[metric, "lr"].lines}
+        assert drawn == {
+            f"latent_dim={d}": [(float(lr), nelbo(d, lr, metric)) for lr in ("1e-3", "3e-3")] for d in (20, 2, 10)
+        }
+    write_summary(tmp_path)
+    assert (tmp_path / "summary.png").read_bytes().startswith(b"\x89PNG")
+    markdown = (tmp_path / "summary.md").read_text()
+    assert "](summary.png)" in markdown and "| 6 | failed |" in markdown

@@ -1,0 +1,55 @@
+"""The hyperparameters every logger gets: the run's overrides first, each knob once, no absolute paths, and the
+final metrics of metrics.json as the metric columns (read back from TensorBoard's HPARAMS summaries)."""
+
+import json
+import os
+
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+from tensorboard.plugins.hparams.plugin_data_pb2 import HParamsPluginData
+
+from cvae.hparams import knobs, swept_knobs
+from tests.conftest import QUICK_RUN, compose_config
+
+# keys that only repeat another key (${batch_size}, ${latent_dim}, ${lr}, ${seed}, ${paths.output_dir})
+COPIES = ("data/batch_size", "model/latent_dim", "model/optimizer/lr", "data/shuffle_seed", "trainer/default_root_dir")
+
+
+def relative_to_project(path: str) -> str:
+    return os.path.relpath(path, os.path.abspath(os.environ.get("PROJECT_ROOT", ".")))
+
+
+def test_hparams_tab_lists_the_overrides_first_each_knob_once_with_the_final_metrics(trained_run, data_dir):
+    output_dir, _ = trained_run
+    events = EventAccumulator(str(output_dir), size_guidance={"scalars": 0}).Reload()
+    summaries = {
+        tag: HParamsPluginData.FromString(content) for tag, content in events.PluginTagToContent("hparams").items()
+    }
+    infos = summaries["_hparams_/experiment"].experiment.hparam_infos
+    names = [info.name for info in infos]
+    overridden = [override.split("=")[0].replace(".", "/") for override in QUICK_RUN] + ["data/data_dir", "latent_dim"]
+    assert names[: len(overridden)] == overridden, "the command line's knobs first, in its order"
+    assert [info.name for info in infos if info.differs] == overridden, "marked, so TensorBoard lists them first"
+    assert len(names) == len(set(names)) and not set(COPIES) & set(names)
+    assert {"batch_size", "lr", "seed", "model/beta", "data/eval_batch_size", "global_batch_size"} <= set(names)
+    values = summaries["_hparams_/session_start_info"].session_start_info.hparams
+    assert values["data/data_dir"].string_value == relative_to_project(data_dir)
+    assert not any(value.string_value.startswith("/") for value in values.values()), "no absolute paths"
+    metrics = json.loads((output_dir / "metrics.json").read_text())
+    columns = [info.name.tag for info in summaries["_hparams_/experiment"].experiment.metric_infos]
+    assert columns == ["final/val/nelbo", "final/test/nelbo", "final/val/fid", "final/val/label_acc"]
+    for column in columns:
+        assert events.Scalars(column)[-1].value == metrics[column.removeprefix("final/")]
+
+
+def test_a_key_set_on_its_own_is_a_knob_and_a_group_option_shows_as_typed(tmp_path):
+    overrides = ["batch_size=64", "logger=[tensorboard,csv]", "data.eval_batch_size=500", "model.hidden_dims=[64,32]"]
+    cfg = compose_config("train", overrides, tmp_path)
+    assert swept_knobs(cfg) == {
+        "batch_size": 64,
+        "logger": "[tensorboard,csv]",
+        "data/eval_batch_size": 500,
+        "model/hidden_dims": [64, 32],
+    }
+    assert "data/batch_size" not in knobs(cfg), "a copy of batch_size"
+    overridden = compose_config("train", ["data.batch_size=32"], tmp_path)
+    assert knobs(overridden)["data/batch_size"] == 32 and knobs(overridden)["batch_size"] == 128, "no copy any more"

@@ -1,0 +1,156 @@
+"""MLflow and W&B, offline with the real libraries: one short training run logs to TensorBoard, MLflow (a local
+SQLite store, read back with MLflow's client) and W&B (offline, its run file read back) at once, and each
+tracker holds the run's knobs, its final metrics (those of metrics.json) and the images TensorBoard got."""
+
+import io
+import json
+import struct
+
+import numpy as np
+import pytest
+from PIL import Image
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from cvae.errors import ConfigError
+from cvae.loggers import mlflow_logger, run_label, wandb_logged_in
+from tests.conftest import QUICK_RUN, compose_config
+
+mlflow = pytest.importorskip("mlflow", reason='MLflow is an extra: pip install -e ".[mlflow]" (".[test]" has it)')
+wandb_proto = pytest.importorskip(
+    "wandb.proto.wandb_internal_pb2", reason='W&B is an extra: pip install -e ".[wandb]" (".[test]" has it)'
+)
+IMAGE_TAGS = ("samples/prior_by_digit", "samples/reconstructions", "exploration/latent_map")
+
+
+@pytest.fixture(scope="module")
+def tracked_run(tmp_path_factory, data_dir):
+    """A two-epoch run with logger=[tensorboard,mlflow,wandb], W&B on a machine that never logged in."""
+    from cvae.training import train
+
+    root = tmp_path_factory.mktemp("tracked")
+    with pytest.MonkeyPatch.context() as env:
+        for variable in ("WANDB_MODE", "WANDB_API_KEY"):
+            env.delenv(variable, raising=False)
+        env.setenv("NETRC", str(root / "no_netrc"))
+        env.setenv("WANDB_SILENT", "true")
+        overrides = [
+            *QUICK_RUN,
+            f"data.data_dir={data_dir}",
+            "latent_dim=3",
+            "logger=[tensorboard,mlflow,wandb]",
+            f"logger.mlflow.tracking_uri=sqlite:///{root}/mlflow.db",
+            f"logger.mlflow.artifact_location={root}/mlartifacts",
+        ]
+        run_dir = root / "outputs" / "multirun" / "day" / "time" / "0"
+        train(compose_config("train", overrides, run_dir))
+    return root, run_dir, json.loads((run_dir / "metrics.json").read_text())
+
+
+def tensorboard_images(run_dir) -> dict[str, np.ndarray]:
+    """The last image of each tag TensorBoard holds, as an array."""
+    events = EventAccumulator(str(run_dir), size_guidance={"images": 0}).Reload()
+    return {tag: png_array(events.Images(tag)[-1].encoded_image_string) for tag in IMAGE_TAGS}
+
+
+def png_array(png: bytes) -> np.ndarray:
+    return np.asarray(Image.open(io.BytesIO(png)).convert("RGB"), dtype=np.int16)
+
+
+def assert_same_picture(image: np.ndarray, reference: np.ndarray) -> None:
+    assert image.shape == reference.shape and (image == reference).all()
+
+
+def test_mlflow_holds_the_knobs_final_metrics_and_images(tracked_run):
+    root, run_dir, metrics = tracked_run
+    client = mlflow.MlflowClient(f"sqlite:///{root}/mlflow.db")
+    (run,) = client.search_runs([client.get_experiment_by_name("cvae").experiment_id])
+    assert run.info.run_name == "multirun/day/time/0" and run.data.tags["run_dir"] == str(run_dir)
+    params = run.data.params
+    assert params["latent_dim"] == "3" and params["logger"] == "[tensorboard,mlflow,wandb]"
+    assert params["trainer/max_epochs"] == "2" and params["model/beta"] == "1.0"
+    assert "data/batch_size" not in params and "model/latent_dim" not in params, "no copies of a knob"
+    for name in ("val/nelbo", "test/nelbo", "val/fid", "val/label_acc"):
+        assert run.data.metrics[f"final/{name}"] == pytest.approx(metrics[name])
+    assert [m.value for m in client.get_metric_history(run.info.run_id, "val/nelbo")] == pytest.approx(
+        [event.value for event in EventAccumulator(str(run_dir)).Reload().Scalars("val/nelbo")]
+    )
+    logged = {artifact.path for artifact in client.list_artifacts(run.info.run_id, "images")}
+    for tag, reference in tensorboard_images(run_dir).items():
+        # MLflow's file name for a step image: images/<key with / as ~>+step+<step>+timestamp+...png
+        (name,) = [path for path in logged if f"/{tag.replace('/', '~')}+step+10+" in path and path.endswith(".png")]
+        assert_same_picture(png_array(open(client.download_artifacts(run.info.run_id, name), "rb").read()), reference)
+
+
+def wandb_records(run_file) -> list:
+    """The records of an offline W&B run file: a LevelDB-style log of protobuf records (W&B has no Python reader
+    of its own any more: `wandb sync` hands the file to its Go core). Blocks of 32 KiB, each record in chunks
+    with a 7-byte header (CRC, length, type: 1 whole, 2 first, 3 middle, 4 last), after a 7-byte file header."""
+    data = run_file.read_bytes()
+    assert data[:4] == b":W&B"
+    records, chunks, position = [], b"", 7
+    while position + 7 <= len(data):
+        left_in_block = 32768 - position % 32768
+        if left_in_block < 7:
+            position += left_in_block
+            continue
+        _, length, kind = struct.unpack("<IHB", data[position : position + 7])
+        chunks += data[position + 7 : position + 7 + length]
+        position += 7 + length
+        if kind in (1, 4):
+            records.append(wandb_proto.Record.FromString(chunks))
+            chunks = b""
+    return records
+
+
+def test_wandb_runs_offline_and_holds_the_knobs_final_metrics_and_images(tracked_run):
+    _, run_dir, metrics = tracked_run
+    (offline_run,) = (run_dir / "wandb").glob("offline-run-*")
+    records = wandb_records(next(offline_run.glob("run-*.wandb")))
+    kinds = [record.WhichOneof("record_type") for record in records]
+    assert kinds[-1] == "exit", "the run was finished at the end of the job"
+    (run,) = [record.run for record in records if record.HasField("run")]
+    assert run.display_name == "multirun/day/time/0" and run.project == "cvae"
+    config = {
+        item.key: json.loads(item.value_json)
+        for record in records
+        if record.HasField("config")
+        for item in record.config.update
+    }
+    assert config["latent_dim"] == 3 and config["trainer/max_epochs"] == 2 and "data/batch_size" not in config
+    history = [
+        {item.key or "/".join(item.nested_key): json.loads(item.value_json) for item in record.history.item}
+        for record in records
+        if record.HasField("history")
+    ]
+    final = next(step for step in history if "final/val/nelbo" in step)
+    for name in ("val/nelbo", "test/nelbo", "val/fid", "val/label_acc"):
+        assert final[f"final/{name}"] == pytest.approx(metrics[name])
+    for tag, reference in tensorboard_images(run_dir).items():
+        (image,) = [
+            step[f"{tag}/filenames"][0]
+            for step in history
+            if step.get(f"{tag}/filenames") and step["trainer/global_step"] == 10
+        ]
+        assert_same_picture(png_array((offline_run / "files" / image).read_bytes()), reference)
+
+
+def test_wandb_is_online_only_when_logged_in(tmp_path, monkeypatch):
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    monkeypatch.setenv("NETRC", str(tmp_path / "netrc"))
+    assert not wandb_logged_in()
+    (tmp_path / "netrc").write_text("machine api.wandb.ai\n  login user\n  password 0123456789abcdef\n")
+    assert wandb_logged_in()
+    monkeypatch.setenv("NETRC", str(tmp_path / "none"))
+    monkeypatch.setenv("WANDB_API_KEY", "0123456789abcdef")
+    assert wandb_logged_in()
+
+
+def test_a_missing_extra_is_a_one_line_error_saying_what_to_install(monkeypatch):
+    monkeypatch.setattr("importlib.util.find_spec", lambda name: None)
+    with pytest.raises(ConfigError, match=r'logger=mlflow needs the mlflow package: pip install -e "\.\[mlflow\]"'):
+        mlflow_logger(run_dir="outputs/x")
+
+
+def test_runs_are_named_by_their_dir_below_outputs():
+    assert run_label("/home/me/cvae/outputs/multirun/2026-11-21/06-14-44_123/3") == "multirun/2026-11-21/06-14-44_123/3"
+    assert run_label("/elsewhere/run") == "/elsewhere/run"
