@@ -10,11 +10,13 @@ params and metrics, W&B's config, CSV's hparams.yaml), so a sweep reads at a gla
 
 import os
 import re
+from collections.abc import Collection
 
 from hydra.core.hydra_config import HydraConfig
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.loggers import Logger, TensorBoardLogger
+from pytorch_lightning.utilities import rank_zero_only
 from tensorboard.plugins.hparams.plugin_data_pb2 import HParamsPluginData
 from torch.utils.tensorboard.summary import hparams as hparams_summaries
 
@@ -25,9 +27,10 @@ KNOB_KEYS = ("latent_dim", "batch_size", "lr", "seed", "model", "data", "trainer
 COPY_OF_KEY = re.compile(r"^\$\{[\w.]+\}$")
 
 
+@rank_zero_only
 def log_final(loggers: list[Logger], cfg: DictConfig, metrics: dict, extra: dict, step: int) -> None:
     """Give every logger the run's hyperparameters (with `extra`, e.g. figures known after the run) and its
-    final metrics."""
+    final metrics (on the rank that writes the logs)."""
     swept = swept_knobs(cfg)
     hparams = {**swept, **{key: value for key, value in knobs(cfg).items() if key not in swept}, **extra}
     final = {f"final/{name}": metrics[name] for name in FINAL_METRICS if name in metrics}
@@ -39,7 +42,9 @@ def log_final(loggers: list[Logger], cfg: DictConfig, metrics: dict, extra: dict
             logger.log_metrics(final, step=step)
 
 
-def add_tensorboard_hparams(logger: TensorBoardLogger, hparams: dict, final: dict, swept, step: int) -> None:
+def add_tensorboard_hparams(
+    logger: TensorBoardLogger, hparams: dict, final: dict, swept: Collection[str], step: int
+) -> None:
     """The HPARAMS tab's three summaries, the swept knobs marked as differing: TensorBoard lists those first and
     the others by name (Lightning's log_hyperparams cannot mark them)."""
     values = {
