@@ -66,7 +66,7 @@ def add_tensorboard_hparams(
 def swept_knobs(cfg: DictConfig) -> dict:
     """The keys this run's command line set (Hydra's task overrides) with the values the run used; one that set
     a whole config (a group option: `logger=many_loggers`, `logger=[tensorboard,mlflow]`) as it was typed."""
-    if not HydraConfig.initialized():  # a DDP rank started by cvae.training: it logs nothing
+    if not HydraConfig.initialized():  # train() called without Hydra, e.g. from a script
         return {}
     swept = {}
     for override in OverridesParser.create().parse_overrides(list(HydraConfig.get().overrides.task)):
@@ -95,6 +95,8 @@ def plain(value, resolve: bool = True):
 
 
 def flatten(name: str, value, root_dir: str, unresolved=None) -> dict:
+    """`name/key/...` entries of a value: copies of other keys (seen in the unresolved value) left out,
+    absolute paths made relative to root_dir."""
     if isinstance(value, dict):
         unresolved = unresolved if isinstance(unresolved, dict) else {}
         return {

@@ -1,5 +1,5 @@
 """The experiment trackers beyond Lightning's defaults: images in the form each tracker takes (Lightning's Logger
-API has no image call), W&B offline unless this machine is logged in to it, and W&B's run closed after a job.
+API has no image call), W&B offline unless this machine is logged in to it, and W&B's run closed after each job.
 
 MLflow and W&B are optional extras (`pip install -e ".[mlflow]"`, `".[wandb]"`); nothing here imports them.
 """
@@ -7,6 +7,8 @@ MLflow and W&B are optional extras (`pip install -e ".[mlflow]"`, `".[wandb]"`);
 import importlib.util
 import netrc
 import os
+import sys
+from contextlib import contextmanager
 from pathlib import Path
 from urllib.parse import urlparse
 
@@ -68,9 +70,19 @@ def require_extra(package: str) -> None:
         raise ConfigError(f'logger={package} needs the {package} package: pip install -e ".[{package}]"')
 
 
-def finish(loggers: list[Logger]) -> None:
-    """Close the W&B run at the end of a job: W&B keeps one run per process, and the next job of a multirun would
-    otherwise log into this one."""
-    for logger in loggers:
-        if isinstance(logger, WandbLogger):
-            logger.experiment.finish()
+@contextmanager
+def wandb_run_closed():
+    """Close the W&B run when the job ends, marked failed when it failed: W&B keeps one run per process, and the
+    next job of a multirun would log into this one."""
+    try:
+        yield
+    except BaseException:
+        finish_wandb_run(exit_code=1)
+        raise
+    finish_wandb_run(exit_code=0)
+
+
+def finish_wandb_run(exit_code: int) -> None:
+    wandb = sys.modules.get("wandb")  # imported only when a WandbLogger started a run
+    if wandb is not None and wandb.run is not None:
+        wandb.finish(exit_code=exit_code)

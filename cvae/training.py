@@ -25,7 +25,7 @@ from pytorch_lightning.utilities import rank_zero_only
 from cvae.callbacks import CheckpointOnInterrupt, StopOnDivergence
 from cvae.checkpoint import AtomicCheckpointIO, check_resumable
 from cvae.hparams import log_final
-from cvae.loggers import finish
+from cvae.loggers import wandb_run_closed
 from cvae.utils import instantiate_group, write_json_atomic
 
 PACKAGES = (
@@ -58,12 +58,11 @@ def train(cfg: DictConfig) -> dict:
     output_dir = Path(cfg.paths.output_dir)
     write_environment(output_dir / "environment.json", cfg.paths.root_dir)
 
-    with launch_local_ranks(trainer, cfg):
+    with launch_local_ranks(trainer, cfg), wandb_run_closed():
         fit_started = time.perf_counter()
         trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"), weights_only=True)
         fit_seconds = time.perf_counter() - fit_started
         summary = evaluate_best(trainer, model, datamodule, loggers, cfg)
-        finish(loggers)
 
     if trainer.is_global_zero:
         write_json_atomic(output_dir / "metrics.json", summary)

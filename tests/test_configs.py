@@ -47,15 +47,21 @@ def test_top_level_knobs_feed_model_data_and_optimizer(tmp_path, data_dir):
 def test_callbacks_and_loggers_instantiate(tmp_path):
     from cvae.utils import instantiate_group
 
-    cfg = compose_config("train", ["logger=many_loggers"], tmp_path)
+    for extra in ("mlflow", "wandb"):  # many_loggers has MLflow and W&B
+        pytest.importorskip(extra, reason=f'logger={extra} is an extra: pip install -e ".[{extra}]"')
+    store = f"logger.mlflow.tracking_uri=sqlite:///{tmp_path}/mlflow.db"  # not the project's outputs/
+    cfg = compose_config("train", ["logger=many_loggers", store], tmp_path)
     names = {type(obj).__name__ for obj in instantiate_group(cfg.callbacks) + instantiate_group(cfg.logger)}
     assert names == {
         "ModelCheckpoint",
         "SampleGrids",
         "GenerationQuality",
         "LatentExploration",
+        "LatentProjector",
         "TensorBoardLogger",
         "CSVLogger",
+        "MLFlowLogger",
+        "WandbLogger",
     }
 
 

@@ -12,7 +12,7 @@ from PIL import Image
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from cvae.errors import ConfigError
-from cvae.loggers import mlflow_logger, run_label, wandb_logged_in
+from cvae.loggers import mlflow_logger, run_label, wandb_logged_in, wandb_run_closed
 from tests.conftest import QUICK_RUN, compose_config
 
 mlflow = pytest.importorskip("mlflow", reason='MLflow is an extra: pip install -e ".[mlflow]" (".[test]" has it)')
@@ -132,6 +132,19 @@ def test_wandb_runs_offline_and_holds_the_knobs_final_metrics_and_images(tracked
             if step.get(f"{tag}/filenames") and step["trainer/global_step"] == 10
         ]
         assert_same_picture(png_array((offline_run / "files" / image).read_bytes()), reference)
+
+
+def test_a_failed_job_closes_its_wandb_run_as_failed(tmp_path, monkeypatch):
+    """So the next job of a multirun starts a run of its own instead of logging into this one."""
+    import wandb
+
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    with pytest.raises(RuntimeError, match="diverged"), wandb_run_closed():
+        wandb.init(mode="offline", dir=tmp_path, project="cvae")
+        raise RuntimeError("diverged")
+    assert wandb.run is None
+    records = wandb_records(next(tmp_path.glob("wandb/offline-run-*/run-*.wandb")))
+    assert [record.exit.exit_code for record in records if record.HasField("exit")] == [1]
 
 
 def test_wandb_is_online_only_when_logged_in(tmp_path, monkeypatch):
