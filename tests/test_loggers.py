@@ -12,7 +12,7 @@ from PIL import Image
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from cvae.errors import ConfigError
-from cvae.loggers import mlflow_logger, run_label, wandb_logged_in, wandb_run_closed
+from cvae.loggers import mlflow_logger, run_label, wandb_logged_in, wandb_logger, wandb_run_closed
 from tests.conftest import QUICK_RUN, compose_config
 
 mlflow = pytest.importorskip("mlflow", reason='MLflow is an extra: pip install -e ".[mlflow]" (".[test]" has it)')
@@ -156,6 +156,20 @@ def test_wandb_is_online_only_when_logged_in(tmp_path, monkeypatch):
     monkeypatch.setenv("NETRC", str(tmp_path / "none"))
     monkeypatch.setenv("WANDB_API_KEY", "0123456789abcdef")
     assert wandb_logged_in()
+
+
+def test_wandb_mode_is_what_wandb_mode_says_else_online_only_when_logged_in(tmp_path, monkeypatch):
+    def mode() -> str:
+        return wandb_logger(save_dir=str(tmp_path))._wandb_init["mode"]  # what the logger hands to wandb.init
+
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    monkeypatch.delenv("WANDB_MODE", raising=False)
+    monkeypatch.setenv("NETRC", str(tmp_path / "none"))
+    assert mode() == "offline"
+    monkeypatch.setenv("WANDB_API_KEY", "0123456789abcdef")
+    assert mode() == "online"
+    monkeypatch.setenv("WANDB_MODE", "disabled")
+    assert mode() == "disabled"
 
 
 def test_a_missing_extra_is_a_one_line_error_saying_what_to_install(monkeypatch):
