@@ -67,12 +67,16 @@ class GenerationQuality(pl.Callback):
         self.features, self.inception_weights = features, inception_weights
 
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
-        if stage == "fit":
+        if stage in ("fit", "validate") and not hasattr(self, "metrics"):
             self.metrics = conditional_generation_metrics(self.features, self.inception_weights).to(pl_module.device)
             self.has_real_features = False
 
     def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if trainer.sanity_checking or trainer.state.fn != "fit" or not epoch_is_due(trainer, self.every_n_epochs):
+        # due epochs of training, and trainer.validate (train.py's pass over the best checkpoint for metrics.json)
+        due = trainer.state.fn == "validate" or (
+            trainer.state.fn == "fit" and epoch_is_due(trainer, self.every_n_epochs)
+        )
+        if trainer.sanity_checking or not due:
             return
         device = pl_module.device
         if not self.has_real_features:
@@ -149,19 +153,49 @@ def last_checkpoint_path(trainer: pl.Trainer) -> Path:
 
 
 class StopOnDivergence(pl.Callback):
-    """Stops training at the first step whose loss is NaN or infinite, naming the epoch and step, before any
-    checkpoint is written from the broken weights: checkpoints/last.ckpt stays the last good one."""
+    """Stops training when a step's loss was NaN or infinite, naming the epoch and step, before any checkpoint is
+    written from the broken weights: checkpoints/last.ckpt stays the last good one.
+
+    Each step only updates a flag on the device (a check per step would be a host-device sync per step on a GPU);
+    the flag is read at the end of every epoch and before every checkpoint, where the weights are checked too."""
+
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self.on_train_epoch_start(trainer, pl_module)  # a run resumed mid-epoch starts with no epoch start
+
+    def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self.counted_from_step = trainer.global_step
+        self.batches = torch.zeros((), dtype=torch.long, device=pl_module.device)
+        self.first_bad_batch = torch.full((), -1, dtype=torch.long, device=pl_module.device)
+        self.bad_loss = torch.zeros((), device=pl_module.device)
 
     def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs, batch, batch_idx) -> None:
-        loss = outputs["loss"] if isinstance(outputs, dict) else outputs
-        if torch.isfinite(loss).item():
+        loss = (outputs["loss"] if isinstance(outputs, dict) else outputs).detach()
+        first = ~torch.isfinite(loss) & (self.first_bad_batch < 0)
+        self.first_bad_batch = torch.where(first, self.batches, self.first_bad_batch)
+        self.bad_loss = torch.where(first, loss, self.bad_loss)
+        self.batches += 1
+
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self.check(trainer, pl_module)
+
+    def on_save_checkpoint(self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict) -> None:
+        if trainer.state.fn == "fit":  # raising here stops the checkpoint from being written
+            self.check(trainer, pl_module)
+
+    def check(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if not hasattr(self, "first_bad_batch"):  # no training step yet
+            return
+        bad_batch = int(self.first_bad_batch)
+        if bad_batch >= 0:
+            step = self.counted_from_step + bad_batch // trainer.accumulate_grad_batches
+            what = f"the loss became {self.bad_loss.item()} at epoch {trainer.current_epoch}, step {step}"
+        elif not all(torch.isfinite(p).all() for p in pl_module.parameters()):
+            what = f"the weights became non-finite in epoch {trainer.current_epoch}"
+        else:
             return
         last = last_checkpoint_path(trainer)
         kept = f"the last good checkpoint is {last}" if last.is_file() else "no checkpoint was written before it"
-        raise DivergenceError(
-            f"the loss became {loss.item()} at epoch {trainer.current_epoch}, step {trainer.global_step - 1} "
-            f"(batch {batch_idx} of the epoch); {kept}. Lower lr or model.beta and train again"
-        )
+        raise DivergenceError(f"{what}; {kept}. Lower lr or model.beta and train again")
 
 
 class CheckpointOnInterrupt(pl.Callback):
