@@ -3,6 +3,9 @@ run in its own dir, no process leaves stray output dirs, and the logged metrics,
 one process computes on the same checkpoint."""
 
 import json
+import os
+import time
+from pathlib import Path
 
 import pytest
 import pytorch_lightning as pl
@@ -91,3 +94,45 @@ def test_ddp_metrics_equal_one_process_evaluation(ddp_sweep, data_dir):
     ]
     for name in ("val/nelbo", "val/kl"):
         assert logged[name] == pytest.approx(single[name], rel=1e-4), name
+
+
+class ExitAt(pl.Callback):
+    """Stands in for a rank that dies (out of memory, a segfault): it exits with `code` at batch 2, after every
+    rank wrote its pid into `pid_dir`."""
+
+    def __init__(self, rank: int, code: int, pid_dir: str):
+        self.rank, self.code, self.pid_dir = rank, code, Path(pid_dir)
+
+    def on_train_start(self, trainer, pl_module):
+        (self.pid_dir / str(trainer.global_rank)).write_text(str(os.getpid()))
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        if trainer.global_rank == self.rank and batch_idx == 2:
+            os._exit(self.code)
+
+
+def test_a_dead_rank_ends_the_job_at_once_naming_it(tmp_path, data_dir):
+    started = time.monotonic()
+    result = run_script(
+        "train.py",
+        "trainer=ddp_cpu",
+        "trainer.max_epochs=1",
+        "trainer.limit_train_batches=400",
+        "trainer.enable_progress_bar=false",
+        "callbacks=none",
+        "logger=csv",
+        f"data.data_dir={data_dir}",
+        f"hydra.run.dir={tmp_path / 'run'}",
+        f"+callbacks.exit._target_={__name__}.ExitAt",
+        "+callbacks.exit.rank=1",
+        "+callbacks.exit.code=3",
+        f"+callbacks.exit.pid_dir={tmp_path}",
+    )
+    elapsed = time.monotonic() - started
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines()[-1].startswith("error: DDP rank 1"), result.stderr[-2000:]
+    assert "exited with code 3" in result.stderr
+    assert elapsed < 60, f"{elapsed:.0f} s: the job waited for the dead rank"
+    for rank in ("0", "1"):
+        pid = int((tmp_path / rank).read_text())
+        assert not Path(f"/proc/{pid}").exists(), f"rank {rank} (pid {pid}) is still running"
