@@ -11,6 +11,7 @@ import pytest
 import pytorch_lightning as pl
 import torch
 
+from cvae.callbacks import GenerationQuality
 from cvae.checkpoint import load_module
 from cvae.data import MNISTDataModule
 from tests.test_train import run_script
@@ -74,8 +75,9 @@ def test_ddp_multirun_gives_one_complete_run_per_member(ddp_sweep):
 
 
 def test_ddp_metrics_equal_one_process_evaluation(ddp_sweep, data_dir):
-    """metrics.json holds the best checkpoint re-validated by both ranks; one process validating the same images
-    with the same checkpoint gets the same means: every image counted once, none twice."""
+    """metrics.json holds the best checkpoint validated and tested by both ranks; one process evaluating the same
+    images with the same checkpoint gets the same means, FID, label accuracy and active units: every image
+    counted once, none twice, and the real images' FID features once."""
     _, sweep_dir = ddp_sweep
     member = sweep_dir / "0"
     logged = json.loads((member / "metrics.json").read_text())
@@ -85,15 +87,20 @@ def test_ddp_metrics_equal_one_process_evaluation(ddp_sweep, data_dir):
         logger=False,
         enable_progress_bar=False,
         enable_model_summary=False,
-        callbacks=[SameNoiseForEveryImage()],
+        callbacks=[SameNoiseForEveryImage(), GenerationQuality()],
         limit_val_batches=2 * VAL_BATCHES_PER_RANK,
+        limit_test_batches=2,
     )
     datamodule = MNISTDataModule(data_dir=data_dir, eval_batch_size=1)
-    single = trainer.validate(load_module(member / "checkpoints" / "best.ckpt"), datamodule=datamodule, verbose=False)[
-        0
-    ]
-    for name in ("val/nelbo", "val/kl"):
+    module = load_module(member / "checkpoints" / "best.ckpt")
+    single = {
+        **trainer.validate(module, datamodule=datamodule, verbose=False)[0],
+        **trainer.test(module, datamodule=datamodule, verbose=False)[0],
+    }
+    for name in ("val/nelbo", "val/kl", "test/nelbo", "test/kl", "val/fid", "val/fid_digit/3"):
         assert logged[name] == pytest.approx(single[name], rel=1e-4), name
+    for name in ("val/label_acc", "val/label_acc_digit/3", "val/active_units", "test/active_units"):
+        assert logged[name] == single[name], name
 
 
 class ExitAt(pl.Callback):

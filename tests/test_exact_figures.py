@@ -7,6 +7,7 @@ import math
 
 import numpy as np
 import pytest
+import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
 from scipy import linalg
@@ -15,6 +16,7 @@ from cvae.checkpoint import load_module
 from cvae.classifier import load_reference_classifier
 from cvae.data import MNISTDataModule
 from cvae.generate import prior_latents
+from cvae.lit_module import CVAELitModule
 from cvae.model import CVAE, importance_weighted_nll, negative_elbo
 from cvae.quality import balanced_labels, decode_at
 
@@ -95,3 +97,63 @@ def test_metrics_json_holds_the_fid_and_label_accuracy_of_the_best_checkpoint(tr
         real_digit = real[(mnist.splits["val"][1] == digit).numpy()]
         expected = frechet_distance(real_digit, fake[(labels == digit).numpy()])
         assert logged[f"val/fid_digit/{digit}"] == pytest.approx(expected, rel=1e-3)
+
+
+class RecordSteps(pl.Callback):
+    """Before each training step: the weights, the batch, the random state and the KL weight in use; after it,
+    the loss the step trained on."""
+
+    def __init__(self):
+        self.steps = []
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        weights = {name: tensor.clone() for name, tensor in pl_module.model.state_dict().items()}
+        self.steps.append(
+            {"weights": weights, "batch": batch, "random": torch.get_rng_state(), "kl_weight": pl_module.kl_weight()}
+        )
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        self.steps[-1]["loss"] = outputs["loss"].item()
+
+
+def test_beta_warm_up_and_free_bits_shape_the_objective_while_train_nelbo_stays_the_true_elbo(mnist):
+    beta, warmup_epochs, free_bits, batches = 4.0, 2, 0.5, 5
+    module = CVAELitModule(
+        latent_dim=4,
+        beta=beta,
+        kl_warmup_epochs=warmup_epochs,
+        free_bits=free_bits,
+        optimizer=lambda params: torch.optim.Adam(params, lr=1e-3),
+    )
+    recorder = RecordSteps()
+    trainer = pl.Trainer(
+        accelerator="cpu",
+        max_epochs=3,
+        limit_train_batches=batches,
+        limit_val_batches=0,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        callbacks=[recorder],
+    )
+    torch.manual_seed(0)
+    trainer.fit(module, datamodule=mnist)
+    # the weight ramps linearly, step by step, from 0 to beta over the first two epochs (10 steps), then stays
+    expected_weights = [beta * min(1.0, step / (warmup_epochs * batches)) for step in range(3 * batches)]
+    assert [step["kl_weight"] for step in recorder.steps] == pytest.approx(expected_weights)
+    model, nelbos, clamped = CVAE(latent_dim=4), [], 0
+    for step, weight in zip(recorder.steps, expected_weights):
+        model.load_state_dict(step["weights"])
+        with torch.random.fork_rng():
+            torch.set_rng_state(step["random"])  # the step's own noise
+            terms = negative_elbo(model, *step["batch"])
+        kl_per_dim = terms["kl_dims"].mean(0)  # batch mean, per latent dimension
+        clamped += int((kl_per_dim < free_bits).sum())
+        objective = terms["recon"].mean() + weight * kl_per_dim.clamp(min=free_bits).sum()
+        assert step["loss"] == pytest.approx(objective.item(), rel=1e-5)
+        nelbos.append(terms["nelbo"].mean().item())
+    assert clamped > 0, "some dimensions fell under the free bits: the clamp was exercised"
+    last_epoch = nelbos[-batches:]  # full batches of 128: the epoch mean is the mean of the batch means
+    assert trainer.callback_metrics["train/nelbo"].item() == pytest.approx(sum(last_epoch) / batches, rel=1e-5)
+    assert recorder.steps[-1]["loss"] != pytest.approx(nelbos[-1], rel=1e-3), "the objective is not the -ELBO here"
