@@ -157,7 +157,8 @@ class StopOnDivergence(pl.Callback):
     written from the broken weights: checkpoints/last.ckpt stays the last good one.
 
     Each step only updates a flag on the device (a check per step would be a host-device sync per step on a GPU);
-    the flag is read at the end of every epoch and before every checkpoint, where the weights are checked too."""
+    the flag is read before every validation, at the end of every epoch and before every checkpoint, where the
+    weights are checked too."""
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self.on_train_epoch_start(trainer, pl_module)  # a run resumed mid-epoch starts with no epoch start
@@ -174,6 +175,10 @@ class StopOnDivergence(pl.Callback):
         self.first_bad_batch = torch.where(first, self.batches, self.first_bad_batch)
         self.bad_loss = torch.where(first, loss, self.bad_loss)
         self.batches += 1
+
+    def on_validation_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if trainer.state.fn == "fit" and not trainer.sanity_checking:  # no validation, images or FID of NaN weights
+            self.check(trainer, pl_module)
 
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self.check(trainer, pl_module)

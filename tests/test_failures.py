@@ -7,15 +7,17 @@ import signal
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import pytorch_lightning as pl
 import torch
 
+from cvae.callbacks import StopOnDivergence
 from cvae.checkpoint import AtomicCheckpointIO, load_module
 from cvae.checks import EVALUATE_RULES, TRAIN_RULES
 from cvae.cli import run_task
-from cvae.errors import CheckpointError
+from cvae.errors import CheckpointError, DivergenceError
 from cvae.evaluation import evaluate
 from cvae.training import train
 from cvae.utils import write_json_atomic
@@ -213,6 +215,23 @@ def test_divergence_stops_the_run_keeps_the_last_good_checkpoint_and_says_where(
     assert all(torch.isfinite(p).all() for p in last.parameters()), "last.ckpt holds the good weights"
     assert torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=True)["epoch"] == 0
     assert not (tmp_path / "metrics.json").exists()
+
+
+def test_the_divergence_check_reads_nothing_back_from_the_device_per_step(monkeypatch):
+    """Per step the check only updates tensors (on a GPU: no host-device sync); the flag is read at epoch end."""
+    callback = StopOnDivergence()
+    trainer = SimpleNamespace(
+        global_step=7, current_epoch=2, accumulate_grad_batches=1, checkpoint_callback=None, default_root_dir="x"
+    )
+    module = SimpleNamespace(device=torch.device("cpu"), parameters=lambda: [torch.zeros(3)])
+    callback.on_train_epoch_start(trainer, module)
+    for reads_back in ("item", "__bool__", "__int__", "__float__", "tolist", "cpu", "numpy"):
+        monkeypatch.setattr(torch.Tensor, reads_back, lambda *args, **kwargs: pytest.fail("a read back per step"))
+    for loss in (1.0, 2.0, float("inf"), float("nan")):
+        callback.on_train_batch_end(trainer, module, {"loss": torch.tensor(loss)}, None, 0)
+    monkeypatch.undo()
+    with pytest.raises(DivergenceError, match="the loss became inf at epoch 2, step 9;"):
+        callback.on_train_epoch_end(trainer, module)
 
 
 def test_a_real_divergence_exits_non_zero_and_other_sweep_members_complete(tmp_path, data_dir):
