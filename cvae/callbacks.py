@@ -46,8 +46,9 @@ class SampleGrids(pl.Callback):
 
 
 class GenerationQuality(pl.Callback):
-    """Every n epochs and after the last, val/fid and val/label_acc (overall and per digit): class-balanced prior
-    samples, the same z each time, against the real validation images, whose features are extracted once.
+    """Every n epochs and after the last, and on trainer.validate (train.py's pass over the best checkpoint, for
+    metrics.json), val/fid and val/label_acc (overall and per digit): class-balanced prior samples, the same z
+    each time, against the real validation images, whose features are extracted once.
 
     Under DDP each rank generates its share of the samples and reads its shard of the validation images;
     the torchmetrics states gather them all, so every rank logs the same figures."""

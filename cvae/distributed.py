@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -17,6 +18,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.strategies.launchers import _SubprocessScriptLauncher
 from pytorch_lightning.utilities import rank_zero_warn
+from pytorch_lightning.utilities.exceptions import SIGTERMException
 from torchmetrics import Metric
 
 from cvae.errors import RankError
@@ -143,8 +145,13 @@ def launch_local_ranks(trainer: pl.Trainer, cfg: DictConfig):
         for child in children.values():
             child.wait()
         watchdog.check()
+    except (KeyboardInterrupt, SystemExit, SIGTERMException):
+        # stopped: by the watchdog (which interrupts this thread) or by Ctrl-C / SIGTERM, as every rank was
+        if watchdog.failure is not None:
+            raise watchdog.failure from None
+        raise
     except BaseException:
-        watchdog.check()  # a dead rank is the cause: say so rather than what it did to this rank
+        watchdog.check(wait=2 * WATCH_PERIOD)  # a rank that died is the cause: say so, not what it did here
         raise
     finally:
         watchdog.stop()
@@ -187,8 +194,11 @@ class RankWatchdog(threading.Thread):
                     os._exit(1)
                 return
 
-    def check(self) -> None:
-        """Raise the failure seen, if any; after the children exited, one that exited with an error."""
+    def check(self, wait: float = 0.0) -> None:
+        """Raise the failure seen, if any, or that of a rank that ended in error (waiting up to `wait` s for one)."""
+        deadline = time.monotonic() + wait
+        while self.failure is None and not self.failed() and time.monotonic() < deadline:
+            time.sleep(0.1)
         if self.failure is None:
             failed = self.failed()
             if failed:
