@@ -260,6 +260,8 @@ class SignalSelfAt(pl.Callback):
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
         if (trainer.current_epoch, batch_idx) == (self.epoch, self.batch):
+            if self.signal_number == signal.SIGINT:  # as in a terminal: a background job starts with SIGINT ignored
+                signal.signal(signal.SIGINT, signal.default_int_handler)
             os.kill(os.getpid(), self.signal_number)
 
 
