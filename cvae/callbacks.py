@@ -80,9 +80,9 @@ class GenerationQuality(pl.Callback):
         if trainer.sanity_checking or not due:
             return
         device = pl_module.device
-        if not self.has_real_features:
-            for x, y in trainer.datamodule.val_dataloader():
-                self.metrics.update(x.to(device), y.to(device), real=True)
+        if not self.has_real_features:  # this rank's shard, at once: features in chunks, whatever the batch size
+            x, y = (torch.cat(parts).to(device) for parts in zip(*trainer.datamodule.val_dataloader()))
+            self.metrics.update(x, y, real=True)
             self.has_real_features = True
         shard = slice(trainer.global_rank, None, trainer.world_size)
         labels = balanced_labels(self.num_samples, device)[shard]

@@ -88,7 +88,8 @@ def build_trainer(cfg: DictConfig, loggers: list) -> pl.Trainer:
 
 def evaluate_best(trainer: pl.Trainer, model, datamodule, loggers: list, cfg: DictConfig) -> dict:
     """Validation and test metrics of the best checkpoint (the weights in memory without checkpoints), with
-    the run's epochs and batch size; the metrics also go into TensorBoard's hparams."""
+    the run's epochs and batch size; the metrics also go into TensorBoard's hparams. The validation pass runs the
+    callbacks' validation hooks, so GenerationQuality adds val/fid and val/label_acc of that checkpoint."""
     best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
     evaluated = best or None
     trainer.loggers = []  # re-validating the best checkpoint is no new point on the val curves

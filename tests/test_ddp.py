@@ -19,6 +19,7 @@ from tests.test_train import run_script
 # validation batches of one image on each of the 2 ranks: images 0..2*VAL_BATCHES_PER_RANK-1 in all
 VAL_BATCHES_PER_RANK = 50
 BATCH_SIZE = 32
+FID_SAMPLES = 1000
 
 
 class SameNoiseForEveryImage(pl.Callback):
@@ -54,6 +55,7 @@ def ddp_sweep(tmp_path_factory, data_dir):
         f"data.data_dir={data_dir}",
         f"hydra.sweep.dir={sweep_dir}",
         f"+callbacks.same_noise._target_={__name__}.SameNoiseForEveryImage",
+        f"callbacks.generation_quality.num_samples={FID_SAMPLES}",
         env_extra={"PROJECT_ROOT": str(project_root)},
     )
     assert result.returncode == 0, result.stderr[-3000:]
@@ -87,7 +89,7 @@ def test_ddp_metrics_equal_one_process_evaluation(ddp_sweep, data_dir):
         logger=False,
         enable_progress_bar=False,
         enable_model_summary=False,
-        callbacks=[SameNoiseForEveryImage(), GenerationQuality()],
+        callbacks=[SameNoiseForEveryImage(), GenerationQuality(num_samples=FID_SAMPLES)],
         limit_val_batches=2 * VAL_BATCHES_PER_RANK,
         limit_test_batches=2,
     )

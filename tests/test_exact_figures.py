@@ -76,6 +76,7 @@ def frechet_distance(real: np.ndarray, fake: np.ndarray) -> float:
     return float(((mu_real - mu_fake) ** 2).sum() + np.trace(cov_real + cov_fake - 2 * root))
 
 
+@pytest.mark.filterwarnings("ignore::scipy.linalg.LinAlgWarning")  # per digit: 100 samples, 128-d features
 @torch.no_grad()
 def test_metrics_json_holds_the_fid_and_label_accuracy_of_the_best_checkpoint(trained_run, mnist):
     """val/fid and val/label_acc in metrics.json are those of best.ckpt, as numpy/scipy compute them on the same
