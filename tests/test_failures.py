@@ -84,6 +84,20 @@ def test_entry_point_exits_non_zero_with_one_line_and_traceback_only_when_asked(
     assert loud.returncode == 1 and "Traceback" in loud.stderr and "ConfigError" in loud.stderr
 
 
+def test_evaluate_without_a_checkpoint_says_to_pass_one(tmp_path, capsys):
+    cfg = compose_config("evaluate", [], tmp_path)
+    line = expect_one_line_exit(capsys, evaluate, cfg, EVALUATE_RULES)
+    assert line == "error: ckpt_path is required: pass ckpt_path=outputs/<date>/<time>/checkpoints/best.ckpt"
+
+
+def test_a_run_dir_that_cannot_be_created_is_one_line():
+    result = run_script("train.py", "hydra.run.dir=/proc/no_such_run")
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert result.stderr.strip().splitlines() == [
+        "error: hydra.run.dir=/proc/no_such_run cannot be created (No such file or directory); choose a writable folder"
+    ]
+
+
 @pytest.mark.parametrize(
     ("override", "message"),
     [
