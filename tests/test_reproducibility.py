@@ -61,6 +61,14 @@ def test_resumed_mid_epoch_ends_as_the_uninterrupted_one(uninterrupted, tmp_path
     assert resumed_curve == {"1": train_nelbo_per_epoch(uninterrupted)["1"]}
 
 
+def test_the_dataloader_path_says_a_mid_epoch_resume_is_not_exact(tmp_path, data_dir):
+    with pytest.raises(SIGTERMException):
+        run(tmp_path, data_dir, "data.loader=dataloader", *STOP_MID_EPOCH_1)
+    last = tmp_path / "checkpoints" / "last.ckpt"
+    with pytest.warns(UserWarning, match="ended before the epoch ended and your dataloader is not resumable"):
+        run(tmp_path, data_dir, "data.loader=dataloader", f"ckpt_path={last}")
+
+
 def train_nelbo_per_epoch(run_dir: Path) -> dict[str, str]:
     """train/nelbo of every epoch, as the CSV logger wrote it."""
     with open(run_dir / "metrics.csv") as file:
