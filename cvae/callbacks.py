@@ -47,9 +47,9 @@ class SampleGrids(pl.Callback):
 
 
 class GenerationQuality(pl.Callback):
-    """Every n epochs and after the last, val/fid and val/label_acc (overall and per digit): class-balanced prior
-    samples, the same z each time, against the real validation images, whose features are extracted once. Also
-    in trainer.validate, so the best checkpoint's figures reach metrics.json and the loggers' final metrics.
+    """Every n epochs and after the last, and on trainer.validate (train.py's pass over the best checkpoint, for
+    metrics.json), val/fid and val/label_acc (overall and per digit): class-balanced prior samples, the same z
+    each time, against the real validation images, whose features are extracted once.
 
     Under DDP each rank generates its share of the samples and reads its shard of the validation images;
     the torchmetrics states gather them all, so every rank logs the same figures."""
@@ -74,14 +74,16 @@ class GenerationQuality(pl.Callback):
             self.has_real_features = False
 
     def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if trainer.sanity_checking or trainer.state.fn not in ("fit", "validate"):
-            return
-        if trainer.state.fn == "fit" and not epoch_is_due(trainer, self.every_n_epochs):
+        # due epochs of training, and trainer.validate (train.py's pass over the best checkpoint for metrics.json)
+        due = trainer.state.fn == "validate" or (
+            trainer.state.fn == "fit" and epoch_is_due(trainer, self.every_n_epochs)
+        )
+        if trainer.sanity_checking or not due:
             return
         device = pl_module.device
-        if not self.has_real_features:
-            for x, y in trainer.datamodule.val_dataloader():
-                self.metrics.update(x.to(device), y.to(device), real=True)
+        if not self.has_real_features:  # this rank's shard, at once: features in chunks, whatever the batch size
+            x, y = (torch.cat(parts).to(device) for parts in zip(*trainer.datamodule.val_dataloader()))
+            self.metrics.update(x, y, real=True)
             self.has_real_features = True
         shard = slice(trainer.global_rank, None, trainer.world_size)
         labels = balanced_labels(self.num_samples, device)[shard]
@@ -148,19 +150,54 @@ def last_checkpoint_path(trainer: pl.Trainer) -> Path:
 
 
 class StopOnDivergence(pl.Callback):
-    """Stops training at the first step whose loss is NaN or infinite, naming the epoch and step, before any
-    checkpoint is written from the broken weights: checkpoints/last.ckpt stays the last good one."""
+    """Stops training when a step's loss was NaN or infinite, naming the epoch and step, before any checkpoint is
+    written from the broken weights: checkpoints/last.ckpt stays the last good one.
+
+    Each step only updates a flag on the device (a check per step would be a host-device sync per step on a GPU);
+    the flag is read before every validation, at the end of every epoch and before every checkpoint, where the
+    weights are checked too."""
+
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self.on_train_epoch_start(trainer, pl_module)  # a run resumed mid-epoch starts with no epoch start
+
+    def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self.counted_from_step = trainer.global_step
+        self.batches = torch.zeros((), dtype=torch.long, device=pl_module.device)
+        self.first_bad_batch = torch.full((), -1, dtype=torch.long, device=pl_module.device)
+        self.bad_loss = torch.zeros((), device=pl_module.device)
 
     def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs, batch, batch_idx) -> None:
-        loss = outputs["loss"] if isinstance(outputs, dict) else outputs
-        if torch.isfinite(loss).item():
+        loss = (outputs["loss"] if isinstance(outputs, dict) else outputs).detach()
+        first = ~torch.isfinite(loss) & (self.first_bad_batch < 0)
+        self.first_bad_batch = torch.where(first, self.batches, self.first_bad_batch)
+        self.bad_loss = torch.where(first, loss, self.bad_loss)
+        self.batches += 1
+
+    def on_validation_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if trainer.state.fn == "fit" and not trainer.sanity_checking:  # no validation, images or FID of NaN weights
+            self.check(trainer, pl_module)
+
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self.check(trainer, pl_module)
+
+    def on_save_checkpoint(self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict) -> None:
+        if trainer.state.fn == "fit":  # raising here stops the checkpoint from being written
+            self.check(trainer, pl_module)
+
+    def check(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if not hasattr(self, "first_bad_batch"):  # no training step yet
+            return
+        bad_batch = int(self.first_bad_batch)
+        if bad_batch >= 0:
+            step = self.counted_from_step + bad_batch // trainer.accumulate_grad_batches
+            what = f"the loss became {self.bad_loss.item()} at epoch {trainer.current_epoch}, step {step}"
+        elif not all(torch.isfinite(p).all() for p in pl_module.parameters()):
+            what = f"the weights became non-finite in epoch {trainer.current_epoch}"
+        else:
             return
         last = last_checkpoint_path(trainer)
         kept = f"the last good checkpoint is {last}" if last.is_file() else "no checkpoint was written before it"
-        raise DivergenceError(
-            f"the loss became {loss.item()} at epoch {trainer.current_epoch}, step {trainer.global_step - 1} "
-            f"(batch {batch_idx} of the epoch); {kept}. Lower lr or model.beta and train again"
-        )
+        raise DivergenceError(f"{what}; {kept}. Lower lr or model.beta and train again")
 
 
 class CheckpointOnInterrupt(pl.Callback):

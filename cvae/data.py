@@ -46,6 +46,7 @@ class EpochPermutation:
     Every rank draws the same permutation, so the shards partition it. When shuffling (training), the tail
     that does not divide by world_size is dropped so every rank runs the same number of steps (DDP would
     hang otherwise); evaluation keeps every index, since metrics there are synced sums, not gradient steps.
+    The sampler of both data paths: Lightning's DistributedSampler would pad evaluation with repeated images.
     """
 
     def __init__(self, size: int, shuffle: bool, seed: int = 0, rank: int = 0, world_size: int = 1):
@@ -64,6 +65,9 @@ class EpochPermutation:
         order = order[: self.size - self.size % self.world_size]
         return order[self.rank :: self.world_size]
 
+    def __iter__(self):
+        return iter(self.indices().tolist())
+
     def __len__(self) -> int:
         if self.shuffle:
             return self.size // self.world_size
@@ -71,19 +75,35 @@ class EpochPermutation:
 
 
 class TensorBatches:
-    """Batches (x in [0, 1] of shape (B, 784), y) sliced from uint8 tensors that already sit on the device."""
+    """Batches (x in [0, 1] of shape (B, 784), y) sliced from uint8 tensors that already sit on the device.
+
+    Resumable at any batch: its state (the epoch and how many of its batches were drawn) goes into Lightning's
+    checkpoints, and a run resumed in the middle of an epoch draws exactly the batches that were left."""
 
     def __init__(self, images: torch.Tensor, labels: torch.Tensor, batch_size: int, sampler: EpochPermutation):
         self.images, self.labels, self.batch_size = images, labels, batch_size
         self.sampler = sampler  # Lightning finds `sampler.set_epoch` here, as on a DataLoader
         self.batch_sampler = None  # ...and, being DataLoader-like, it looks for this too
+        self.batches_drawn = 0  # of the epoch being iterated
+        self.resume_from: dict | None = None
 
     def __len__(self) -> int:
         return -(-len(self.sampler) // self.batch_size)
 
+    def state_dict(self) -> dict:
+        return {"epoch": self.sampler.epoch, "batches_drawn": self.batches_drawn}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.resume_from = state
+
     def __iter__(self):
+        # The epoch is read at the first batch, once Lightning has called set_epoch.
+        resume, self.resume_from = self.resume_from, None
+        resumed = resume is not None and resume["epoch"] == self.sampler.epoch
+        self.batches_drawn = resume["batches_drawn"] if resumed else 0
         order = self.sampler.indices().to(self.images.device)
-        for batch in order.split(self.batch_size):
+        for batch in order.split(self.batch_size)[self.batches_drawn :]:
+            self.batches_drawn += 1
             yield self.images[batch].view(-1, NUM_PIXELS).float().div_(255), self.labels[batch]
 
 
@@ -153,18 +173,19 @@ class MNISTDataModule(pl.LightningDataModule):
     def batches(self, split: str) -> TensorBatches | DataLoader:
         shuffle = split == "train"
         batch_size = self.batch_size if shuffle else self.eval_batch_size
+        rank, world_size = (self.trainer.global_rank, self.trainer.world_size) if self.trainer else (0, 1)
+        size = len(self.splits[split]) if self.loader == "dataloader" else len(self.splits[split][1])
+        sampler = EpochPermutation(size, shuffle, self.shuffle_seed, rank, world_size)
         if self.loader == "dataloader":
             return DataLoader(
                 self.splits[split],
                 batch_size=batch_size,
-                shuffle=shuffle,
+                sampler=sampler,
                 num_workers=self.num_workers,
                 persistent_workers=self.num_workers > 0,
                 pin_memory=torch.cuda.is_available(),
             )
         images, labels = self.splits[split]
-        rank, world_size = (self.trainer.global_rank, self.trainer.world_size) if self.trainer else (0, 1)
-        sampler = EpochPermutation(len(labels), shuffle, self.shuffle_seed, rank, world_size)
         return TensorBatches(images, labels, batch_size, sampler)
 
     def train_dataloader(self):

@@ -20,3 +20,8 @@ class CheckpointError(UsageError, ValueError):
 
 class DivergenceError(UsageError, ArithmeticError):
     """The loss became NaN or infinite: a learning rate too high, usually."""
+
+
+class RankError(UsageError, RuntimeError):
+    """A DDP rank died: said in one line, naming the rank and its exit code, since this rank's own traceback
+    would show only how the loss of a peer reached it."""

@@ -35,6 +35,7 @@ def evaluate(cfg: DictConfig) -> dict:
     datamodule = instantiate(cfg.data)
     trainer = instantiate(cfg.trainer, logger=False, callbacks=[], enable_checkpointing=False)
     metrics = trainer.test(module, datamodule=datamodule, verbose=False)[0]
+    module.to(trainer.strategy.root_device)  # Lightning moves it to the CPU after testing; the rest runs here
 
     output_dir = Path(cfg.paths.output_dir)
     z = digit_rows_latents(module.model.latent_dim, cfg.samples_per_digit, seed=cfg.seed)

@@ -7,6 +7,7 @@ import torch
 from torch import nn
 from torchmetrics import MeanMetric
 
+from cvae.distributed import random_state, set_random_state, stream_seed
 from cvae.errors import ConfigError
 from cvae.model import CVAE, negative_elbo
 from cvae.quality import PosteriorStats
@@ -25,6 +26,7 @@ class CVAELitModule(pl.LightningModule):
         kl_warmup_epochs: int = 0,
         free_bits: float = 0.0,
         compile: bool = False,
+        eval_seed: int = 0,
     ):
         super().__init__()
         hidden_dims = [int(h) for h in hidden_dims]  # plain ints, so a checkpoint loads with weights_only
@@ -41,6 +43,7 @@ class CVAELitModule(pl.LightningModule):
             {stage: nn.ModuleDict({term: MeanMetric() for term in ELBO_TERMS}) for stage in EVAL_STAGES}
         )
         self.posterior_stats = nn.ModuleDict({stage: PosteriorStats(latent_dim) for stage in EVAL_STAGES})
+        self.held_training_noise: dict | None = None  # the training stream, set aside during an evaluation pass
 
     def on_fit_start(self) -> None:
         if self.hparams.compile:  # torch.compile of forward, in place: parameter names (checkpoints) unchanged
@@ -86,11 +89,30 @@ class CVAELitModule(pl.LightningModule):
         self.log_dict({f"{stage}/kl_dim/{dim}": kl.item() for dim, kl in enumerate(stats["kl_per_dim"])})
         self.posterior_stats[stage].reset()
 
-    def on_validation_epoch_end(self):
+    def begin_evaluation_noise(self) -> None:
+        """Evaluation noise (z of validation and test, and of the callbacks at their epoch end) comes from its own
+        stream, seeded afresh by (eval_seed, rank) for every pass, while the training stream is set aside: how
+        much or how often a run evaluates never changes the noise, hence the weights, of its training."""
+        self.held_training_noise = random_state(self.device)
+        torch.manual_seed(stream_seed(self.hparams.eval_seed, self.global_rank))
+
+    def end_evaluation_noise(self) -> None:
+        set_random_state(self.held_training_noise, self.device)
+        self.held_training_noise = None
+
+    def on_validation_epoch_start(self):
+        self.begin_evaluation_noise()
+
+    def on_test_epoch_start(self):
+        self.begin_evaluation_noise()
+
+    def on_validation_epoch_end(self):  # after the callbacks' epoch-end hooks, which draw from the same stream
         self.log_posterior_stats("val")
+        self.end_evaluation_noise()
 
     def on_test_epoch_end(self):
         self.log_posterior_stats("test")
+        self.end_evaluation_noise()
 
     def validation_step(self, batch, batch_idx):
         self.evaluation_step(batch, "val")

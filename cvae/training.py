@@ -8,9 +8,7 @@ run) and timing.json (wall times, kept out of metrics.json so that equal runs ha
 import os
 import platform
 import subprocess
-import sys
 import time
-from contextlib import contextmanager
 from importlib import metadata
 from pathlib import Path
 
@@ -18,12 +16,12 @@ import pytorch_lightning as pl
 import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
-from pytorch_lightning.callbacks import ProgressBar, TQDMProgressBar
-from pytorch_lightning.strategies.launchers import _SubprocessScriptLauncher
+from pytorch_lightning.callbacks import ModelCheckpoint, ProgressBar, TQDMProgressBar
 from pytorch_lightning.utilities import rank_zero_only
 
 from cvae.callbacks import CheckpointOnInterrupt, StopOnDivergence
 from cvae.checkpoint import AtomicCheckpointIO, check_resumable
+from cvae.distributed import JOB_CONFIG_VARIABLE, RankState, launch_local_ranks
 from cvae.hparams import log_final
 from cvae.loggers import wandb_run_closed
 from cvae.utils import instantiate_group, write_json_atomic
@@ -38,11 +36,6 @@ PACKAGES = (
     "omegaconf",
     "numpy",
 )
-# A DDP rank started by launch_local_ranks finds its job's config, resolved, in this environment variable.
-JOB_CONFIG_VARIABLE = "CVAE_JOB_CONFIG"
-# What launching local ranks changes in this process, put back afterwards for the next job of a multirun.
-DDP_VARIABLES = ("MASTER_ADDR", "MASTER_PORT", "NODE_RANK", "LOCAL_RANK", "WORLD_SIZE", "OMP_NUM_THREADS")
-PROJECT_ROOT = Path(__file__).resolve().parents[1]
 
 
 def train(cfg: DictConfig) -> dict:
@@ -77,16 +70,26 @@ def build_trainer(cfg: DictConfig, loggers: list) -> pl.Trainer:
     default bar, Rich when installed, redraws and reads every logged metric after each batch: about 1 ms of a
     12 ms step on CPU, and a host-device sync per step on a GPU)."""
     # always on, whatever the callbacks group: resumable runs, and no training on from NaN weights
-    safety = [RandomStateCheckpoint(), StopOnDivergence(), CheckpointOnInterrupt()]
+    safety = [RankState(cfg.seed), StopOnDivergence(), CheckpointOnInterrupt()]
     callbacks = [*instantiate_group(cfg.get("callbacks")), *safety]
     if cfg.trainer.get("enable_progress_bar", True) and not any(isinstance(c, ProgressBar) for c in callbacks):
         callbacks.append(TQDMProgressBar(refresh_rate=10))
-    return instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False, plugins=[AtomicCheckpointIO()])
+    return instantiate(
+        cfg.trainer,
+        callbacks=callbacks,
+        logger=loggers or False,
+        plugins=[AtomicCheckpointIO()],
+        # checkpoints only where the callbacks group asks for them (Lightning would add its own ModelCheckpoint)
+        enable_checkpointing=any(isinstance(callback, ModelCheckpoint) for callback in callbacks),
+        # the datamodule shards every split itself, seeded by seed and epoch, with no padded repeats
+        use_distributed_sampler=False,
+    )
 
 
 def evaluate_best(trainer: pl.Trainer, model, datamodule, loggers: list, cfg: DictConfig) -> dict:
     """Validation and test metrics of the best checkpoint (the weights in memory without checkpoints), with
-    the run's epochs and batch size; the metrics also go into every logger's hparams."""
+    the run's epochs and batch size; the metrics also go into every logger's hparams. The validation pass runs the
+    callbacks' validation hooks, so GenerationQuality adds val/fid and val/label_acc of that checkpoint."""
     best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
     evaluated = best or None
     trainer.loggers = []  # re-validating the best checkpoint is no new point on the val curves
@@ -110,101 +113,6 @@ def within_run_dir(path: str, output_dir: str) -> str:
     if path and Path(path).is_relative_to(output_dir):
         return str(Path(path).relative_to(output_dir))
     return path
-
-
-class RandomStateCheckpoint(pl.Callback):
-    """Keeps torch's random state in every checkpoint and puts it back when a run resumes, so the resumed run
-    draws the same z samples as an uninterrupted one would have (Lightning's checkpoints hold no random state).
-
-    Under DDP the checkpoint holds rank 0's state, which every rank gets back on resuming.
-    """
-
-    def __init__(self):
-        self.restored: dict | None = None
-
-    def state_dict(self) -> dict:
-        cuda = torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []
-        return {"cpu": torch.get_rng_state(), "cuda": cuda}
-
-    def load_state_dict(self, state_dict: dict) -> None:
-        self.restored = state_dict
-
-    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        # Here, after the sanity check: the uninterrupted run made its sanity-check draws before its first epoch.
-        if self.restored is None:
-            return
-        torch.set_rng_state(self.restored["cpu"])
-        if len(self.restored["cuda"]) == torch.cuda.device_count() > 0:
-            torch.cuda.set_rng_state_all(self.restored["cuda"])
-        self.restored = None
-
-
-@contextmanager
-def launch_local_ranks(trainer: pl.Trainer, cfg: DictConfig):
-    """Start the other DDP processes of this machine, each running exactly this job: `python -m cvae.training`
-    with the job's config, resolved, in JOB_CONFIG_VARIABLE.
-
-    Lightning would re-run the script with its command line instead; inside a Hydra multirun that command is the
-    whole sweep, so every child process would run every member in a sweep dir of its own. Afterwards this
-    process is left as it was (no process group, no rank variables, its thread count), so the next member of a
-    multirun starts clean. Nothing happens when Lightning would start no processes: one device, another
-    strategy, or ranks already started by torchrun or SLURM.
-    """
-    strategy = trainer.strategy
-    if not lightning_would_start_processes(strategy):
-        yield
-        return
-    cluster = strategy.cluster_environment
-    saved_variables = {name: os.environ.get(name) for name in DDP_VARIABLES}
-    saved_threads = torch.get_num_threads()
-    os.environ.update(
-        MASTER_ADDR=cluster.main_address,
-        MASTER_PORT=str(cluster.main_port),
-        NODE_RANK=str(cluster.node_rank()),
-        LOCAL_RANK="0",
-        WORLD_SIZE=str(strategy.num_processes * strategy.num_nodes),
-    )
-    children = [start_rank(local_rank, cfg) for local_rank in range(1, strategy.num_processes)]
-    try:
-        yield
-        failed = {child.pid: code for child in children if (code := child.wait())}
-        if failed:
-            raise RuntimeError(f"DDP processes exited with errors (pid: exit code): {failed}")
-    finally:
-        for child in children:
-            child.kill()  # a no-op for those that exited; the others would wait forever for this rank
-            child.wait()
-        if torch.distributed.is_initialized():
-            torch.distributed.destroy_process_group()
-        restore_variables(saved_variables)
-        torch.set_num_threads(saved_threads)
-
-
-def lightning_would_start_processes(strategy) -> bool:
-    return (
-        isinstance(strategy.launcher, _SubprocessScriptLauncher)
-        and strategy.num_processes > 1
-        and not strategy.cluster_environment.creates_processes_externally
-    )
-
-
-def start_rank(local_rank: int, cfg: DictConfig) -> subprocess.Popen:
-    python_path = os.pathsep.join(filter(None, [str(PROJECT_ROOT), os.environ.get("PYTHONPATH")]))
-    env = {
-        **os.environ,
-        "LOCAL_RANK": str(local_rank),
-        "PYTHONPATH": python_path,
-        JOB_CONFIG_VARIABLE: OmegaConf.to_yaml(cfg, resolve=True),
-    }
-    return subprocess.Popen([sys.executable, "-m", "cvae.training"], env=env)
-
-
-def restore_variables(saved: dict) -> None:
-    for name, value in saved.items():
-        if value is None:
-            os.environ.pop(name, None)
-        else:
-            os.environ[name] = value
 
 
 @rank_zero_only
@@ -248,5 +156,8 @@ def git_revision(project_root: str) -> dict | None:
 
 
 if __name__ == "__main__":
-    # a DDP rank started by launch_local_ranks
-    train(OmegaConf.create(os.environ[JOB_CONFIG_VARIABLE]))
+    # a DDP rank started by launch_local_ranks: its errors and interruptions end it as they end train.py
+    from cvae.checks import TRAIN_RULES
+    from cvae.cli import run_task
+
+    run_task(train, OmegaConf.create(os.environ[JOB_CONFIG_VARIABLE]), TRAIN_RULES)

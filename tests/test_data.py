@@ -1,6 +1,8 @@
 """The MNIST datamodule on the real files: split sizes, a fixed split, pixel range, both data paths, and the
 in-memory epoch permutation (coverage, determinism, disjoint DDP shards)."""
 
+from types import SimpleNamespace
+
 import pytest
 import torch
 
@@ -86,6 +88,63 @@ def test_tensor_batches_keep_the_last_short_batch():
     images = torch.arange(10, dtype=torch.uint8).view(10, 1, 1).expand(10, 28, 28).contiguous()
     batches = TensorBatches(images, torch.arange(10), 4, EpochPermutation(10, shuffle=False))
     assert [len(y) for _, y in batches] == [4, 4, 2] and len(batches) == 3
+
+
+def test_tensor_batches_resume_in_the_middle_of_an_epoch_with_the_batches_left():
+    images = torch.arange(50, dtype=torch.uint8).view(50, 1, 1).expand(50, 28, 28).contiguous()
+
+    def batches() -> TensorBatches:
+        return TensorBatches(images, torch.arange(50), 8, EpochPermutation(50, shuffle=True, seed=1))
+
+    interrupted = batches()
+    interrupted.sampler.set_epoch(3)
+    drawn = iter(interrupted)
+    seen = [next(drawn)[1] for _ in range(2)]
+    state = interrupted.state_dict()
+    assert state == {"epoch": 3, "batches_drawn": 2}
+    resumed = batches()
+    resumed.load_state_dict(state)
+    resumed.sampler.set_epoch(3)  # as Lightning does before the first batch
+    uninterrupted = batches()
+    uninterrupted.sampler.set_epoch(3)
+    expected = [y for _, y in uninterrupted]
+    assert [y.tolist() for y in seen + [y for _, y in resumed]] == [y.tolist() for y in expected]
+    resumed.sampler.set_epoch(4)  # the next epoch starts from its first batch
+    assert len([y for _, y in resumed]) == len(resumed)
+
+
+def ranks_of(data_dir: str, loader: str, world_size: int = 2) -> list[MNISTDataModule]:
+    """The datamodule as each DDP rank sets it up."""
+    modules = []
+    for rank in range(world_size):
+        module = MNISTDataModule(data_dir=data_dir, loader=loader, shuffle_seed=7, eval_batch_size=1000)
+        module.trainer = SimpleNamespace(
+            global_rank=rank, world_size=world_size, strategy=SimpleNamespace(root_device=torch.device("cpu"))
+        )
+        module.setup()
+        modules.append(module)
+    return modules
+
+
+@pytest.mark.parametrize("loader", ["memory", "dataloader"])
+def test_under_ddp_each_evaluation_image_is_seen_once_and_training_shuffles_follow_seed_and_epoch(data_dir, loader):
+    ranks = ranks_of(data_dir, loader)
+    for split in ("val", "test"):
+        labels = [torch.cat([y for _, y in getattr(module, f"{split}_dataloader")()]) for module in ranks]
+        everything = MNISTDataModule(data_dir=data_dir)
+        everything.setup()
+        assert sum(len(y) for y in labels) == len(everything.splits[split][1]), "no image padded in twice"
+        assert torch.equal(torch.cat(labels).bincount(), everything.splits[split][1].bincount())
+    firsts = []
+    for epoch in (0, 1):
+        loaders = [module.train_dataloader() for module in ranks]
+        for train_loader in loaders:
+            train_loader.sampler.set_epoch(epoch)  # as Lightning does
+        firsts.append([next(iter(train_loader))[1] for train_loader in loaders])
+    reference = ranks_of(data_dir, "memory")[1].train_dataloader()
+    reference.sampler.set_epoch(1)
+    assert torch.equal(firsts[1][1], next(iter(reference))[1]), "both paths deal the same (seed, epoch) shards"
+    assert not torch.equal(firsts[0][0], firsts[0][1]) and not torch.equal(firsts[0][0], firsts[1][0])
 
 
 def test_missing_data_names_the_directory_and_the_fix(tmp_path):

@@ -3,11 +3,15 @@ run in its own dir, no process leaves stray output dirs, and the logged metrics,
 one process computes on the same checkpoint."""
 
 import json
+import os
+import time
+from pathlib import Path
 
 import pytest
 import pytorch_lightning as pl
 import torch
 
+from cvae.callbacks import GenerationQuality
 from cvae.checkpoint import load_module
 from cvae.data import MNISTDataModule
 from tests.test_train import run_script
@@ -15,6 +19,7 @@ from tests.test_train import run_script
 # validation batches of one image on each of the 2 ranks: images 0..2*VAL_BATCHES_PER_RANK-1 in all
 VAL_BATCHES_PER_RANK = 50
 BATCH_SIZE = 32
+FID_SAMPLES = 1000
 
 
 class SameNoiseForEveryImage(pl.Callback):
@@ -50,6 +55,7 @@ def ddp_sweep(tmp_path_factory, data_dir):
         f"data.data_dir={data_dir}",
         f"hydra.sweep.dir={sweep_dir}",
         f"+callbacks.same_noise._target_={__name__}.SameNoiseForEveryImage",
+        f"callbacks.generation_quality.num_samples={FID_SAMPLES}",
         env_extra={"PROJECT_ROOT": str(project_root)},
     )
     assert result.returncode == 0, result.stderr[-3000:]
@@ -71,8 +77,9 @@ def test_ddp_multirun_gives_one_complete_run_per_member(ddp_sweep):
 
 
 def test_ddp_metrics_equal_one_process_evaluation(ddp_sweep, data_dir):
-    """metrics.json holds the best checkpoint re-validated by both ranks; one process validating the same images
-    with the same checkpoint gets the same means: every image counted once, none twice."""
+    """metrics.json holds the best checkpoint validated and tested by both ranks; one process evaluating the same
+    images with the same checkpoint gets the same means, FID, label accuracy and active units: every image
+    counted once, none twice, and the real images' FID features once."""
     _, sweep_dir = ddp_sweep
     member = sweep_dir / "0"
     logged = json.loads((member / "metrics.json").read_text())
@@ -82,12 +89,59 @@ def test_ddp_metrics_equal_one_process_evaluation(ddp_sweep, data_dir):
         logger=False,
         enable_progress_bar=False,
         enable_model_summary=False,
-        callbacks=[SameNoiseForEveryImage()],
+        callbacks=[SameNoiseForEveryImage(), GenerationQuality(num_samples=FID_SAMPLES)],
         limit_val_batches=2 * VAL_BATCHES_PER_RANK,
+        limit_test_batches=2,
     )
     datamodule = MNISTDataModule(data_dir=data_dir, eval_batch_size=1)
-    single = trainer.validate(load_module(member / "checkpoints" / "best.ckpt"), datamodule=datamodule, verbose=False)[
-        0
-    ]
-    for name in ("val/nelbo", "val/kl"):
+    module = load_module(member / "checkpoints" / "best.ckpt")
+    single = {
+        **trainer.validate(module, datamodule=datamodule, verbose=False)[0],
+        **trainer.test(module, datamodule=datamodule, verbose=False)[0],
+    }
+    for name in ("val/nelbo", "val/kl", "test/nelbo", "test/kl", "val/fid", "val/fid_digit/3"):
         assert logged[name] == pytest.approx(single[name], rel=1e-4), name
+    for name in ("val/label_acc", "val/label_acc_digit/3", "val/active_units", "test/active_units"):
+        assert logged[name] == single[name], name
+
+
+class ExitAt(pl.Callback):
+    """Stands in for a rank that dies (out of memory, a segfault): it exits with `code` at batch 2, after every
+    rank wrote its pid into `pid_dir`."""
+
+    def __init__(self, rank: int, code: int, pid_dir: str):
+        self.rank, self.code, self.pid_dir = rank, code, Path(pid_dir)
+
+    def on_train_start(self, trainer, pl_module):
+        (self.pid_dir / str(trainer.global_rank)).write_text(str(os.getpid()))
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        if trainer.global_rank == self.rank and batch_idx == 2:
+            os._exit(self.code)
+
+
+def test_a_dead_rank_ends_the_job_at_once_naming_it(tmp_path, data_dir):
+    started = time.monotonic()
+    result = run_script(
+        "train.py",
+        "trainer=ddp_cpu",
+        "trainer.max_epochs=1",
+        "trainer.limit_train_batches=400",
+        "trainer.enable_progress_bar=false",
+        "callbacks=none",
+        "logger=csv",
+        f"data.data_dir={data_dir}",
+        f"hydra.run.dir={tmp_path / 'run'}",
+        f"+callbacks.exit._target_={__name__}.ExitAt",
+        "+callbacks.exit.rank=1",
+        "+callbacks.exit.code=3",
+        f"+callbacks.exit.pid_dir={tmp_path}",
+    )
+    elapsed = time.monotonic() - started
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines()[-1].startswith("error: DDP rank 1"), result.stderr[-2000:]
+    assert "exited with code 3" in result.stderr
+    assert elapsed < 60, f"{elapsed:.0f} s: the job waited for the dead rank"
+    for rank in ("0", "1"):
+        pid = int((tmp_path / rank).read_text())
+        assert not Path(f"/proc/{pid}").exists(), f"rank {rank} (pid {pid}) is still running"

@@ -7,15 +7,17 @@ import signal
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import pytorch_lightning as pl
 import torch
 
+from cvae.callbacks import StopOnDivergence
 from cvae.checkpoint import AtomicCheckpointIO, load_module
 from cvae.checks import EVALUATE_RULES, TRAIN_RULES
 from cvae.cli import run_task
-from cvae.errors import CheckpointError
+from cvae.errors import CheckpointError, DivergenceError
 from cvae.evaluation import evaluate
 from cvae.training import train
 from cvae.utils import write_json_atomic
@@ -80,6 +82,20 @@ def test_entry_point_exits_non_zero_with_one_line_and_traceback_only_when_asked(
         "train.py", "latent_dim=-1", f"hydra.run.dir={tmp_path / 'run'}", env_extra={"HYDRA_FULL_ERROR": "1"}
     )
     assert loud.returncode == 1 and "Traceback" in loud.stderr and "ConfigError" in loud.stderr
+
+
+def test_evaluate_without_a_checkpoint_says_to_pass_one(tmp_path, capsys):
+    cfg = compose_config("evaluate", [], tmp_path)
+    line = expect_one_line_exit(capsys, evaluate, cfg, EVALUATE_RULES)
+    assert line == "error: ckpt_path is required: pass ckpt_path=outputs/<date>/<time>/checkpoints/best.ckpt"
+
+
+def test_a_run_dir_that_cannot_be_created_is_one_line():
+    result = run_script("train.py", "hydra.run.dir=/proc/no_such_run")
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert result.stderr.strip().splitlines() == [
+        "error: hydra.run.dir=/proc/no_such_run cannot be created (No such file or directory); choose a writable folder"
+    ]
 
 
 @pytest.mark.parametrize(
@@ -215,6 +231,23 @@ def test_divergence_stops_the_run_keeps_the_last_good_checkpoint_and_says_where(
     assert not (tmp_path / "metrics.json").exists()
 
 
+def test_the_divergence_check_reads_nothing_back_from_the_device_per_step(monkeypatch):
+    """Per step the check only updates tensors (on a GPU: no host-device sync); the flag is read at epoch end."""
+    callback = StopOnDivergence()
+    trainer = SimpleNamespace(
+        global_step=7, current_epoch=2, accumulate_grad_batches=1, checkpoint_callback=None, default_root_dir="x"
+    )
+    module = SimpleNamespace(device=torch.device("cpu"), parameters=lambda: [torch.zeros(3)])
+    callback.on_train_epoch_start(trainer, module)
+    for reads_back in ("item", "__bool__", "__int__", "__float__", "tolist", "cpu", "numpy"):
+        monkeypatch.setattr(torch.Tensor, reads_back, lambda *args, **kwargs: pytest.fail("a read back per step"))
+    for loss in (1.0, 2.0, float("inf"), float("nan")):
+        callback.on_train_batch_end(trainer, module, {"loss": torch.tensor(loss)}, None, 0)
+    monkeypatch.undo()
+    with pytest.raises(DivergenceError, match="the loss became inf at epoch 2, step 9;"):
+        callback.on_train_epoch_end(trainer, module)
+
+
 def test_a_real_divergence_exits_non_zero_and_other_sweep_members_complete(tmp_path, data_dir):
     sweep = tmp_path / "sweep"
     result = run_script(
@@ -241,13 +274,13 @@ class SignalSelfAt(pl.Callback):
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
         if (trainer.current_epoch, batch_idx) == (self.epoch, self.batch):
+            if self.signal_number == signal.SIGINT:  # as in a terminal: a background job starts with SIGINT ignored
+                signal.signal(signal.SIGINT, signal.default_int_handler)
             os.kill(os.getpid(), self.signal_number)
 
 
-@pytest.mark.parametrize("stop", [signal.SIGINT, signal.SIGTERM])
-def test_an_interrupted_run_leaves_a_checkpoint_that_resumes_to_the_end(stop, tmp_path, data_dir):
-    run_dir = tmp_path / "run"
-    args = [
+def interruptible_run(run_dir: Path, data_dir: str) -> list[str]:
+    return [
         "train.py",
         *QUICK_RUN_ANY_CALLBACKS,
         "trainer.max_epochs=3",
@@ -256,6 +289,19 @@ def test_an_interrupted_run_leaves_a_checkpoint_that_resumes_to_the_end(stop, tm
         f"data.data_dir={data_dir}",
         f"hydra.run.dir={run_dir}",
     ]
+
+
+@pytest.fixture(scope="module")
+def never_interrupted(tmp_path_factory, data_dir) -> Path:
+    run_dir = tmp_path_factory.mktemp("never_interrupted")
+    assert run_script(*interruptible_run(run_dir, data_dir)).returncode == 0
+    return run_dir
+
+
+@pytest.mark.parametrize("stop", [signal.SIGINT, signal.SIGTERM])
+def test_an_interrupted_run_leaves_a_checkpoint_that_resumes_to_the_end(stop, tmp_path, data_dir, never_interrupted):
+    run_dir = tmp_path / "run"
+    args = interruptible_run(run_dir, data_dir)
     interrupted = run_script(
         *args, "+callbacks.stop._target_=tests.test_failures.SignalSelfAt", f"+callbacks.stop.signal_number={int(stop)}"
     )
@@ -268,7 +314,7 @@ def test_an_interrupted_run_leaves_a_checkpoint_that_resumes_to_the_end(stop, tm
 
     resumed = run_script(*args, f"ckpt_path={last}")
     assert resumed.returncode == 0, resumed.stderr[-2000:]
-    assert json.loads((run_dir / "metrics.json").read_text())["epochs"] == 3
+    assert (run_dir / "metrics.json").read_bytes() == (never_interrupted / "metrics.json").read_bytes()
 
 
 def test_a_failed_write_leaves_the_previous_file_whole(tmp_path, monkeypatch):

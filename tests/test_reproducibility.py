@@ -1,20 +1,32 @@
-"""Exact reproducibility on CPU: the same config and seed give a byte-identical metrics.json; a run stopped after
-its first epoch and resumed from last.ckpt ends exactly as an uninterrupted run; a run dir records what it ran on."""
+"""Exact reproducibility on CPU: the same config and seed give a byte-identical metrics.json; a run stopped at
+any step (end of an epoch, or SIGTERM in the middle of one) and resumed from last.ckpt ends exactly as an
+uninterrupted run, in one process and under DDP; how much is evaluated never changes the training; a run dir
+records what it ran on."""
 
+import csv
 import json
 import re
+import signal
 from pathlib import Path
 
 import pytest
+import torch
+from pytorch_lightning.utilities.exceptions import SIGTERMException
 
 from cvae.training import train
-from tests.conftest import QUICK_RUN, compose_config
+from tests.conftest import QUICK_RUN, QUICK_RUN_ANY_CALLBACKS, compose_config
+from tests.test_train import run_script
 
-QUICK = [*QUICK_RUN, "trainer.limit_test_batches=2", "latent_dim=3"]  # two epochs
+QUICK_ANY_CALLBACKS = [*QUICK_RUN_ANY_CALLBACKS, "trainer.limit_test_batches=2", "latent_dim=3", "logger=csv"]
+QUICK = [*QUICK_ANY_CALLBACKS, *(override for override in QUICK_RUN if override.startswith("callbacks."))]  # 2 epochs
+STOP_MID_EPOCH_1 = [  # SIGTERM after batch 2 of the 5 of epoch 1, as a scheduler preempting the job
+    "+callbacks.stop._target_=tests.test_failures.SignalSelfAt",
+    f"+callbacks.stop.signal_number={int(signal.SIGTERM)}",
+]
 
 
-def run(output_dir: Path, data_dir: str, *overrides: str) -> Path:
-    train(compose_config("train", [*QUICK, f"data.data_dir={data_dir}", *overrides], output_dir))
+def run(output_dir: Path, data_dir: str, *overrides: str, base: list[str] = QUICK) -> Path:
+    train(compose_config("train", [*base, f"data.data_dir={data_dir}", *overrides], output_dir))
     return output_dir
 
 
@@ -34,6 +46,91 @@ def test_resumed_run_ends_as_the_uninterrupted_one(uninterrupted, tmp_path, data
     resumed = json.loads((tmp_path / "metrics.json").read_text())
     assert resumed["epochs"] == 2
     assert (tmp_path / "metrics.json").read_bytes() == (uninterrupted / "metrics.json").read_bytes()
+
+
+def test_resumed_mid_epoch_ends_as_the_uninterrupted_one(uninterrupted, tmp_path, data_dir):
+    with pytest.raises(SIGTERMException):
+        run(tmp_path, data_dir, *STOP_MID_EPOCH_1)
+    last = tmp_path / "checkpoints" / "last.ckpt"
+    assert (
+        torch.load(last, weights_only=True)["loops"]["fit_loop"]["epoch_loop.batch_progress"]["current"]["ready"] == 3
+    )
+    run(tmp_path, data_dir, f"ckpt_path={last}")
+    assert (tmp_path / "metrics.json").read_bytes() == (uninterrupted / "metrics.json").read_bytes()
+    resumed_curve = train_nelbo_per_epoch(tmp_path)  # the CSV of the resumed run: from the interrupted epoch on
+    assert resumed_curve == {"1": train_nelbo_per_epoch(uninterrupted)["1"]}
+
+
+def test_the_dataloader_path_says_a_mid_epoch_resume_is_not_exact(tmp_path, data_dir):
+    with pytest.raises(SIGTERMException):
+        run(tmp_path, data_dir, "data.loader=dataloader", *STOP_MID_EPOCH_1)
+    last = tmp_path / "checkpoints" / "last.ckpt"
+    with pytest.warns(UserWarning, match="ended before the epoch ended and your dataloader is not resumable"):
+        run(tmp_path, data_dir, "data.loader=dataloader", f"ckpt_path={last}")
+
+
+def train_nelbo_per_epoch(run_dir: Path) -> dict[str, str]:
+    """train/nelbo of every epoch, as the CSV logger wrote it."""
+    with open(run_dir / "metrics.csv") as file:
+        rows = list(csv.DictReader(file))
+    return {row["epoch"]: row["train/nelbo"] for row in rows if row.get("train/nelbo")}
+
+
+def last_weights(run_dir: Path) -> dict[str, torch.Tensor]:
+    return torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"]
+
+
+def test_how_much_is_evaluated_never_changes_the_training(uninterrupted, tmp_path, data_dir):
+    """Less validation, in other batches, every other epoch, without the image and FID callbacks: the same weights
+    and the same training curve, since evaluation draws its noise from a stream of its own."""
+    run(
+        tmp_path,
+        data_dir,
+        "trainer.limit_val_batches=1",
+        "trainer.check_val_every_n_epoch=2",
+        "data.eval_batch_size=500",
+        "callbacks=model_checkpoint",
+        base=QUICK_ANY_CALLBACKS,
+    )
+    curve = train_nelbo_per_epoch(tmp_path)
+    assert len(curve) == 2 and curve == train_nelbo_per_epoch(uninterrupted)
+    trained, reference = last_weights(tmp_path), last_weights(uninterrupted)
+    assert trained.keys() == reference.keys()
+    assert all(torch.equal(trained[name], reference[name]) for name in reference)
+
+
+def ddp_run(run_dir: Path, data_dir: str, *overrides: str):
+    return run_script(
+        "train.py",
+        "trainer=ddp_cpu",
+        "trainer.max_epochs=2",
+        "trainer.limit_train_batches=5",
+        "trainer.limit_val_batches=1",
+        "trainer.limit_test_batches=1",
+        "trainer.enable_progress_bar=false",
+        "data.eval_batch_size=250",
+        "callbacks=model_checkpoint",
+        "logger=csv",
+        "batch_size=32",
+        f"data.data_dir={data_dir}",
+        f"hydra.run.dir={run_dir}",
+        *overrides,
+    )
+
+
+def test_ddp_resumed_mid_epoch_ends_as_the_uninterrupted_one(tmp_path, data_dir):
+    """Every rank's random stream and partial training sums go into the checkpoint and come back to each rank."""
+    uninterrupted = ddp_run(tmp_path / "uninterrupted", data_dir)
+    assert uninterrupted.returncode == 0, uninterrupted.stderr[-3000:]
+    stopped = ddp_run(tmp_path / "resumed", data_dir, *STOP_MID_EPOCH_1)
+    assert stopped.returncode != 0 and "interrupted at epoch 1" in stopped.stdout + stopped.stderr
+    last = tmp_path / "resumed" / "checkpoints" / "last.ckpt"
+    assert len(torch.load(last, weights_only=True)["callbacks"]["RankState"]["ranks"]) == 2
+    resumed = ddp_run(tmp_path / "resumed", data_dir, f"ckpt_path={last}")
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    metrics = (tmp_path / "resumed" / "metrics.json").read_bytes()
+    assert metrics == (tmp_path / "uninterrupted" / "metrics.json").read_bytes()
+    assert json.loads(metrics)["world_size"] == 2
 
 
 def test_run_dir_records_versions_commit_and_timing(uninterrupted):

@@ -161,3 +161,4 @@ def test_launches_in_the_same_second_get_their_own_dirs(tmp_path, data_dir):
     run_dirs = [p for p in (tmp_path / "outputs").glob("*/*") if p.is_dir()]
     assert len(run_dirs) == 2
     assert all((run_dir / "metrics.json").is_file() for run_dir in run_dirs)
+    assert not [path for run_dir in run_dirs for path in run_dir.rglob("*.ckpt")], "callbacks=none: no checkpoints"
