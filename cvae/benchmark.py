@@ -711,7 +711,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def run(args: argparse.Namespace) -> tuple[dict[str, Phase], dict, str]:
     """Every measurement the arguments ask for: the phases by name, the extras (FID, end to end, the order the
-    epochs ran in) and the report."""
+    epochs ran in, the trained models by path) and the report."""
     device = resolve_device(args.device)
     torch.set_float32_matmul_precision(args.matmul_precision)
     if args.threads:
@@ -728,7 +728,10 @@ def run(args: argparse.Namespace) -> tuple[dict[str, Phase], dict, str]:
             phases[name], fitted[name] = lightning_run(loader, args, device, floor, extra["timeline"])
     if floor is not None:
         phases = {"a": floor_phase(floor, list(phases.values()), args, extra["timeline"]), **phases}
-    model = floor.model if floor else fitted["b"].model if "b" in fitted else CVAE(args.latent_dim, args.hidden_dims)
+    extra["models"] = {name: module.model for name, module in fitted.items()}
+    if floor is not None:
+        extra["models"]["a"] = floor.model
+    model = extra["models"].get("a") or extra["models"].get("b") or CVAE(args.latent_dim, args.hidden_dims)
     log("FID timing")
     extra["fid"] = time_fid(model, *splits["val"], args, device)
     extra["end_to_end"] = [end_to_end(epochs, args) for epochs in args.end_to_end_epochs]
