@@ -572,7 +572,7 @@ def check_rows(phases: dict[str, Phase], extra: dict, args) -> list[str]:
             target = TARGETS["b_over_a"] if name == "b" else None
             rows.append(
                 f"| ({name}) / (a), time per training epoch | {phase.ratios.text()}; process CPU time "
-                f"{phase.cpu_ratios.median:.2f} | {f'≤ {target}' if target else '–'} "
+                f"{phase.cpu_ratios.text()} | {f'≤ {target}' if target else '–'} "
                 f"| {phase.ratios.verdict(target) if target else '–'} |"
             )
     fid_s, fid_note = extra["fid"]
