@@ -194,6 +194,16 @@ def load_mnist(data_dir: str) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
 
 
 # ---------------------------------------------------------------------------------------------- (a) the floor
+def random_state(device: torch.device) -> tuple:
+    return torch.get_rng_state(), torch.cuda.get_rng_state(device) if device.type == "cuda" else None
+
+
+def set_random_state(state: tuple, device: torch.device) -> None:
+    torch.set_rng_state(state[0])
+    if state[1] is not None:
+        torch.cuda.set_rng_state(state[1], device)
+
+
 class PlainLoop:
     """(a): the reference architecture trained by hand on float [0, 1] (N, 784) tensors already on the device.
 
@@ -206,7 +216,7 @@ class PlainLoop:
         if args.compile:
             self.model.compile()
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=args.lr)
-        self.rng_state = torch.get_rng_state()
+        self.rng_state = random_state(device)
         self.x = images.to(device).view(len(labels), -1).float().div_(255)
         self.y = labels.to(device)
         self.epochs_done, self.nelbo = 0, None
@@ -214,8 +224,8 @@ class PlainLoop:
     def epoch(self) -> tuple[float, float]:
         """One training epoch: (wall, CPU) seconds. Its batches are the datamodule's: a permutation seeded by
         seed + epoch, sliced in order."""
-        outer_state = torch.get_rng_state()
-        torch.set_rng_state(self.rng_state)
+        outer_state = random_state(self.device)
+        set_random_state(self.rng_state, self.device)
         num_batches = batches_per_epoch(len(self.y), self.args.batch_size, self.args.limit)
         started = clocks(self.device)
         generator = torch.Generator().manual_seed(self.args.seed + self.epochs_done)
@@ -231,8 +241,8 @@ class PlainLoop:
         ended = clocks(self.device)
         self.nelbo = total.item() / num_batches
         self.epochs_done += 1
-        self.rng_state = torch.get_rng_state()
-        torch.set_rng_state(outer_state)
+        self.rng_state = random_state(self.device)
+        set_random_state(outer_state, self.device)
         return ended[0] - started[0], ended[1] - started[1]
 
     @torch.no_grad()
