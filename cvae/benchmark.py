@@ -18,9 +18,9 @@ Paths alternate epoch by epoch in one process, a b a b ...: each Lightning epoch
 (a), so both see the same machine, minute by minute, and each ratio is that of neighbouring epochs. A Lightning
 training epoch is timed from on_train_epoch_start to the start of validation; validation, checkpoints and image
 grids are the rest of the epoch, timed apart. The end-to-end comparison alternates whole processes, plain
-script and `python train.py`, --repeats times. Every ratio comes with its median and spread, and a target is
-called met only when the whole spread (the interquartile range from 4 values on, else min to max) is on its
-side; when the spread straddles it the verdict is "unclear": run again on a quieter machine, or longer.
+script and `python train.py`, --repeats pairs in A B B A order. Every ratio comes with its median and spread,
+and a target is called met only when the whole spread (the interquartile range from 4 values on, else min to
+max) is on its side; when the spread straddles it the verdict is "unclear": run again, quieter or longer.
 """
 
 from __future__ import annotations
@@ -471,8 +471,9 @@ class EndToEnd:
 
 
 def end_to_end_order(repeats: int) -> list[str]:
-    """A B A B ...: the plain script first, so a machine slowing down over the run never favours train.py."""
-    return ["plain", "train"] * repeats
+    """A B B A A B ...: each repeat a pair, its order swapped every other repeat, so a machine that speeds up or
+    slows down over the runs favours neither side (with A B A B, a machine getting quieter favours B)."""
+    return [side for repeat in range(repeats) for side in (("plain", "train"), ("train", "plain"))[repeat % 2]]
 
 
 def child_environment(args) -> dict[str, str]:
