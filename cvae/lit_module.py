@@ -72,7 +72,7 @@ class CVAELitModule(pl.LightningModule):
         steps would cost Lightning's bookkeeping (a fraction of a ms on a ~10 ms CPU step) for nothing."""
         trainer = self.trainer
         every = trainer.log_every_n_steps
-        if every > 0 and (self.global_step + 1) % every == 0:
+        if trainer.should_stop or (every > 0 and (self.global_step + 1) % every == 0):  # as Lightning decides
             return True
         bar = trainer.progress_bar_callback
         if bar is None or not bar.is_enabled:
