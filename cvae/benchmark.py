@@ -1,26 +1,32 @@
-"""How fast does the project train, next to what the hardware allows? One command, one process:
+"""How fast does the project train, next to a plain PyTorch loop? Ratios measured alternately, in one command:
 
-    python -m cvae.benchmark                          # (a), (b), (c) and FID; writes outputs/benchmark.md
-    python -m cvae.benchmark --end-to-end             # ... and times `python train.py trainer.max_epochs=5`
-    python -m cvae.benchmark --limit 20 --epochs 1    # a quick look on a slice
+    python -m cvae.benchmark                                   # (a), (b), (c) epoch by epoch, FID; the table
+    python -m cvae.benchmark --end-to-end                      # ... and `python train.py trainer.max_epochs=5`
+    python -m cvae.benchmark --paths ab --end-to-end-epochs 5 50 --repeats 2   # every target of the README
+    python -m cvae.benchmark --limit 20 --epochs 2             # a quick look on a slice
 
-on the same model (cvae.model.CVAE) and the same 55k training images:
+on the same model (cvae.model.CVAE), the same 55k training images, batch 128 and Adam:
 
-    (a) a plain PyTorch loop over in-memory float tensors (randperm batches, Adam): the floor;
+    (a) a plain PyTorch loop over in-memory float tensors: the floor. It trains exactly what (b) trains: the
+        same initial weights (seeded like train.py), the same batches (the datamodule's permutation of
+        seed + epoch), the same optimizer;
     (b) the project's training through Lightning, built from conf/train.yaml as train.py builds it, with its
         default data path (data.loader=memory);
     (c) the same with the classic torchvision + DataLoader path (data.loader=dataloader).
 
-Each path runs --warmup epochs first (not counted: start-up, allocator, torch.compile) and then --epochs
-timed epochs. A training epoch of (b) and (c) is timed from on_train_epoch_start to the start of validation
-(or the epoch's end when there is none); validation, checkpoints and image grids are timed separately as the
-rest of the epoch. Peak memory is the process's peak resident set during the phase on CPU (reset between
-phases through /proc/self/clear_refs) and torch.cuda.max_memory_allocated on a GPU.
+Paths alternate epoch by epoch in one process, a b a b ...: each Lightning epoch is preceded by one epoch of
+(a), so both see the same machine, minute by minute, and each ratio is that of neighbouring epochs. A Lightning
+training epoch is timed from on_train_epoch_start to the start of validation; validation, checkpoints and image
+grids are the rest of the epoch, timed apart. The end-to-end comparison alternates whole processes, plain
+script and `python train.py`, --repeats pairs in A B B A order. Every ratio comes with its median and spread,
+and a target is called met only when the whole spread (the interquartile range from 4 values on, else min to
+max) is on its side; when the spread straddles it the verdict is "unclear": run again, quieter or longer.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import os
 import platform
@@ -39,11 +45,53 @@ from cvae.model import CVAE, negative_elbo
 
 ROOT = Path(__file__).resolve().parents[1]
 CONF_DIR = ROOT / "conf"
-TARGETS = {"b_over_a": 1.15, "c_over_b": 2.0, "end_to_end": 1.25, "fid_cpu_s": 5.0}
-END_TO_END_EPOCHS = 5
+TRAIN_SIZE, VAL_SIZE, SPLIT_SEED = 60_000, 5_000, 12_345  # MNISTDataModule's defaults (conf/data/mnist.yaml)
+# targets of issue 11, printed, not asserted: (b)/(a) per epoch, FID seconds on CPU, end-to-end ratio by epochs
+TARGETS = {"b_over_a": 1.05, "fid_cpu_s": 5.0, "end_to_end": {5: 1.30, 50: 1.10}}
 
 
-# ---------------------------------------------------------------------------------------------------- helpers
+def log(message: str) -> None:
+    """Progress on stderr, so a long benchmark shows it is alive; the report goes to stdout."""
+    print(f"[benchmark {time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
+
+
+# ------------------------------------------------------------------------------------------------ statistics
+@dataclass
+class Spread:
+    """Median and spread of repeated measurements: the interquartile range from 4 values on, else min to max."""
+
+    values: list[float]
+
+    @property
+    def median(self) -> float:
+        return statistics.median(self.values)
+
+    @property
+    def kind(self) -> str:
+        return "IQR" if len(self.values) >= 4 else "range"
+
+    @property
+    def low_high(self) -> tuple[float, float]:
+        if len(self.values) >= 4:
+            q1, _, q3 = statistics.quantiles(self.values, n=4, method="inclusive")
+            return q1, q3
+        return min(self.values), max(self.values)
+
+    def text(self, digits: int = 2) -> str:
+        low, high = self.low_high
+        return f"{self.median:.{digits}f} ({self.kind} {low:.{digits}f}–{high:.{digits}f}, n={len(self.values)})"
+
+    def verdict(self, target: float) -> str:
+        """Met ("yes") when the whole spread is at or below the target, "**no**" when all of it is above."""
+        low, high = self.low_high
+        if high <= target:
+            return "yes"
+        if low > target:
+            return "**no**"
+        return "unclear: the spread straddles the target"
+
+
+# -------------------------------------------------------------------------------------------------- helpers
 def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -64,75 +112,47 @@ def autocast(device: torch.device, precision: str):
     return nullcontext()
 
 
-class PeakMemory:
-    """Peak memory of a phase: GPU bytes allocated by torch, or the process's peak resident set on CPU."""
-
-    def __init__(self, device: torch.device):
-        self.device, self.bytes, self.kind = device, None, ""
-
-    def __enter__(self) -> PeakMemory:
-        if self.device.type == "cuda":
-            torch.cuda.reset_peak_memory_stats(self.device)
-        else:
-            try:  # Linux >= 4.0: "5" resets the peak RSS (VmHWM) to the current RSS
-                Path("/proc/self/clear_refs").write_text("5")
-                self.resettable = True
-            except OSError:
-                self.resettable = False
-        return self
-
-    def __exit__(self, *exc) -> None:
-        if self.device.type == "cuda":
-            self.bytes, self.kind = torch.cuda.max_memory_allocated(self.device), "GPU allocated"
-            return
-        hwm = read_vm_hwm()
-        if hwm is not None and self.resettable:
-            self.bytes, self.kind = hwm, "process peak RSS"
-        else:
-            import resource
-
-            self.bytes, self.kind = (
-                resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
-                "process peak RSS (lifetime)",
-            )
+def clocks(device: torch.device) -> tuple[float, float]:
+    """(wall, process CPU) seconds, after the device has finished its queued work."""
+    synchronize(device)
+    return time.perf_counter(), time.process_time()
 
 
-def read_vm_hwm() -> int | None:
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return None
+def batches_per_epoch(size: int, batch_size: int, limit: int | None) -> int:
+    batches = math.ceil(size / batch_size)
+    return min(batches, limit) if limit else batches
+
+
+def images_in(size: int, batch_size: int, limit: int | None) -> int:
+    return min(size, batches_per_epoch(size, batch_size, limit) * batch_size)
 
 
 @dataclass
 class Phase:
-    """What one path measured."""
+    """What one path measured; for a Lightning path also the (a) epochs it alternated with."""
 
     name: str
     label: str
     images_per_epoch: int
     warmup_s: list[float] = field(default_factory=list)
-    epoch_s: list[float] = field(default_factory=list)  # timed training epochs
+    epoch_s: list[float] = field(default_factory=list)  # timed training epochs, wall seconds
+    cpu_s: list[float] = field(default_factory=list)  # the same epochs, process CPU seconds
     rest_s: list[float] = field(default_factory=list)  # validation, checkpoints, images: the rest of each epoch
-    cpu_s: list[float] = field(default_factory=list)  # process CPU seconds of the timed training epochs
-    peak_memory: int | None = None
-    memory_kind: str = ""
+    floor_s: list[float] = field(default_factory=list)  # the (a) epoch run just before each timed epoch
+    floor_cpu_s: list[float] = field(default_factory=list)
     final_nelbo: float | None = None
     notes: list[str] = field(default_factory=list)
 
     @property
-    def median_s(self) -> float:
-        return statistics.median(self.epoch_s)
+    def ratios(self) -> Spread:
+        return Spread([s / floor for s, floor in zip(self.epoch_s, self.floor_s)])
 
     @property
-    def images_per_s(self) -> float:
-        return self.images_per_epoch / self.median_s
+    def cpu_ratios(self) -> Spread:
+        return Spread([s / floor for s, floor in zip(self.cpu_s, self.floor_cpu_s)])
 
 
-# -------------------------------------------------------------------------------------------------------- data
+# ----------------------------------------------------------------------------------------------------- data
 def compose_train_config(overrides: list[str], output_dir: str):
     """conf/train.yaml as train.py would get it, with its outputs sent to output_dir."""
     from hydra import compose, initialize_config_dir
@@ -158,111 +178,140 @@ def base_overrides(args) -> list[str]:
     return overrides
 
 
-def load_splits(args) -> tuple[torch.Tensor, ...]:
-    """uint8 images and labels of the training, validation and test splits, as the datamodule splits them."""
-    from hydra.utils import instantiate
+def load_mnist(data_dir: str) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    """uint8 images and labels of the train, val and test splits, read as a hand-written script would read them
+    (torchvision's parser, no Lightning, no Hydra); the split is MNISTDataModule's (tests/test_benchmark.py)."""
+    from torchvision.datasets import MNIST
 
-    with tempfile.TemporaryDirectory() as tmp:
-        cfg = compose_train_config(base_overrides(args), tmp)
-        datamodule = instantiate(cfg.data, loader="memory")
-        datamodule.setup()
-    return tuple(tensor for split in ("train", "val", "test") for tensor in datamodule.splits[split])
-
-
-def batches_per_epoch(size: int, batch_size: int, limit: int | None) -> int:
-    batches = math.ceil(size / batch_size)
-    return min(batches, limit) if limit else batches
-
-
-def images_in(size: int, batch_size: int, limit: int | None) -> int:
-    return min(size, batches_per_epoch(size, batch_size, limit) * batch_size)
+    train, test = (MNIST(data_dir, train=flag, download=False) for flag in (True, False))
+    order = torch.randperm(TRAIN_SIZE, generator=torch.Generator().manual_seed(SPLIT_SEED))
+    train_idx, val_idx = order[VAL_SIZE:], order[:VAL_SIZE]
+    return {
+        "train": (train.data[train_idx], train.targets[train_idx]),
+        "val": (train.data[val_idx], train.targets[val_idx]),
+        "test": (test.data, test.targets),
+    }
 
 
-# ----------------------------------------------------------------------------------------------- (a) the floor
-def plain_loop(images: torch.Tensor, labels: torch.Tensor, args, device: torch.device) -> tuple[Phase, CVAE]:
-    """(a): the reference architecture trained by hand on float [0, 1] (N, 784) tensors already on the device."""
-    size = len(labels)
-    phase = Phase("a", "(a) plain PyTorch loop, in-memory tensors", images_in(size, args.batch_size, args.limit))
-    with PeakMemory(device) as memory:
-        torch.manual_seed(args.seed)
-        x_all = images.to(device).view(size, -1).float().div_(255)
-        y_all = labels.to(device)
-        model = CVAE(args.latent_dim, args.hidden_dims).to(device)
+# ---------------------------------------------------------------------------------------------- (a) the floor
+def random_state(device: torch.device) -> tuple:
+    return torch.get_rng_state(), torch.cuda.get_rng_state(device) if device.type == "cuda" else None
+
+
+def set_random_state(state: tuple, device: torch.device) -> None:
+    torch.set_rng_state(state[0])
+    if state[1] is not None:
+        torch.cuda.set_rng_state(state[1], device)
+
+
+class PlainLoop:
+    """(a): the reference architecture trained by hand on float [0, 1] (N, 784) tensors already on the device.
+
+    It keeps its own random state, so alternating its epochs with a Lightning run changes neither of them."""
+
+    def __init__(self, images: torch.Tensor, labels: torch.Tensor, args, device: torch.device):
+        self.args, self.device = args, device
+        torch.manual_seed(args.seed)  # as train.py: seed, then build the model
+        self.model = CVAE(args.latent_dim, args.hidden_dims).to(device)
         if args.compile:
-            model.compile()
-        optimizer = torch.optim.Adam(model.parameters(), lr=args.lr)
-        num_batches = batches_per_epoch(size, args.batch_size, args.limit)
-        for epoch in range(args.warmup + args.epochs):
-            synchronize(device)
-            started, cpu_started = time.perf_counter(), time.process_time()
-            order = torch.randperm(size, device=device)
-            total = torch.zeros((), device=device)
-            for batch in order.split(args.batch_size)[:num_batches]:
-                with autocast(device, args.precision):
-                    loss = negative_elbo(model, x_all[batch], y_all[batch])["nelbo"].mean()
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
-                total += loss.detach()
-            synchronize(device)
-            if epoch < args.warmup:
-                phase.warmup_s.append(time.perf_counter() - started)
-            else:
-                phase.epoch_s.append(time.perf_counter() - started)
-                phase.cpu_s.append(time.process_time() - cpu_started)
-            phase.final_nelbo = total.item() / num_batches
-        del x_all
-    phase.peak_memory, phase.memory_kind = memory.bytes, memory.kind
-    return phase, model
+            self.model.compile()
+        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=args.lr)
+        self.rng_state = random_state(device)
+        self.x = images.to(device).view(len(labels), -1).float().div_(255)
+        self.y = labels.to(device)
+        self.epochs_done, self.nelbo = 0, None
+
+    def epoch(self) -> tuple[float, float]:
+        """One training epoch: (wall, CPU) seconds. Its batches are the datamodule's: a permutation seeded by
+        seed + epoch, sliced in order."""
+        outer_state = random_state(self.device)
+        set_random_state(self.rng_state, self.device)
+        num_batches = batches_per_epoch(len(self.y), self.args.batch_size, self.args.limit)
+        started = clocks(self.device)
+        generator = torch.Generator().manual_seed(self.args.seed + self.epochs_done)
+        order = torch.randperm(len(self.y), generator=generator).to(self.device)
+        total = torch.zeros((), device=self.device)
+        for batch in order.split(self.args.batch_size)[:num_batches]:
+            with autocast(self.device, self.args.precision):
+                loss = negative_elbo(self.model, self.x[batch], self.y[batch])["nelbo"].mean()
+            self.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            self.optimizer.step()
+            total += loss.detach()
+        ended = clocks(self.device)
+        self.nelbo = total.item() / num_batches
+        self.epochs_done += 1
+        self.rng_state = random_state(self.device)
+        set_random_state(outer_state, self.device)
+        return ended[0] - started[0], ended[1] - started[1]
+
+    @torch.no_grad()
+    def evaluation_pass(self, images: torch.Tensor, labels: torch.Tensor) -> float:
+        """Mean -ELBO over a split (as much of it as --limit allows), batch --eval-batch-size."""
+        self.model.eval()
+        size = self.args.eval_batch_size
+        num_batches = batches_per_epoch(len(labels), size, self.args.limit)
+        total, count = torch.zeros((), device=self.device), 0
+        for x, y in list(zip(images.to(self.device).split(size), labels.to(self.device).split(size)))[:num_batches]:
+            with autocast(self.device, self.args.precision):
+                total += negative_elbo(self.model, x.view(len(x), -1).float().div_(255), y)["nelbo"].sum()
+            count += len(y)
+        self.model.train()
+        return total.item() / count
 
 
-@torch.no_grad()
-def plain_test_pass(model: CVAE, images: torch.Tensor, labels: torch.Tensor, args, device: torch.device) -> float:
-    """Seconds for one pass of the plain model over the test split (as much of it as --limit allows)."""
-    model.eval()
-    synchronize(device)
+def plain_script(args) -> dict:
+    """The plain reference of the end-to-end comparison, run as its own process: `python -m cvae.benchmark
+    --plain-script EPOCHS` reads MNIST, trains EPOCHS epochs with a test pass after each, prints a JSON line."""
     started = time.perf_counter()
-    x_all, y_all = images.to(device), labels.to(device)
-    num_batches = batches_per_epoch(len(labels), args.eval_batch_size, args.limit)
-    total = torch.zeros((), device=device)
-    for x, y in list(zip(x_all.split(args.eval_batch_size), y_all.split(args.eval_batch_size)))[:num_batches]:
-        with autocast(device, args.precision):
-            total += negative_elbo(model, x.view(len(x), -1).float().div_(255), y)["nelbo"].sum()
-    total.item()
-    synchronize(device)
-    model.train()
-    return time.perf_counter() - started
+    device = resolve_device(args.device)
+    splits = load_mnist(args.data_dir)
+    loop = PlainLoop(*splits["train"], args, device)
+    train_s = test_s = 0.0
+    for _ in range(args.plain_script):
+        train_s += loop.epoch()[0]
+        test_started = time.perf_counter()
+        test_nelbo = loop.evaluation_pass(*splits["test"])
+        test_s += time.perf_counter() - test_started
+    return {
+        "train_s": train_s,
+        "test_s": test_s,
+        "in_script_s": time.perf_counter() - started,
+        "train_nelbo": loop.nelbo,
+        "test_nelbo": test_nelbo,
+    }
 
 
 # --------------------------------------------------------------------------------------- (b), (c) Lightning
-def epoch_timer(device: torch.device):
+def epoch_timer(device: torch.device, name: str, floor: PlainLoop | None, timeline: list[str]):
     import pytorch_lightning as pl
 
-    class EpochTimer(pl.Callback):
-        """Per epoch: the training part (epoch start to the start of validation) and the rest of the epoch, in
-        wall seconds and in CPU seconds of the process."""
+    class AlternatingEpochTimer(pl.Callback):
+        """Per epoch: first one epoch of the plain loop (when given), then the Lightning epoch's training part
+        (epoch start to the start of validation) and the rest of the epoch, in wall and CPU seconds."""
 
         def __init__(self):
+            self.floor: list[tuple[float, float]] = []
             self.starts, self.train_ends, self.end = [], [], None
 
-        def now(self) -> tuple[float, float]:
-            synchronize(device)
-            return time.perf_counter(), time.process_time()
-
         def on_train_epoch_start(self, trainer, pl_module):
-            self.starts.append(self.now())
+            if floor is not None:
+                self.floor.append(floor.epoch())
+                timeline.append("a")
+            self.starts.append(clocks(device))
             self.train_ends.append(None)
 
         def on_validation_start(self, trainer, pl_module):
             if not trainer.sanity_checking and self.starts and self.train_ends[-1] is None:
-                self.train_ends[-1] = self.now()
+                self.train_ends[-1] = clocks(device)
 
         def on_train_epoch_end(self, trainer, pl_module):
             if self.train_ends[-1] is None:
-                self.train_ends[-1] = self.now()
+                self.train_ends[-1] = clocks(device)
+            timeline.append(name)
 
         def on_train_end(self, trainer, pl_module):
-            self.end = self.now()
+            self.end = clocks(device)
 
         def split(self, clock: int = 0) -> tuple[list[float], list[float]]:
             """(training seconds, rest seconds) per epoch; an epoch ends where the next one starts.
@@ -272,7 +321,7 @@ def epoch_timer(device: torch.device):
             rest = [end[clock] - stop[clock] for stop, end in zip(self.train_ends, ends)]
             return train, rest
 
-    return EpochTimer()
+    return AlternatingEpochTimer()
 
 
 EPOCH_END_HOOKS = ("on_validation_epoch_end", "on_validation_end", "on_train_epoch_end")
@@ -285,13 +334,11 @@ def time_epoch_end_hooks(callbacks: list, device: torch.device) -> dict[str, lis
 
     def timed(name: str, hook):
         def wrapper(*args, **kwargs):
-            synchronize(device)
-            started = time.perf_counter()
+            started = clocks(device)[0]
             try:
                 return hook(*args, **kwargs)
             finally:
-                synchronize(device)
-                seconds.setdefault(name, []).append(time.perf_counter() - started)
+                seconds.setdefault(name, []).append(clocks(device)[0] - started)
 
         return wrapper
 
@@ -302,15 +349,7 @@ def time_epoch_end_hooks(callbacks: list, device: torch.device) -> dict[str, lis
     return seconds
 
 
-def lightning_run(loader: str, args, device: torch.device) -> Phase:
-    """(b) or (c): train.py's objects built from the composed config, fitted for warmup + epochs epochs."""
-    import pytorch_lightning as pl
-    from hydra.utils import instantiate
-
-    from cvae.utils import instantiate_group
-
-    name = "b" if loader == "memory" else "c"
-    label = f"({name}) Lightning, data.loader={loader}" + (" (default)" if loader == "memory" else "")
+def lightning_overrides(loader: str, args, device: torch.device) -> list[str]:
     overrides = [
         *base_overrides(args),
         f"data.loader={loader}",
@@ -320,66 +359,73 @@ def lightning_run(loader: str, args, device: torch.device) -> Phase:
     ]
     if args.limit:
         overrides += [f"trainer.limit_{split}_batches={args.limit}" for split in ("train", "val", "test")]
-    overrides += args.override
-    with tempfile.TemporaryDirectory() as tmp:
-        cfg = compose_train_config(overrides, tmp)
-        train_size = 60_000 - cfg.data.val_size
-        phase = Phase(name, label, images_in(train_size, cfg.data.batch_size, args.limit))
-        with PeakMemory(device) as memory:
-            pl.seed_everything(cfg.seed, workers=True, verbose=False)
-            datamodule = instantiate(cfg.data)
-            module = instantiate(cfg.model)
-            if args.compile:
-                module.model.compile()
-            loggers = instantiate_group(cfg.get("logger"))
-            trainer = training_trainer(cfg, loggers)
-            hook_seconds = time_epoch_end_hooks(trainer.callbacks, device)
-            timer = epoch_timer(device)
-            trainer.callbacks.append(timer)
-            trainer.fit(module, datamodule=datamodule)
-        train, rest = timer.split()
-        phase.warmup_s, phase.epoch_s = train[: args.warmup], train[args.warmup :]
-        phase.rest_s = rest[args.warmup :]
-        phase.cpu_s = timer.split(clock=1)[0][args.warmup :]
-        phase.peak_memory, phase.memory_kind = memory.bytes, memory.kind
-        nelbo = trainer.callback_metrics.get("train/nelbo")
-        phase.final_nelbo = None if nelbo is None else float(nelbo)
-        running = [type(c).__name__ for c in trainer.callbacks if c is not timer]
-        phase.notes.append(
-            f"callbacks: {', '.join(running) or 'none'}; loggers: "
-            f"{', '.join(type(lg).__name__ for lg in trainer.loggers) or 'none'}"
-        )
-        if hook_seconds:
-            phase.notes.append(
-                "epoch-end hooks of callbacks, s over all {} epochs: {}".format(
-                    args.warmup + args.epochs, ", ".join(f"{name} {sum(s):.2f}" for name, s in hook_seconds.items())
-                )
-            )
-    return phase
+    return overrides + args.override
 
 
-SAFETY_CALLBACKS = ("RandomStateCheckpoint", "StopOnDivergence", "CheckpointOnInterrupt")
-
-
-def training_trainer(cfg, loggers: list):
-    """The trainer train.py fits with: cvae.training.build_trainer(cfg, loggers) where it exists; else, as
-    train.py builds it inline, the configured callbacks, train.py's own callbacks and checkpoint plugin."""
+def lightning_run(loader: str, args, device: torch.device, floor: PlainLoop | None, timeline: list[str]):
+    """(b) or (c): train.py's objects built from the composed config, fitted for warmup + epochs epochs, each
+    epoch preceded by one epoch of the plain loop `floor`. Returns the phase and the fitted module."""
+    import pytorch_lightning as pl
     from hydra.utils import instantiate
 
-    from cvae import callbacks, training
+    from cvae.training import build_trainer
     from cvae.utils import instantiate_group
 
-    if hasattr(training, "build_trainer"):
-        return training.build_trainer(cfg, loggers)
-    found = {name: getattr(training, name, None) or getattr(callbacks, name, None) for name in SAFETY_CALLBACKS}
-    extra = [callback_class() for callback_class in found.values() if callback_class is not None]
-    plugins = [training.AtomicCheckpointIO()] if hasattr(training, "AtomicCheckpointIO") else None
-    return instantiate(
-        cfg.trainer,
-        callbacks=[*instantiate_group(cfg.get("callbacks")), *extra],
-        logger=loggers or False,
-        plugins=plugins,
+    name = "b" if loader == "memory" else "c"
+    label = f"({name}) Lightning, data.loader={loader}" + (" (default)" if loader == "memory" else "")
+    with tempfile.TemporaryDirectory() as tmp:
+        cfg = compose_train_config(lightning_overrides(loader, args, device), tmp)
+        phase = Phase(name, label, images_in(TRAIN_SIZE - cfg.data.val_size, cfg.data.batch_size, args.limit))
+        pl.seed_everything(cfg.seed, workers=True, verbose=False)
+        datamodule = instantiate(cfg.data)
+        module = instantiate(cfg.model)
+        if args.compile:
+            module.model.compile()
+        loggers = instantiate_group(cfg.get("logger"))
+        trainer = build_trainer(cfg, loggers)
+        hook_seconds = time_epoch_end_hooks(trainer.callbacks, device)
+        timer = epoch_timer(device, name, floor, timeline)
+        trainer.callbacks.append(timer)
+        trainer.fit(module, datamodule=datamodule)
+    train, rest = timer.split()
+    phase.warmup_s, phase.epoch_s, phase.rest_s = train[: args.warmup], train[args.warmup :], rest[args.warmup :]
+    phase.cpu_s = timer.split(clock=1)[0][args.warmup :]
+    phase.floor_s = [wall for wall, _ in timer.floor[args.warmup :]]
+    phase.floor_cpu_s = [cpu for _, cpu in timer.floor[args.warmup :]]
+    nelbo = trainer.callback_metrics.get("train/nelbo")
+    phase.final_nelbo = None if nelbo is None else float(nelbo)
+    running = [type(c).__name__ for c in trainer.callbacks if c is not timer]
+    phase.notes.append(
+        f"callbacks: {', '.join(running) or 'none'}; loggers: "
+        f"{', '.join(type(lg).__name__ for lg in trainer.loggers) or 'none'}"
     )
+    if hook_seconds:
+        phase.notes.append(
+            "epoch-end hooks of callbacks, s over all {} epochs: {}".format(
+                args.warmup + args.epochs, ", ".join(f"{name} {sum(s):.2f}" for name, s in hook_seconds.items())
+            )
+        )
+    return phase, module
+
+
+def floor_phase(floor: PlainLoop, paired: list[Phase], args, timeline: list[str]) -> Phase:
+    """(a): the epochs that alternated with (b) and (c), or, when neither ran, epochs of its own."""
+    phase = Phase(
+        "a", "(a) plain PyTorch loop, in-memory tensors", images_in(len(floor.y), args.batch_size, args.limit)
+    )
+    if paired:
+        phase.epoch_s = [s for lightning in paired for s in lightning.floor_s]
+        phase.cpu_s = [s for lightning in paired for s in lightning.floor_cpu_s]
+    for epoch in range(0 if paired else args.warmup + args.epochs):
+        wall, cpu = floor.epoch()
+        timeline.append("a")
+        if epoch >= args.warmup:
+            phase.epoch_s.append(wall)
+            phase.cpu_s.append(cpu)
+        else:
+            phase.warmup_s.append(wall)
+    phase.final_nelbo = floor.nelbo
+    return phase
 
 
 # ------------------------------------------------------------------------------------------------------- FID
@@ -387,15 +433,10 @@ def time_fid(
     model: CVAE, real_x: torch.Tensor, real_y: torch.Tensor, args, device: torch.device
 ) -> tuple[float | None, str]:
     """Seconds for the FID of --fid-samples (10k) class-balanced prior samples with the default (MNIST classifier)
-    features, as the per-epoch callback computes it: generate, extract features, compute (the real images' features are
-    extracted once per run and are not counted). None and the reason when the project has no FID to time."""
-    try:
-        from cvae import quality
-        from cvae.quality import balanced_labels, conditional_generation_metrics, prior_latents
+    features, as the GenerationQuality callback computes it: generate, extract features, compute (the real
+    images' features are extracted once per run and are not counted). None and the reason when it cannot run."""
+    from cvae.quality import balanced_labels, conditional_generation_metrics, decode_at, prior_latents
 
-        decode = getattr(quality, "decode_at", None) or quality.generate
-    except (ImportError, AttributeError) as error:
-        return None, f"skipped: no FID in this checkout ({error})"
     try:
         metrics = conditional_generation_metrics("mnist", None).to(device)
     except Exception as error:  # e.g. the reference classifier's weights are missing
@@ -404,50 +445,93 @@ def time_fid(
     with torch.no_grad():
         for x, y in zip(real_x.to(device).split(2000), real_y.to(device).split(2000)):
             metrics.update(x.view(len(x), -1).float().div_(255), y, real=True)
-        synchronize(device)
-        started = time.perf_counter()
+        started = clocks(device)[0]
         labels = balanced_labels(args.fid_samples, device)
-        metrics.update(
-            decode(model, labels, prior_latents(args.fid_samples, model.latent_dim, args.seed)), labels, real=False
-        )
+        z = prior_latents(args.fid_samples, model.latent_dim, args.seed)
+        metrics.update(decode_at(model, labels, z), labels, real=False)
         fid = metrics.compute()["fid"]
-        synchronize(device)
-    return time.perf_counter() - started, f"FID {fid:.2f} against {len(real_y):,} validation images"
+    return clocks(device)[0] - started, f"FID {fid:.2f} against {len(real_y):,} validation images"
 
 
-# -------------------------------------------------------------------------------------------- end to end
-def end_to_end(args) -> tuple[float, float | None, str]:
-    """Wall seconds of `python train.py trainer.max_epochs=5` in a subprocess (its outputs in a temp dir),
-    and the fit_seconds it wrote. --device, --precision, --limit, --threads and --override reach it;
-    --compile and --matmul-precision do not (train.py has no such settings)."""
-    import json
+# ---------------------------------------------------------------------------------------------- end to end
+@dataclass
+class EndToEnd:
+    """Alternated whole processes: the plain script and `python train.py`, `repeats` times each."""
 
+    epochs: int
+    command: str
+    train_wall_s: list[float] = field(default_factory=list)
+    train_fit_s: list[float] = field(default_factory=list)
+    plain_wall_s: list[float] = field(default_factory=list)
+    plain_inside: list[dict] = field(default_factory=list)
+
+    @property
+    def ratios(self) -> Spread:
+        return Spread([train / plain for train, plain in zip(self.train_wall_s, self.plain_wall_s)])
+
+
+def end_to_end_order(repeats: int) -> list[str]:
+    """A B B A A B ...: each repeat a pair, its order swapped every other repeat, so a machine that speeds up or
+    slows down over the runs favours neither side (with A B A B, a machine getting quieter favours B)."""
+    return [side for repeat in range(repeats) for side in (("plain", "train"), ("train", "plain"))[repeat % 2]]
+
+
+def child_environment(args) -> dict[str, str]:
+    env = {**os.environ, "PROJECT_ROOT": str(ROOT)}
+    if args.threads:
+        env["OMP_NUM_THREADS"] = str(args.threads)
+    return env
+
+
+def run_child(command: list[str], env: dict) -> tuple[float, subprocess.CompletedProcess]:
+    started = time.perf_counter()
+    result = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True)
+    wall = time.perf_counter() - started
+    if result.returncode != 0:
+        raise RuntimeError(f"{' '.join(command)} failed:\n{result.stderr[-3000:]}")
+    return wall, result
+
+
+def train_command(epochs: int, args, run_dir: str) -> list[str]:
+    """`python train.py trainer.max_epochs=N` as README runs it; --device, --precision, --limit and --override
+    reach it; --compile and --matmul-precision do not (train.py has its own settings for them)."""
+    command = [sys.executable, "train.py", f"trainer.max_epochs={epochs}", f"hydra.run.dir={run_dir}"]
+    if args.data_dir:
+        command.append(f"data.data_dir={args.data_dir}")
+    if resolve_device(args.device).type == "cpu" and torch.cuda.is_available():
+        command.append("trainer.accelerator=cpu")
+    if args.precision != "32-true":
+        command.append(f"trainer.precision={args.precision}")
+    if args.limit:
+        command += [f"trainer.limit_{split}_batches={args.limit}" for split in ("train", "val", "test")]
+    return command + args.override
+
+
+def plain_command(epochs: int, args) -> list[str]:
+    command = [sys.executable, "-m", "cvae.benchmark", "--plain-script", str(epochs), "--seed", str(args.seed)]
+    command += ["--latent-dim", str(args.latent_dim), "--batch-size", str(args.batch_size), "--lr", str(args.lr)]
+    command += ["--device", args.device, "--precision", args.precision, "--data-dir", args.data_dir]
+    command += ["--hidden-dims", *map(str, args.hidden_dims)]
+    return command + (["--limit", str(args.limit)] if args.limit else [])
+
+
+def end_to_end(epochs: int, args) -> EndToEnd:
+    env = child_environment(args)
     with tempfile.TemporaryDirectory() as tmp:
-        command = [sys.executable, "train.py", f"trainer.max_epochs={END_TO_END_EPOCHS}", f"hydra.run.dir={tmp}/run"]
-        if args.data_dir:
-            command.append(f"data.data_dir={args.data_dir}")
-        if resolve_device(args.device).type == "cpu" and torch.cuda.is_available():
-            command.append("trainer.accelerator=cpu")
-        if args.precision != "32-true":
-            command.append(f"trainer.precision={args.precision}")
-        if args.limit:
-            command += [f"trainer.limit_{split}_batches={args.limit}" for split in ("train", "val", "test")]
-        command += args.override
-        env = dict(os.environ)
-        if args.threads:
-            env["OMP_NUM_THREADS"] = str(args.threads)
-        started = time.perf_counter()
-        result = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True)
-        wall = time.perf_counter() - started
-        if result.returncode != 0:
-            raise RuntimeError(f"{' '.join(command)} failed:\n{result.stderr[-3000:]}")
-        fit = None
-        for name in ("timing.json", "metrics.json"):  # fit_seconds moved from metrics.json to timing.json
-            written = Path(tmp) / "run" / name
-            if fit is None and written.is_file():
-                fit = json.loads(written.read_text()).get("fit_seconds")
-    shown = [arg for arg in command[1:] if not arg.startswith(("hydra.run.dir=", "data.data_dir="))]
-    return wall, fit, " ".join(["python", *shown])
+        shown = [arg for arg in train_command(epochs, args, tmp)[1:] if not arg.startswith(("hydra.", "data.data_"))]
+        result = EndToEnd(epochs, " ".join(["python", *shown]))
+        for index, which in enumerate(end_to_end_order(args.repeats)):
+            if which == "plain":
+                wall, done = run_child(plain_command(epochs, args), env)
+                result.plain_wall_s.append(wall)
+                result.plain_inside.append(json.loads(done.stdout.strip().splitlines()[-1]))
+            else:
+                run_dir = Path(tmp) / f"run{index}"
+                wall, _ = run_child(train_command(epochs, args, str(run_dir)), env)
+                result.train_wall_s.append(wall)
+                result.train_fit_s.append(json.loads((run_dir / "timing.json").read_text())["fit_seconds"])
+            log(f"end to end, {epochs} epochs: {which} {wall:.1f} s")
+    return result
 
 
 # ------------------------------------------------------------------------------------------------- report
@@ -469,18 +553,69 @@ def machine(device: torch.device) -> dict[str, str]:
         f"pytorch_lightning {pl.__version__}",
     }
     try:
-        info["load average"] = " ".join(Path("/proc/loadavg").read_text().split()[:3])
+        info["load average (1, 5, 15 min) at the start"] = " ".join(Path("/proc/loadavg").read_text().split()[:3])
     except OSError:
         pass
     return info
 
 
-def fmt_bytes(value: int | None) -> str:
-    return "n/a" if value is None else f"{value / 2**20:,.0f} MiB"
+def seconds_text(values: list[float]) -> str:
+    return ", ".join(f"{s:.2f}" for s in values)
 
 
-def check(value: float, target: float, below: bool) -> str:
-    return "yes" if (value <= target if below else value >= target) else "**no**"
+def phase_row(phase: Phase) -> str:
+    epochs = Spread(phase.epoch_s)
+    ratio = phase.ratios.text() if phase.floor_s else "–"
+    rest = f"{statistics.median(phase.rest_s):.2f}" if phase.rest_s else "–"
+    nelbo = "n/a" if phase.final_nelbo is None else f"{phase.final_nelbo:.1f}"
+    warmup = f" (warm-up {seconds_text(phase.warmup_s)})" if phase.warmup_s else ""
+    return (
+        f"| {phase.label} | {epochs.median:.2f} | {seconds_text(phase.epoch_s)}{warmup} "
+        f"| {phase.images_per_epoch / epochs.median:,.0f} | {ratio} | {rest} | {nelbo} |"
+    )
+
+
+def check_rows(phases: dict[str, Phase], extra: dict, args) -> list[str]:
+    rows = ["| check | median (spread) | target | met |", "| --- | --- | ---: | --- |"]
+    for name in "bc":
+        if name in phases and phases[name].floor_s:
+            phase = phases[name]
+            target = TARGETS["b_over_a"] if name == "b" else None
+            rows.append(
+                f"| ({name}) / (a), time per training epoch | {phase.ratios.text()}; process CPU time "
+                f"{phase.cpu_ratios.text()} | {f'≤ {target}' if target else '–'} "
+                f"| {phase.ratios.verdict(target) if target else '–'} |"
+            )
+    fid_s, fid_note = extra["fid"]
+    applies = args.fid_samples == 10_000 and resolve_device(args.device).type == "cpu" and fid_s is not None
+    rows.append(
+        f"| FID on {args.fid_samples:,} samples | {'–' if fid_s is None else f'{fid_s:.2f} s'} ({fid_note}) "
+        f"| < {TARGETS['fid_cpu_s']} s for 10,000 on CPU "
+        f"| {('yes' if fid_s < TARGETS['fid_cpu_s'] else '**no**') if applies else '–'} |"
+    )
+    for e2e in extra.get("end_to_end", []):
+        target = None if args.limit else TARGETS["end_to_end"].get(e2e.epochs)
+        rows.append(
+            f"| `{e2e.command}` / plain script ({e2e.epochs} epochs, a test pass after each), end to end "
+            f"| {e2e.ratios.text()} | {f'≤ {target}' if target else '–'} "
+            f"| {e2e.ratios.verdict(target) if target else '–'} |"
+        )
+    return rows
+
+
+def end_to_end_notes(e2e: EndToEnd) -> list[str]:
+    inside = e2e.plain_inside
+    plain_train = statistics.median(run["train_s"] for run in inside)
+    plain_test = statistics.median(run["test_s"] for run in inside)
+    plain_wall, train_wall = statistics.median(e2e.plain_wall_s), statistics.median(e2e.train_wall_s)
+    fit = statistics.median(e2e.train_fit_s)
+    return [
+        f"end to end, {e2e.epochs} epochs, medians: plain script {plain_wall:.1f} s wall "
+        f"({seconds_text(e2e.plain_wall_s)}): {plain_train:.1f} s training, {plain_test:.1f} s test passes, "
+        f"{plain_wall - plain_train - plain_test:.1f} s start-up (interpreter, imports, MNIST); "
+        f"`{e2e.command}` {train_wall:.1f} s wall ({seconds_text(e2e.train_wall_s)}): fit {fit:.1f} s, "
+        f"{train_wall - fit:.1f} s start-up, final validation and test of the best checkpoint, files",
+    ]
 
 
 def report(phases: dict[str, Phase], extra: dict, info: dict, args) -> str:
@@ -488,82 +623,31 @@ def report(phases: dict[str, Phase], extra: dict, info: dict, args) -> str:
     lines += [f"- {key}: {value}" for key, value in info.items()]
     lines.append(
         f"- settings: latent_dim {args.latent_dim}, hidden {list(args.hidden_dims)}, batch {args.batch_size}, "
-        f"{args.warmup} warm-up + {args.epochs} timed epochs, precision {args.precision}, "
+        f"{args.warmup} warm-up + {args.epochs} timed epochs per path, precision {args.precision}, "
         f"float32 matmul {args.matmul_precision}, compile {args.compile}"
         + (f", {args.threads} torch threads" if args.threads else "")
         + (f", --limit {args.limit} batches" if args.limit else "")
         + (f", overrides {' '.join(args.override)}" if args.override else "")
+        + (f", end to end {args.repeats}× alternated" if extra.get("end_to_end") else "")
     )
-    lines += [
-        "",
-        "| path | s / training epoch | epochs (s) | images/s | × (a) | val + callbacks s / epoch | peak memory "
-        "| train nelbo |",
-        "| --- | ---: | --- | ---: | ---: | ---: | ---: | ---: |",
-    ]
-    floor = phases.get("a")
-    for phase in phases.values():
-        ratio = f"{phase.median_s / floor.median_s:.2f}" if floor else "n/a"
-        rest = f"{statistics.median(phase.rest_s):.2f}" if phase.rest_s else "–"
-        nelbo = "n/a" if phase.final_nelbo is None else f"{phase.final_nelbo:.1f}"
-        epochs = (
-            ", ".join(f"{s:.2f}" for s in phase.epoch_s)
-            + " (warm-up "
-            + ", ".join(f"{s:.2f}" for s in phase.warmup_s)
-            + ")"
-        )
-        lines.append(
-            f"| {phase.label} | {phase.median_s:.2f} | {epochs} | {phase.images_per_s:,.0f} | {ratio} "
-            f"| {rest} | {fmt_bytes(phase.peak_memory)} | {nelbo} |"
-        )
-    lines += ["", "| check | value | target | met |", "| --- | ---: | ---: | :---: |"]
-    if "a" in phases and "b" in phases:
-        value = phases["b"].median_s / phases["a"].median_s
-        cpu = statistics.median(phases["b"].cpu_s) / statistics.median(phases["a"].cpu_s)
-        lines.append(
-            f"| (b) / (a), time per training epoch | {value:.2f} (process CPU time: {cpu:.2f}) "
-            f"| ≤ {TARGETS['b_over_a']} | {check(value, TARGETS['b_over_a'], True)} |"
-        )
-    if "b" in phases and "c" in phases:
-        value = phases["c"].median_s / phases["b"].median_s
-        lines.append(
-            f"| (b) speed-up over (c) | {value:.2f}× | ≥ {TARGETS['c_over_b']}× "
-            f"| {check(value, TARGETS['c_over_b'], False)} |"
-        )
-    fid_s, fid_note = extra["fid"]
-    if fid_s is None:
-        lines.append(
-            f"| FID on {args.fid_samples:,} samples | {fid_note} | < {TARGETS['fid_cpu_s']} s for 10,000 on CPU | – |"
-        )
-    else:
-        applies = args.fid_samples == 10_000 and resolve_device(args.device).type == "cpu"
-        met = check(fid_s, TARGETS["fid_cpu_s"], True) if applies else "–"
-        lines.append(
-            f"| FID on {args.fid_samples:,} samples | {fid_s:.2f} s ({fid_note}) "
-            f"| < {TARGETS['fid_cpu_s']} s for 10,000 on CPU | {met} |"
-        )
-    if "end_to_end" in extra:
-        e2e = extra["end_to_end"]
-        value = e2e["wall"] / e2e["reference"]
-        lines.append(
-            f"| `{e2e['command']}` end to end / ({END_TO_END_EPOCHS} epochs of (a) + a test pass) "
-            f"| {e2e['wall']:.1f} s / {e2e['reference']:.1f} s = {value:.2f} | ≤ {TARGETS['end_to_end']} "
-            f"| {check(value, TARGETS['end_to_end'], True)} |"
-        )
-    lines.append("")
+    if phases:
+        lines += [
+            "",
+            "| path | s / training epoch (median) | epochs (s) | images/s | × (a), epoch by epoch | "
+            "val + callbacks s / epoch | train nelbo |",
+            "| --- | ---: | --- | ---: | --- | ---: | ---: |",
+        ]
+        lines += [phase_row(phase) for phase in phases.values()]
+    lines += ["", *check_rows(phases, extra, args), ""]
     notes = [f"({phase.name}) {note}" for phase in phases.values() for note in phase.notes]
-    if "end_to_end" in extra:
-        e2e = extra["end_to_end"]
-        fit = "n/a" if e2e["fit"] is None else f"{e2e['fit']:.1f} s"
-        notes.append(
-            f"end to end: fit {fit} of {e2e['wall']:.1f} s wall (the rest: start-up, final validation and "
-            f"test of the best checkpoint, files); plain test pass {e2e['test_pass']:.2f} s"
-        )
-    memory_kinds = sorted({phase.memory_kind for phase in phases.values() if phase.memory_kind})
-    notes.append(f"peak memory: {', '.join(memory_kinds)}, per phase")
-    notes.append(
-        "process CPU time counts every thread of the process; far from the wall time (with one torch "
-        "thread), it says the machine was busy with other work"
-    )
+    for e2e in extra.get("end_to_end", []):
+        notes += end_to_end_notes(e2e)
+    notes += [
+        "× (a): each timed Lightning epoch over the (a) epoch run just before it, in the same process; "
+        "spread: IQR from 4 values on, else min–max; 'unclear' when the spread straddles the target",
+        "process CPU time counts every thread of the process; far from the wall time (with one torch thread), "
+        "it says the machine was busy with other work",
+    ]
     lines += [f"- {note}" for note in notes]
     return "\n".join(lines) + "\n"
 
@@ -575,19 +659,28 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         description=__doc__.split("\n\n")[0],
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("--epochs", type=int, default=2, help="timed epochs per path (default 2)")
+    parser.add_argument("--epochs", type=int, default=5, help="timed epochs per path (default 5)")
     parser.add_argument("--warmup", type=int, default=1, help="untimed epochs before them (default 1)")
     parser.add_argument(
         "--limit", type=int, default=None, help="batches per epoch (and per val/test pass): a quick look"
     )
     parser.add_argument("--out", default=str(ROOT / "outputs" / "benchmark.md"), help="markdown file to write")
     parser.add_argument("--device", default="auto", help="auto (cuda if there is one), cpu, cuda, cuda:1, ...")
-    parser.add_argument("--paths", default="abc", help="which of (a), (b), (c) to run, e.g. ab (default abc)")
     parser.add_argument(
-        "--end-to-end",
-        action="store_true",
-        help=f"also time `python train.py trainer.max_epochs={END_TO_END_EPOCHS}` in a subprocess",
+        "--paths", default="abc", help="which of (a), (b), (c) to run, e.g. ab; '' for none (default abc)"
     )
+    parser.add_argument(
+        "--end-to-end", action="store_true", help="also compare `python train.py trainer.max_epochs=5` end to end"
+    )
+    parser.add_argument(
+        "--end-to-end-epochs",
+        type=int,
+        nargs="+",
+        default=[],
+        metavar="N",
+        help="compare `python train.py trainer.max_epochs=N` with the plain script for each N, e.g. 5 50",
+    )
+    parser.add_argument("--repeats", type=int, default=2, help="alternated runs of each end-to-end side (default 2)")
     parser.add_argument("--fid-samples", type=int, default=10_000, help="generated images of the FID timing")
     parser.add_argument("--latent-dim", type=int, default=2)
     parser.add_argument("--hidden-dims", type=int, nargs="+", default=[512, 256])
@@ -596,7 +689,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--seed", type=int, default=42)
     parser.add_argument("--data-dir", default=os.environ.get("CVAE_DATA_DIR"), help="default: $CVAE_DATA_DIR")
-    parser.add_argument("--compile", action="store_true", help="torch.compile the model (all paths)")
+    parser.add_argument("--compile", action="store_true", help="torch.compile the model (in-process paths)")
     parser.add_argument("--precision", default="32-true", help="Lightning precision, e.g. bf16-mixed (all paths)")
     parser.add_argument(
         "--matmul-precision",
@@ -608,55 +701,62 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--threads",
         type=int,
         default=None,
-        help="torch intra-op threads (default: torch's choice); also OMP_NUM_THREADS of --end-to-end",
+        help="torch intra-op threads (default: torch's choice); also OMP_NUM_THREADS of the end-to-end processes",
     )
     parser.add_argument(
         "--override",
         action="append",
         default=[],
-        help="a Hydra override for (b), (c) and the end-to-end run, e.g. --override callbacks=none",
+        help="a Hydra override for (b), (c) and the end-to-end train.py, e.g. --override callbacks=none",
     )
+    parser.add_argument("--plain-script", type=int, default=None, metavar="EPOCHS", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    if args.end_to_end and 5 not in args.end_to_end_epochs:
+        args.end_to_end_epochs.insert(0, 5)
     if args.hidden_dims != [512, 256]:
         args.override = [f"model.hidden_dims=[{','.join(map(str, args.hidden_dims))}]", *args.override]
+    if args.data_dir is None:
+        parser.error("no MNIST folder: pass --data-dir PATH or set CVAE_DATA_DIR (a folder holding MNIST/raw/)")
     return args
 
 
 def run(args: argparse.Namespace) -> tuple[dict[str, Phase], dict, str]:
-    """Every measurement the arguments ask for: the phases by name, the extras (FID, end to end) and the report."""
+    """Every measurement the arguments ask for: the phases by name, the extras (FID, end to end, the order the
+    epochs ran in, the trained models by path) and the report."""
     device = resolve_device(args.device)
     torch.set_float32_matmul_precision(args.matmul_precision)
     if args.threads:
         torch.set_num_threads(args.threads)
     info = machine(device)
+    splits = load_mnist(args.data_dir)
     phases: dict[str, Phase] = {}
-    extra: dict = {}
-    train_x, train_y, val_x, val_y, test_x, test_y = load_splits(args)
-    model = CVAE(args.latent_dim, args.hidden_dims)
-    if "a" in args.paths or args.end_to_end:
-        phases["a"], model = plain_loop(train_x, train_y, args, device)
-    if "b" in args.paths:
-        phases["b"] = lightning_run("memory", args, device)
-    if "c" in args.paths:
-        phases["c"] = lightning_run("dataloader", args, device)
-    extra["fid"] = time_fid(model, val_x, val_y, args, device)
-    if args.end_to_end:
-        test_pass = plain_test_pass(model, test_x, test_y, args, device)
-        wall, fit, command = end_to_end(args)
-        extra["end_to_end"] = {
-            "wall": wall,
-            "fit": fit,
-            "command": command,
-            "test_pass": test_pass,
-            "reference": END_TO_END_EPOCHS * phases["a"].median_s + test_pass,
-        }
-    if "a" not in args.paths:
-        phases.pop("a", None)
+    extra: dict = {"timeline": []}
+    floor = PlainLoop(*splits["train"], args, device) if "a" in args.paths else None
+    fitted = {}
+    for name, loader in (("b", "memory"), ("c", "dataloader")):
+        if name in args.paths:
+            log(f"({name}) alternating with (a), {args.warmup} + {args.epochs} epochs")
+            phases[name], fitted[name] = lightning_run(loader, args, device, floor, extra["timeline"])
+    if floor is not None:
+        phases = {"a": floor_phase(floor, list(phases.values()), args, extra["timeline"]), **phases}
+    extra["models"] = {name: module.model for name, module in fitted.items()}
+    if floor is not None:
+        extra["models"]["a"] = floor.model
+    model = extra["models"].get("a") or extra["models"].get("b") or CVAE(args.latent_dim, args.hidden_dims)
+    log("FID timing")
+    extra["fid"] = time_fid(model, *splits["val"], args, device)
+    extra["end_to_end"] = [end_to_end(epochs, args) for epochs in args.end_to_end_epochs]
     return phases, extra, report(phases, extra, info, args)
 
 
 def main(argv: list[str] | None = None) -> str:
     args = parse_args(argv)
+    if args.plain_script is not None:
+        if args.threads:
+            torch.set_num_threads(args.threads)
+        text = json.dumps(plain_script(args))
+        print(text)
+        return text
     text = run(args)[2]
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -64,7 +64,9 @@ def load_reference_classifier(path: Path = WEIGHTS_PATH, expected_sha256: str = 
         )
     classifier = ReferenceClassifier()
     classifier.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
-    return classifier.eval().requires_grad_(False)
+    # channels_last: oneDNN's fast kernels for these convolutions and the max-pool, about 4x faster features on
+    # CPU (FID of 10k digits included) for the same features up to float rounding (~1e-6)
+    return classifier.to(memory_format=torch.channels_last).eval().requires_grad_(False)
 
 
 def random_shifts(images: torch.Tensor, max_pixels: int) -> torch.Tensor:

@@ -132,10 +132,14 @@ class MNISTDataModule(pl.LightningDataModule):
         self.val_size, self.split_seed, self.shuffle_seed = val_size, split_seed, shuffle_seed
         self.loader, self.num_workers, self.download = loader, num_workers, download
         self.splits: dict[str, tuple[torch.Tensor, torch.Tensor] | Dataset] = {}
+        self.verified = False
 
     def mnist(self, train: bool) -> datasets.MNIST:
         transform = transforms.Compose([transforms.ToTensor(), flatten]) if self.loader == "dataloader" else None
-        verify_mnist_files(self.data_dir / "MNIST" / "raw")
+        raw_dir = self.data_dir / "MNIST" / "raw"
+        if not self.verified:  # once per datamodule, not per stage and split: each check hashes all 55 MB
+            verify_mnist_files(raw_dir)
+            self.verified = all((raw_dir / name).is_file() for name in MNIST_MD5)
         try:
             return datasets.MNIST(self.data_dir, train=train, download=self.download, transform=transform)
         except RuntimeError as error:
@@ -146,7 +150,7 @@ class MNISTDataModule(pl.LightningDataModule):
             ) from None
 
     def prepare_data(self) -> None:
-        if self.download:  # once per node, before setup() runs on every rank
+        if self.download and not self.splits:  # once per node, before setup() runs on every rank
             self.mnist(train=True), self.mnist(train=False)
 
     def train_val_indices(self) -> tuple[torch.Tensor, torch.Tensor]:

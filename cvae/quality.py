@@ -16,7 +16,7 @@ from cvae.generate import decode_prior, prior_latents
 from cvae.model import CVAE, NUM_CLASSES, importance_weighted_nll, kl_per_dim
 
 FEATURE_EXTRACTORS = ("mnist", "inception")
-FEATURE_CHUNK = 2000  # images per feature-extractor call
+FEATURE_CHUNK = 500  # images per feature-extractor call: small enough to stay in the CPU caches
 ACTIVE_UNIT_THRESHOLD = 0.01  # variance over inputs of a unit's posterior mean (Burda et al., 2016)
 
 

@@ -1,124 +1,178 @@
-"""The benchmark's code on a slice of real MNIST: every path runs, the figures are sane, the report holds them.
-No timing is asserted: timings belong to the benchmark's own run on a quiet machine."""
+"""The benchmark on a slice of real MNIST: the paths alternate a b a b, (a) trains exactly the model (b) trains, the
+median/spread arithmetic and verdicts, the end-to-end orchestration; and the hot-path savings change nothing a
+user sees. No timing is asserted: timings belong to the benchmark's own run on a quiet machine."""
 
+import json
 import math
 
+import numpy as np
 import pytest
+import torch
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from cvae import benchmark
+from cvae.data import MNISTDataModule
+from tests.conftest import QUICK_RUN_ANY_CALLBACKS, compose_config
+
+# one epoch of (b) is 3 batches without validation: neither a sanity check nor validation draws random numbers,
+# so (a) and (b) see the same random stream and must end with the same weights
+SLICE = ["--limit", "3", "--device", "cpu", "--latent-dim", "3", "--fid-samples", "100"]
+NO_VALIDATION = ["callbacks=none", "trainer.limit_val_batches=0", "+trainer.num_sanity_val_steps=0"]
 
 
 @pytest.fixture(scope="module")
-def quick(data_dir, tmp_path_factory):
+def alternated(data_dir, tmp_path_factory):
+    overrides = [arg for override in NO_VALIDATION for arg in ("--override", override)]
     out = tmp_path_factory.mktemp("benchmark") / "benchmark.md"
     args = benchmark.parse_args(
         [
-            "--limit",
-            "3",
-            "--epochs",
-            "2",
+            *SLICE,
+            "--paths",
+            "ab",
             "--warmup",
             "1",
-            "--out",
-            str(out),
-            "--device",
-            "cpu",
+            "--epochs",
+            "2",
             "--data-dir",
             data_dir,
-            "--latent-dim",
-            "3",
-            "--fid-samples",
-            "200",
-            "--override",
-            "callbacks=model_checkpoint",
+            "--out",
+            str(out),
+            *overrides,
         ]
     )
     return args, *benchmark.run(args)
 
 
-def test_every_path_is_timed_on_the_same_slice(quick):
-    args, phases, _, _ = quick
-    assert list(phases) == ["a", "b", "c"]
-    for phase in phases.values():
-        assert len(phase.warmup_s) == 1 and len(phase.epoch_s) == len(phase.cpu_s) == 2
-        assert all(s > 0 and math.isfinite(s) for s in [*phase.warmup_s, *phase.epoch_s])
-        assert phase.images_per_epoch == 3 * 128
-        assert phase.images_per_s > 0
-        assert phase.peak_memory and phase.peak_memory > 2**20
-        assert 0 < phase.final_nelbo < 600, f"{phase.name}: {phase.final_nelbo} is no plausible nats-per-image figure"
-    for name in "bc":  # Lightning runs also time the rest of each epoch: validation, checkpoints, images
-        assert len(phases[name].rest_s) == 2 and all(s >= 0 for s in phases[name].rest_s)
-        assert any(note.startswith("callbacks:") for note in phases[name].notes)
+def test_paths_alternate_epoch_by_epoch(alternated):
+    _, phases, extra, _ = alternated
+    assert extra["timeline"] == ["a", "b"] * 3
+    assert len(phases["b"].warmup_s) == 1 and len(phases["b"].epoch_s) == len(phases["b"].floor_s) == 2
+    assert phases["a"].epoch_s == phases["b"].floor_s, "(a)'s row holds the epochs that alternated with (b)"
+    assert phases["b"].ratios.values == [b / a for b, a in zip(phases["b"].epoch_s, phases["b"].floor_s)]
+    assert all(s > 0 and math.isfinite(s) for s in [*phases["a"].epoch_s, *phases["b"].epoch_s])
+    assert phases["a"].images_per_epoch == phases["b"].images_per_epoch == 3 * 128
 
 
-def test_report_is_a_markdown_table_with_the_ratios_and_the_machine(quick):
-    args, phases, extra, text = quick
-    lines = text.splitlines()
-    assert any(line.startswith("- CPU: ") for line in lines) and any(line.startswith("- software: ") for line in lines)
-    rows = [line for line in lines if line.startswith("| (") and ("loop" in line or "Lightning" in line)]
-    assert [row.split("|")[1].strip()[:3] for row in rows] == ["(a)", "(b)", "(c)"]
-    assert all(len(row.split("|")) == len(rows[0].split("|")) for row in rows)
-    assert "| (b) / (a), time per training epoch |" in text and "| (b) speed-up over (c) |" in text
-    assert "| FID on 200 samples |" in text
-    fid_seconds, note = extra["fid"]
-    assert (fid_seconds is None and note.startswith("skipped")) or fid_seconds > 0
+def test_plain_loop_trains_the_model_lightning_trains(alternated):
+    """Same initial weights, batches, loss and Adam: after 3 epochs of 3 steps the weights agree, so the floor is
+    the same work; alternating the two in one process disturbed neither's random stream."""
+    _, _, extra, _ = alternated
+    plain, lightning = extra["models"]["a"].state_dict(), extra["models"]["b"].state_dict()
+    assert plain.keys() == lightning.keys()
+    for name in plain:
+        torch.testing.assert_close(plain[name], lightning[name], rtol=0, atol=1e-4, msg=name)
+    initial = benchmark.CVAE(3, [512, 256]).state_dict()
+    assert not torch.equal(initial["encoder.0.weight"], plain["encoder.0.weight"]), "it trained"
 
 
-def test_main_writes_the_report_where_asked(data_dir, tmp_path, capsys):
-    out = tmp_path / "nested" / "bench.md"
-    text = benchmark.main(
-        [
-            "--limit",
-            "2",
-            "--epochs",
-            "1",
-            "--warmup",
-            "0",
-            "--paths",
-            "a",
-            "--out",
-            str(out),
-            "--device",
-            "cpu",
-            "--data-dir",
-            data_dir,
-            "--fid-samples",
-            "100",
-        ]
+def test_report_has_the_table_the_ratio_and_its_verdict(alternated):
+    _, phases, _, text = alternated
+    rows = [line for line in text.splitlines() if line.startswith("| (")]
+    assert [row.split("|")[1].strip()[:3] for row in rows[:2]] == ["(a)", "(b)"]
+    ratio = phases["b"].ratios
+    low, high = ratio.low_high
+    assert f"| (b) / (a), time per training epoch | {ratio.median:.2f} (range {low:.2f}–{high:.2f}, n=2)" in text
+    assert f"| ≤ 1.05 | {ratio.verdict(1.05)} |" in text
+    assert "| FID on 100 samples |" in text and "- CPU: " in text
+
+
+def test_the_plain_split_is_the_datamodules(data_dir):
+    datamodule = MNISTDataModule(data_dir, download=False)
+    datamodule.setup()
+    plain = benchmark.load_mnist(data_dir)
+    for split in ("train", "val", "test"):
+        for mine, theirs in zip(plain[split], datamodule.splits[split]):
+            assert torch.equal(mine, theirs), split
+
+
+@pytest.mark.parametrize(
+    ("values", "target", "verdict"),
+    [
+        ([1.00, 1.01, 1.02, 1.03, 1.20], 1.05, "yes"),  # one outlier stays outside the IQR
+        ([1.10, 1.20, 1.30, 1.40], 1.05, "**no**"),
+        ([1.00, 1.04, 1.06, 1.10], 1.05, "unclear: the spread straddles the target"),
+        ([1.01, 1.07], 1.05, "unclear: the spread straddles the target"),  # under 4 values: min to max
+    ],
+)
+def test_median_spread_and_verdict_on_known_values(values, target, verdict):
+    spread = benchmark.Spread(values)
+    assert spread.median == pytest.approx(np.median(values))
+    expected = np.percentile(values, [25, 75]) if len(values) >= 4 else (min(values), max(values))
+    assert spread.low_high == pytest.approx(tuple(expected))
+    assert spread.verdict(target) == verdict
+
+
+def test_end_to_end_alternates_processes_and_divides_matching_runs(data_dir, monkeypatch):
+    """The orchestration with stand-in processes of known durations: plain, train, then train, plain, ...; each
+    train.py run over the plain run of its pair."""
+    args = benchmark.parse_args([*SLICE, "--data-dir", data_dir, "--repeats", "3", "--override", "callbacks=none"])
+    walls = iter([10.0, 11.0, 18.0, 12.0, 10.0, 12.0])
+    ran = []
+
+    def stand_in(command, env):
+        ran.append(command)
+        if "train.py" in command:
+            run_dir = next(arg.split("=", 1)[1] for arg in command if arg.startswith("hydra.run.dir="))
+            benchmark.Path(run_dir).mkdir(parents=True)
+            (benchmark.Path(run_dir) / "timing.json").write_text(json.dumps({"fit_seconds": 5.0}))
+            return next(walls), None
+        fake = json.dumps({"train_s": 6.0, "test_s": 1.0, "in_script_s": 8.0, "train_nelbo": 1, "test_nelbo": 1})
+        return next(walls), type("Done", (), {"stdout": fake})()
+
+    monkeypatch.setattr(benchmark, "run_child", stand_in)
+    result = benchmark.end_to_end(7, args)
+    assert ["train.py" in command for command in ran] == [False, True, True, False, False, True]
+    assert result.ratios.values == pytest.approx([1.1, 1.5, 1.2])
+    assert result.ratios.median == pytest.approx(1.2)
+    assert result.command == "python train.py trainer.max_epochs=7 trainer.limit_train_batches=3 " + (
+        "trainer.limit_val_batches=3 trainer.limit_test_batches=3 callbacks=none"
     )
-    assert out.read_text() == text
-    assert "(a) plain PyTorch loop" in capsys.readouterr().out
-    assert "(b)" not in text.split("| check |")[0]
+    plain_args = benchmark.parse_args(ran[0][3:])  # the plain process gets this run's settings
+    assert (plain_args.plain_script, plain_args.limit, plain_args.latent_dim) == (7, 3, 3)
+    assert "fit 5.0 s" in benchmark.end_to_end_notes(result)[0]
 
 
-def test_end_to_end_times_train_py_against_five_plain_epochs(data_dir, tmp_path):
-    args = benchmark.parse_args(
-        [
-            "--limit",
-            "2",
-            "--epochs",
-            "1",
-            "--warmup",
-            "0",
-            "--paths",
-            "a",
-            "--end-to-end",
-            "--out",
-            str(tmp_path / "b.md"),
-            "--device",
-            "cpu",
-            "--data-dir",
-            data_dir,
-            "--fid-samples",
-            "100",
-            "--override",
-            "callbacks=model_checkpoint",
-        ]
-    )
-    _, extra, text = benchmark.run(args)
-    e2e = extra["end_to_end"]
-    assert e2e["wall"] > 0 and e2e["fit"] is not None and 0 < e2e["fit"] < e2e["wall"]
-    assert e2e["test_pass"] > 0 and e2e["reference"] > e2e["test_pass"]
-    assert e2e["command"].startswith("python train.py trainer.max_epochs=5")
-    assert "callbacks=model_checkpoint" in e2e["command"], "the overrides reach the end-to-end run"
-    assert "end to end" in text
+def test_plain_script_trains_and_tests_each_epoch(data_dir, capsys):
+    benchmark.main([*SLICE, "--data-dir", data_dir, "--plain-script", "2"])
+    done = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert done["train_s"] > 0 and done["test_s"] > 0 and done["in_script_s"] > done["train_s"] + done["test_s"]
+    assert 100 < done["test_nelbo"] < 600, "the mean -ELBO of 3,000 test images, nats per image"
+
+
+# ---------------------------------------------------------------------------------- the hot path saves time only
+def fit_quick(data_dir, output_dir, every_step: bool, monkeypatch) -> tuple[list, list]:
+    """A seeded 2-epoch run with a progress bar: what the bar showed each time it redrew, and the
+    train/nelbo_step events. every_step: log train/nelbo_step on every step, as before the saving."""
+    import pytorch_lightning as pl
+    from hydra.utils import instantiate
+
+    from cvae.lit_module import CVAELitModule
+    from cvae.training import build_trainer
+    from cvae.utils import instantiate_group
+
+    if every_step:
+        monkeypatch.setattr(CVAELitModule, "step_is_shown", lambda self, batch_idx: True)
+    overrides = [*QUICK_RUN_ANY_CALLBACKS, "callbacks=none", "trainer.limit_train_batches=12"]
+    overrides += ["trainer.log_every_n_steps=3", "trainer.enable_progress_bar=true", f"data.data_dir={data_dir}"]
+    cfg = compose_config("train", overrides, output_dir)
+    shown = []
+
+    class BarWatcher(pl.Callback):
+        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+            bar = trainer.progress_bar_callback
+            if (batch_idx + 1) % bar.refresh_rate == 0 or batch_idx + 1 == trainer.num_training_batches:
+                shown.append(bar.get_metrics(trainer, pl_module).get("train/nelbo_step"))
+
+    pl.seed_everything(cfg.seed)
+    trainer = build_trainer(cfg, instantiate_group(cfg.logger))
+    trainer.callbacks.append(BarWatcher())
+    trainer.fit(instantiate(cfg.model), datamodule=instantiate(cfg.data))
+    events = EventAccumulator(str(output_dir), size_guidance={"scalars": 0}).Reload()
+    return shown, [(event.step, event.value) for event in events.Scalars("train/nelbo_step")]
+
+
+def test_logging_train_nelbo_step_only_when_seen_changes_nothing_seen(data_dir, tmp_path, monkeypatch):
+    shown, logged = fit_quick(data_dir, tmp_path / "now", every_step=False, monkeypatch=monkeypatch)
+    shown_before, logged_before = fit_quick(data_dir, tmp_path / "before", every_step=True, monkeypatch=monkeypatch)
+    assert logged == logged_before and [step for step, _ in logged] == [s for s in range(24) if (s + 1) % 3 == 0]
+    assert shown == shown_before and len(shown) == 4 and None not in shown, "after batches 10 and 12 of each epoch"
