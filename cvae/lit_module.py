@@ -20,6 +20,9 @@ class CVAELitModule(pl.LightningModule):
         self,
         latent_dim: int = 2,
         hidden_dims: tuple[int, ...] = (512, 256),
+        architecture: str = "mlp",
+        channels: tuple[int, int] = (16, 32),
+        learned_prior: bool = False,
         optimizer: partial | None = None,
         beta: float = 1.0,
         kl_warmup_epochs: int = 0,
@@ -28,9 +31,10 @@ class CVAELitModule(pl.LightningModule):
     ):
         super().__init__()
         hidden_dims = [int(h) for h in hidden_dims]  # plain ints, so a checkpoint loads with weights_only
+        channels = [int(c) for c in channels]
         # The optimizer is a factory, not a hyperparameter: the checkpoint keeps only what rebuilds the model.
         self.save_hyperparameters(ignore=["optimizer"])
-        self.model = CVAE(latent_dim, hidden_dims)
+        self.model = CVAE(latent_dim, hidden_dims, architecture, channels, learned_prior)
         self.optimizer = optimizer
         # nan_strategy="disable": no NaN check, which is a host-device sync per step on a GPU (a NaN loss stops
         # the run anyway); a NaN would show in the mean instead of being dropped
@@ -76,7 +80,7 @@ class CVAELitModule(pl.LightningModule):
         for term, mean in self.eval_means[stage].items():
             mean.update(terms[term])
             self.log(f"{stage}/{term}", mean, on_step=False, on_epoch=True, prog_bar=term == "nelbo")
-        self.posterior_stats[stage].update(terms["mu"], terms["logvar"])
+        self.posterior_stats[stage].update(terms["mu"], terms["logvar"], *self.model.prior(y))
 
     def log_posterior_stats(self, stage: str) -> None:
         """Posterior-collapse diagnostics: how many latent units are in use, and the KL each one carries."""

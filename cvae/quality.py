@@ -157,11 +157,13 @@ class PosteriorStats(Metric):
             self.add_state(name, torch.zeros(latent_dim, dtype=torch.float64), dist_reduce_fx="sum")
         self.add_state("count", torch.zeros((), dtype=torch.float64), dist_reduce_fx="sum")
 
-    def update(self, mu: torch.Tensor, logvar: torch.Tensor) -> None:
+    def update(self, mu: torch.Tensor, logvar: torch.Tensor, *prior: torch.Tensor | None) -> None:
+        """prior: (mu_y, log sigma_y^2) of a learned p(z | y), or nothing / (None, None) for N(0, I)."""
         mu = mu.double()
         self.mu_sum += mu.sum(0)
         self.mu_sq_sum += mu.pow(2).sum(0)
-        self.kl_sum += kl_per_dim(mu, logvar.double()).sum(0)
+        prior = [None if param is None else param.double() for param in prior]
+        self.kl_sum += kl_per_dim(mu, logvar.double(), *prior).sum(0)
         self.count += len(mu)
 
     def compute(self) -> dict[str, torch.Tensor]:
