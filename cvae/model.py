@@ -99,7 +99,9 @@ class CVAE(nn.Module):
             self.encoder = ConvEncoder(latent_dim, list(channels), hidden_dims)
             self.decoder = ConvDecoder(latent_dim, list(channels), hidden_dims)
         else:
-            raise ConfigError(f"model.architecture={architecture!r} is unknown; choose one of {', '.join(ARCHITECTURES)}")
+            raise ConfigError(
+                f"model.architecture={architecture!r} is unknown; choose one of {', '.join(ARCHITECTURES)}"
+            )
         self.learned_prior = learned_prior
         if learned_prior:
             # p(z | y) = N(prior_mu[y], exp(prior_logvar[y])); zeros start it at the reference N(0, I)
@@ -154,7 +156,10 @@ def reconstruction_nll(logits: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
 
 
 def kl_per_dim(
-    mu: torch.Tensor, logvar: torch.Tensor, prior_mu: torch.Tensor | None = None, prior_logvar: torch.Tensor | None = None
+    mu: torch.Tensor,
+    logvar: torch.Tensor,
+    prior_mu: torch.Tensor | None = None,
+    prior_logvar: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """KL(N(mu, sigma^2) || N(mu_p, sigma_p^2)) for each latent dimension, in closed form, shape (B, latent_dim):
 
