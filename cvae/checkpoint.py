@@ -71,10 +71,13 @@ def check_resumable(path: str | Path, model_cfg: DictConfig) -> None:
     differing = [key for key in {**saved, **asked} if saved.get(key) != asked.get(key)]
     if differing:
         raise CheckpointError(
-            f"{path} holds a model with {', '.join(f'{key}={saved[key]}' for key in differing)} but the config asks "
-            f"for {', '.join(f'{key}={asked[key]}' for key in differing)}; resume with the overrides the run was "
-            f"started with"
+            f"{path} holds a model with {describe(saved, differing)} but the config asks for "
+            f"{describe(asked, differing)}; resume with the overrides the run was started with"
         )
+
+
+def describe(architecture: dict, keys: list[str]) -> str:
+    return ", ".join(f"{key}={architecture[key]}" for key in keys if key in architecture)
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
