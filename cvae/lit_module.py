@@ -20,21 +20,21 @@ class CVAELitModule(pl.LightningModule):
         self,
         latent_dim: int = 2,
         hidden_dims: tuple[int, ...] = (512, 256),
-        architecture: str = "mlp",
-        channels: tuple[int, int] = (16, 32),
-        learned_prior: bool = False,
         optimizer: partial | None = None,
         beta: float = 1.0,
         kl_warmup_epochs: int = 0,
         free_bits: float = 0.0,
         compile: bool = False,
+        **model_options,
     ):
+        """model_options: CVAE's architecture, channels and learned_prior (see cvae/model.py)."""
         super().__init__()
         hidden_dims = [int(h) for h in hidden_dims]  # plain ints, so a checkpoint loads with weights_only
-        channels = [int(c) for c in channels]
+        if "channels" in model_options:
+            model_options["channels"] = [int(c) for c in model_options["channels"]]
         # The optimizer is a factory, not a hyperparameter: the checkpoint keeps only what rebuilds the model.
         self.save_hyperparameters(ignore=["optimizer"])
-        self.model = CVAE(latent_dim, hidden_dims, architecture, channels, learned_prior)
+        self.model = CVAE(latent_dim, hidden_dims, **model_options)
         self.optimizer = optimizer
         # nan_strategy="disable": no NaN check, which is a host-device sync per step on a GPU (a NaN loss stops
         # the run anyway); a NaN would show in the mean instead of being dropped
