@@ -7,11 +7,11 @@ import torch
 from pytorch_lightning.utilities import rank_zero_info
 from pytorch_lightning.utilities.exceptions import SIGTERMException
 
+from cvae.data import split_tensors
 from cvae.errors import ConfigError, DivergenceError
-from cvae.generate import first_of_each_digit, prior_latents
+from cvae.generate import first_of_each_digit
 from cvae.images import (
     digit_rows,
-    digit_rows_latents,
     interpolation_images,
     latent_map_images,
     reconstruction_rows,
@@ -19,6 +19,7 @@ from cvae.images import (
 )
 from cvae.loggers import log_images
 from cvae.quality import balanced_labels, conditional_generation_metrics, decode_at
+from cvae.sampler import PriorSampler, Sampler
 
 
 class SampleGrids(pl.Callback):
@@ -30,7 +31,6 @@ class SampleGrids(pl.Callback):
         self.every_n_epochs = every_n_epochs
 
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self.z = digit_rows_latents(pl_module.model.latent_dim, self.samples_per_digit).to(pl_module.device)
         self.real = first_validation_images(trainer, self.num_reconstructions, pl_module.device)
 
     def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -39,17 +39,22 @@ class SampleGrids(pl.Callback):
         log_images(
             trainer.loggers,
             {
-                "samples/prior_by_digit": digit_rows(pl_module.model, self.z),
+                "samples/prior_by_digit": digit_rows(pl_module.model, self.prior_grid_latents(pl_module)),
                 "samples/reconstructions": reconstruction_rows(pl_module.model, *self.real),
             },
             trainer.global_step,
         )
 
+    def prior_grid_latents(self, pl_module: pl.LightningModule) -> torch.Tensor:
+        """The same noise every epoch, through the prior as it is now (a learned prior moves)."""
+        return PriorSampler().grid_latents(pl_module.model, self.samples_per_digit).to(pl_module.device)
+
 
 class GenerationQuality(pl.Callback):
     """Every n epochs and after the last, and on trainer.validate (train.py's pass over the best checkpoint, for
-    metrics.json), val/fid and val/label_acc (overall and per digit): class-balanced prior samples, the same z
-    each time, against the real validation images, whose features are extracted once.
+    metrics.json), val/fid and val/label_acc (overall and per digit): class-balanced samples, the same noise each
+    time, against the real validation images, whose features are extracted once. z comes from `sampler`: the
+    prior, or an ex-post mixture refitted to the training images each time.
 
     Under DDP each rank generates its share of the samples and reads its shard of the validation images;
     the torchmetrics states gather them all, so every rank logs the same figures."""
@@ -61,12 +66,14 @@ class GenerationQuality(pl.Callback):
         features: str = "mnist",
         inception_weights: str | None = None,
         seed: int = 0,
+        sampler: Sampler | None = None,
     ):
         if every_n_epochs <= 0:
             raise ConfigError(f"callbacks.generation_quality.every_n_epochs={every_n_epochs} must be positive")
         balanced_labels(num_samples)  # refuse a bad count before training starts
         self.every_n_epochs, self.num_samples, self.seed = every_n_epochs, num_samples, seed
         self.features, self.inception_weights = features, inception_weights
+        self.sampler = sampler or PriorSampler()
 
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         if stage in ("fit", "validate") and not hasattr(self, "metrics"):
@@ -86,8 +93,10 @@ class GenerationQuality(pl.Callback):
             self.metrics.update(x, y, real=True)
             self.has_real_features = True
         shard = slice(trainer.global_rank, None, trainer.world_size)
-        labels = balanced_labels(self.num_samples, device)[shard]
-        z = prior_latents(self.num_samples, pl_module.model.latent_dim, self.seed)[shard]
+        self.sampler.fit(pl_module.model, *split_tensors(trainer.datamodule, "train"))
+        labels = balanced_labels(self.num_samples)
+        z = self.sampler.latents(pl_module.model, labels, self.seed)[shard]
+        labels = labels[shard].to(device)
         self.metrics.update(decode_at(pl_module.model, labels, z), labels, real=False)
         for name, value in self.metrics.compute().items():
             pl_module.log(f"val/{name}", value)

@@ -17,8 +17,16 @@ ZIP_MAGIC = b"PK\x03\x04"  # torch.save writes a zip archive
 
 
 def architecture(hparams) -> dict:
-    """The hyperparameters that fix the shapes of the weights, as plain values."""
-    return {"latent_dim": int(hparams["latent_dim"]), "hidden_dims": [int(width) for width in hparams["hidden_dims"]]}
+    """The hyperparameters that fix the shapes of the weights, as plain values (a checkpoint from before the
+    conv model and the learned prior existed holds the reference MLP)."""
+    conv = hparams.get("architecture", "mlp") == "conv"
+    return {
+        "latent_dim": int(hparams["latent_dim"]),
+        "hidden_dims": [int(width) for width in hparams["hidden_dims"]],
+        "architecture": str(hparams.get("architecture", "mlp")),
+        **({"channels": [int(width) for width in hparams["channels"]]} if conv else {}),
+        "learned_prior": bool(hparams.get("learned_prior", False)),
+    }
 
 
 def read_checkpoint(path: str | Path) -> dict:
@@ -60,13 +68,16 @@ def load_module(path: str | Path) -> CVAELitModule:
 def check_resumable(path: str | Path, model_cfg: DictConfig) -> None:
     """Refuse, before training starts, a checkpoint whose model has other shapes than the config asks for."""
     saved, asked = architecture(read_checkpoint(path)["hyper_parameters"]), architecture(model_cfg)
-    differing = [key for key in saved if saved[key] != asked[key]]
+    differing = [key for key in {**saved, **asked} if saved.get(key) != asked.get(key)]
     if differing:
         raise CheckpointError(
-            f"{path} holds a model with {', '.join(f'{key}={saved[key]}' for key in differing)} but the config asks "
-            f"for {', '.join(f'{key}={asked[key]}' for key in differing)}; resume with the overrides the run was "
-            f"started with"
+            f"{path} holds a model with {describe(saved, differing)} but the config asks for "
+            f"{describe(asked, differing)}; resume with the overrides the run was started with"
         )
+
+
+def describe(architecture: dict, keys: list[str]) -> str:
+    return ", ".join(f"{key}={architecture[key]}" for key in keys if key in architecture)
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):

@@ -200,3 +200,11 @@ class MNISTDataModule(pl.LightningDataModule):
 
     def test_dataloader(self):
         return self.batches("test")
+
+
+def split_tensors(datamodule: MNISTDataModule, split: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """A set-up split as uint8 images (N, 28, 28) and labels, whichever data.loader set it up."""
+    data = datamodule.splits[split]
+    if isinstance(data, Subset):
+        return data.dataset.data[data.indices], data.dataset.targets[data.indices]
+    return (data.data, data.targets) if hasattr(data, "targets") else data

@@ -1,6 +1,7 @@
 """What `python evaluate.py ckpt_path=...` does: test metrics of a checkpoint, a table, metrics.json and a
-PNG of prior samples per digit, plus whatever generation and exploration the config asks for (see
-conf/evaluate.yaml), all in evaluate's own output dir."""
+PNG of samples per digit, plus whatever generation and exploration the config asks for (see
+conf/evaluate.yaml), all in evaluate's own output dir. Every sample's z comes from `sampler`: the prior, or an
+ex-post mixture fitted to the training images."""
 
 from pathlib import Path
 
@@ -12,10 +13,10 @@ from torchvision.utils import save_image
 
 from cvae import generate
 from cvae.checkpoint import load_module
+from cvae.data import split_tensors
 from cvae.errors import ConfigError
 from cvae.images import (
     digit_rows,
-    digit_rows_latents,
     image_grid,
     interpolation_images,
     latent_map_images,
@@ -25,6 +26,7 @@ from cvae.images import (
 from cvae.model import CVAE
 from cvae.projector import write_projector
 from cvae.quality import generator_report
+from cvae.sampler import Sampler
 from cvae.utils import format_table, write_json_atomic
 
 
@@ -38,16 +40,19 @@ def evaluate(cfg: DictConfig) -> dict:
     module.to(trainer.strategy.root_device)  # Lightning moves it to the CPU after testing; the rest runs here
 
     output_dir = Path(cfg.paths.output_dir)
-    z = digit_rows_latents(module.model.latent_dim, cfg.samples_per_digit, seed=cfg.seed)
-    save_image(digit_rows(module.model, z), output_dir / "samples.png")
-    test_split = test_images(datamodule)
-    metrics.update(quality_report(module.model, cfg, *test_split))
-    for name, picture in requested_pictures(module.model, cfg, *test_split).items():
+    sampler = instantiate(cfg.sampler).fit_for_checkpoint(
+        module.model, *split_tensors(datamodule, "train"), cfg.ckpt_path
+    )
+    z = sampler.grid_latents(module.model, cfg.samples_per_digit, seed=cfg.seed)
+    save_image(digit_rows(module.model, z.to(generate.model_device(module.model))), output_dir / "samples.png")
+    test_split = split_tensors(datamodule, "test")
+    metrics.update(quality_report(module.model, cfg, *test_split, sampler))
+    for name, picture in requested_pictures(module.model, cfg, *test_split, sampler).items():
         save_image(picture, output_dir / f"{name}.png")
     if cfg.projector:
         write_projector(module.model, *(part[: cfg.projector_images] for part in test_split), output_dir)
     if cfg.export.per_digit:
-        export_synthetic(module.model, cfg, output_dir)
+        export_synthetic(module.model, cfg, output_dir, sampler)
     metrics.update(write_anomaly_outputs(module.model, cfg, *test_split, output_dir))
     write_json_atomic(output_dir / "metrics.json", {**metrics, "ckpt_path": str(Path(cfg.ckpt_path).resolve())})
     print(format_table(dict(sorted(metrics.items(), key=lambda item: item[0].count("/")))))  # per-digit rows last
@@ -73,13 +78,9 @@ def check_requests(cfg: DictConfig) -> None:
             raise ConfigError(f"anomaly.scores_for={scores_for!r} is neither test nor an existing .pt or .npz file")
 
 
-def test_images(datamodule: pl.LightningDataModule) -> tuple[torch.Tensor, torch.Tensor]:
-    """The test split as uint8 images (N, 28, 28) and labels, whichever data.loader set it up."""
-    split = datamodule.splits["test"]
-    return (split.data, split.targets) if hasattr(split, "targets") else split
-
-
-def quality_report(model: CVAE, cfg: DictConfig, x: torch.Tensor, y: torch.Tensor) -> dict[str, float]:
+def quality_report(
+    model: CVAE, cfg: DictConfig, x: torch.Tensor, y: torch.Tensor, sampler: Sampler
+) -> dict[str, float]:
     """test/fid, test/label_acc (both also per digit), test/nll_iw and, with quality.cas, test/cas."""
     quality = cfg.quality
     device = generate.model_device(model)
@@ -95,16 +96,19 @@ def quality_report(model: CVAE, cfg: DictConfig, x: torch.Tensor, y: torch.Tenso
             seed=cfg.seed,
             cas_per_digit=quality.cas_per_digit if quality.cas else 0,
             cas_epochs=quality.cas_epochs,
+            sampler=sampler,
         )
 
 
-def requested_pictures(model: CVAE, cfg: DictConfig, x: torch.Tensor, y: torch.Tensor) -> dict[str, torch.Tensor]:
+def requested_pictures(
+    model: CVAE, cfg: DictConfig, x: torch.Tensor, y: torch.Tensor, sampler: Sampler
+) -> dict[str, torch.Tensor]:
     """The PNG images the config asks for, by file name (without .png)."""
     pictures = {}
     if cfg.digits is not None:
-        pictures["digits"] = rows_grid(generate.digit_strings(model, cfg.digits, cfg.variants, cfg.seed))
+        pictures["digits"] = rows_grid(generate.digit_strings(model, cfg.digits, cfg.variants, cfg.seed, sampler))
     if cfg.digit is not None:
-        variants = generate.digit_variants(model, cfg.digit, cfg.variants, cfg.seed)
+        variants = generate.digit_variants(model, cfg.digit, cfg.variants, cfg.seed, sampler)
         pictures[f"digit_{generate.parse_digit(cfg.digit)}"] = image_grid(variants)
     if cfg.latent_map:
         pictures.update(latent_map_images(model, x, y))
@@ -116,8 +120,10 @@ def requested_pictures(model: CVAE, cfg: DictConfig, x: torch.Tensor, y: torch.T
     return pictures
 
 
-def export_synthetic(model: CVAE, cfg: DictConfig, output_dir: Path) -> None:
-    images, labels = generate.synthetic_dataset(model, cfg.export.per_digit, cfg.seed, cfg.batch_size, progress=True)
+def export_synthetic(model: CVAE, cfg: DictConfig, output_dir: Path, sampler: Sampler) -> None:
+    images, labels = generate.synthetic_dataset(
+        model, cfg.export.per_digit, cfg.seed, cfg.batch_size, progress=True, sampler=sampler
+    )
     for path in generate.write_synthetic_dataset(
         images, labels, output_dir, image_folder=cfg.export.image_folder, progress=True
     ):

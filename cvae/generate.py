@@ -31,6 +31,7 @@ from tqdm.auto import tqdm
 
 from cvae.errors import ConfigError
 from cvae.model import CVAE, IMAGE_SHAPE, NUM_CLASSES, NUM_PIXELS, importance_weighted_nll, negative_elbo, one_hot
+from cvae.sampler import PriorSampler, Sampler, prior_latents
 
 DIGIT_CHARACTERS = "0123456789"
 SCORES = ("nelbo", "iw")
@@ -112,34 +113,38 @@ def in_batches(model: CVAE, tensors: tuple[torch.Tensor, ...], batch_size: int, 
 # --- samples from the prior -----------------------------------------------------------------------------
 
 
-def prior_latents(count: int, latent_dim: int, seed: int) -> torch.Tensor:
-    """count draws of z ~ N(0, I), on the CPU, from a generator of their own: the same z for a seed whatever
-    the batch size or device used to decode them."""
-    return torch.randn(count, latent_dim, generator=torch.Generator().manual_seed(seed))
-
-
 @torch.no_grad()
 def decode_prior(
-    model: CVAE, labels: torch.Tensor, seed: int = 0, batch_size: int = 1000, progress: str | None = None
+    model: CVAE,
+    labels: torch.Tensor,
+    seed: int = 0,
+    batch_size: int = 1000,
+    progress: str | None = None,
+    sampler: Sampler | None = None,
 ) -> torch.Tensor:
-    """One image per label, each from its own z ~ N(0, I): (N, 1, 28, 28) on the CPU."""
-    z = prior_latents(len(labels), model.latent_dim, seed)
+    """One image per label, each from its own z drawn by the sampler (default: the prior p(z | y)):
+    (N, 1, 28, 28) on the CPU."""
+    z = (sampler or PriorSampler()).latents(model, labels, seed)
     batches = in_batches(model, (labels, z), batch_size, progress)
     return torch.cat([model.sample(label_batch, z_batch).cpu() for label_batch, z_batch in batches])
 
 
-def digit_variants(model: CVAE, digit: int | str, variants: int = 8, seed: int = 0) -> torch.Tensor:
+def digit_variants(
+    model: CVAE, digit: int | str, variants: int = 8, seed: int = 0, sampler: Sampler | None = None
+) -> torch.Tensor:
     """`variants` styles of one digit, each from a different z: (variants, 1, 28, 28)."""
     labels = torch.full((check_count(variants, "variants"),), parse_digit(digit))
-    return decode_prior(model, labels, seed)
+    return decode_prior(model, labels, seed, sampler=sampler)
 
 
-def digit_strings(model: CVAE, digits: int | str, variants: int = 4, seed: int = 0) -> torch.Tensor:
+def digit_strings(
+    model: CVAE, digits: int | str, variants: int = 4, seed: int = 0, sampler: Sampler | None = None
+) -> torch.Tensor:
     """`variants` renderings (rows) of a digit string, every digit with its own z:
     (variants, len(digits), 1, 28, 28)."""
     parsed = torch.tensor(parse_digits(digits))
     labels = parsed.repeat(check_count(variants, "variants"))
-    return decode_prior(model, labels, seed).view(variants, len(parsed), *IMAGE_SHAPE)
+    return decode_prior(model, labels, seed, sampler=sampler).view(variants, len(parsed), *IMAGE_SHAPE)
 
 
 # --- the latent space -----------------------------------------------------------------------------------
@@ -219,11 +224,12 @@ def lerp(start: torch.Tensor, end: torch.Tensor, steps: int) -> torch.Tensor:
 
 @torch.no_grad()
 def interpolate_within_digit(model: CVAE, digit: int | str, steps: int = 10, seed: int = 0) -> torch.Tensor:
-    """One digit morphing in style between two z ~ N(0, I) (the same two for every digit, given the seed):
-    (steps, 1, 28, 28)."""
+    """One digit morphing in style between two z ~ p(z | y) (the same two noises for every digit, given the
+    seed): (steps, 1, 28, 28)."""
     start, end = prior_latents(2, model.latent_dim, seed).to(model_device(model))
-    z = lerp(start, end, steps)
-    return model.sample(torch.full((steps,), parse_digit(digit), device=z.device), z).cpu()
+    labels = torch.full((steps,), parse_digit(digit), device=start.device)
+    z = model.prior_latents(labels, lerp(start, end, steps))  # the prior's affine map keeps lines straight
+    return model.sample(labels, z).cpu()
 
 
 @torch.no_grad()
@@ -264,12 +270,17 @@ def first_of_each_digit(labels: torch.Tensor) -> torch.Tensor:
 
 
 def synthetic_dataset(
-    model: CVAE, per_digit: int, seed: int = 0, batch_size: int = 1000, progress: bool = False
+    model: CVAE,
+    per_digit: int,
+    seed: int = 0,
+    batch_size: int = 1000,
+    progress: bool = False,
+    sampler: Sampler | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """per_digit samples of each digit, as MNIST stores them: uint8 images (N, 28, 28) and int64 labels (N,),
     sorted by digit (shuffle them for training)."""
     labels = torch.arange(NUM_CLASSES).repeat_interleave(check_count(per_digit, "export.per_digit"))
-    images = decode_prior(model, labels, seed, batch_size, progress="synthetic digits" if progress else None)
+    images = decode_prior(model, labels, seed, batch_size, "synthetic digits" if progress else None, sampler)
     return to_uint8(images), labels
 
 

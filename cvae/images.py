@@ -18,12 +18,6 @@ def rows_grid(images: torch.Tensor) -> torch.Tensor:
     return image_grid(images.flatten(0, 1), nrow=images.shape[1])
 
 
-def digit_rows_latents(latent_dim: int, samples_per_digit: int, seed: int = 0) -> torch.Tensor:
-    """Fixed z for a (10 x samples_per_digit) grid: the same z in every row, so a column is one style."""
-    z = torch.randn(samples_per_digit, latent_dim, generator=torch.Generator().manual_seed(seed))
-    return z.repeat(NUM_CLASSES, 1)
-
-
 @torch.no_grad()
 def digit_rows(model: CVAE, z: torch.Tensor) -> torch.Tensor:
     """A grid image with one row per digit 0-9, decoded from z of shape (10 * n, latent_dim)."""

@@ -27,13 +27,17 @@ class CVAELitModule(pl.LightningModule):
         free_bits: float = 0.0,
         compile: bool = False,
         eval_seed: int = 0,
+        **model_options,
     ):
+        """model_options: CVAE's architecture, channels and learned_prior (see cvae/model.py)."""
         super().__init__()
         hidden_dims = [int(h) for h in hidden_dims]  # plain ints, so a checkpoint loads with weights_only
+        if "channels" in model_options:
+            model_options["channels"] = [int(c) for c in model_options["channels"]]
         # The optimizer is a factory, not a hyperparameter: the checkpoint keeps only what rebuilds the model.
         # Not sent to the loggers: cvae.hparams gives them the whole run's knobs, each once.
         self.save_hyperparameters(ignore=["optimizer"], logger=False)
-        self.model = CVAE(latent_dim, hidden_dims)
+        self.model = CVAE(latent_dim, hidden_dims, **model_options)
         self.optimizer = optimizer
         # nan_strategy="disable": no NaN check, which is a host-device sync per step on a GPU (a NaN loss stops
         # the run anyway); a NaN would show in the mean instead of being dropped
@@ -95,7 +99,7 @@ class CVAELitModule(pl.LightningModule):
         for term, mean in self.eval_means[stage].items():
             mean.update(terms[term])
             self.log(f"{stage}/{term}", mean, on_step=False, on_epoch=True, prog_bar=term == "nelbo")
-        self.posterior_stats[stage].update(terms["mu"], terms["logvar"])
+        self.posterior_stats[stage].update(terms["mu"], terms["logvar"], *self.model.prior(y))
 
     def log_posterior_stats(self, stage: str) -> None:
         """Posterior-collapse diagnostics: how many latent units are in use, and the KL each one carries."""

@@ -12,8 +12,9 @@ from torchmetrics.image.fid import FrechetInceptionDistance
 
 from cvae.classifier import ReferenceClassifier, accuracy, fit_classifier, load_reference_classifier
 from cvae.errors import ConfigError, DataError
-from cvae.generate import decode_prior, prior_latents
+from cvae.generate import decode_prior
 from cvae.model import CVAE, NUM_CLASSES, importance_weighted_nll, kl_per_dim
+from cvae.sampler import PriorSampler, Sampler, prior_latents  # noqa: F401 (prior_latents: importable from here)
 
 FEATURE_EXTRACTORS = ("mnist", "inception")
 FEATURE_CHUNK = 500  # images per feature-extractor call: small enough to stay in the CPU caches
@@ -157,11 +158,13 @@ class PosteriorStats(Metric):
             self.add_state(name, torch.zeros(latent_dim, dtype=torch.float64), dist_reduce_fx="sum")
         self.add_state("count", torch.zeros((), dtype=torch.float64), dist_reduce_fx="sum")
 
-    def update(self, mu: torch.Tensor, logvar: torch.Tensor) -> None:
+    def update(self, mu: torch.Tensor, logvar: torch.Tensor, *prior: torch.Tensor | None) -> None:
+        """prior: (mu_y, log sigma_y^2) of a learned p(z | y), or nothing / (None, None) for N(0, I)."""
         mu = mu.double()
         self.mu_sum += mu.sum(0)
         self.mu_sq_sum += mu.pow(2).sum(0)
-        self.kl_sum += kl_per_dim(mu, logvar.double()).sum(0)
+        prior = [None if param is None else param.double() for param in prior]
+        self.kl_sum += kl_per_dim(mu, logvar.double(), *prior).sum(0)
         self.count += len(mu)
 
     def compute(self) -> dict[str, torch.Tensor]:
@@ -184,11 +187,17 @@ def mean_iw_nll(model: CVAE, images: torch.Tensor, labels: torch.Tensor, k: int,
 
 
 def classification_accuracy_score(
-    model: CVAE, test_images: torch.Tensor, test_labels: torch.Tensor, per_digit: int, epochs: int, seed: int
+    model: CVAE,
+    test_images: torch.Tensor,
+    test_labels: torch.Tensor,
+    per_digit: int,
+    epochs: int,
+    seed: int,
+    sampler: Sampler | None = None,
 ) -> float:
     """CAS (Ravuri & Vinyals, 2019): train the reference architecture on generated digits only, test on real ones."""
     labels = balanced_labels(per_digit * NUM_CLASSES, test_images.device)
-    synthetic = decode_at(model, labels, prior_latents(len(labels), model.latent_dim, seed))
+    synthetic = decode_at(model, labels, (sampler or PriorSampler()).latents(model, labels, seed))
     classifier = fit_classifier(synthetic, labels, epochs=epochs, seed=seed)
     return accuracy(classifier, test_images.view(-1, 1, 28, 28), test_labels)
 
@@ -210,19 +219,21 @@ def generator_report(
     seed: int,
     cas_per_digit: int = 0,
     cas_epochs: int = 3,
+    sampler: Sampler | None = None,
 ) -> dict[str, float]:
     """The test-set figures of evaluate.py beyond the ELBO: nll_iw, FID and label accuracy (overall and per
-    digit) of class-balanced prior samples against the real test images, and CAS when cas_per_digit > 0."""
+    digit) of class-balanced samples (z from the sampler, by default the prior) against the real test images,
+    and CAS when cas_per_digit > 0."""
     device = test_images.device
     metrics = conditional_generation_metrics(features, inception_weights).to(device)
     for x, y in zip(test_images.split(2000), test_labels.split(2000)):
         metrics.update(x, y, real=True)
     labels = balanced_labels(num_samples, device)
-    metrics.update(decode_prior(model, labels, seed).to(device), labels, real=False)
+    metrics.update(decode_prior(model, labels, seed, sampler=sampler).to(device), labels, real=False)
     report = {f"test/{name}": value for name, value in metrics.compute().items()}
     report["test/nll_iw"] = mean_iw_nll(model, test_images, test_labels, iw_samples)
     if cas_per_digit > 0:
         report["test/cas"] = classification_accuracy_score(
-            model, test_images, test_labels, cas_per_digit, epochs=cas_epochs, seed=seed
+            model, test_images, test_labels, cas_per_digit, epochs=cas_epochs, seed=seed, sampler=sampler
         )
     return report

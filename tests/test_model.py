@@ -111,3 +111,70 @@ def test_importance_weighted_bound_is_tighter_than_the_elbo_and_tightens_with_k(
         bounds = {k: importance_weighted_nll(model, x, y, k).mean().item() for k in (1, 10, 100)}
     assert bounds[1] == pytest.approx(nelbo.mean().item(), rel=2e-3), "k = 1 is the ELBO"
     assert bounds[100] < bounds[10] < bounds[1]
+
+
+def test_conv_model_has_the_same_interface_and_shapes(real_batch):
+    x, y = real_batch
+    model = CVAE(latent_dim=7, hidden_dims=[32], architecture="conv", channels=[4, 8])
+    mu, logvar = model.encode(x, y)
+    assert mu.shape == logvar.shape == (64, 7)
+    assert model.decode(model.reparameterize(mu, logvar), y).shape == (64, 784)
+    assert model.sample(y).shape == (64, 1, 28, 28)
+    convs = [m for m in model.encoder.convs if isinstance(m, torch.nn.Conv2d)]
+    assert [(m.in_channels, m.out_channels) for m in convs] == [(1, 4), (4, 8)]
+    assert model.encoder.convs(x[:2].view(-1, 1, 28, 28)).shape == (2, 8 * 7 * 7), "28 -> 14 -> 7"
+    terms = negative_elbo(model, x, y)
+    torch.testing.assert_close(terms["nelbo"], terms["recon"] + terms["kl"])
+    with pytest.raises(ValueError, match=r"model.channels=\[4\] must name 2 widths"):
+        CVAE(architecture="conv", channels=[4])
+    with pytest.raises(ValueError, match=r"model.architecture='rnn' is unknown; choose one of mlp, conv"):
+        CVAE(architecture="rnn")
+
+
+def learned_prior_model(latent_dim: int = 3) -> CVAE:
+    torch.manual_seed(1)
+    model = CVAE(latent_dim=latent_dim, learned_prior=True)
+    with torch.no_grad():
+        model.prior_mu.normal_()
+        model.prior_logvar.normal_(0, 0.5)
+    return model
+
+
+def test_kl_to_the_learned_prior_matches_torch_distributions_and_monte_carlo(real_batch):
+    x, y = real_batch
+    model = learned_prior_model()
+    with torch.no_grad():
+        terms = negative_elbo(model, x, y)
+    q = Normal(terms["mu"].double(), torch.exp(0.5 * terms["logvar"]).double())
+    p = Normal(model.prior_mu[y].detach().double(), torch.exp(0.5 * model.prior_logvar[y]).detach().double())
+    torch.testing.assert_close(terms["kl_dims"].double(), kl_divergence(q, p), rtol=1e-4, atol=1e-5)
+    z = q.sample((100_000,))
+    monte_carlo = (q.log_prob(z) - p.log_prob(z)).mean(dim=0)
+    torch.testing.assert_close(terms["kl_dims"].double(), monte_carlo, rtol=0.02, atol=0.02)
+
+
+def test_the_learned_prior_starts_as_the_reference_prior_and_receives_gradients(real_batch):
+    x, y = real_batch
+    torch.manual_seed(0)
+    reference = CVAE(latent_dim=4)
+    learned = CVAE(latent_dim=4, learned_prior=True)
+    learned.load_state_dict(reference.state_dict(), strict=False)
+    torch.manual_seed(1)
+    kl_reference = negative_elbo(reference, x, y)["kl"]
+    torch.manual_seed(1)
+    terms = negative_elbo(learned, x, y)
+    torch.testing.assert_close(terms["kl"], kl_reference)
+    terms["nelbo"].mean().backward()
+    assert learned.prior_mu.grad[y].abs().sum() > 0 and learned.prior_logvar.grad[y].abs().sum() > 0
+
+
+def test_importance_weighted_bound_uses_the_learned_prior(real_batch):
+    from cvae.model import importance_weighted_nll
+
+    x, y = real_batch
+    model = learned_prior_model(latent_dim=2)
+    torch.manual_seed(0)
+    with torch.no_grad():
+        nelbo = torch.stack([negative_elbo(model, x, y)["nelbo"] for _ in range(50)]).mean(0)
+        bound = importance_weighted_nll(model, x, y, 1).mean().item()
+    assert bound == pytest.approx(nelbo.mean().item(), rel=2e-3), "k = 1 is the ELBO, KL to the learned prior"

@@ -116,6 +116,7 @@ class RealDigitGenerator:
     """A stand-in generator: returns real training digits of the label asked for (or ignores the label)."""
 
     latent_dim = 2
+    learned_prior = False  # its z come from N(0, I), which it ignores
 
     def __init__(self, images, labels, respect_labels: bool):
         self.pools = {digit: images[labels == digit] for digit in range(10)}
