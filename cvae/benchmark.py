@@ -41,6 +41,7 @@ from pathlib import Path
 
 import torch
 
+from cvae.distributed import random_state, set_random_state, stream_seed
 from cvae.model import CVAE, negative_elbo
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -194,16 +195,6 @@ def load_mnist(data_dir: str) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
 
 
 # ---------------------------------------------------------------------------------------------- (a) the floor
-def random_state(device: torch.device) -> tuple:
-    return torch.get_rng_state(), torch.cuda.get_rng_state(device) if device.type == "cuda" else None
-
-
-def set_random_state(state: tuple, device: torch.device) -> None:
-    torch.set_rng_state(state[0])
-    if state[1] is not None:
-        torch.cuda.set_rng_state(state[1], device)
-
-
 class PlainLoop:
     """(a): the reference architecture trained by hand on float [0, 1] (N, 784) tensors already on the device.
 
@@ -216,6 +207,7 @@ class PlainLoop:
         if args.compile:
             self.model.compile()
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=args.lr)
+        torch.manual_seed(stream_seed(args.seed, 0))  # the training noise of rank 0, as RankState seeds it
         self.rng_state = random_state(device)
         self.x = images.to(device).view(len(labels), -1).float().div_(255)
         self.y = labels.to(device)
