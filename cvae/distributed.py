@@ -181,11 +181,7 @@ class RankWatchdog(threading.Thread):
         while not self.stopped.wait(WATCH_PERIOD):
             dead = self.failed()
             if dead:
-                rank, code = min(dead.items())
-                self.failure = RankError(
-                    f"DDP rank {rank} (pid {self.children[rank].pid}) exited with code {code}; the job was stopped. "
-                    f"Its output above says why"
-                )
+                self.failure = self.rank_error(dead)
                 for child in self.children.values():
                     child.kill()
                 _thread.interrupt_main()
@@ -199,13 +195,18 @@ class RankWatchdog(threading.Thread):
         deadline = time.monotonic() + wait
         while self.failure is None and not self.failed() and time.monotonic() < deadline:
             time.sleep(0.1)
-        if self.failure is None:
-            failed = self.failed()
-            if failed:
-                rank, code = min(failed.items())
-                self.failure = RankError(f"DDP rank {rank} exited with code {code}; its output above says why")
+        if self.failure is None and (failed := self.failed()):
+            self.failure = self.rank_error(failed)
         if self.failure is not None:
             raise self.failure from None
+
+    def rank_error(self, failed: dict[int, int]) -> RankError:
+        """The error naming the lowest failed rank, its pid and exit code."""
+        rank, code = min(failed.items())
+        return RankError(
+            f"DDP rank {rank} (pid {self.children[rank].pid}) exited with code {code}; the job was stopped. "
+            f"Its output above says why"
+        )
 
     def failed(self) -> dict[int, int]:
         """Exit codes of the ranks that ended in error, by rank."""

@@ -73,9 +73,8 @@ class GaussianMixtureSampler:
             raise ConfigError(f"sampler.covariance={covariance!r} is unknown; choose one of {', '.join(COVARIANCES)}")
         self.components, self.covariance = components, covariance
         self.fit_seed, self.max_iterations = fit_seed, max_iterations
-        self.mixture: dict[str, torch.Tensor] | None = (
-            None  # weights (10, K), means (10, K, D), scale_tril (10, K, D, D)
-        )
+        # weights (10, K), means (10, K, D), scale_tril (10, K, D, D)
+        self.mixture: dict[str, torch.Tensor] | None = None
 
     def settings(self) -> dict:
         return {
