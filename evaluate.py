@@ -11,9 +11,9 @@ os.environ.setdefault("PROJECT_ROOT", str(Path(__file__).resolve().parent))
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="evaluate")
 def main(cfg: DictConfig) -> None:
-    from cvae.checks import EVALUATE_RULES
-    from cvae.cli import run_task
-    from cvae.evaluation import evaluate
+    from cvae.run.checks import EVALUATE_RULES
+    from cvae.run.cli import run_task
+    from cvae.run.evaluate import evaluate
 
     run_task(evaluate, cfg, EVALUATE_RULES)
 

@@ -54,7 +54,7 @@ def compose_config(config_name: str, overrides: list[str], output_dir: Path) -> 
 @pytest.fixture(scope="session")
 def trained_run(tmp_path_factory, data_dir) -> tuple[Path, dict]:
     """A real two-epoch training run on a slice of MNIST: its output dir and the metrics train() returned."""
-    from cvae.training import train
+    from cvae.run.train import train
 
     output_dir = tmp_path_factory.mktemp("run")
     cfg = compose_config("train", [*QUICK_RUN, f"data.data_dir={data_dir}", "latent_dim=3"], output_dir)

@@ -10,8 +10,9 @@ import pytest
 import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from cvae import benchmark
-from cvae.data import MNISTDataModule
+from benchmarks import plain_loop
+from benchmarks import speed as benchmark
+from cvae.data.mnist import MNISTDataModule
 from tests.conftest import QUICK_RUN_ANY_CALLBACKS, compose_config
 
 # one epoch of (b) is 3 batches without validation: neither a sanity check nor validation draws random numbers,
@@ -61,7 +62,7 @@ def test_plain_loop_trains_the_model_lightning_trains(alternated):
     assert plain.keys() == lightning.keys()
     for name in plain:
         torch.testing.assert_close(plain[name], lightning[name], rtol=0, atol=1e-4, msg=name)
-    initial = benchmark.CVAE(3, [512, 256]).state_dict()
+    initial = plain_loop.CVAE(3, [512, 256]).state_dict()
     assert not torch.equal(initial["encoder.0.weight"], plain["encoder.0.weight"]), "it trained"
 
 
@@ -146,9 +147,8 @@ def fit_quick(data_dir, output_dir, every_step: bool, monkeypatch) -> tuple[list
     import pytorch_lightning as pl
     from hydra.utils import instantiate
 
-    from cvae.lit_module import CVAELitModule
-    from cvae.training import build_trainer
-    from cvae.utils import instantiate_group
+    from cvae.model.module import CVAELitModule
+    from cvae.run.train import build_trainer, instantiate_group
 
     if every_step:
         monkeypatch.setattr(CVAELitModule, "step_is_shown", lambda self, batch_idx: True)

@@ -45,7 +45,7 @@ def test_top_level_knobs_feed_model_data_and_optimizer(tmp_path, data_dir):
 
 
 def test_callbacks_and_loggers_instantiate(tmp_path):
-    from cvae.utils import instantiate_group
+    from cvae.run.train import instantiate_group
 
     for extra in ("mlflow", "wandb"):  # many_loggers has MLflow and W&B
         pytest.importorskip(extra, reason=f'logger={extra} is an extra: pip install -e ".[{extra}]"')

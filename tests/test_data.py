@@ -6,7 +6,8 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from cvae.data import EpochPermutation, MNISTDataModule, TensorBatches
+from cvae.data.batches import EpochPermutation, TensorBatches
+from cvae.data.mnist import MNISTDataModule
 
 
 @pytest.fixture(scope="module")

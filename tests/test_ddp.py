@@ -11,9 +11,9 @@ import pytest
 import pytorch_lightning as pl
 import torch
 
-from cvae.callbacks import GenerationQuality
-from cvae.checkpoint import load_module
-from cvae.data import MNISTDataModule
+from cvae.callbacks.quality import GenerationQuality
+from cvae.data.mnist import MNISTDataModule
+from cvae.run.checkpoints import load_module
 from tests.test_train import run_script
 
 # validation batches of one image on each of the 2 ranks: images 0..2*VAL_BATCHES_PER_RANK-1 in all

@@ -12,13 +12,13 @@ import torch
 import torch.nn.functional as F
 from scipy import linalg
 
-from cvae.checkpoint import load_module
-from cvae.classifier import load_reference_classifier
-from cvae.data import MNISTDataModule
-from cvae.generate import prior_latents
-from cvae.lit_module import CVAELitModule
-from cvae.model import CVAE, importance_weighted_nll, negative_elbo
-from cvae.quality import balanced_labels, decode_at
+from cvae.data.mnist import MNISTDataModule
+from cvae.metrics.classifier import load_reference_classifier
+from cvae.metrics.generation import balanced_labels
+from cvae.model.cvae import CVAE, importance_weighted_nll, negative_elbo
+from cvae.model.module import CVAELitModule
+from cvae.run.checkpoints import load_module
+from cvae.sampling.prior import decode, prior_latents
 
 
 @pytest.fixture(scope="module")
@@ -87,7 +87,7 @@ def test_metrics_json_holds_the_fid_and_label_accuracy_of_the_best_checkpoint(tr
     model = load_module(run_dir / logged["best_checkpoint"]).model
     classifier = load_reference_classifier()
     labels = balanced_labels(1000)
-    fakes = decode_at(model, labels, prior_latents(1000, model.latent_dim, seed=0))
+    fakes = decode(model, labels, prior_latents(1000, model.latent_dim, seed=0), batch_size=2000)
     real = classifier.features(pixels(mnist.splits["val"][0]).float()).double().numpy()
     fake = classifier.features(fakes).double().numpy()
     assert logged["val/fid"] == pytest.approx(frechet_distance(real, fake), rel=1e-4)

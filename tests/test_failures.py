@@ -13,14 +13,14 @@ import pytest
 import pytorch_lightning as pl
 import torch
 
-from cvae.callbacks import StopOnDivergence
-from cvae.checkpoint import AtomicCheckpointIO, load_module
-from cvae.checks import EVALUATE_RULES, TRAIN_RULES
-from cvae.cli import run_task
+from cvae.callbacks.safety import StopOnDivergence
 from cvae.errors import CheckpointError, DivergenceError
-from cvae.evaluation import evaluate
-from cvae.training import train
-from cvae.utils import write_json_atomic
+from cvae.files import write_json_atomic
+from cvae.run.checkpoints import AtomicCheckpointIO, load_module
+from cvae.run.checks import EVALUATE_RULES, TRAIN_RULES
+from cvae.run.cli import run_task
+from cvae.run.evaluate import evaluate
+from cvae.run.train import train
 from tests.conftest import QUICK_EVALUATION, QUICK_RUN, QUICK_RUN_ANY_CALLBACKS, ROOT, compose_config
 from tests.test_train import run_script
 

@@ -7,7 +7,7 @@ import os
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from tensorboard.plugins.hparams.plugin_data_pb2 import HParamsPluginData
 
-from cvae.hparams import knobs, swept_knobs
+from cvae.run.hparams import knobs, swept_knobs
 from tests.conftest import QUICK_RUN, compose_config
 
 # keys that only repeat another key (${batch_size}, ${latent_dim}, ${lr}, ${seed}, ${paths.output_dir})

@@ -12,7 +12,7 @@ from PIL import Image
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from cvae.errors import ConfigError
-from cvae.loggers import mlflow_logger, run_label, wandb_logged_in, wandb_logger, wandb_run_closed
+from cvae.run.loggers import mlflow_logger, run_label, wandb_logged_in, wandb_logger, wandb_run_closed
 from tests.conftest import QUICK_RUN, compose_config
 
 mlflow = pytest.importorskip("mlflow", reason='MLflow is an extra: pip install -e ".[mlflow]" (".[test]" has it)')
@@ -25,7 +25,7 @@ IMAGE_TAGS = ("samples/prior_by_digit", "samples/reconstructions", "exploration/
 @pytest.fixture(scope="module")
 def tracked_run(tmp_path_factory, data_dir):
     """A two-epoch run with logger=[tensorboard,mlflow,wandb], W&B on a machine that never logged in."""
-    from cvae.training import train
+    from cvae.run.train import train
 
     root = tmp_path_factory.mktemp("tracked")
     with pytest.MonkeyPatch.context() as env:

@@ -6,8 +6,8 @@ import pytest
 import torch
 from torch.distributions import Bernoulli, Normal, kl_divergence
 
-from cvae.data import MNISTDataModule
-from cvae.model import CVAE, kl_per_dim, negative_elbo, reconstruction_nll
+from cvae.data.mnist import MNISTDataModule
+from cvae.model.cvae import CVAE, kl_per_dim, negative_elbo, reconstruction_nll
 
 
 @pytest.fixture(scope="module")
@@ -101,7 +101,7 @@ def test_negative_elbo_is_recon_plus_kl_and_bounds_the_data_likelihood(real_batc
 
 
 def test_importance_weighted_bound_is_tighter_than_the_elbo_and_tightens_with_k(real_batch):
-    from cvae.model import importance_weighted_nll
+    from cvae.model.cvae import importance_weighted_nll
 
     x, y = real_batch
     torch.manual_seed(0)
@@ -169,7 +169,7 @@ def test_the_learned_prior_starts_as_the_reference_prior_and_receives_gradients(
 
 
 def test_importance_weighted_bound_uses_the_learned_prior(real_batch):
-    from cvae.model import importance_weighted_nll
+    from cvae.model.cvae import importance_weighted_nll
 
     x, y = real_batch
     model = learned_prior_model(latent_dim=2)

@@ -5,9 +5,9 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from cvae.checkpoint import check_resumable, load_module
 from cvae.errors import CheckpointError
-from cvae.lit_module import CVAELitModule
+from cvae.model.module import CVAELitModule
+from cvae.run.checkpoints import check_resumable, load_module
 
 CONV_LEARNED = {"latent_dim": 3, "hidden_dims": [16], "architecture": "conv", "channels": [4, 8], "learned_prior": True}
 

@@ -9,8 +9,8 @@ from google.protobuf import text_format
 from PIL import Image
 from tensorboard.plugins.projector.projector_config_pb2 import ProjectorConfig
 
-from cvae.checkpoint import load_module
-from cvae.data import MNISTDataModule
+from cvae.data.mnist import MNISTDataModule
+from cvae.run.checkpoints import load_module
 from tests.conftest import QUICK_EVALUATION, compose_config
 
 
@@ -52,7 +52,7 @@ def test_training_puts_the_validation_posterior_means_into_the_projector(trained
 
 
 def test_evaluate_writes_the_projector_of_the_first_test_images(trained_run, data_dir, tmp_path):
-    from cvae.evaluation import evaluate
+    from cvae.run.evaluate import evaluate
 
     output_dir, _ = trained_run
     checkpoint = output_dir / "checkpoints" / "best.ckpt"

@@ -5,19 +5,20 @@ downloaded here)."""
 import pytest
 import torch
 
-from cvae.classifier import WEIGHTS_PATH, accuracy, load_reference_classifier, sha256
-from cvae.data import MNISTDataModule
+from cvae.data.mnist import MNISTDataModule
 from cvae.errors import DataError
-from cvae.model import kl_per_dim
-from cvae.quality import (
+from cvae.files import file_sha256
+from cvae.metrics.classifier import WEIGHTS_PATH, accuracy, load_reference_classifier
+from cvae.metrics.generation import (
     ConditionalGenerationMetrics,
     InceptionFeatures,
-    PosteriorStats,
     balanced_labels,
     classification_accuracy_score,
     conditional_generation_metrics,
     feature_fid,
 )
+from cvae.model.cvae import kl_per_dim
+from cvae.model.posterior import PosteriorStats
 
 
 @pytest.fixture(scope="module")
@@ -45,7 +46,7 @@ def test_reference_classifier_refuses_weights_that_fail_the_checksum(tmp_path):
     tampered.write_bytes(WEIGHTS_PATH.read_bytes() + b"\0")
     with pytest.raises(DataError, match="do not match their checksum"):
         load_reference_classifier(tampered)
-    assert load_reference_classifier(tampered, expected_sha256=sha256(tampered)) is not None
+    assert load_reference_classifier(tampered, expected_sha256=file_sha256(tampered)) is not None
 
 
 def fid_of(metrics_like, first: torch.Tensor, second: torch.Tensor) -> float:
@@ -121,6 +122,9 @@ class RealDigitGenerator:
     def __init__(self, images, labels, respect_labels: bool):
         self.pools = {digit: images[labels == digit] for digit in range(10)}
         self.respect_labels, self.drawn = respect_labels, 0
+
+    def parameters(self):  # where it lives, as generation asks of a model: the CPU
+        return iter([torch.zeros(())])
 
     def sample(self, labels, z):
         if not self.respect_labels:

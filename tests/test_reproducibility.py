@@ -13,7 +13,7 @@ import pytest
 import torch
 from pytorch_lightning.utilities.exceptions import SIGTERMException
 
-from cvae.training import train
+from cvae.run.train import train
 from tests.conftest import QUICK_RUN, QUICK_RUN_ANY_CALLBACKS, compose_config
 from tests.test_train import run_script
 

@@ -10,13 +10,14 @@ import torch
 from torch.distributions import MultivariateNormal
 from torchvision.utils import save_image
 
-from cvae.callbacks import GenerationQuality
-from cvae.checkpoint import load_module
-from cvae.data import MNISTDataModule, split_tensors
-from cvae.images import digit_rows, image_grid
-from cvae.model import CVAE, NUM_CLASSES
-from cvae.quality import balanced_labels, conditional_generation_metrics, decode_at
-from cvae.sampler import GaussianMixtureSampler, PriorSampler, fit_gaussian_mixture
+from cvae.callbacks.quality import GenerationQuality
+from cvae.data.mnist import MNISTDataModule, split_tensors
+from cvae.explore.figures import digit_rows, image_grid
+from cvae.metrics.generation import balanced_labels, conditional_generation_metrics
+from cvae.model.cvae import CVAE, NUM_CLASSES
+from cvae.run.checkpoints import load_module
+from cvae.sampling.gmm import GaussianMixtureSampler, fit_gaussian_mixture
+from cvae.sampling.prior import PriorSampler, decode
 from tests.conftest import QUICK_EVALUATION, compose_config
 
 
@@ -125,7 +126,7 @@ def test_prior_sampler_draws_from_the_learned_prior():
 
 
 def test_evaluate_draws_every_sample_from_the_chosen_sampler(trained_run, data_dir, tmp_path):
-    from cvae.evaluation import evaluate
+    from cvae.run.evaluate import evaluate
 
     ckpt = tmp_path / "model.ckpt"  # a copy: the fit lands beside it, not in the shared run
     shutil.copy(trained_run[0] / "checkpoints" / "best.ckpt", ckpt)
@@ -140,7 +141,7 @@ def test_evaluate_draws_every_sample_from_the_chosen_sampler(trained_run, data_d
     model = load_module(ckpt).model
     save_image(digit_rows(model, sampler.grid_latents(model, 10, seed=42)), tmp_path / "expected.png")
     assert (tmp_path / "gmm" / "samples.png").read_bytes() == (tmp_path / "expected.png").read_bytes()
-    digit = decode_at(model, torch.full((8,), 4), sampler.latents(model, torch.full((8,), 4), seed=42))
+    digit = decode(model, torch.full((8,), 4), sampler.latents(model, torch.full((8,), 4), seed=42))
     save_image(image_grid(digit), tmp_path / "expected_4.png")
     assert (tmp_path / "gmm" / "digit_4.png").read_bytes() == (tmp_path / "expected_4.png").read_bytes()
 
@@ -171,7 +172,9 @@ def test_generation_quality_callback_measures_the_chosen_sampler(model, data_dir
     for x, y in datamodule.val_dataloader():
         metrics.update(x, y, real=True)
     labels = balanced_labels(200)
-    metrics.update(decode_at(model, labels, expected_sampler.latents(model, labels, seed=3)), labels, real=False)
+    metrics.update(
+        decode(model, labels, expected_sampler.latents(model, labels, seed=3), batch_size=2000), labels, real=False
+    )
     expected = metrics.compute()
     assert logged["val/fid"] == pytest.approx(expected["fid"], rel=1e-6)
     assert logged["val/label_acc"] == expected["label_acc"]

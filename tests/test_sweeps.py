@@ -152,7 +152,7 @@ def test_summary_command_reads_any_sweep_dir(tmp_path):
     )
     (finished / "timing.json").write_text(json.dumps({"fit_seconds": 10.0, "wall_seconds": 12.5}))
     result = subprocess.run(
-        [sys.executable, "-m", "cvae.sweep", str(tmp_path)],
+        [sys.executable, "-m", "cvae.run.sweep", str(tmp_path)],
         capture_output=True,
         text=True,
         cwd=Path(__file__).resolve().parents[1],
@@ -187,7 +187,7 @@ def test_summary_command_reads_any_sweep_dir(tmp_path):
 
 def test_summary_plot_draws_each_metric_against_each_swept_knob_a_line_per_other_setting(tmp_path):
     """A 3 x 2 grid (latent_dim x lr) and a failed member: the figure's lines hold exactly the members' metrics."""
-    from cvae.sweep import summary_figure, summary_table, write_summary
+    from cvae.run.sweep import summary_figure, summary_table, write_summary
 
     grid = [(latent_dim, lr) for latent_dim in (20, 2, 10) for lr in ("3e-3", "1e-3")]
 

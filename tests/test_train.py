@@ -12,9 +12,9 @@ from PIL import Image
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from tensorboard.plugins.hparams.plugin_data_pb2 import HParamsPluginData
 
-from cvae.checkpoint import load_module
-from cvae.data import MNISTDataModule
-from cvae.model import negative_elbo
+from cvae.data.mnist import MNISTDataModule
+from cvae.model.cvae import negative_elbo
+from cvae.run.checkpoints import load_module
 from tests.conftest import QUICK_EVALUATION, QUICK_RUN, QUICK_RUN_ANY_CALLBACKS, ROOT, compose_config
 
 ELBO_METRICS = {f"{stage}/{term}" for stage in ("val", "test") for term in ("nelbo", "recon", "kl")}
@@ -79,7 +79,7 @@ def test_logged_means_weight_every_image_equally(trained_run, data_dir):
 
 
 def test_evaluate_writes_its_own_metrics_and_samples(trained_run, data_dir, tmp_path):
-    from cvae.evaluation import evaluate
+    from cvae.run.evaluate import evaluate
 
     run_dir, trained = trained_run
     ckpt = run_dir / "checkpoints" / "best.ckpt"

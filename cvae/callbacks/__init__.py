@@ -1,0 +1,2 @@
+"""Lightning callbacks: images (sample grids, latent exploration), generation quality, the Projector, and the
+safety callbacks every run gets. Imports cvae.model, data, sampling, metrics, explore and the foundation."""

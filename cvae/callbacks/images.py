@@ -1,0 +1,108 @@
+"""What TensorBoard (and every logger that takes images) shows of a run beyond its scalars: sample grids and
+reconstructions, and the latent space explored (cvae/explore/)."""
+
+import pytorch_lightning as pl
+import torch
+from pytorch_lightning.loggers import Logger, MLFlowLogger, TensorBoardLogger, WandbLogger
+
+from cvae.explore.figures import (
+    digit_rows,
+    interpolation_images,
+    latent_map_images,
+    reconstruction_rows,
+    style_transfer_image,
+)
+from cvae.explore.latent import first_of_each_digit
+from cvae.sampling.prior import PriorSampler
+
+
+class SampleGrids(pl.Callback):
+    """Every n epochs: prior samples (a row per digit, the same z each epoch so progress is comparable)
+    and reconstructions of fixed validation images, as TensorBoard images."""
+
+    def __init__(self, samples_per_digit: int = 10, num_reconstructions: int = 10, every_n_epochs: int = 1):
+        self.samples_per_digit, self.num_reconstructions = samples_per_digit, num_reconstructions
+        self.every_n_epochs = every_n_epochs
+
+    def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self.real = first_validation_images(trainer, self.num_reconstructions, pl_module.device)
+
+    def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if not (logs_images_now(trainer) and epoch_is_due(trainer, self.every_n_epochs)):
+            return
+        log_images(
+            trainer.loggers,
+            {
+                "samples/prior_by_digit": digit_rows(pl_module.model, self.prior_grid_latents(pl_module)),
+                "samples/reconstructions": reconstruction_rows(pl_module.model, *self.real),
+            },
+            trainer.global_step,
+        )
+
+    def prior_grid_latents(self, pl_module: pl.LightningModule) -> torch.Tensor:
+        """The same noise every epoch, through the prior as it is now (a learned prior moves)."""
+        return PriorSampler().grid_latents(pl_module.model, self.samples_per_digit).to(pl_module.device)
+
+
+class LatentExploration(pl.Callback):
+    """After every n-th epoch: the latent map of fixed validation images (posterior means coloured by digit, a
+    PCA projection above 2 dims, and the manifold per digit for latent_dim 2), interpolations and style
+    transfer, as TensorBoard images under exploration/. A second or so of CPU work, hence not every epoch."""
+
+    def __init__(self, every_n_epochs: int = 5, num_images: int = 1000, interpolation_steps: int = 10, seed: int = 0):
+        self.every_n_epochs, self.num_images = every_n_epochs, num_images
+        self.interpolation_steps, self.seed = interpolation_steps, seed
+
+    def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self.real = first_validation_images(trainer, self.num_images, pl_module.device)
+        self.style_sources = first_of_each_digit(self.real[1])
+
+    def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if not (logs_images_now(trainer) and epoch_is_due(trainer, self.every_n_epochs)):
+            return
+        model, (x, y) = pl_module.model, self.real
+        images = {
+            **latent_map_images(model, x, y),
+            **interpolation_images(model, self.interpolation_steps, self.seed),
+            "style_transfer": style_transfer_image(model, x[self.style_sources], y[self.style_sources]),
+        }
+        log_images(
+            trainer.loggers, {f"exploration/{name}": image for name, image in images.items()}, trainer.global_step
+        )
+
+
+def first_validation_images(trainer: pl.Trainer, count: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """The first `count` validation images and labels (fewer if this rank's shard is smaller), on the device."""
+    images, labels, found = [], [], 0
+    for x, y in trainer.datamodule.val_dataloader():
+        images.append(x[: count - found])
+        labels.append(y[: count - found])
+        found += len(labels[-1])
+        if found == count:
+            break
+    return torch.cat(images).to(device), torch.cat(labels).to(device)
+
+
+def epoch_is_due(trainer: pl.Trainer, every_n_epochs: int) -> bool:
+    """After epochs n, 2n, ... and after the last one, so every run ends on a picture of its final model."""
+    epochs_done = trainer.current_epoch + 1
+    return epochs_done % every_n_epochs == 0 or epochs_done == trainer.max_epochs
+
+
+def logs_images_now(trainer: pl.Trainer) -> bool:
+    """True at the end of a real training epoch's validation, on the rank that writes the logs."""
+    return not trainer.sanity_checking and trainer.is_global_zero and trainer.state.fn == "fit"
+
+
+def log_images(loggers: list[Logger], images: dict[str, torch.Tensor], step: int) -> None:
+    """Every logger that shows images gets them (C, H, W in [0, 1]) under their tag at this step, as the same
+    8-bit pixels (W&B would stretch a float tensor's own range to black and white)."""
+    for tag, image in images.items():
+        pixels = (image.detach().cpu() * 255).clamp(0, 255).to(torch.uint8).permute(1, 2, 0).numpy()
+        for logger in loggers:
+            if isinstance(logger, TensorBoardLogger):
+                logger.experiment.add_image(tag, pixels, global_step=step, dataformats="HWC")
+            elif isinstance(logger, MLFlowLogger):
+                logger.experiment.log_image(logger.run_id, pixels, key=tag, step=step)
+            elif isinstance(logger, WandbLogger):
+                logger.log_image(key=tag, images=[pixels], step=step)

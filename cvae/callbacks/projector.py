@@ -1,0 +1,25 @@
+"""The latent space in TensorBoard's Projector during training (cvae/explore/projector.py writes it)."""
+
+import pytorch_lightning as pl
+from pytorch_lightning.loggers import TensorBoardLogger
+
+from cvae.callbacks.images import epoch_is_due, first_validation_images, logs_images_now
+from cvae.explore.projector import add_projector
+
+
+class LatentProjector(pl.Callback):
+    """Every n epochs and after the last, the first `num_images` validation images into the Projector of every
+    TensorBoard logger (its step is the global step, so the Projector offers each epoch's map)."""
+
+    def __init__(self, every_n_epochs: int = 5, num_images: int = 1000):
+        self.every_n_epochs, self.num_images = every_n_epochs, num_images
+
+    def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self.real = first_validation_images(trainer, self.num_images, pl_module.device)
+
+    def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if not (logs_images_now(trainer) and epoch_is_due(trainer, self.every_n_epochs)):
+            return
+        for logger in trainer.loggers:
+            if isinstance(logger, TensorBoardLogger):
+                add_projector(logger.experiment, pl_module.model, *self.real, trainer.global_step)

@@ -1,0 +1,63 @@
+"""FID and label accuracy of generated digits while training, and of the best checkpoint for metrics.json."""
+
+import pytorch_lightning as pl
+import torch
+
+from cvae.callbacks.images import epoch_is_due
+from cvae.data.mnist import split_tensors
+from cvae.errors import ConfigError
+from cvae.metrics.generation import balanced_labels, conditional_generation_metrics
+from cvae.sampling.prior import PriorSampler, Sampler, decode
+
+
+class GenerationQuality(pl.Callback):
+    """Every n epochs and after the last, and on trainer.validate (train.py's pass over the best checkpoint, for
+    metrics.json), val/fid and val/label_acc (overall and per digit): class-balanced samples, the same noise each
+    time, against the real validation images, whose features are extracted once. z comes from `sampler`: the
+    prior, or an ex-post mixture refitted to the training images each time.
+
+    Under DDP each rank generates its share of the samples and reads its shard of the validation images;
+    the torchmetrics states gather them all, so every rank logs the same figures."""
+
+    def __init__(
+        self,
+        every_n_epochs: int = 5,
+        num_samples: int = 10_000,
+        features: str = "mnist",
+        inception_weights: str | None = None,
+        seed: int = 0,
+        sampler: Sampler | None = None,
+    ):
+        if every_n_epochs <= 0:
+            raise ConfigError(f"callbacks.generation_quality.every_n_epochs={every_n_epochs} must be positive")
+        balanced_labels(num_samples)  # refuse a bad count before training starts
+        self.every_n_epochs, self.num_samples, self.seed = every_n_epochs, num_samples, seed
+        self.features, self.inception_weights = features, inception_weights
+        self.sampler = sampler or PriorSampler()
+
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        if stage in ("fit", "validate") and not hasattr(self, "metrics"):
+            self.metrics = conditional_generation_metrics(self.features, self.inception_weights).to(pl_module.device)
+            self.has_real_features = False
+
+    def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        # due epochs of training, and trainer.validate (train.py's pass over the best checkpoint for metrics.json)
+        due = trainer.state.fn == "validate" or (
+            trainer.state.fn == "fit" and epoch_is_due(trainer, self.every_n_epochs)
+        )
+        if trainer.sanity_checking or not due:
+            return
+        device = pl_module.device
+        if not self.has_real_features:  # this rank's shard, at once: features in chunks, whatever the batch size
+            x, y = (torch.cat(parts).to(device) for parts in zip(*trainer.datamodule.val_dataloader()))
+            self.metrics.update(x, y, real=True)
+            self.has_real_features = True
+        shard = slice(trainer.global_rank, None, trainer.world_size)
+        self.sampler.fit(pl_module.model, *split_tensors(trainer.datamodule, "train"))
+        labels = balanced_labels(self.num_samples)
+        z = self.sampler.latents(pl_module.model, labels, self.seed)[shard]
+        labels = labels[shard].to(device)
+        self.metrics.update(decode(pl_module.model, labels, z, batch_size=2000), labels, real=False)
+        for name, value in self.metrics.compute().items():
+            pl_module.log(f"val/{name}", value)
+        self.metrics.reset_generated()

@@ -1,0 +1,81 @@
+"""Callbacks every training run gets, whatever its callbacks group: no training on from NaN weights, and a
+checkpoint to resume from when the run is interrupted."""
+
+from pathlib import Path
+
+import pytorch_lightning as pl
+import torch
+from pytorch_lightning.utilities import rank_zero_info
+from pytorch_lightning.utilities.exceptions import SIGTERMException
+
+from cvae.errors import DivergenceError
+
+
+def last_checkpoint_path(trainer: pl.Trainer) -> Path:
+    checkpoints = trainer.checkpoint_callback.dirpath if trainer.checkpoint_callback else None
+    return Path(checkpoints or Path(trainer.default_root_dir) / "checkpoints") / "last.ckpt"
+
+
+class StopOnDivergence(pl.Callback):
+    """Stops training when a step's loss was NaN or infinite, naming the epoch and step, before any checkpoint is
+    written from the broken weights: checkpoints/last.ckpt stays the last good one.
+
+    Each step only updates a flag on the device (a check per step would be a host-device sync per step on a GPU);
+    the flag is read before every validation, at the end of every epoch and before every checkpoint, where the
+    weights are checked too."""
+
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self.on_train_epoch_start(trainer, pl_module)  # a run resumed mid-epoch starts with no epoch start
+
+    def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self.counted_from_step = trainer.global_step
+        self.batches = torch.zeros((), dtype=torch.long, device=pl_module.device)
+        self.first_bad_batch = torch.full((), -1, dtype=torch.long, device=pl_module.device)
+        self.bad_loss = torch.zeros((), device=pl_module.device)
+
+    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs, batch, batch_idx) -> None:
+        loss = (outputs["loss"] if isinstance(outputs, dict) else outputs).detach()
+        first = ~torch.isfinite(loss) & (self.first_bad_batch < 0)
+        self.first_bad_batch = torch.where(first, self.batches, self.first_bad_batch)
+        self.bad_loss = torch.where(first, loss, self.bad_loss)
+        self.batches += 1
+
+    def on_validation_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if trainer.state.fn == "fit" and not trainer.sanity_checking:  # no validation, images or FID of NaN weights
+            self.check(trainer, pl_module)
+
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self.check(trainer, pl_module)
+
+    def on_save_checkpoint(self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict) -> None:
+        if trainer.state.fn == "fit":  # raising here stops the checkpoint from being written
+            self.check(trainer, pl_module)
+
+    def check(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if not hasattr(self, "first_bad_batch"):  # no training step yet
+            return
+        bad_batch = int(self.first_bad_batch)
+        if bad_batch >= 0:
+            step = self.counted_from_step + bad_batch // trainer.accumulate_grad_batches
+            what = f"the loss became {self.bad_loss.item()} at epoch {trainer.current_epoch}, step {step}"
+        elif not all(torch.isfinite(p).all() for p in pl_module.parameters()):
+            what = f"the weights became non-finite in epoch {trainer.current_epoch}"
+        else:
+            return
+        last = last_checkpoint_path(trainer)
+        kept = f"the last good checkpoint is {last}" if last.is_file() else "no checkpoint was written before it"
+        raise DivergenceError(f"{what}; {kept}. Lower lr or model.beta and train again")
+
+
+class CheckpointOnInterrupt(pl.Callback):
+    """Ctrl-C or SIGTERM during training: save checkpoints/last.ckpt, so `ckpt_path=<it>` resumes the run."""
+
+    def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
+        if trainer.state.fn != "fit" or not isinstance(exception, (KeyboardInterrupt, SIGTERMException)):
+            return
+        last = last_checkpoint_path(trainer)
+        trainer.save_checkpoint(last)
+        rank_zero_info(
+            f"interrupted at epoch {trainer.current_epoch}, step {trainer.global_step}; saved {last}: "
+            f"resume with ckpt_path={last}"
+        )

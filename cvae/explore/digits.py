@@ -1,0 +1,32 @@
+"""Digits on request: one digit in several styles, or a string of digits, each from its own z.
+
+    digit_variants(model, 7, variants=8)            (8, 1, 28, 28)
+    digit_strings(model, "20261120", variants=4)    (4, 8, 1, 28, 28)
+
+Images come back as floats in [0, 1] (Bernoulli means) on the CPU; every z comes from a sampler seeded by `seed`,
+so each output is a function of the model and the seed alone.
+"""
+
+import torch
+
+from cvae.model.cvae import CVAE, IMAGE_SHAPE
+from cvae.sampling.prior import Sampler, generate
+from cvae.validate import check_count, parse_digit, parse_digits
+
+
+def digit_variants(
+    model: CVAE, digit: int | str, variants: int = 8, seed: int = 0, sampler: Sampler | None = None
+) -> torch.Tensor:
+    """`variants` styles of one digit, each from a different z: (variants, 1, 28, 28)."""
+    labels = torch.full((check_count(variants, "variants"),), parse_digit(digit))
+    return generate(model, labels, seed, sampler).cpu()
+
+
+def digit_strings(
+    model: CVAE, digits: int | str, variants: int = 4, seed: int = 0, sampler: Sampler | None = None
+) -> torch.Tensor:
+    """`variants` renderings (rows) of a digit string, every digit with its own z:
+    (variants, len(digits), 1, 28, 28)."""
+    parsed = torch.tensor(parse_digits(digits))
+    labels = parsed.repeat(check_count(variants, "variants"))
+    return generate(model, labels, seed, sampler).cpu().view(variants, len(parsed), *IMAGE_SHAPE)

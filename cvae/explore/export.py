@@ -1,0 +1,95 @@
+"""Synthetic data: samples of every digit in MNIST's own layout (uint8 (N, 28, 28), int64 labels), written as
+<name>.pt, <name>.npz and, if asked, a folder of PNG files per digit; and the reader of such sets."""
+
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+from tqdm.auto import tqdm
+
+from cvae.errors import ConfigError
+from cvae.files import atomic_path
+from cvae.model.cvae import CVAE, IMAGE_SHAPE, NUM_CLASSES, NUM_PIXELS
+from cvae.sampling.prior import Sampler, generate
+from cvae.validate import check_count
+
+IMAGE_SET_SUFFIXES = (".pt", ".npz")
+
+
+def to_uint8(images: torch.Tensor) -> torch.Tensor:
+    """Images in [0, 1] as uint8 (N, 28, 28), the layout of MNIST itself."""
+    return images.mul(255).round().to(torch.uint8).view(-1, *IMAGE_SHAPE[1:])
+
+
+def synthetic_dataset(
+    model: CVAE,
+    per_digit: int,
+    seed: int = 0,
+    batch_size: int = 1000,
+    progress: bool = False,
+    sampler: Sampler | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """per_digit samples of each digit, as MNIST stores them: uint8 images (N, 28, 28) and int64 labels (N,),
+    sorted by digit (shuffle them for training)."""
+    labels = torch.arange(NUM_CLASSES).repeat_interleave(check_count(per_digit, "export.per_digit"))
+    images = generate(model, labels, seed, sampler, batch_size, "synthetic digits" if progress else None).cpu()
+    return to_uint8(images), labels
+
+
+def write_synthetic_dataset(
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    output_dir: str | Path,
+    name: str = "synthetic",
+    image_folder: bool = False,
+    progress: bool = False,
+) -> list[Path]:
+    """<name>.pt (torch.load(path, weights_only=True) gives {"images", "labels"}), <name>.npz (numpy.load gives
+    the same arrays) and, if asked, <name>/<digit>/<index>.png. Returns the paths written."""
+    output_dir = Path(output_dir)
+    arrays = {"images": images.cpu(), "labels": labels.cpu()}
+    torch_path, numpy_path = output_dir / f"{name}.pt", output_dir / f"{name}.npz"
+    with atomic_path(torch_path) as temporary:
+        torch.save(arrays, temporary)
+    with atomic_path(numpy_path) as temporary, open(temporary, "wb") as file:  # a file object: no ".npz" added
+        np.savez(file, **{key: value.numpy() for key, value in arrays.items()})
+    written = [torch_path, numpy_path]
+    if image_folder:
+        written.append(write_image_folder(arrays["images"], arrays["labels"], output_dir / name, progress))
+    return written
+
+
+def write_image_folder(images: torch.Tensor, labels: torch.Tensor, folder: Path, progress: bool = False) -> Path:
+    """One subfolder per digit holding a PNG per image, numbered in order within the digit."""
+    with atomic_path(folder, directory=True) as temporary:
+        for digit in range(NUM_CLASSES):
+            (temporary / str(digit)).mkdir()
+        counts = [0] * NUM_CLASSES
+        for image, label in tqdm(
+            list(zip(images.numpy(), labels.tolist())), desc="PNG files", unit="image", disable=not progress
+        ):
+            Image.fromarray(image).save(temporary / str(label) / f"{counts[label]:06d}.png")
+            counts[label] += 1
+    return folder
+
+
+def load_image_set(path: str | Path) -> tuple[torch.Tensor, torch.Tensor]:
+    """Images and labels from a .pt ({"images", "labels"}, read with weights_only=True) or an .npz (arrays
+    `images` and `labels`), as write_synthetic_dataset writes them: uint8 (N, 28, 28) or floats in [0, 1]."""
+    path = Path(path)
+    if path.suffix not in IMAGE_SET_SUFFIXES:
+        raise ConfigError(f"anomaly.scores_for={str(path)!r} is neither test, a .pt nor an .npz file")
+    if path.suffix == ".pt":
+        arrays = torch.load(path, map_location="cpu", weights_only=True)
+    else:
+        with np.load(path) as npz:
+            arrays = {key: torch.from_numpy(npz[key]) for key in npz.files}
+    if not isinstance(arrays, dict) or not {"images", "labels"} <= arrays.keys():
+        raise ConfigError(f"{path} does not hold both 'images' and 'labels'")
+    images, labels = arrays["images"], arrays["labels"].long()
+    if images[0].numel() != NUM_PIXELS or len(images) != len(labels):
+        raise ConfigError(
+            f"{path}: expected N images of 28x28 and N labels, got {tuple(images.shape)} and {tuple(labels.shape)}"
+        )
+    return images, labels

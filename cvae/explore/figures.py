@@ -1,0 +1,103 @@
+"""What the project shows, as images (3, H, W) in [0, 1] for PNG files and every logger: grids of samples (a row
+per digit), reconstructions, the latent map (a matplotlib scatter rendered without a display), manifold grids,
+interpolations and style transfer."""
+
+import numpy as np
+import torch
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
+from torchvision.utils import make_grid
+
+from cvae.explore import latent
+from cvae.model.cvae import CVAE, IMAGE_SHAPE, NUM_CLASSES, pixels, posterior_means
+
+
+def image_grid(images: torch.Tensor, nrow: int = 10) -> torch.Tensor:
+    """Images (N, 1, 28, 28) as a grid of nrow columns, separated by grey lines."""
+    return make_grid(images.cpu(), nrow=nrow, pad_value=0.5)
+
+
+def rows_grid(images: torch.Tensor) -> torch.Tensor:
+    """Images (rows, columns, 1, 28, 28) as a grid of the same rows and columns."""
+    return image_grid(images.flatten(0, 1), nrow=images.shape[1])
+
+
+@torch.no_grad()
+def digit_rows(model: CVAE, z: torch.Tensor) -> torch.Tensor:
+    """A grid image with one row per digit 0-9, decoded from z of shape (10 * n, latent_dim)."""
+    samples_per_digit = len(z) // NUM_CLASSES
+    labels = torch.arange(NUM_CLASSES, device=z.device).repeat_interleave(samples_per_digit)
+    return image_grid(model.sample(labels, z), nrow=samples_per_digit)
+
+
+@torch.no_grad()
+def reconstruction_rows(model: CVAE, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Originals above their reconstructions, decoded at the posterior mean."""
+    mu, _ = model.encode(x, y)
+    recon = model.sample(y, mu)
+    return image_grid(torch.cat([x.view(-1, *IMAGE_SHAPE), recon]), nrow=len(x))
+
+
+def latent_map_images(model: CVAE, x: torch.Tensor, y: torch.Tensor) -> dict[str, torch.Tensor]:
+    """`latent_map`: the posterior means of real images coloured by digit (a PCA projection above 2 dims);
+    with latent_dim 2 also `latent_manifold`: a manifold grid per digit, digits 0-4 above 5-9."""
+    points, axis_names = latent.project_2d(posterior_means(model, x, y))
+    title = f"posterior means of {len(y)} images, latent_dim {model.latent_dim}"
+    images = {"latent_map": figure_image(latent_scatter(points, y, axis_names, title))}
+    if model.latent_dim == 2:
+        # no lines inside a digit's grid, so it reads as one continuous surface
+        grids = [
+            make_grid(latent.manifold_grid(model, digit), nrow=latent.MANIFOLD_SIZE, padding=0)
+            for digit in range(NUM_CLASSES)
+        ]
+        images["latent_manifold"] = make_grid(torch.stack(grids), nrow=5, padding=8, pad_value=1.0)
+    return images
+
+
+def interpolation_images(model: CVAE, steps: int = 10, seed: int = 0) -> dict[str, torch.Tensor]:
+    """`interpolation_within_digit`: a row per digit, morphing between the same two z in every row;
+    `interpolation_across_digits`: one fixed z, row d morphing from digit d into digit d + 1 (9 into 0)."""
+    within = [latent.interpolate_within_digit(model, digit, steps, seed) for digit in range(NUM_CLASSES)]
+    across = [
+        latent.interpolate_across_digits(model, digit, (digit + 1) % NUM_CLASSES, steps, seed)
+        for digit in range(NUM_CLASSES)
+    ]
+    return {
+        "interpolation_within_digit": rows_grid(torch.stack(within)),
+        "interpolation_across_digits": rows_grid(torch.stack(across)),
+    }
+
+
+def style_transfer_image(model: CVAE, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """A row per real image: the image itself, then its style drawn as each digit 0-9."""
+    sources = pixels(x).view(-1, 1, *IMAGE_SHAPE).cpu()
+    return rows_grid(torch.cat([sources, latent.style_transfer(model, x, y)], dim=1))
+
+
+def latent_scatter(
+    points: torch.Tensor, labels: torch.Tensor, axis_names: tuple[str, str], title: str = "posterior means"
+) -> Figure:
+    """A scatter of 2-D points coloured by digit, with a legend. A bare Figure (no pyplot): no global state,
+    no display needed."""
+    figure = Figure(figsize=(6, 6), dpi=100)
+    FigureCanvasAgg(figure)
+    axes = figure.add_subplot()
+    # drawn in a shuffled (fixed) order, so no digit is painted over all the others
+    order = torch.randperm(len(points), generator=torch.Generator().manual_seed(0))
+    colours = [f"C{digit}" for digit in labels.cpu()[order].tolist()]
+    axes.scatter(*points[order].T.tolist(), c=colours, s=3, alpha=0.6)
+    legend = [
+        Line2D([], [], marker="o", linestyle="", color=f"C{digit}", label=str(digit)) for digit in range(NUM_CLASSES)
+    ]
+    axes.legend(handles=legend, title="digit", loc="upper right", fontsize="small")
+    axes.set(xlabel=axis_names[0], ylabel=axis_names[1], title=title)
+    figure.tight_layout()
+    return figure
+
+
+def figure_image(figure: Figure) -> torch.Tensor:
+    """A rendered figure as a (3, H, W) float image in [0, 1], what TensorBoard's add_image takes."""
+    figure.canvas.draw()
+    rgba = torch.from_numpy(np.asarray(figure.canvas.buffer_rgba()).copy())
+    return rgba[..., :3].permute(2, 0, 1).float() / 255

@@ -1,0 +1,30 @@
+"""The latent space in TensorBoard's Projector: the posterior means of fixed images with their digit labels and
+thumbnails (a sprite), so a user can rotate it in 3-D, colour it by digit and run PCA, t-SNE or UMAP in the
+browser (`tensorboard --logdir <run dir>`, Projector tab). During training from fixed validation images every n
+epochs and after the last (cvae/callbacks/projector.py); from `python evaluate.py projector=true` for the first test
+images."""
+
+from pathlib import Path
+
+import torch
+from torch.utils.tensorboard import SummaryWriter
+
+from cvae.model.cvae import CVAE, IMAGE_SHAPE, pixels, posterior_means
+
+TAG = "latent/posterior_mean"
+
+
+def add_projector(writer: SummaryWriter, model: CVAE, x: torch.Tensor, y: torch.Tensor, step: int) -> None:
+    """One Projector checkpoint: a point per image, labelled with its digit, drawn as the image itself."""
+    writer.add_embedding(
+        posterior_means(model, x, y),
+        metadata=y.tolist(),
+        label_img=pixels(x).cpu().view(-1, *IMAGE_SHAPE),
+        global_step=step,
+        tag=TAG,
+    )
+
+
+def write_projector(model: CVAE, x: torch.Tensor, y: torch.Tensor, output_dir: str | Path) -> None:
+    with SummaryWriter(log_dir=str(output_dir)) as writer:
+        add_projector(writer, model, x, y, step=0)

@@ -1,0 +1,61 @@
+"""Files the project writes and reads by content: one atomic writer for every result, and SHA-256 digests.
+
+Every file a run leaves (metrics, checkpoints, mixture fits, exports, summaries) is written to a hidden temporary
+beside its final path and renamed into place once complete: a reader, or a run killed halfway, never sees a
+half-written file under the real name, and a failed write leaves no temporary behind.
+"""
+
+import hashlib
+import json
+import os
+import secrets
+import shutil
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+
+@contextmanager
+def atomic_path(path: str | Path, directory: bool = False) -> Iterator[Path]:
+    """A temporary path beside `path` to write into (a directory with `directory`), renamed to `path` only once
+    the block succeeded. Unique per writer (pid and random token), so two writers never share a temporary. Named
+    by hand rather than by tempfile, whose private 0600 permissions would follow the data into place."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.parent / f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp"
+    if directory:
+        temporary.mkdir()
+    try:
+        yield temporary
+        if directory and path.exists():
+            shutil.rmtree(path)  # os.replace cannot put a directory over a non-empty one
+        os.replace(temporary, path)
+    finally:
+        if temporary.is_dir():
+            shutil.rmtree(temporary)
+        else:
+            temporary.unlink(missing_ok=True)
+
+
+def write_bytes_atomic(path: str | Path, content: bytes) -> None:
+    with atomic_path(path) as temporary, open(temporary, "wb") as file:
+        file.write(content)
+        file.flush()
+        os.fsync(file.fileno())
+
+
+def write_json_atomic(path: str | Path, data: dict) -> None:
+    """Sorted, indented JSON with a final newline: equal data give byte-identical files."""
+    write_bytes_atomic(path, (json.dumps(data, indent=2, sort_keys=True) + "\n").encode())
+
+
+def read_json(path: Path) -> dict | None:
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def file_sha256(path: str | Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as file:
+        for block in iter(lambda: file.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()

@@ -1,0 +1,198 @@
+"""How good a conditional generator is: FID (torchmetrics) on features of the reference MNIST classifier or of
+InceptionV3, label accuracy of generated digits, the importance-weighted NLL and the classification accuracy
+score (CAS). (The posterior-collapse diagnostics are the ELBO's own: cvae/model/posterior.py.)"""
+
+from pathlib import Path
+
+import torch
+from torch import nn
+from torchmetrics.classification import MulticlassAccuracy
+from torchmetrics.image.fid import FrechetInceptionDistance
+
+from cvae.errors import ConfigError, DataError
+from cvae.metrics.classifier import ReferenceClassifier, accuracy, fit_classifier, load_reference_classifier
+from cvae.model.cvae import CVAE, NUM_CLASSES, importance_weighted_nll
+from cvae.sampling.prior import Sampler, generate
+from cvae.validate import check_choice
+
+FEATURE_EXTRACTORS = ("mnist", "inception")
+FEATURE_CHUNK = 500  # images per feature-extractor call: small enough to stay in the CPU caches
+
+
+class ClassifierFeatures(nn.Module):
+    """Penultimate features of the reference MNIST classifier."""
+
+    def __init__(self, classifier: ReferenceClassifier):
+        super().__init__()
+        self.classifier, self.num_features = classifier, classifier.num_features
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.classifier.features(images)
+
+
+class InceptionFeatures(nn.Module):
+    """torchmetrics' standard FID InceptionV3 (2048-d pool features), fed grey digits as RGB bytes."""
+
+    num_features = 2048
+
+    def __init__(self, weights_path: str | None):
+        super().__init__()
+        from torchmetrics.image.fid import NoTrainInceptionV3
+
+        if weights_path is not None and not Path(weights_path).is_file():
+            raise DataError(
+                f"InceptionV3 weights {weights_path} not found: put torch-fidelity's "
+                f"pt_inception-2015-12-05-6726825d.pth there, or leave inception_weights=null on a connected "
+                f"machine to download it"
+            )
+        try:
+            self.inception = NoTrainInceptionV3(
+                name="inception-v3-compat", features_list=["2048"], feature_extractor_weights_path=weights_path
+            )
+        except Exception as error:  # offline: torch-fidelity could not download the weights
+            raise DataError(
+                f"InceptionV3 weights could not be loaded ({type(error).__name__}); download torch-fidelity's "
+                f"pt_inception-2015-12-05-6726825d.pth and pass its path as inception_weights=PATH"
+            ) from None
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        rgb = images.reshape(-1, 1, 28, 28).expand(-1, 3, -1, -1)
+        return self.inception((rgb * 255).round().to(torch.uint8)).reshape(len(images), -1)
+
+
+def feature_extractor(name: str, inception_weights: str | None, classifier: ReferenceClassifier) -> nn.Module:
+    if check_choice(name, FEATURE_EXTRACTORS, "quality.features") == "mnist":
+        return ClassifierFeatures(classifier)
+    return InceptionFeatures(inception_weights)
+
+
+class PrecomputedFeatures(nn.Module):
+    """Lets torchmetrics' FID take features we extract once and share between the overall and per-digit FIDs."""
+
+    def __init__(self, num_features: int):
+        super().__init__()
+        self.num_features = num_features
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        return features
+
+
+def feature_fid(num_features: int) -> FrechetInceptionDistance:
+    """FID over precomputed features; real statistics survive reset(), so real images are read once."""
+    return FrechetInceptionDistance(feature=PrecomputedFeatures(num_features), reset_real_features=False)
+
+
+def in_chunks(network: nn.Module, images: torch.Tensor) -> torch.Tensor:
+    """network(images), a chunk at a time: the first conv layer's output for 10k digits would take a gigabyte."""
+    return torch.cat([network(chunk) for chunk in images.split(FEATURE_CHUNK)])
+
+
+class ConditionalGenerationMetrics(nn.Module):
+    """FID and label accuracy, overall and per digit, of generated digits against real ones.
+
+    Every state is a torchmetrics state, so under DDP compute() gathers every rank's samples."""
+
+    def __init__(self, extractor: nn.Module, classifier: ReferenceClassifier):
+        super().__init__()
+        self.extractor, self.classifier = extractor, classifier
+        self.fid = feature_fid(extractor.num_features)
+        self.fid_per_digit = nn.ModuleList(feature_fid(extractor.num_features) for _ in range(NUM_CLASSES))
+        self.label_acc = MulticlassAccuracy(NUM_CLASSES, average="micro")
+        self.label_acc_per_digit = MulticlassAccuracy(NUM_CLASSES, average=None)
+
+    @torch.no_grad()
+    def update(self, images: torch.Tensor, labels: torch.Tensor, real: bool) -> None:
+        features = in_chunks(self.extractor, images)
+        self.fid.update(features, real=real)
+        if not real:  # the reference classifier's own features need only its head on top
+            shared = isinstance(self.extractor, ClassifierFeatures) and self.extractor.classifier is self.classifier
+            predictions = (self.classifier.head(features) if shared else in_chunks(self.classifier, images)).argmax(
+                dim=1
+            )
+            self.label_acc.update(predictions, labels)
+            self.label_acc_per_digit.update(predictions, labels)
+        for digit, fid in enumerate(self.fid_per_digit):
+            if (labels == digit).any():
+                fid.update(features[labels == digit], real=real)
+
+    def compute(self) -> dict[str, float]:
+        metrics = {"fid": self.fid.compute().item(), "label_acc": self.label_acc.compute().item()}
+        for digit, (fid, acc) in enumerate(zip(self.fid_per_digit, self.label_acc_per_digit.compute())):
+            enough = min(fid.real_features_num_samples, fid.fake_features_num_samples) >= 2  # for a covariance
+            metrics[f"fid_digit/{digit}"] = fid.compute().item() if enough else float("nan")
+            metrics[f"label_acc_digit/{digit}"] = acc.item()
+        return metrics
+
+    def reset_generated(self) -> None:
+        for metric in (self.fid, *self.fid_per_digit, self.label_acc, self.label_acc_per_digit):
+            metric.reset()
+
+
+def balanced_labels(num_samples: int, device: torch.device | str = "cpu") -> torch.Tensor:
+    """num_samples labels, the same count of each digit."""
+    if num_samples <= 0 or num_samples % NUM_CLASSES:
+        raise ConfigError(f"a class-balanced sample count must be a positive multiple of 10, got {num_samples}")
+    return torch.arange(NUM_CLASSES, device=device).repeat_interleave(num_samples // NUM_CLASSES)
+
+
+@torch.no_grad()
+def mean_iw_nll(model: CVAE, images: torch.Tensor, labels: torch.Tensor, k: int, batch_size: int = 500) -> float:
+    """Mean over images of the k-sample importance-weighted bound on -log p(x | y), in nats."""
+    total = sum(
+        importance_weighted_nll(model, x, y, k).sum().item()
+        for x, y in zip(images.split(batch_size), labels.split(batch_size))
+    )
+    return total / len(labels)
+
+
+def classification_accuracy_score(
+    model: CVAE,
+    test_images: torch.Tensor,
+    test_labels: torch.Tensor,
+    per_digit: int,
+    epochs: int,
+    seed: int,
+    sampler: Sampler | None = None,
+) -> float:
+    """CAS (Ravuri & Vinyals, 2019): train the reference architecture on generated digits only, test on real ones."""
+    labels = balanced_labels(per_digit * NUM_CLASSES, test_images.device)
+    synthetic = generate(model, labels, seed, sampler, batch_size=2000)
+    classifier = fit_classifier(synthetic, labels, epochs=epochs, seed=seed)
+    return accuracy(classifier, test_images.view(-1, 1, 28, 28), test_labels)
+
+
+def conditional_generation_metrics(features: str, inception_weights: str | None) -> ConditionalGenerationMetrics:
+    classifier = load_reference_classifier()
+    return ConditionalGenerationMetrics(feature_extractor(features, inception_weights, classifier), classifier)
+
+
+def generator_report(
+    model: CVAE,
+    test_images: torch.Tensor,
+    test_labels: torch.Tensor,
+    *,
+    num_samples: int,
+    features: str,
+    inception_weights: str | None,
+    iw_samples: int,
+    seed: int,
+    cas_per_digit: int = 0,
+    cas_epochs: int = 3,
+    sampler: Sampler | None = None,
+) -> dict[str, float]:
+    """The test-set figures of evaluate.py beyond the ELBO: nll_iw, FID and label accuracy (overall and per
+    digit) of class-balanced samples (z from the sampler, by default the prior) against the real test images,
+    and CAS when cas_per_digit > 0."""
+    device = test_images.device
+    metrics = conditional_generation_metrics(features, inception_weights).to(device)
+    for x, y in zip(test_images.split(2000), test_labels.split(2000)):
+        metrics.update(x, y, real=True)
+    labels = balanced_labels(num_samples, device)
+    metrics.update(generate(model, labels, seed, sampler), labels, real=False)
+    report = {f"test/{name}": value for name, value in metrics.compute().items()}
+    report["test/nll_iw"] = mean_iw_nll(model, test_images, test_labels, iw_samples)
+    if cas_per_digit > 0:
+        report["test/cas"] = classification_accuracy_score(
+            model, test_images, test_labels, cas_per_digit, epochs=cas_epochs, seed=seed, sampler=sampler
+        )
+    return report

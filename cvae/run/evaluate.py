@@ -1,0 +1,141 @@
+"""What `python evaluate.py ckpt_path=...` does: test metrics of a checkpoint, a table, metrics.json and a
+PNG of samples per digit, plus whatever generation and exploration the config asks for (see
+conf/evaluate.yaml), all in evaluate's own output dir. Every sample's z comes from `sampler`: the prior, or an
+ex-post mixture fitted to the training images."""
+
+from pathlib import Path
+
+import pytorch_lightning as pl
+import torch
+from hydra.utils import instantiate
+from omegaconf import DictConfig
+from torchvision.utils import save_image
+
+from cvae.data.mnist import split_tensors
+from cvae.explore.anomaly import anomaly_demo, anomaly_scores, write_scores_csv
+from cvae.explore.digits import digit_strings, digit_variants
+from cvae.explore.export import load_image_set, synthetic_dataset, write_synthetic_dataset
+from cvae.explore.figures import (
+    digit_rows,
+    image_grid,
+    interpolation_images,
+    latent_map_images,
+    rows_grid,
+    style_transfer_image,
+)
+from cvae.explore.latent import first_of_each_digit
+from cvae.explore.projector import write_projector
+from cvae.files import write_json_atomic
+from cvae.metrics.generation import generator_report
+from cvae.model.cvae import CVAE, model_device, pixels
+from cvae.run.checkpoints import load_module
+from cvae.sampling.prior import Sampler
+from cvae.seeding import seeded_global_rng
+from cvae.validate import parse_digit
+
+
+def evaluate(cfg: DictConfig) -> dict:
+    pl.seed_everything(cfg.seed, workers=True)
+    module = load_module(cfg.ckpt_path)
+    datamodule = instantiate(cfg.data)
+    trainer = instantiate(cfg.trainer, logger=False, callbacks=[], enable_checkpointing=False)
+    metrics = trainer.test(module, datamodule=datamodule, verbose=False)[0]
+    module.to(trainer.strategy.root_device)  # Lightning moves it to the CPU after testing; the rest runs here
+
+    output_dir = Path(cfg.paths.output_dir)
+    sampler = instantiate(cfg.sampler).fit_for_checkpoint(
+        module.model, *split_tensors(datamodule, "train"), cfg.ckpt_path
+    )
+    z = sampler.grid_latents(module.model, cfg.samples_per_digit, seed=cfg.seed)
+    save_image(digit_rows(module.model, z.to(model_device(module.model))), output_dir / "samples.png")
+    test_split = split_tensors(datamodule, "test")
+    metrics.update(quality_report(module.model, cfg, *test_split, sampler))
+    for name, picture in requested_pictures(module.model, cfg, *test_split, sampler).items():
+        save_image(picture, output_dir / f"{name}.png")
+    if cfg.projector:
+        write_projector(module.model, *(part[: cfg.projector_images] for part in test_split), output_dir)
+    if cfg.export.per_digit:
+        export_synthetic(module.model, cfg, output_dir, sampler)
+    metrics.update(write_anomaly_outputs(module.model, cfg, *test_split, output_dir))
+    write_json_atomic(output_dir / "metrics.json", {**metrics, "ckpt_path": str(Path(cfg.ckpt_path).resolve())})
+    print(format_table(dict(sorted(metrics.items(), key=lambda item: item[0].count("/")))))  # per-digit rows last
+    return metrics
+
+
+def quality_report(
+    model: CVAE, cfg: DictConfig, x: torch.Tensor, y: torch.Tensor, sampler: Sampler
+) -> dict[str, float]:
+    """test/fid, test/label_acc (both also per digit), test/nll_iw and, with quality.cas, test/cas."""
+    quality = cfg.quality
+    device = model_device(model)
+    with seeded_global_rng(cfg.seed, device):
+        return generator_report(
+            model,
+            pixels(x).to(device),
+            y.to(device),
+            num_samples=quality.num_samples,
+            features=quality.features,
+            inception_weights=quality.inception_weights,
+            iw_samples=quality.iw_samples,
+            seed=cfg.seed,
+            cas_per_digit=quality.cas_per_digit if quality.cas else 0,
+            cas_epochs=quality.cas_epochs,
+            sampler=sampler,
+        )
+
+
+def requested_pictures(
+    model: CVAE, cfg: DictConfig, x: torch.Tensor, y: torch.Tensor, sampler: Sampler
+) -> dict[str, torch.Tensor]:
+    """The PNG images the config asks for, by file name (without .png)."""
+    pictures = {}
+    if cfg.digits is not None:
+        pictures["digits"] = rows_grid(digit_strings(model, cfg.digits, cfg.variants, cfg.seed, sampler))
+    if cfg.digit is not None:
+        variants = digit_variants(model, cfg.digit, cfg.variants, cfg.seed, sampler)
+        pictures[f"digit_{parse_digit(cfg.digit)}"] = image_grid(variants)
+    if cfg.latent_map:
+        pictures.update(latent_map_images(model, x, y))
+    if cfg.interpolate:
+        pictures.update(interpolation_images(model, cfg.interpolation_steps, cfg.seed))
+    if cfg.style_transfer:
+        sources = first_of_each_digit(y)
+        pictures["style_transfer"] = style_transfer_image(model, x[sources], y[sources])
+    return pictures
+
+
+def export_synthetic(model: CVAE, cfg: DictConfig, output_dir: Path, sampler: Sampler) -> None:
+    images, labels = synthetic_dataset(
+        model, cfg.export.per_digit, cfg.seed, cfg.batch_size, progress=True, sampler=sampler
+    )
+    for path in write_synthetic_dataset(
+        images, labels, output_dir, image_folder=cfg.export.image_folder, progress=True
+    ):
+        print(f"wrote {path}")
+
+
+def write_anomaly_outputs(model: CVAE, cfg: DictConfig, x: torch.Tensor, y: torch.Tensor, output_dir: Path) -> dict:
+    """anomaly_scores.csv and anomaly_demo.json, as asked; the demo's AUROC as a metric."""
+    anomaly = cfg.anomaly
+    if anomaly.scores_for is not None:
+        images, labels = (x, y) if anomaly.scores_for == "test" else load_image_set(anomaly.scores_for)
+        scores = anomaly_scores(model, images, labels, anomaly.score, anomaly.k, cfg.seed, cfg.batch_size)
+        print(f"wrote {write_scores_csv(output_dir / 'anomaly_scores.csv', scores, labels, anomaly.score)}")
+    if not anomaly.demo:
+        return {}
+    demo = anomaly_demo(model, x, y, anomaly.score, anomaly.k, cfg.seed, cfg.batch_size)
+    write_json_atomic(output_dir / "anomaly_demo.json", demo)
+    return {"anomaly_demo/auroc": demo["auroc"]}
+
+
+def format_table(metrics: dict) -> str:
+    """A markdown table of metric names and values."""
+    shown = {name: f"{value:.4f}" if isinstance(value, float) else str(value) for name, value in metrics.items()}
+    name_width = max(len("metric"), *map(len, shown))
+    value_width = max(len("value"), *map(len, shown.values()))
+    rows = [
+        f"| {'metric':<{name_width}} | {'value':>{value_width}} |",
+        f"|{'-' * (name_width + 2)}|{'-' * (value_width + 1)}:|",
+    ]
+    rows += [f"| {name:<{name_width}} | {value:>{value_width}} |" for name, value in shown.items()]
+    return "\n".join(rows)

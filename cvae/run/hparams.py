@@ -1,0 +1,116 @@
+"""A run's hyperparameters and final metrics as every logger gets them (TensorBoard's HPARAMS tab, MLflow's
+params and metrics, W&B's config, CSV's hparams.yaml), so a sweep reads at a glance:
+
+- the knobs the run's overrides set come first (in TensorBoard marked as the ones that differ, which its
+  HPARAMS table lists first), then the rest of the top-level knobs, model, data and trainer;
+- each knob once: a key that only repeats another (`data.batch_size: ${batch_size}`) is left out;
+- paths relative to the project root, so the table holds no machine's absolute paths;
+- the final metrics of the best checkpoint (val and test nelbo, FID, label accuracy) as the metric columns.
+"""
+
+import os
+import re
+from collections.abc import Collection
+
+from hydra.core.hydra_config import HydraConfig
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from omegaconf import DictConfig, OmegaConf
+from pytorch_lightning.loggers import Logger, TensorBoardLogger
+from pytorch_lightning.utilities import rank_zero_only
+from tensorboard.plugins.hparams.plugin_data_pb2 import HParamsPluginData
+from torch.utils.tensorboard.summary import hparams as hparams_summaries
+from torch.utils.tensorboard.writer import FileWriter
+
+from cvae.run.sweep import FINAL_METRICS
+
+KNOB_KEYS = ("latent_dim", "batch_size", "lr", "seed", "model", "data", "trainer")
+# a value that is nothing but a reference to another key, e.g. ${batch_size}: a copy, not a knob
+COPY_OF_KEY = re.compile(r"^\$\{[\w.]+\}$")
+
+
+@rank_zero_only
+def log_final(loggers: list[Logger], cfg: DictConfig, metrics: dict, extra: dict, step: int) -> None:
+    """Give every logger the run's hyperparameters (with `extra`, e.g. figures known after the run) and its
+    final metrics (on the rank that writes the logs)."""
+    swept = swept_knobs(cfg)
+    hparams = {**swept, **{key: value for key, value in knobs(cfg).items() if key not in swept}, **extra}
+    final = {f"final/{name}": metrics[name] for name in FINAL_METRICS if name in metrics}
+    for logger in loggers:
+        if isinstance(logger, TensorBoardLogger):
+            add_tensorboard_hparams(logger, hparams, final, swept.keys(), step)
+        else:
+            logger.log_hyperparams(hparams)
+            logger.log_metrics(final, step=step)
+
+
+def add_tensorboard_hparams(
+    logger: TensorBoardLogger, hparams: dict, final: dict, swept: Collection[str], step: int
+) -> None:
+    """The HPARAMS tab's three summaries, the swept knobs marked as differing: TensorBoard lists those first and
+    the others by name (Lightning's log_hyperparams cannot mark them)."""
+    values = {
+        key: value if isinstance(value, int | float | str | bool) else str(value) for key, value in hparams.items()
+    }
+    experiment, session_start, session_end = hparams_summaries(values, final)
+    content = experiment.value[0].metadata.plugin_data
+    plugin_data = HParamsPluginData.FromString(content.content)
+    for info in plugin_data.experiment.hparam_infos:
+        info.differs = info.name in swept
+    content.content = plugin_data.SerializeToString()
+    # a file writer of its own beside the logger's (TensorBoard reads every events file of the dir): the
+    # SummaryWriter has no public call that takes a prebuilt summary
+    writer = FileWriter(logger.log_dir)
+    for summary in (experiment, session_start, session_end):
+        writer.add_summary(summary)
+    writer.close()
+    logger.log_metrics(final, step=step)
+    logger.experiment.flush()
+
+
+def swept_knobs(cfg: DictConfig) -> dict:
+    """The keys this run's command line set (Hydra's task overrides) with the values the run used; one that set
+    a whole config (a group option: `logger=many_loggers`, `logger=[tensorboard,mlflow]`) as it was typed."""
+    if not HydraConfig.initialized():  # train() called without Hydra, e.g. from a script
+        return {}
+    swept = {}
+    for override in OverridesParser.create().parse_overrides(list(HydraConfig.get().overrides.task)):
+        key, value = override.key_or_group, OmegaConf.select(cfg, override.key_or_group)
+        if override.is_delete() or value is None:
+            continue
+        if OmegaConf.is_dict(value):
+            swept[key] = override.get_value_element_as_str()
+        else:
+            swept.update(flatten(key.replace(".", "/"), plain(value), cfg.paths.root_dir))
+    return swept
+
+
+def knobs(cfg: DictConfig) -> dict:
+    """The settings that tell runs apart, flat (`model/beta`): no Hydra `_target_`-style keys, no copies of
+    other keys."""
+    flat = {}
+    for key in KNOB_KEYS:
+        if key in cfg:
+            flat.update(flatten(key, plain(cfg[key]), cfg.paths.root_dir, plain(cfg[key], resolve=False)))
+    return flat
+
+
+def plain(value, resolve: bool = True):
+    return OmegaConf.to_container(value, resolve=resolve) if OmegaConf.is_config(value) else value
+
+
+def flatten(name: str, value, root_dir: str, unresolved=None) -> dict:
+    """`name/key/...` entries of a value: copies of other keys (seen in the unresolved value) left out,
+    absolute paths made relative to root_dir."""
+    if isinstance(value, dict):
+        unresolved = unresolved if isinstance(unresolved, dict) else {}
+        return {
+            flat_key: flat_value
+            for key, item in value.items()
+            if not key.startswith("_")
+            for flat_key, flat_value in flatten(f"{name}/{key}", item, root_dir, unresolved.get(key)).items()
+        }
+    if isinstance(unresolved, str) and COPY_OF_KEY.match(unresolved):
+        return {}
+    if isinstance(value, str) and os.path.isabs(value):
+        value = os.path.relpath(value, os.path.abspath(root_dir))
+    return {name: value}

@@ -1,0 +1,226 @@
+"""Local DDP ranks and what each rank keeps to itself: the launcher that starts this machine's other ranks, the
+watchdog that ends the job when one of them dies, and per-rank random streams, saved in every checkpoint for
+every rank and given back to each on resuming."""
+
+import _thread
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from contextlib import contextmanager
+from pathlib import Path
+
+import pytorch_lightning as pl
+import torch
+from omegaconf import DictConfig, OmegaConf
+from pytorch_lightning.strategies.launchers import _SubprocessScriptLauncher
+from pytorch_lightning.utilities import rank_zero_warn
+from pytorch_lightning.utilities.exceptions import SIGTERMException
+from torchmetrics import Metric
+
+from cvae.errors import RankError
+from cvae.seeding import random_state, set_random_state, stream_seed
+
+# A DDP rank started by launch_local_ranks finds its job's config, resolved, in this environment variable.
+JOB_CONFIG_VARIABLE = "CVAE_JOB_CONFIG"
+# What launching local ranks changes in this process, put back afterwards for the next job of a multirun.
+DDP_VARIABLES = ("MASTER_ADDR", "MASTER_PORT", "NODE_RANK", "LOCAL_RANK", "WORLD_SIZE", "OMP_NUM_THREADS")
+PROJECT_ROOT = Path(__file__).resolve().parents[2]
+WATCH_PERIOD = 0.5  # seconds between looks at the children
+GRACE_PERIOD = 10.0  # seconds this rank gets to stop by itself once a child died, before it is ended
+# Exit codes of a rank that was stopped by Ctrl-C or SIGTERM, as every rank is (Lightning broadcasts SIGTERM):
+# it saved its part of the checkpoint and ended in order, which is no failure for the watchdog to act on.
+STOPPED = {128 + signal.SIGINT, 128 + signal.SIGTERM, -signal.SIGINT, -signal.SIGTERM}
+
+
+def gather(trainer: pl.Trainer, local: dict) -> list[dict]:
+    """Every rank's `local`, in rank order, on every rank."""
+    if trainer.world_size == 1 or not torch.distributed.is_initialized():
+        return [local]
+    gathered = [None] * trainer.world_size
+    torch.distributed.all_gather_object(gathered, local)
+    return gathered
+
+
+class RankState(pl.Callback):
+    """Each rank's training noise, its own stream seeded by (seed, rank), and what it has summed so far of the
+    epoch's training metrics: gathered from every rank into every checkpoint, and given back to each rank when
+    the run resumes, so a run resumed at any step draws and sums what an uninterrupted one would have
+    (Lightning's checkpoints hold no random state, and torchmetrics states are per rank)."""
+
+    def __init__(self, seed: int):
+        self.seed = seed
+        self.restored: list[dict] | None = None
+
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        self.trainer, self.pl_module = trainer, pl_module
+        if stage == "fit":  # after the weights were initialised from the global seed, alike on every rank
+            torch.manual_seed(stream_seed(self.seed, trainer.global_rank))
+
+    def state_dict(self) -> dict:
+        module, device = self.pl_module, self.pl_module.device
+        local = {
+            # an evaluation pass holds the training stream aside (see CVAELitModule.evaluation_noise)
+            "random": module.held_training_noise or random_state(device),
+            "metrics": {name: metric.metric_state for name, metric in training_metrics(module)},
+        }
+        return {"ranks": gather(self.trainer, local)}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        self.restored = state_dict["ranks"]
+
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        # Here, after the sanity check and after Lightning restored the loops, just before the first batch.
+        if self.restored is None:
+            return
+        if len(self.restored) != trainer.world_size:
+            rank_zero_warn(
+                f"the checkpoint was written by {len(self.restored)} processes and this run has "
+                f"{trainer.world_size}: the random streams go on from rank 0's, so the run is not exactly the "
+                f"one that was interrupted"
+            )
+        mine = self.restored[trainer.global_rank if len(self.restored) == trainer.world_size else 0]
+        set_random_state(mine["random"], pl_module.device)
+        for name, metric in training_metrics(pl_module):
+            metric.reset()
+            metric.merge_state({key: value.to(pl_module.device) for key, value in mine["metrics"][name].items()})
+        self.restored = None
+
+
+def training_metrics(module: pl.LightningModule) -> list[tuple[str, Metric]]:
+    """The torchmetrics of the training epoch, which sum over its steps (the evaluation ones start afresh)."""
+    return [(name, metric) for name, metric in module.named_modules() if isinstance(metric, Metric) and "train" in name]
+
+
+@contextmanager
+def launch_local_ranks(trainer: pl.Trainer, cfg: DictConfig):
+    """Start the other DDP processes of this machine, each running exactly this job: `python -m cvae.run.train`
+    with the job's config, resolved, in JOB_CONFIG_VARIABLE, watched by a RankWatchdog.
+
+    Lightning would re-run the script with its command line instead; inside a Hydra multirun that command is the
+    whole sweep, so every child process would run every member in a sweep dir of its own. Afterwards this
+    process is left as it was (no process group, no rank variables, its thread count), so the next member of a
+    multirun starts clean. Nothing happens when Lightning would start no processes: one device, another
+    strategy, or ranks already started by torchrun or SLURM.
+    """
+    strategy = trainer.strategy
+    if not lightning_would_start_processes(strategy):
+        yield
+        return
+    cluster = strategy.cluster_environment
+    saved_variables = {name: os.environ.get(name) for name in DDP_VARIABLES}
+    saved_threads = torch.get_num_threads()
+    os.environ.update(
+        MASTER_ADDR=cluster.main_address,
+        MASTER_PORT=str(cluster.main_port),
+        NODE_RANK=str(cluster.node_rank()),
+        LOCAL_RANK="0",
+        WORLD_SIZE=str(strategy.num_processes * strategy.num_nodes),
+    )
+    first_rank = cluster.node_rank() * strategy.num_processes
+    children = {first_rank + local: start_rank(local, cfg) for local in range(1, strategy.num_processes)}
+    watchdog = RankWatchdog(children)
+    watchdog.start()
+    try:
+        yield
+        for child in children.values():
+            child.wait()
+        watchdog.check()
+    except (KeyboardInterrupt, SystemExit, SIGTERMException):
+        # stopped: by the watchdog (which interrupts this thread) or by Ctrl-C / SIGTERM, as every rank was
+        if watchdog.failure is not None:
+            raise watchdog.failure from None
+        raise
+    except BaseException:
+        watchdog.check(wait=2 * WATCH_PERIOD)  # a rank that died is the cause: say so, not what it did here
+        raise
+    finally:
+        watchdog.stop()
+        for child in children.values():
+            child.kill()  # a no-op for those that exited; the others would wait forever for this rank
+            child.wait()
+        if torch.distributed.is_initialized():
+            torch.distributed.destroy_process_group()
+        restore_variables(saved_variables)
+        torch.set_num_threads(saved_threads)
+
+
+class RankWatchdog(threading.Thread):
+    """Ends the job within seconds when a rank this process started dies, naming the rank and its exit code.
+
+    Written here rather than taken from Lightning: its child-process observer SIGKILLs the main process (a
+    whole multirun with it) and names no rank. This one kills the other ranks, interrupts the main thread,
+    which then raises RankError, and only if that thread is stuck in a collective ends the process after
+    GRACE_PERIOD with the same message."""
+
+    def __init__(self, children: dict[int, subprocess.Popen]):
+        super().__init__(daemon=True, name="cvae-rank-watchdog")
+        self.children, self.failure = children, None
+        self.stopped = threading.Event()
+
+    def run(self) -> None:
+        while not self.stopped.wait(WATCH_PERIOD):
+            dead = self.failed()
+            if dead:
+                self.failure = self.rank_error(dead)
+                for child in self.children.values():
+                    child.kill()
+                _thread.interrupt_main()
+                if not self.stopped.wait(GRACE_PERIOD):
+                    print(f"error: {self.failure}", file=sys.stderr, flush=True)
+                    os._exit(1)
+                return
+
+    def check(self, wait: float = 0.0) -> None:
+        """Raise the failure seen, if any, or that of a rank that ended in error (waiting up to `wait` s for one)."""
+        deadline = time.monotonic() + wait
+        while self.failure is None and not self.failed() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        if self.failure is None and (failed := self.failed()):
+            self.failure = self.rank_error(failed)
+        if self.failure is not None:
+            raise self.failure from None
+
+    def rank_error(self, failed: dict[int, int]) -> RankError:
+        """The error naming the lowest failed rank, its pid and exit code."""
+        rank, code = min(failed.items())
+        return RankError(
+            f"DDP rank {rank} (pid {self.children[rank].pid}) exited with code {code}; the job was stopped. "
+            f"Its output above says why"
+        )
+
+    def failed(self) -> dict[int, int]:
+        """Exit codes of the ranks that ended in error, by rank."""
+        return {rank: code for rank, child in self.children.items() if (code := child.poll()) and code not in STOPPED}
+
+    def stop(self) -> None:
+        self.stopped.set()
+
+
+def lightning_would_start_processes(strategy) -> bool:
+    return (
+        isinstance(strategy.launcher, _SubprocessScriptLauncher)
+        and strategy.num_processes > 1
+        and not strategy.cluster_environment.creates_processes_externally
+    )
+
+
+def start_rank(local_rank: int, cfg: DictConfig) -> subprocess.Popen:
+    python_path = os.pathsep.join(filter(None, [str(PROJECT_ROOT), os.environ.get("PYTHONPATH")]))
+    env = {
+        **os.environ,
+        "LOCAL_RANK": str(local_rank),
+        "PYTHONPATH": python_path,
+        JOB_CONFIG_VARIABLE: OmegaConf.to_yaml(cfg, resolve=True),
+    }
+    return subprocess.Popen([sys.executable, "-m", "cvae.run.train"], env=env)
+
+
+def restore_variables(saved: dict) -> None:
+    for name, value in saved.items():
+        if value is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = value

@@ -1,0 +1,195 @@
+"""Sweep summaries: one table of a multirun's members (overrides, final metrics, epochs, wall time), written to
+<sweep dir>/summary.csv and summary.md and printed as markdown, and summary.png: each final metric against each
+swept knob, one line per setting of the other knobs, linked from summary.md. The Hydra callback registered in
+conf/hydra/default.yaml writes them after every multirun; for any existing sweep dir (also one still running or
+one that failed):
+
+    python -m cvae.run.sweep outputs/multirun/<date>/<time>
+
+Kept free of torch (and matplotlib until a plot is drawn) so that Hydra, which builds its callbacks at start-up,
+stays quick to start.
+"""
+
+import atexit
+import csv
+import io
+import itertools
+import sys
+from pathlib import Path
+
+from hydra.experimental.callback import Callback
+from omegaconf import DictConfig, OmegaConf
+
+from cvae.files import read_json, write_bytes_atomic
+
+SUMMARY_FILE, MARKDOWN_FILE, PLOT_FILE = "summary.csv", "summary.md", "summary.png"
+# the headline metrics of a run, in this order: the sweep's columns and plots, the loggers' final metrics
+# (cvae.run.hparams); those a member has
+FINAL_METRICS = ("val/nelbo", "test/nelbo", "val/fid", "test/fid", "val/label_acc", "test/label_acc")
+
+
+def member_dirs(sweep_dir: Path) -> list[Path]:
+    """The sweep's members: subdirs Hydra started a job in (.hydra/) or that hold results, by job number."""
+    members = [
+        path
+        for path in sweep_dir.iterdir()
+        if path.is_dir() and ((path / ".hydra").is_dir() or (path / "metrics.json").is_file())
+    ]
+    return sorted(members, key=lambda path: (0, int(path.name)) if path.name.isdigit() else (1, path.name))
+
+
+def member_overrides(member: Path) -> list[str]:
+    overrides_file = member / ".hydra" / "overrides.yaml"
+    return list(OmegaConf.load(overrides_file)) if overrides_file.is_file() else []
+
+
+def member_row(member: Path) -> dict:
+    """A member's line of the table; without metrics.json its run did not finish, so it counts as failed."""
+    metrics = read_json(member / "metrics.json") or {}
+    timing = read_json(member / "timing.json") or {}
+    overrides = member_overrides(member)
+    return {
+        "member": member.name,
+        "status": "ok" if metrics else "failed",
+        "overrides": " ".join(overrides),
+        "knobs": dict(override.split("=", 1) for override in overrides if "=" in override),  # not a column
+        **{name: metrics[name] for name in FINAL_METRICS if name in metrics},
+        "epochs": metrics.get("epochs"),
+        "wall_seconds": timing.get("wall_seconds"),
+    }
+
+
+def summary_table(sweep_dir: Path) -> tuple[list[str], list[dict]]:
+    rows = [member_row(member) for member in member_dirs(sweep_dir)]
+    metric_columns = [name for name in FINAL_METRICS if any(name in row for row in rows)]
+    return ["member", "status", "overrides", *metric_columns, "epochs", "wall_seconds"], rows
+
+
+def shown(value) -> str:
+    if value is None:
+        return ""
+    return f"{value:.4f}" if isinstance(value, float) else str(value)
+
+
+def as_csv(columns: list[str], rows: list[dict]) -> str:
+    text = io.StringIO()
+    writer = csv.DictWriter(text, fieldnames=columns, restval="", lineterminator="\n")
+    writer.writeheader()
+    writer.writerows({name: shown(row.get(name)) for name in columns} for row in rows)
+    return text.getvalue()
+
+
+def as_markdown(columns: list[str], rows: list[dict]) -> str:
+    lines = ["| " + " | ".join(columns) + " |", "|" + "|".join("---" for _ in columns) + "|"]
+    lines += ["| " + " | ".join(shown(row.get(name)) for name in columns) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def write_summary(sweep_dir: str | Path) -> Path:
+    """Write <sweep dir>/summary.csv, summary.md and summary.png (each replaced in one step: readers never see
+    half a file) and print the table."""
+    sweep_dir = Path(sweep_dir)
+    columns, rows = summary_table(sweep_dir)
+    path = sweep_dir / SUMMARY_FILE
+    write_bytes_atomic(path, as_csv(columns, rows).encode())
+    markdown = as_markdown(columns, rows)
+    figure = summary_figure(rows)
+    if figure is not None:
+        picture = io.BytesIO()
+        figure.savefig(picture, format="png")
+        write_bytes_atomic(sweep_dir / PLOT_FILE, picture.getvalue())
+        markdown += f"\n\n![each final metric against each swept knob]({PLOT_FILE})"
+    write_bytes_atomic(sweep_dir / MARKDOWN_FILE, f"# Sweep summary\n\n{markdown}\n".encode())
+    print(f"\nSweep summary ({path}):\n{as_markdown(columns, rows)}\n")
+    return path
+
+
+def knobs_that_differ(rows: list[dict]) -> list[str]:
+    """The override keys whose values differ between the finished members, in command-line order."""
+    finished = [row["knobs"] for row in rows if row["status"] == "ok"]
+    keys = dict.fromkeys(key for knobs in finished for key in knobs)
+    return [key for key in keys if len({knobs.get(key) for knobs in finished}) > 1]
+
+
+def as_number(text: str | None) -> float | None:
+    try:
+        return float(text)
+    except (TypeError, ValueError):
+        return None
+
+
+def summary_figure(rows: list[dict]):
+    """A matplotlib Figure, a row per final metric and a column per swept knob: the metric against the knob, one
+    line per setting of the other swept knobs. None without a swept knob or a finished member."""
+    from matplotlib.figure import Figure  # here: the Hydra callback imports this module at every start-up
+
+    knobs = knobs_that_differ(rows)
+    finished = [row for row in rows if row["status"] == "ok"]
+    metrics = [name for name in FINAL_METRICS if any(name in row for row in finished)]
+    if not knobs or not metrics:
+        return None
+    figure = Figure(figsize=(4 * len(knobs), 3 * len(metrics)), layout="constrained")
+    axes = figure.subplots(len(metrics), len(knobs), squeeze=False)
+    for (row_index, metric), (column, knob) in itertools.product(enumerate(metrics), enumerate(knobs)):
+        plot_metric(axes[row_index][column], finished, metric, knob, [other for other in knobs if other != knob])
+    return figure
+
+
+def plot_metric(ax, rows: list[dict], metric: str, knob: str, others: list[str]) -> None:
+    values = sorted(
+        {row["knobs"].get(knob) for row in rows},
+        key=lambda value: (as_number(value) is None, as_number(value) or 0, str(value)),
+    )
+    numeric = all(as_number(value) is not None for value in values)
+    position = {value: as_number(value) if numeric else index for index, value in enumerate(values)}
+    lines = {}
+    for row in rows:
+        if metric in row:
+            setting = ", ".join(f"{other}={row['knobs'].get(other)}" for other in others)
+            lines.setdefault(setting, []).append((position[row["knobs"].get(knob)], row[metric]))
+    for setting, points in lines.items():
+        ax.plot(*zip(*sorted(points)), marker="o", label=setting or None)
+    if not numeric:
+        ax.set_xticks(list(position.values()), [str(value) for value in values])
+    elif min(position.values()) > 0 and max(position.values()) >= 100 * min(position.values()):
+        ax.set_xscale("log")
+    ax.set_xlabel(knob)
+    ax.set_ylabel(metric)
+    if others:
+        ax.legend(fontsize="small")
+
+
+class SweepSummary(Callback):
+    """Hydra callback: the summary of a multirun once its members are done, failed members included."""
+
+    def __init__(self):
+        self.sweep_dir: Path | None = None
+
+    def on_multirun_start(self, config: DictConfig, **kwargs) -> None:
+        self.sweep_dir = Path(config.hydra.sweep.dir)
+        # When a member fails, Hydra's sweeper re-raises its error and skips on_multirun_end: the table, failed
+        # members in it, is then written as the process exits.
+        atexit.register(self.summarize_once)
+
+    def on_multirun_end(self, config: DictConfig, **kwargs) -> None:
+        self.summarize_once()
+
+    def summarize_once(self) -> None:
+        sweep_dir, self.sweep_dir = self.sweep_dir, None
+        if sweep_dir is not None and sweep_dir.is_dir():
+            write_summary(sweep_dir)
+
+
+def main(argv: list[str]) -> int:
+    if len(argv) != 1 or not Path(argv[0]).is_dir():
+        print("usage: python -m cvae.run.sweep <sweep dir>   (e.g. outputs/multirun/<date>/<time>)", file=sys.stderr)
+        return 2
+    if not member_dirs(Path(argv[0])):
+        print(f"{argv[0]} holds no sweep members (subdirs with .hydra/ or metrics.json)", file=sys.stderr)
+        return 1
+    write_summary(argv[0])
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,170 @@
+"""What `python train.py` does: build everything from the config, fit, evaluate the best checkpoint on
+validation and test, give every logger the hparams and final metrics and write metrics.json.
+
+A run dir also gets environment.json (versions, platform, git commit: with .hydra/ what it takes to re-run the
+run) and timing.json (wall times, kept out of metrics.json so that equal runs have byte-identical metrics.json).
+"""
+
+import os
+import platform
+import subprocess
+import time
+from importlib import metadata
+from pathlib import Path
+
+import pytorch_lightning as pl
+import torch
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+from pytorch_lightning.callbacks import ModelCheckpoint, ProgressBar, TQDMProgressBar
+from pytorch_lightning.utilities import rank_zero_only
+
+from cvae.callbacks.safety import CheckpointOnInterrupt, StopOnDivergence
+from cvae.files import write_json_atomic
+from cvae.run.checkpoints import AtomicCheckpointIO, check_resumable
+from cvae.run.hparams import log_final
+from cvae.run.loggers import wandb_run_closed
+from cvae.run.ranks import JOB_CONFIG_VARIABLE, RankState, launch_local_ranks
+
+PACKAGES = (
+    "torch",
+    "torchvision",
+    "pytorch-lightning",
+    "lightning",
+    "torchmetrics",
+    "hydra-core",
+    "omegaconf",
+    "numpy",
+)
+
+
+def train(cfg: DictConfig) -> dict:
+    started = time.perf_counter()
+    torch.set_float32_matmul_precision(cfg.get("matmul_precision", "highest"))
+    pl.seed_everything(cfg.seed, workers=True)
+    datamodule = instantiate(cfg.data)
+    model = instantiate(cfg.model)
+    loggers = instantiate_group(cfg.get("logger"))
+    if cfg.get("ckpt_path"):
+        check_resumable(cfg.ckpt_path, cfg.model)
+    trainer = build_trainer(cfg, loggers)
+    output_dir = Path(cfg.paths.output_dir)
+    write_environment(output_dir / "environment.json", cfg.paths.root_dir)
+
+    with launch_local_ranks(trainer, cfg), wandb_run_closed():
+        fit_started = time.perf_counter()
+        trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"), weights_only=True)
+        fit_seconds = time.perf_counter() - fit_started
+        summary = evaluate_best(trainer, model, datamodule, loggers, cfg)
+
+    if trainer.is_global_zero:
+        write_json_atomic(output_dir / "metrics.json", summary)
+        timing = {"fit_seconds": round(fit_seconds, 2), "wall_seconds": round(time.perf_counter() - started, 2)}
+        write_json_atomic(output_dir / "timing.json", timing)
+    return summary
+
+
+def instantiate_group(group: DictConfig | None) -> list:
+    """Objects of a config group whose entries each hold a `_target_` (callbacks, loggers)."""
+    if not group:
+        return []
+    return [instantiate(entry) for entry in group.values() if isinstance(entry, DictConfig) and "_target_" in entry]
+
+
+def build_trainer(cfg: DictConfig, loggers: list) -> pl.Trainer:
+    """The trainer of a run (also what python -m benchmarks.speed times): the configured callbacks, the safety ones
+    and, when the trainer shows a progress bar and none is configured, tqdm redrawn every 10 batches (Lightning's
+    default bar, Rich when installed, redraws and reads every logged metric after each batch: about 1 ms of a
+    12 ms step on CPU, and a host-device sync per step on a GPU)."""
+    # always on, whatever the callbacks group: resumable runs, and no training on from NaN weights
+    safety = [RankState(cfg.seed), StopOnDivergence(), CheckpointOnInterrupt()]
+    callbacks = [*instantiate_group(cfg.get("callbacks")), *safety]
+    if cfg.trainer.get("enable_progress_bar", True) and not any(isinstance(c, ProgressBar) for c in callbacks):
+        callbacks.append(TQDMProgressBar(refresh_rate=10))
+    return instantiate(
+        cfg.trainer,
+        callbacks=callbacks,
+        logger=loggers or False,
+        plugins=[AtomicCheckpointIO()],
+        # checkpoints only where the callbacks group asks for them (Lightning would add its own ModelCheckpoint)
+        enable_checkpointing=any(isinstance(callback, ModelCheckpoint) for callback in callbacks),
+        # the datamodule shards every split itself, seeded by seed and epoch, with no padded repeats
+        use_distributed_sampler=False,
+    )
+
+
+def evaluate_best(trainer: pl.Trainer, model, datamodule, loggers: list, cfg: DictConfig) -> dict:
+    """Validation and test metrics of the best checkpoint (the weights in memory without checkpoints), with
+    the run's epochs and batch size; the metrics also go into every logger's hparams. The validation pass runs the
+    callbacks' validation hooks, so GenerationQuality adds val/fid and val/label_acc of that checkpoint."""
+    best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
+    evaluated = best or None
+    trainer.loggers = []  # re-validating the best checkpoint is no new point on the val curves
+    val_metrics = trainer.validate(model, datamodule=datamodule, ckpt_path=evaluated, verbose=False)[0]
+    trainer.loggers = loggers
+    metrics = {**val_metrics, **trainer.test(model, datamodule=datamodule, ckpt_path=evaluated)[0]}
+    # batch_size is per process: one optimizer step averages the gradients of this many images
+    global_batch_size = cfg.batch_size * trainer.world_size * trainer.accumulate_grad_batches
+    log_final(loggers, cfg, metrics, {"global_batch_size": global_batch_size}, trainer.global_step)
+    return {
+        **metrics,
+        "epochs": trainer.current_epoch,
+        "best_checkpoint": within_run_dir(best, cfg.paths.output_dir),
+        "world_size": trainer.world_size,
+        "global_batch_size": global_batch_size,
+    }
+
+
+def within_run_dir(path: str, output_dir: str) -> str:
+    """The path relative to the run dir when it lies inside it, so that equal runs write equal metrics.json."""
+    if path and Path(path).is_relative_to(output_dir):
+        return str(Path(path).relative_to(output_dir))
+    return path
+
+
+@rank_zero_only
+def write_environment(path: Path, project_root: str) -> None:
+    """What this run ran on, beside the config and overrides Hydra keeps in .hydra/."""
+    write_json_atomic(
+        path,
+        {
+            "python": platform.python_version(),
+            "platform": platform.platform(),
+            "packages": installed_versions(),
+            "cuda": torch.version.cuda,
+            "git": git_revision(project_root),
+        },
+    )
+
+
+def installed_versions() -> dict:
+    versions = {}
+    for package in PACKAGES:
+        try:
+            versions[package] = metadata.version(package)
+        except metadata.PackageNotFoundError:
+            continue
+    return versions
+
+
+def git_revision(project_root: str) -> dict | None:
+    """The commit checked out, and whether tracked files differ from it (then the commit alone does not re-run
+    the run); None outside a git checkout."""
+
+    def git(*args: str) -> str:
+        return subprocess.run(
+            ["git", "-C", str(project_root), *args], capture_output=True, text=True, check=True
+        ).stdout.strip()
+
+    try:
+        return {"commit": git("rev-parse", "HEAD"), "dirty": bool(git("status", "--porcelain", "--untracked-files=no"))}
+    except (OSError, subprocess.CalledProcessError):
+        return None
+
+
+if __name__ == "__main__":
+    # a DDP rank started by launch_local_ranks: its errors and interruptions end it as they end train.py
+    from cvae.run.checks import TRAIN_RULES
+    from cvae.run.cli import run_task
+
+    run_task(train, OmegaConf.create(os.environ[JOB_CONFIG_VARIABLE]), TRAIN_RULES)

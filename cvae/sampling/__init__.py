@@ -1,0 +1,2 @@
+"""Where z comes from when the model generates: the prior (prior.py) or an ex-post mixture per digit (gmm.py).
+Imports only cvae.model and the foundation."""

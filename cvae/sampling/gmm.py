@@ -1,0 +1,125 @@
+"""The ex-post density estimate of Ghosh et al. (2020): a Gaussian mixture per digit fitted to the posterior
+means of the training images, which keeps samples where the decoder was trained instead of in the prior's holes:
+
+    z ~ sum_k pi_yk N(m_yk, S_yk),    fitted by EM (scikit-learn's GaussianMixture) to {E_q[z | x_i, y_i] : y_i = y}
+
+The fit is saved beside the checkpoint it came from and reused only for the same settings and the same file.
+"""
+
+from pathlib import Path
+
+import torch
+
+from cvae.errors import ConfigError
+from cvae.files import atomic_path, file_sha256
+from cvae.model.cvae import CVAE, NUM_CLASSES, posterior_means
+from cvae.sampling.prior import grid_labels
+from cvae.validate import check_choice, positive_int
+
+COVARIANCES = ("full", "diag")
+FIT_FORMAT = 2  # bump when a saved fit's contents change meaning (2: fitted by scikit-learn)
+
+
+class GaussianMixtureSampler:
+    """z ~ the Gaussian mixture of its digit, `components` components with full or diagonal covariances."""
+
+    name = "gmm"
+
+    def __init__(self, components: int = 10, covariance: str = "full", fit_seed: int = 0, max_iterations: int = 200):
+        if not positive_int(components):
+            raise ConfigError(f"sampler.components={components!r} must be a positive integer, e.g. 10")
+        check_choice(covariance, COVARIANCES, "sampler.covariance")
+        self.components, self.covariance = components, covariance
+        self.fit_seed, self.max_iterations = fit_seed, max_iterations
+        # weights (10, K), means (10, K, D), scale_tril (10, K, D, D)
+        self.mixture: dict[str, torch.Tensor] | None = None
+
+    def settings(self) -> dict:
+        return {
+            "format": FIT_FORMAT,
+            "components": self.components,
+            "covariance": self.covariance,
+            "fit_seed": self.fit_seed,
+            "max_iterations": self.max_iterations,
+        }
+
+    def fit(self, model: CVAE, images: torch.Tensor, labels: torch.Tensor) -> "GaussianMixtureSampler":
+        """Fit each digit's mixture to the posterior means of its images (uint8 (N, 28, 28) or floats in [0, 1])."""
+        means = posterior_means(model, images, labels).double()
+        labels = labels.cpu()
+        fits = []
+        for digit in range(NUM_CLASSES):
+            points = means[labels == digit]
+            if len(points) < self.components:
+                raise ConfigError(
+                    f"digit {digit} has {len(points)} training images, fewer than sampler.components="
+                    f"{self.components}; lower sampler.components"
+                )
+            seed = self.fit_seed + digit
+            fits.append(fit_gaussian_mixture(points, self.components, self.covariance, seed, self.max_iterations))
+        self.mixture = {key: torch.stack([fit[key] for fit in fits]) for key in fits[0]}
+        return self
+
+    def fit_for_checkpoint(self, model: CVAE, images, labels, ckpt_path) -> "GaussianMixtureSampler":
+        """Reuse the fit saved beside the checkpoint if it was made with these settings from this very file;
+        otherwise fit, say so, and save it there (written to a temporary name, then renamed)."""
+        ckpt_path = Path(ckpt_path)
+        path = self.fit_path(ckpt_path)
+        wanted = {**self.settings(), "checkpoint_sha256": file_sha256(ckpt_path)}
+        if path.is_file():
+            saved = torch.load(path, map_location="cpu", weights_only=True)
+            if saved.get("settings") == wanted:
+                print(f"ex-post mixture: reusing {path}")
+                self.mixture = saved["mixture"]
+                return self
+            print(f"ex-post mixture: {path} was fitted with other settings or another checkpoint; refitting")
+        self.fit(model, images, labels)
+        with atomic_path(path) as temporary:
+            torch.save({"settings": wanted, "mixture": self.mixture}, temporary)
+        print(f"ex-post mixture: fitted to {len(labels)} training images, saved {path}")
+        return self
+
+    def fit_path(self, ckpt_path: Path) -> Path:
+        return ckpt_path.with_name(f"{ckpt_path.name}.gmm{self.components}_{self.covariance}_seed{self.fit_seed}.pt")
+
+    @torch.no_grad()
+    def latents(self, model: CVAE, labels: torch.Tensor, seed: int) -> torch.Tensor:
+        """One z per label from its digit's mixture, on the CPU: a component drawn by weight, then its Gaussian."""
+        if self.mixture is None:
+            raise RuntimeError("the ex-post mixture is used before it was fitted")
+        labels = labels.cpu()
+        generator = torch.Generator().manual_seed(seed)
+        component = torch.multinomial(self.mixture["weights"][labels], 1, generator=generator).squeeze(1)
+        eps = torch.randn(len(labels), model.latent_dim, 1, generator=generator, dtype=torch.float64)
+        z = self.mixture["means"][labels, component] + (self.mixture["scale_tril"][labels, component] @ eps).squeeze(2)
+        return z.float()
+
+    def grid_latents(self, model: CVAE, samples_per_digit: int, seed: int = 0) -> torch.Tensor:
+        """z for a grid with a row per digit, each from its digit's mixture."""
+        return self.latents(model, grid_labels(samples_per_digit), seed)
+
+
+def fit_gaussian_mixture(
+    points: torch.Tensor, components: int, covariance: str, seed: int, max_iterations: int = 200, tol: float = 1e-6
+) -> dict[str, torch.Tensor]:
+    """Maximum-likelihood Gaussian mixture of float64 points by scikit-learn's EM, started from `components`
+    distinct points drawn with the seed, so the same points and seed give the same fit: weights (K,), means
+    (K, D) and the Cholesky factors of the covariances (K, D, D), float64."""
+    from sklearn.mixture import GaussianMixture  # here: scikit-learn takes a second to import
+
+    mixture = GaussianMixture(
+        components,
+        covariance_type=covariance,
+        tol=tol,
+        reg_covar=1e-6,
+        max_iter=max_iterations,
+        init_params="random_from_data",
+        random_state=seed,
+    ).fit(points.double().numpy())
+    covariances = torch.from_numpy(mixture.covariances_)
+    scale_tril = torch.linalg.cholesky(covariances) if covariance == "full" else torch.diag_embed(covariances.sqrt())
+    return {
+        "weights": torch.from_numpy(mixture.weights_),
+        "means": torch.from_numpy(mixture.means_),
+        "scale_tril": scale_tril,
+    }

@@ -1,0 +1,49 @@
+"""Checks of single values, each raising a one-line ConfigError that names the key, the value and what is
+allowed. Pure Python (no torch), so the entry points run them before anything heavy is imported; the library
+functions that take the same values call the same checks."""
+
+from cvae.errors import ConfigError
+
+DIGIT_CHARACTERS = "0123456789"
+
+
+def positive_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value > 0
+
+
+def positive_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0
+
+
+def check_choice(value, choices: tuple[str, ...], key: str) -> str:
+    if value not in choices:
+        raise ConfigError(f"{key}={value!r} is unknown; choose one of {', '.join(choices)}")
+    return value
+
+
+def parse_digits(digits: int | str, key: str = "digits") -> list[int]:
+    """The digits of a string such as "20261120" (an int is read as its decimal digits, as Hydra passes
+    digits=20261120). Anything but the characters 0-9 is refused, naming the key and the offending value."""
+    allowed = f"a non-empty string of the characters 0-9 (quote it on the command line: {key}=\"'007'\")"
+    if isinstance(digits, bool) or not isinstance(digits, int | str):
+        raise ConfigError(f"{key}={digits!r} is not a digit string; expected {allowed}")
+    text = str(digits)
+    others = sorted(set(text) - set(DIGIT_CHARACTERS))
+    if not text or others:
+        found = f" has {', '.join(map(repr, others))}" if others else " is empty"
+        raise ConfigError(f"{key}={digits!r}{found}; expected {allowed}")
+    return [int(character) for character in text]
+
+
+def parse_digit(digit: int | str, key: str = "digit") -> int:
+    """One digit 0-9, given as an int or a one-character string."""
+    parsed = parse_digits(digit, key)
+    if len(parsed) != 1:
+        raise ConfigError(f"{key}={digit!r} is not a single digit; expected one of 0-9")
+    return parsed[0]
+
+
+def check_count(value: int, key: str, minimum: int = 1) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ConfigError(f"{key}={value!r} is not a count; expected a whole number >= {minimum}")
+    return value
