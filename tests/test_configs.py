@@ -13,10 +13,15 @@ GROUP_OPTIONS = [
 ]
 
 
+EVALUATE_ONLY_GROUPS = ("quality", "explore")  # evaluate.py's options (train.py's callback reuses quality/fid)
+
+
 @pytest.mark.parametrize(("group", "option"), GROUP_OPTIONS)
 def test_every_group_option_composes(group, option, tmp_path):
-    cfg = compose_config("train", [f"{group}={option}"], tmp_path)
-    assert cfg.task_name == "train"
+    config_name = "evaluate" if group in EVALUATE_ONLY_GROUPS else "train"
+    overrides = ["ckpt_path=some.ckpt"] if config_name == "evaluate" else []
+    cfg = compose_config(config_name, [*overrides, f"{group}={option}"], tmp_path)
+    assert cfg.task_name == config_name
 
 
 @pytest.mark.parametrize("config_name", ["train", "evaluate"])
