@@ -79,7 +79,8 @@ def launched_jobs(sweep_dir: Path) -> list[list[str]]:
     if not saved.is_file():
         return []
     config = OmegaConf.load(saved)
-    if OmegaConf.select(config, "hydra.sweeper._target_", default="") != "hydra._internal.core_plugins.basic_sweeper.BasicSweeper":
+    sweeper = OmegaConf.select(config, "hydra.sweeper._target_", default="")
+    if sweeper != f"{BasicSweeper.__module__}.{BasicSweeper.__name__}":
         return []
     params = [f"{key}={value}" for key, value in (config.hydra.sweeper.get("params") or {}).items()]
     overrides = OverridesParser.create().parse_overrides([*params, *config.hydra.overrides.task])
