@@ -11,6 +11,7 @@ from pathlib import Path
 import yaml
 from hydra import compose, initialize_config_dir
 
+from cvae.run.resolvers import register_resolvers
 from tests.conftest import CONF_DIR, QUICK_RUN_ANY_CALLBACKS
 from tests.test_train import run_script
 
@@ -104,8 +105,7 @@ def test_optuna_search_minimises_val_nelbo(tmp_path, data_dir):
 
 
 def slurm_launcher(*overrides: str):
-    import cvae.run.sweep  # noqa: F401  (its resolvers, which Hydra's callbacks register at start-up)
-
+    register_resolvers()  # as Hydra's callbacks do at start-up
     with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
         cfg = compose("train", overrides=["hydra/launcher=slurm", *overrides], return_hydra_config=True)
     launcher = cfg.hydra.launcher

@@ -7,8 +7,7 @@ one that failed):
     python -m cvae.run.sweep outputs/multirun/<date>/<time>
 
 Kept free of torch (and matplotlib until a plot is drawn) so that Hydra, which builds its callbacks at start-up,
-stays quick to start. Hydra builds them before the launcher, so the resolvers conf/hydra/launcher/slurm.yaml uses
-are registered here.
+stays quick to start.
 """
 
 import atexit
@@ -29,32 +28,6 @@ SUMMARY_FILE, MARKDOWN_FILE, PLOT_FILE = "summary.csv", "summary.md", "summary.p
 # the headline metrics of a run, in this order: the sweep's columns and plots, the loggers' final metrics
 # (cvae.run.hparams); those a member has
 FINAL_METRICS = ("val/nelbo", "test/nelbo", "val/fid", "test/fid", "val/label_acc", "test/label_acc")
-
-
-def slurm_gpus(accelerator: str, devices) -> int | None:
-    """GPUs per node to ask SLURM for: the trainer's device count when it trains on GPUs, else none (a GPU gres
-    fails on a cluster without GPUs); `devices=-1` (every GPU) needs hydra.launcher.gpus_per_node=N."""
-    count = device_count(devices)
-    return count if accelerator in ("gpu", "cuda") and count else None
-
-
-def slurm_tasks(devices, gpus_per_node: int | None) -> int:
-    """One SLURM task per DDP process of a node, so that Lightning takes its ranks from SLURM and starts none."""
-    return device_count(devices) or gpus_per_node or 1
-
-
-def device_count(devices) -> int | None:
-    """How many devices `trainer.devices` names; None for every device (-1, "auto"), whose count SLURM decides."""
-    if isinstance(devices, (list, tuple)) or OmegaConf.is_list(devices):
-        return len(devices)
-    if isinstance(devices, str) and "," in devices:
-        return len([device for device in devices.split(",") if device.strip()])
-    count = int(devices) if str(devices).lstrip("-").isdigit() else -1
-    return count if count > 0 else None
-
-
-OmegaConf.register_new_resolver("cvae.slurm_gpus", slurm_gpus, replace=True)
-OmegaConf.register_new_resolver("cvae.slurm_tasks", slurm_tasks, replace=True)
 
 
 def member_dirs(sweep_dir: Path) -> list[Path]:
