@@ -24,7 +24,7 @@ from cvae.files import write_json_atomic
 from cvae.run.checkpoints import AtomicCheckpointIO, check_resumable
 from cvae.run.hparams import log_final
 from cvae.run.loggers import wandb_run_closed
-from cvae.run.ranks import JOB_CONFIG_VARIABLE, RankState, launch_local_ranks
+from cvae.run.ranks import JOB_CONFIG_VARIABLE, RankState, StopTogether, launch_local_ranks
 
 PACKAGES = (
     "torch",
@@ -77,7 +77,7 @@ def build_trainer(cfg: DictConfig, loggers: list) -> pl.Trainer:
     default bar, Rich when installed, redraws and reads every logged metric after each batch: about 1 ms of a
     12 ms step on CPU, and a host-device sync per step on a GPU)."""
     # always on, whatever the callbacks group: resumable runs, and no training on from NaN weights
-    safety = [RankState(cfg.seed), StopOnDivergence(), CheckpointOnInterrupt()]
+    safety = [RankState(cfg.seed), StopTogether(), StopOnDivergence(), CheckpointOnInterrupt()]
     callbacks = [*instantiate_group(cfg.get("callbacks")), *safety]
     if cfg.trainer.get("enable_progress_bar", True) and not any(isinstance(c, ProgressBar) for c in callbacks):
         callbacks.append(TQDMProgressBar(refresh_rate=10))
