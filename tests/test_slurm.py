@@ -1,0 +1,88 @@
+"""Sweeps on a real SLURM cluster (hydra/launcher=slurm, submitit): the one-node cluster .ci/slurm-cluster.sh
+brings up on localhost, with accounting, so that submitit sees a cancelled job. Skipped, saying why, where no
+cluster answers `sinfo`."""
+
+import json
+import os
+import shutil
+import subprocess
+import time
+
+import pytest
+import pytorch_lightning as pl
+
+from tests.test_sweeps import TINY_RUN, read_summary
+from tests.test_train import run_script
+
+pytestmark = pytest.mark.slurm
+
+
+@pytest.fixture(scope="module")
+def slurm_cluster() -> None:
+    if shutil.which("sinfo") is None:
+        pytest.skip("no SLURM here (sinfo not found): .ci/slurm-cluster.sh up brings up a one-node cluster")
+    try:
+        answer = subprocess.run(["sinfo", "-h", "-o", "%t"], capture_output=True, text=True, timeout=20)
+    except subprocess.TimeoutExpired:
+        answer = None
+    if answer is None or answer.returncode != 0 or not answer.stdout.strip():
+        pytest.skip("no SLURM controller answers sinfo: .ci/slurm-cluster.sh up starts one")
+
+
+def slurm_sweep(sweep_dir, data_dir: str, *overrides: str):
+    return run_script(
+        "train.py",
+        "-m",
+        "hydra/launcher=slurm",
+        *TINY_RUN,
+        f"data.data_dir={data_dir}",
+        f"hydra.sweep.dir={sweep_dir}",
+        *overrides,
+    )
+
+
+def test_a_sweep_of_two_ddp_members_runs_on_slurm(slurm_cluster, tmp_path, data_dir):
+    """Two members side by side, each a 2-task DDP job (trainer=ddp_cpu): one SLURM task per rank, rank 0 alone
+    writing in the member's dir, and the summary of both."""
+    sweep_dir = tmp_path / "sweep"
+    result = slurm_sweep(sweep_dir, data_dir, "trainer=ddp_cpu", "latent_dim=2,3")
+    assert result.returncode == 0, result.stderr[-3000:]
+    script = next((sweep_dir / ".submitit").rglob("*_submission.sh")).read_text()
+    assert "#SBATCH --ntasks-per-node=2" in script and "--gpus-per-node" not in script
+    for member in ("0", "1"):
+        metrics = json.loads((sweep_dir / member / "metrics.json").read_text())
+        assert metrics["world_size"] == 2 and metrics["epochs"] == 1
+        assert (sweep_dir / member / ".hydra" / "config.yaml").is_file()
+        log = (sweep_dir / member / "train.log").read_text()
+        assert log.count("Job completed successfully") == 1, "rank 1 wrote into train.log"
+    assert [(row["member"], row["status"]) for row in read_summary(sweep_dir)] == [("0", "ok"), ("1", "ok")]
+
+
+class CancelOwnJob(pl.Callback):
+    """`scancel` of this sweep member's own SLURM job (array task `task`) after step 1, as a user would."""
+
+    def __init__(self, task: int):
+        self.task = task
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        if os.environ.get("SLURM_ARRAY_TASK_ID") == str(self.task) and trainer.global_step == 1:
+            subprocess.run(["scancel", f"{os.environ['SLURM_ARRAY_JOB_ID']}_{self.task}"], check=True)
+            time.sleep(60)  # SLURM ends the job meanwhile
+
+
+def test_a_cancelled_member_fails_the_sweep_within_a_minute_and_is_listed_failed(slurm_cluster, tmp_path, data_dir):
+    sweep_dir = tmp_path / "sweep"
+    started = time.monotonic()
+    result = slurm_sweep(
+        sweep_dir,
+        data_dir,
+        "latent_dim=2,3",
+        f"+callbacks.cancel._target_={__name__}.CancelOwnJob",
+        "+callbacks.cancel.task=1",
+    )
+    assert result.returncode != 0
+    assert time.monotonic() - started < 120, "the launcher waited on after the cancelled job ended"
+    assert "CANCELLED" in result.stderr, result.stderr[-3000:]
+    rows = read_summary(sweep_dir)
+    assert [(row["member"], row["status"]) for row in rows] == [("0", "ok"), ("1", "failed")]
+    assert "latent_dim=3" in rows[1]["overrides"].split()
