@@ -7,14 +7,18 @@ import os
 import signal
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import pytorch_lightning as pl
 import torch
+from lightning_utilities.core.apply_func import apply_to_collection
 
 from cvae.callbacks.quality import GenerationQuality
 from cvae.data.mnist import MNISTDataModule
+from cvae.model.module import CVAELitModule
 from cvae.run.checkpoints import load_module
+from cvae.run.ranks import RankState
 from tests.test_train import run_script
 
 # validation batches of one image on each of the 2 ranks: images 0..2*VAL_BATCHES_PER_RANK-1 in all
@@ -219,3 +223,25 @@ def test_a_signal_to_any_one_rank_stops_every_rank_at_that_step_and_the_run_resu
     resumed = short_ddp_run(run_dir, data_dir, *resume)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert (run_dir / "metrics.json").read_bytes() == (tmp_path / "uninterrupted" / "metrics.json").read_bytes()
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU: on a CPU every tensor is a CPU tensor")
+def test_only_cpu_tensors_cross_all_gather_object(monkeypatch):
+    """A rank's checkpoint part (its random state, the epoch's training sums) lives on its GPU; pickled on cuda:k
+    it would be unpickled onto cuda:k by every rank. What all_gather_object is given holds CPU tensors only."""
+    module = CVAELitModule().to("cuda")
+    module.train_nelbo.update(torch.ones(4, device="cuda"))
+    sent = []
+
+    def all_gather_object(gathered: list, local) -> None:
+        sent.append(local)
+        gathered[:] = [local] * len(gathered)
+
+    monkeypatch.setattr(torch.distributed, "is_initialized", lambda: True)
+    monkeypatch.setattr(torch.distributed, "all_gather_object", all_gather_object)
+    state = RankState(seed=0)
+    state.trainer, state.pl_module = SimpleNamespace(world_size=2), module
+    state.state_dict()
+    devices = []
+    apply_to_collection(sent, torch.Tensor, lambda tensor: devices.append(tensor.device.type))
+    assert len(sent) == 1 and devices and set(devices) == {"cpu"}, devices

@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import torch
 import yaml
 from hydra import compose, initialize_config_dir
 
@@ -148,6 +149,34 @@ def test_slurm_launcher_builds_jobs_that_run(tmp_path, data_dir):
         assert f"#SBATCH {line}" in sbatch_script
     assert "--gpus-per-node" not in sbatch_script and "--gres" not in sbatch_script
     assert [row["status"] for row in read_summary(sweep_dir)] == ["ok", "ok"]
+
+
+def devices_of_member(job: int, *overrides: str):
+    """trainer.devices that train.py gives the trainer of sweep member `job` (as its Hydra job sees it)."""
+    from hydra.core.hydra_config import HydraConfig
+
+    from cvae.run.ranks import member_devices
+
+    with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
+        cfg = compose("train", overrides=list(overrides), return_hydra_config=True)
+    cfg.hydra.job.num = job
+    HydraConfig().set_config(cfg)
+    return member_devices(cfg.trainer)
+
+
+def test_parallel_joblib_members_each_train_on_their_own_gpus(monkeypatch):
+    """On a machine with 3 GPUs (counted as CUDA would), member k of a joblib sweep is told GPU k mod 3 (a
+    2-device member the next two), not cuda:0 as every member was; other launchers, and CPUs, as configured."""
+    joblib = "hydra/launcher=joblib"
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 3)
+    assert [devices_of_member(job, joblib) for job in range(4)] == [[0], [1], [2], [0]]
+    assert [devices_of_member(job, joblib, "trainer=gpu") for job in range(2)] == [[0], [1]]
+    assert devices_of_member(1, joblib, "trainer=ddp", "trainer.devices=2") == [2, 0]
+    assert devices_of_member(1, joblib, "trainer=ddp") == -1, "every GPU, as asked"
+    assert devices_of_member(1, joblib, "trainer=cpu") == 1
+    assert devices_of_member(1) == 1 and devices_of_member(1, "hydra/launcher=slurm") == 1
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 0)
+    assert devices_of_member(1, joblib) == 1
 
 
 def test_summary_command_reads_any_sweep_dir(tmp_path):

@@ -24,7 +24,7 @@ from cvae.files import write_json_atomic
 from cvae.run.checkpoints import AtomicCheckpointIO, check_resumable
 from cvae.run.hparams import log_final
 from cvae.run.loggers import wandb_run_closed
-from cvae.run.ranks import JOB_CONFIG_VARIABLE, RankState, StopTogether, launch_local_ranks
+from cvae.run.ranks import JOB_CONFIG_VARIABLE, RankState, StopTogether, launch_local_ranks, member_devices
 
 PACKAGES = (
     "torch",
@@ -47,6 +47,7 @@ def train(cfg: DictConfig) -> dict:
     loggers = instantiate_group(cfg.get("logger"))
     if cfg.get("ckpt_path"):
         check_resumable(cfg.ckpt_path, cfg.model)
+    cfg.trainer.devices = member_devices(cfg.trainer)  # in the config the other local ranks are given
     trainer = build_trainer(cfg, loggers)
     output_dir = Path(cfg.paths.output_dir)
     write_environment(output_dir / "environment.json", cfg.paths.root_dir)
