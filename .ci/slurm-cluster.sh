@@ -14,9 +14,15 @@ PACKAGES=(slurm-wlm slurmdbd munge mariadb-server)
 
 say() { echo "slurm-cluster: $*" >&2; }
 
+MARK="# written by cvae's .ci/slurm-cluster.sh"
+
 skip_reason() {
     [[ $(id -u) == 0 ]] || { echo "not root"; return; }
     command -v apt-get >/dev/null || { echo "no apt-get (not Debian/Ubuntu)"; return; }
+    # a machine of a real cluster keeps its own configuration
+    if [[ -f $CONF_DIR/slurm.conf ]] && ! grep -qxF "$MARK" "$CONF_DIR/slurm.conf"; then
+        echo "$CONF_DIR/slurm.conf is this machine's own"
+    fi
 }
 
 install_packages() {
@@ -35,6 +41,7 @@ write_config() {
     # More CPUs and memory than a small CI machine has (config_overrides lets slurmd accept that): two sweep
     # members and a 2-task DDP member fit side by side; nothing is enforced (task/none).
     cat >"$CONF_DIR/slurm.conf" <<EOF
+$MARK
 ClusterName=cvae
 SlurmctldHost=$NODE(127.0.0.1)
 SlurmUser=root
@@ -64,6 +71,7 @@ NodeName=$NODE NodeAddr=127.0.0.1 CPUs=8 RealMemory=16000 State=UNKNOWN
 PartitionName=debug Nodes=ALL Default=YES MaxTime=INFINITE State=UP
 EOF
     cat >"$CONF_DIR/slurmdbd.conf" <<EOF
+$MARK
 AuthType=auth/munge
 DbdHost=$NODE
 DbdAddr=127.0.0.1
@@ -104,7 +112,7 @@ start_database() {
     [[ -d $STATE/db/mysql ]] || mariadb-install-db --user=root --datadir="$STATE/db" --auth-root-authentication-method=normal >/dev/null
     running "$STATE/db.pid" || {
         mariadbd --user=root --datadir="$STATE/db" --port=$DB_PORT --bind-address=127.0.0.1 \
-            --socket="$STATE/db.sock" --pid-file="$STATE/db.pid" --log-error="$STATE/log/mariadb.log" &
+            --socket="$STATE/db.sock" --pid-file="$STATE/db.pid" --log-error="$STATE/log/mariadb.log" 2>>"$STATE/log/mariadb.log" &
         disown
     }
     wait_for 30 MariaDB mariadb --protocol=tcp -h 127.0.0.1 -P $DB_PORT -u root -e "select 1"
@@ -144,6 +152,7 @@ stop_pid() {  # stop_pid <pid file>: TERM, then wait up to 20 s
 }
 
 down() {
+    [[ $(id -u) == 0 ]] || return 0
     for daemon in slurmd slurmctld slurmdbd db; do stop_pid "$STATE/$daemon.pid"; done
     stop_pid /run/munge/munged.pid
     say "down"
