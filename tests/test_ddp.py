@@ -19,6 +19,7 @@ from cvae.data.mnist import MNISTDataModule
 from cvae.model.module import CVAELitModule
 from cvae.run.checkpoints import load_module
 from cvae.run.ranks import RankState
+from tests.test_reproducibility import ddp_run
 from tests.test_train import run_script
 
 # validation batches of one image on each of the 2 ranks: images 0..2*VAL_BATCHES_PER_RANK-1 in all
@@ -164,31 +165,12 @@ class SignalRankAt(pl.Callback):
             os.kill(os.getpid(), self.signal_number)
 
 
-def short_ddp_run(run_dir: Path, data_dir: str, *overrides: str):
-    return run_script(
-        "train.py",
-        "trainer=ddp_cpu",
-        "trainer.max_epochs=2",
-        "trainer.limit_train_batches=4",
-        "trainer.limit_val_batches=1",
-        "trainer.limit_test_batches=1",
-        "trainer.enable_progress_bar=false",
-        "data.eval_batch_size=250",
-        "callbacks=model_checkpoint",
-        "logger=csv",
-        "batch_size=32",
-        f"data.data_dir={data_dir}",
-        f"hydra.run.dir={run_dir}",
-        *overrides,
-    )
-
-
 # (the rank signalled, the signal, the step after which it comes, the exit code, the one line said)
 STOPS = [
     (0, signal.SIGTERM, 1, 143, "error: stopped by SIGTERM"),
     (1, signal.SIGINT, 3, 130, "error: interrupted"),
-    (1, signal.SIGTERM, 5, 143, "error: stopped by SIGTERM"),
-    (0, signal.SIGINT, 6, 130, "error: interrupted"),
+    (1, signal.SIGTERM, 6, 143, "error: stopped by SIGTERM"),
+    (0, signal.SIGINT, 8, 130, "error: interrupted"),
 ]
 
 
@@ -196,13 +178,13 @@ def test_a_signal_to_any_one_rank_stops_every_rank_at_that_step_and_the_run_resu
     """One run, stopped four times (SIGTERM and SIGINT, to the main process and to rank 1 alone) and resumed after
     each: every stop writes last.ckpt at the step of the signal with both ranks in it, exits 143 / 130 with one
     line, and the end is byte-identical to a run never stopped."""
-    uninterrupted = short_ddp_run(tmp_path / "uninterrupted", data_dir)
+    uninterrupted = ddp_run(tmp_path / "uninterrupted", data_dir)
     assert uninterrupted.returncode == 0, uninterrupted.stderr[-3000:]
     run_dir, resume = tmp_path / "stopped", []
     last = run_dir / "checkpoints" / "last.ckpt"
     for rank, signal_number, step, code, line in STOPS:
         started = time.monotonic()
-        stopped = short_ddp_run(
+        stopped = ddp_run(
             run_dir,
             data_dir,
             *resume,
@@ -220,7 +202,7 @@ def test_a_signal_to_any_one_rank_stops_every_rank_at_that_step_and_the_run_resu
         assert checkpoint["global_step"] == step, case
         assert len(checkpoint["callbacks"]["RankState"]["ranks"]) == 2, case
         resume = [f"ckpt_path={last}"]
-    resumed = short_ddp_run(run_dir, data_dir, *resume)
+    resumed = ddp_run(run_dir, data_dir, *resume)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert (run_dir / "metrics.json").read_bytes() == (tmp_path / "uninterrupted" / "metrics.json").read_bytes()
 

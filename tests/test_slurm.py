@@ -86,3 +86,38 @@ def test_a_cancelled_member_fails_the_sweep_within_a_minute_and_is_listed_failed
     rows = read_summary(sweep_dir)
     assert [(row["member"], row["status"]) for row in rows] == [("0", "ok"), ("1", "failed")]
     assert "latent_dim=3" in rows[1]["overrides"].split()
+
+
+class RequeueOwnJob(pl.Callback):
+    """`scontrol requeue` of this member's own SLURM job (array task `task`) after step 2 of its first run, as a
+    preemption does: SLURM sends SIGTERM and runs the job again later (made eligible at once here, not in 2 min)."""
+
+    def __init__(self, task: int):
+        self.task = task
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        first_run = not int(os.environ.get("SLURM_RESTART_COUNT") or 0)
+        if os.environ.get("SLURM_ARRAY_TASK_ID") == str(self.task) and first_run and trainer.global_step == 2:
+            job = f"{os.environ['SLURM_ARRAY_JOB_ID']}_{self.task}"
+            subprocess.run(["scontrol", "requeue", job], check=True)
+            subprocess.run(["scontrol", "update", f"JobId={job}", "BeginTime=now"], check=True)
+
+
+def test_a_requeued_member_resumes_from_its_last_checkpoint_and_ends_as_one_never_stopped(
+    slurm_cluster, tmp_path, data_dir
+):
+    """Two members with the same settings; SLURM requeues the second mid-epoch: it saves last.ckpt, runs again,
+    goes on from there and writes the metrics.json of the first, byte for byte."""
+    sweep_dir = tmp_path / "sweep"
+    result = slurm_sweep(
+        sweep_dir,
+        data_dir,
+        "seed=42,42",
+        "trainer.limit_train_batches=5",
+        f"+callbacks.requeue._target_={__name__}.RequeueOwnJob",
+        "+callbacks.requeue.task=1",
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    requeued = sweep_dir / "1"
+    assert "interrupted at epoch 0, step 2" in (requeued / "train.log").read_text()
+    assert (requeued / "metrics.json").read_bytes() == (sweep_dir / "0" / "metrics.json").read_bytes()

@@ -267,6 +267,15 @@ class RankWatchdog(threading.Thread):
             self.stopped.set()
 
 
+def requeued_checkpoint(cfg: DictConfig) -> str | None:
+    """What to resume from: ckpt_path, or, in a SLURM job that was requeued (preempted, `scontrol requeue`), the
+    last.ckpt its previous run saved in this same run dir when SLURM stopped it with SIGTERM."""
+    if cfg.get("ckpt_path") or not int(os.environ.get("SLURM_RESTART_COUNT") or 0):
+        return cfg.get("ckpt_path")
+    last = Path(cfg.paths.output_dir) / "checkpoints" / "last.ckpt"
+    return str(last) if last.is_file() else None
+
+
 def member_devices(trainer_cfg: DictConfig):
     """`trainer.devices` for this job: under hydra/launcher=joblib, whose members train side by side on this
     machine, member k takes GPUs k*n, k*n+1, ... (mod the GPUs there are) for a count of n, instead of every

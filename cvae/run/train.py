@@ -24,7 +24,14 @@ from cvae.files import write_json_atomic
 from cvae.run.checkpoints import AtomicCheckpointIO, check_resumable
 from cvae.run.hparams import log_final
 from cvae.run.loggers import wandb_run_closed
-from cvae.run.ranks import JOB_CONFIG_VARIABLE, RankState, StopTogether, launch_local_ranks, member_devices
+from cvae.run.ranks import (
+    JOB_CONFIG_VARIABLE,
+    RankState,
+    StopTogether,
+    launch_local_ranks,
+    member_devices,
+    requeued_checkpoint,
+)
 
 PACKAGES = (
     "torch",
@@ -45,16 +52,17 @@ def train(cfg: DictConfig) -> dict:
     datamodule = instantiate(cfg.data)
     model = instantiate(cfg.model)
     loggers = instantiate_group(cfg.get("logger"))
-    if cfg.get("ckpt_path"):
+    # in the config the other local ranks are given
+    cfg.ckpt_path, cfg.trainer.devices = requeued_checkpoint(cfg), member_devices(cfg.trainer)
+    if cfg.ckpt_path:
         check_resumable(cfg.ckpt_path, cfg.model)
-    cfg.trainer.devices = member_devices(cfg.trainer)  # in the config the other local ranks are given
     trainer = build_trainer(cfg, loggers)
     output_dir = Path(cfg.paths.output_dir)
     write_environment(output_dir / "environment.json", cfg.paths.root_dir)
 
     with launch_local_ranks(trainer, cfg), wandb_run_closed():
         fit_started = time.perf_counter()
-        trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"), weights_only=True)
+        trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.ckpt_path, weights_only=True)
         fit_seconds = time.perf_counter() - fit_started
         summary = evaluate_best(trainer, model, datamodule, loggers, cfg)
 
