@@ -6,13 +6,14 @@ import json
 import os
 import shutil
 import subprocess
+import sys
 import time
 
 import pytest
 import pytorch_lightning as pl
 
+from tests.conftest import ROOT
 from tests.test_sweeps import TINY_RUN, read_summary
-from tests.test_train import run_script
 
 pytestmark = pytest.mark.slurm
 
@@ -29,16 +30,21 @@ def slurm_cluster() -> None:
         pytest.skip("no SLURM controller answers sinfo: .ci/slurm-cluster.sh up starts one")
 
 
-def slurm_sweep(sweep_dir, data_dir: str, *overrides: str):
-    return run_script(
+def slurm_sweep_command(sweep_dir, data_dir: str) -> list[str]:
+    return [
+        sys.executable,
         "train.py",
         "-m",
         "hydra/launcher=slurm",
         *TINY_RUN,
         f"data.data_dir={data_dir}",
         f"hydra.sweep.dir={sweep_dir}",
-        *overrides,
-    )
+    ]
+
+
+def slurm_sweep(sweep_dir, data_dir: str, *overrides: str) -> subprocess.CompletedProcess:
+    command = [*slurm_sweep_command(sweep_dir, data_dir), *overrides]
+    return subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=600)
 
 
 def test_a_sweep_of_two_ddp_members_runs_on_slurm(slurm_cluster, tmp_path, data_dir):
@@ -90,7 +96,7 @@ def test_a_cancelled_member_fails_the_sweep_within_a_minute_and_is_listed_failed
 
 class RequeueOwnJob(pl.Callback):
     """`scontrol requeue` of this member's own SLURM job (array task `task`) after step 2 of its first run, as a
-    preemption does: SLURM sends SIGTERM and runs the job again later (made eligible at once here, not in 2 min)."""
+    preemption does: SLURM sends SIGTERM and runs the job again later."""
 
     def __init__(self, task: int):
         self.task = task
@@ -100,7 +106,15 @@ class RequeueOwnJob(pl.Callback):
         if os.environ.get("SLURM_ARRAY_TASK_ID") == str(self.task) and first_run and trainer.global_step == 2:
             job = f"{os.environ['SLURM_ARRAY_JOB_ID']}_{self.task}"
             subprocess.run(["scontrol", "requeue", job], check=True)
-            subprocess.run(["scontrol", "update", f"JobId={job}", "BeginTime=now"], check=True)
+
+
+def start_requeued_jobs_at_once(sweep: subprocess.Popen) -> None:
+    """Until the sweep ends: a requeued job waits 2 minutes (its BeginTime) before SLURM runs it again; now."""
+    while sweep.poll() is None:
+        waiting = subprocess.run(["squeue", "-h", "-t", "PENDING", "-o", "%i %r"], capture_output=True, text=True)
+        for job in [line.split()[0] for line in waiting.stdout.splitlines() if line.endswith("BeginTime")]:
+            subprocess.run(["scontrol", "update", f"JobId={job}", "StartTime=now"], capture_output=True)
+        time.sleep(1)
 
 
 def test_a_requeued_member_resumes_from_its_last_checkpoint_and_ends_as_one_never_stopped(
@@ -109,15 +123,21 @@ def test_a_requeued_member_resumes_from_its_last_checkpoint_and_ends_as_one_neve
     """Two members with the same settings; SLURM requeues the second mid-epoch: it saves last.ckpt, runs again,
     goes on from there and writes the metrics.json of the first, byte for byte."""
     sweep_dir = tmp_path / "sweep"
-    result = slurm_sweep(
-        sweep_dir,
-        data_dir,
-        "seed=42,42",
-        "trainer.limit_train_batches=5",
-        f"+callbacks.requeue._target_={__name__}.RequeueOwnJob",
-        "+callbacks.requeue.task=1",
+    sweep = subprocess.Popen(
+        [
+            *slurm_sweep_command(sweep_dir, data_dir),
+            "seed=42,42",
+            "trainer.limit_train_batches=5",
+            f"+callbacks.requeue._target_={__name__}.RequeueOwnJob",
+            "+callbacks.requeue.task=1",
+        ],
+        cwd=ROOT,
+        stderr=subprocess.PIPE,
+        text=True,
     )
-    assert result.returncode == 0, result.stderr[-3000:]
-    requeued = sweep_dir / "1"
-    assert "interrupted at epoch 0, step 2" in (requeued / "train.log").read_text()
-    assert (requeued / "metrics.json").read_bytes() == (sweep_dir / "0" / "metrics.json").read_bytes()
+    start_requeued_jobs_at_once(sweep)
+    assert sweep.returncode == 0, sweep.stderr.read()[-3000:]
+    log = next((sweep_dir / ".submitit").glob("*_1/*_1_0_log.err")).read_text()  # both runs of member 1
+    last = sweep_dir / "1" / "checkpoints" / "last.ckpt"
+    assert "interrupted at epoch 0" in log and f"Restoring states from the checkpoint path at {last}" in log, log
+    assert (sweep_dir / "1" / "metrics.json").read_bytes() == (sweep_dir / "0" / "metrics.json").read_bytes()
