@@ -4,16 +4,22 @@ one process computes on the same checkpoint."""
 
 import json
 import os
+import signal
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import pytorch_lightning as pl
 import torch
+from lightning_utilities.core.apply_func import apply_to_collection
 
 from cvae.callbacks.quality import GenerationQuality
 from cvae.data.mnist import MNISTDataModule
+from cvae.model.module import CVAELitModule
 from cvae.run.checkpoints import load_module
+from cvae.run.ranks import RankState
+from tests.test_reproducibility import ddp_run
 from tests.test_train import run_script
 
 # validation batches of one image on each of the 2 ranks: images 0..2*VAL_BATCHES_PER_RANK-1 in all
@@ -145,3 +151,79 @@ def test_a_dead_rank_ends_the_job_at_once_naming_it(tmp_path, data_dir):
     for rank in ("0", "1"):
         pid = int((tmp_path / rank).read_text())
         assert not Path(f"/proc/{pid}").exists(), f"rank {rank} (pid {pid}) is still running"
+
+
+class SignalRankAt(pl.Callback):
+    """Sends one rank a real signal after a given step, as `kill` from outside would: the main process (rank 0) as
+    docker stop, Kubernetes or a scheduler does, or one other rank alone."""
+
+    def __init__(self, rank: int, signal_number: int, step: int):
+        self.rank, self.signal_number, self.step = rank, signal_number, step
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        if trainer.global_rank == self.rank and trainer.global_step == self.step:
+            os.kill(os.getpid(), self.signal_number)
+
+
+# (the rank signalled, the signal, the step after which it comes, the exit code, the one line said)
+STOPS = [
+    (0, signal.SIGTERM, 1, 143, "error: stopped by SIGTERM"),
+    (1, signal.SIGINT, 3, 130, "error: interrupted"),
+    (1, signal.SIGTERM, 6, 143, "error: stopped by SIGTERM"),
+    (0, signal.SIGINT, 8, 130, "error: interrupted"),
+]
+
+
+def test_a_signal_to_any_one_rank_stops_every_rank_at_that_step_and_the_run_resumes_exactly(tmp_path, data_dir):
+    """One run, stopped four times (SIGTERM and SIGINT, to the main process and to rank 1 alone) and resumed after
+    each: every stop writes last.ckpt at the step of the signal with both ranks in it, exits 143 / 130 with one
+    line, and the end is byte-identical to a run never stopped."""
+    uninterrupted = ddp_run(tmp_path / "uninterrupted", data_dir)
+    assert uninterrupted.returncode == 0, uninterrupted.stderr[-3000:]
+    run_dir, resume = tmp_path / "stopped", []
+    last = run_dir / "checkpoints" / "last.ckpt"
+    for rank, signal_number, step, code, line in STOPS:
+        started = time.monotonic()
+        stopped = ddp_run(
+            run_dir,
+            data_dir,
+            *resume,
+            f"+callbacks.signal._target_={__name__}.SignalRankAt",
+            f"+callbacks.signal.rank={rank}",
+            f"+callbacks.signal.signal_number={int(signal_number)}",
+            f"+callbacks.signal.step={step}",
+        )
+        case = f"{signal_number.name} to rank {rank} after step {step}"
+        assert stopped.returncode == code, f"{case}: {stopped.stderr[-3000:]}"
+        said = [text for text in stopped.stderr.splitlines() if text.startswith("error: ")]
+        assert said == [line], f"{case}: {stopped.stderr[-2000:]}"
+        assert time.monotonic() - started < 120, f"{case}: the ranks waited for each other"
+        checkpoint = torch.load(last, weights_only=True)
+        assert checkpoint["global_step"] == step, case
+        assert len(checkpoint["callbacks"]["RankState"]["ranks"]) == 2, case
+        resume = [f"ckpt_path={last}"]
+    resumed = ddp_run(run_dir, data_dir, *resume)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert (run_dir / "metrics.json").read_bytes() == (tmp_path / "uninterrupted" / "metrics.json").read_bytes()
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU: on a CPU every tensor is a CPU tensor")
+def test_only_cpu_tensors_cross_all_gather_object(monkeypatch):
+    """A rank's checkpoint part (its random state, the epoch's training sums) lives on its GPU; pickled on cuda:k
+    it would be unpickled onto cuda:k by every rank. What all_gather_object is given holds CPU tensors only."""
+    module = CVAELitModule().to("cuda")
+    module.train_nelbo.update(torch.ones(4, device="cuda"))
+    sent = []
+
+    def all_gather_object(gathered: list, local) -> None:
+        sent.append(local)
+        gathered[:] = [local] * len(gathered)
+
+    monkeypatch.setattr(torch.distributed, "is_initialized", lambda: True)
+    monkeypatch.setattr(torch.distributed, "all_gather_object", all_gather_object)
+    state = RankState(seed=0)
+    state.trainer, state.pl_module = SimpleNamespace(world_size=2), module
+    state.state_dict()
+    devices = []
+    apply_to_collection(sent, torch.Tensor, lambda tensor: devices.append(tensor.device.type))
+    assert len(sent) == 1 and devices and set(devices) == {"cpu"}, devices

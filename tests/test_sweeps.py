@@ -8,9 +8,11 @@ import subprocess
 import sys
 from pathlib import Path
 
+import torch
 import yaml
 from hydra import compose, initialize_config_dir
 
+from cvae.run.resolvers import register_resolvers
 from tests.conftest import CONF_DIR, QUICK_RUN_ANY_CALLBACKS
 from tests.test_train import run_script
 
@@ -103,16 +105,23 @@ def test_optuna_search_minimises_val_nelbo(tmp_path, data_dir):
     assert [row["status"] for row in read_summary(sweep_dir)] == ["ok", "ok"]
 
 
-def test_slurm_launcher_config_composes_for_ddp():
+def slurm_launcher(*overrides: str):
+    register_resolvers()  # as Hydra's callbacks do at start-up
     with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
-        cfg = compose(
-            "train",
-            overrides=["hydra/launcher=slurm", "trainer=ddp", "trainer.num_nodes=2", "hydra.launcher.gpus_per_node=4"],
-            return_hydra_config=True,
-        )
+        cfg = compose("train", overrides=["hydra/launcher=slurm", *overrides], return_hydra_config=True)
     launcher = cfg.hydra.launcher
     assert launcher._target_.endswith("SlurmLauncher")
-    assert (launcher.nodes, launcher.gpus_per_node, launcher.tasks_per_node) == (2, 4, 4)
+    return launcher.gpus_per_node, launcher.tasks_per_node, launcher.nodes, launcher.cpus_per_task, launcher.mem_gb
+
+
+def test_slurm_launcher_asks_for_what_the_trainer_uses_and_what_a_small_node_has():
+    """No GPU gres unless the trainer trains on GPUs, a task per DDP process, a node per trainer.num_nodes."""
+    assert slurm_launcher() == (None, 1, 1, 2, 4)
+    assert slurm_launcher("trainer=ddp_cpu", "trainer.num_nodes=2") == (None, 2, 2, 2, 4)
+    assert slurm_launcher("trainer=gpu")[:2] == (1, 1)
+    assert slurm_launcher("trainer=ddp", "trainer.devices=4")[:2] == (4, 4)
+    assert slurm_launcher("trainer=ddp", "trainer.num_nodes=2", "hydra.launcher.gpus_per_node=4")[:3] == (4, 4, 2)
+    assert slurm_launcher("hydra.launcher.cpus_per_task=8", "hydra.launcher.mem_gb=32")[3:] == (8, 32)
 
 
 def test_slurm_launcher_builds_jobs_that_run(tmp_path, data_dir):
@@ -136,9 +145,38 @@ def test_slurm_launcher_builds_jobs_that_run(tmp_path, data_dir):
     )
     assert result.returncode == 0, result.stderr[-3000:]
     sbatch_script = next((sweep_dir / ".submitit").rglob("*_submission.sh")).read_text()
-    for line in ("--array=0-1", "--partition=gpu", "--gpus-per-node=1", "--ntasks-per-node=1", "--time=240"):
+    for line in ("--array=0-1", "--partition=gpu", "--ntasks-per-node=1", "--cpus-per-task=2", "--mem=4GB"):
         assert f"#SBATCH {line}" in sbatch_script
+    assert "--gpus-per-node" not in sbatch_script and "--gres" not in sbatch_script
     assert [row["status"] for row in read_summary(sweep_dir)] == ["ok", "ok"]
+
+
+def devices_of_member(job: int, *overrides: str):
+    """trainer.devices that train.py gives the trainer of sweep member `job` (as its Hydra job sees it)."""
+    from hydra.core.hydra_config import HydraConfig
+
+    from cvae.run.ranks import member_devices
+
+    with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
+        cfg = compose("train", overrides=list(overrides), return_hydra_config=True)
+    cfg.hydra.job.num = job
+    HydraConfig().set_config(cfg)
+    return member_devices(cfg.trainer)
+
+
+def test_parallel_joblib_members_each_train_on_their_own_gpus(monkeypatch):
+    """On a machine with 3 GPUs (counted as CUDA would), member k of a joblib sweep is told GPU k mod 3 (a
+    2-device member the next two), not cuda:0 as every member was; other launchers, and CPUs, as configured."""
+    joblib = "hydra/launcher=joblib"
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 3)
+    assert [devices_of_member(job, joblib) for job in range(4)] == [[0], [1], [2], [0]]
+    assert [devices_of_member(job, joblib, "trainer=gpu") for job in range(2)] == [[0], [1]]
+    assert devices_of_member(1, joblib, "trainer=ddp", "trainer.devices=2") == [2, 0]
+    assert devices_of_member(1, joblib, "trainer=ddp") == -1, "every GPU, as asked"
+    assert devices_of_member(1, joblib, "trainer=cpu") == 1
+    assert devices_of_member(1) == 1 and devices_of_member(1, "hydra/launcher=slurm") == 1
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 0)
+    assert devices_of_member(1, joblib) == 1
 
 
 def test_summary_command_reads_any_sweep_dir(tmp_path):
@@ -183,6 +221,30 @@ def test_summary_command_reads_any_sweep_dir(tmp_path):
     assert (
         "| member | status | overrides | val/nelbo | test/nelbo | test/fid | epochs | wall_seconds |" in result.stdout
     )
+
+
+def test_summary_lists_every_member_the_sweep_launched_also_one_that_left_no_folder(tmp_path):
+    """The jobs come from Hydra's own expansion of the sweep saved in multirun.yaml (its values as Hydra writes them
+    into a member's overrides.yaml): a member cancelled before it started (no folder) is listed failed."""
+    from cvae.run.sweep import summary_table
+
+    multirun = {
+        "hydra": {
+            "sweeper": {"_target_": "hydra._internal.core_plugins.basic_sweeper.BasicSweeper", "params": None},
+            "overrides": {"task": ["latent_dim=2,4", "lr=1e-3,3e-3", "trainer.max_epochs=1"]},
+        }
+    }
+    (tmp_path / "multirun.yaml").write_text(yaml.safe_dump(multirun))
+    (tmp_path / "1" / ".hydra").mkdir(parents=True)
+    (tmp_path / "1" / ".hydra" / "overrides.yaml").write_text(yaml.safe_dump(["latent_dim=2", "lr=3e-3"]))
+    (tmp_path / "1" / "metrics.json").write_text(json.dumps({"val/nelbo": 100.0, "epochs": 1}))
+    rows = summary_table(tmp_path)[1]
+    assert [(row["member"], row["status"], row["overrides"]) for row in rows] == [
+        ("0", "failed", "latent_dim=2 lr=0.001 trainer.max_epochs=1"),
+        ("1", "ok", "latent_dim=2 lr=3e-3"),
+        ("2", "failed", "latent_dim=4 lr=0.001 trainer.max_epochs=1"),
+        ("3", "failed", "latent_dim=4 lr=0.003 trainer.max_epochs=1"),
+    ]
 
 
 def test_summary_plot_draws_each_metric_against_each_swept_knob_a_line_per_other_setting(tmp_path):

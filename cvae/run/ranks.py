@@ -1,6 +1,6 @@
 """Local DDP ranks and what each rank keeps to itself: the launcher that starts this machine's other ranks, the
-watchdog that ends the job when one of them dies, and per-rank random streams, saved in every checkpoint for
-every rank and given back to each on resuming."""
+watchdog that ends the job when one of them dies, SIGTERM / SIGINT that stop every rank after the same step, and
+per-rank random streams, saved in every checkpoint for every rank and given back to each on resuming."""
 
 import _thread
 import os
@@ -14,6 +14,8 @@ from pathlib import Path
 
 import pytorch_lightning as pl
 import torch
+from hydra.core.hydra_config import HydraConfig
+from lightning_utilities.core.apply_func import apply_to_collection
 from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.strategies.launchers import _SubprocessScriptLauncher
 from pytorch_lightning.utilities import rank_zero_warn
@@ -30,18 +32,70 @@ DDP_VARIABLES = ("MASTER_ADDR", "MASTER_PORT", "NODE_RANK", "LOCAL_RANK", "WORLD
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 WATCH_PERIOD = 0.5  # seconds between looks at the children
 GRACE_PERIOD = 10.0  # seconds this rank gets to stop by itself once a child died, before it is ended
-# Exit codes of a rank that was stopped by Ctrl-C or SIGTERM, as every rank is (Lightning broadcasts SIGTERM):
-# it saved its part of the checkpoint and ended in order, which is no failure for the watchdog to act on.
+# Exit codes of a rank that was stopped by Ctrl-C or SIGTERM, as every rank is (StopTogether): it saved its part
+# of the checkpoint and ended in order, which is no failure for the watchdog to act on.
 STOPPED = {128 + signal.SIGINT, 128 + signal.SIGTERM, -signal.SIGINT, -signal.SIGTERM}
 
 
 def gather(trainer: pl.Trainer, local: dict) -> list[dict]:
-    """Every rank's `local`, in rank order, on every rank."""
+    """Every rank's `local`, in rank order, on every rank, its tensors on the CPU: a tensor pickled on cuda:k is
+    unpickled onto cuda:k by every rank, which fails where each process sees one GPU (srun --gpus-per-task)."""
+    local = apply_to_collection(local, torch.Tensor, torch.Tensor.cpu)
     if trainer.world_size == 1 or not torch.distributed.is_initialized():
         return [local]
     gathered = [None] * trainer.world_size
     torch.distributed.all_gather_object(gathered, local)
     return gathered
+
+
+class StopTogether(pl.Callback):
+    """Under DDP, SIGTERM or SIGINT to any rank, or to all, stops every rank after the same step: each rank notes
+    its signal, the ranks agree after every step (a MAX over one integer, as Lightning itself broadcasts one per
+    step), and then every rank stops there, so CheckpointOnInterrupt writes last.ckpt with every rank in it.
+
+    Written here because Lightning's SIGTERM handler runs a collective inside the handler, on the signalled rank
+    alone (a deadlock when one rank is signalled mid-step), and forwards the signal only to ranks its own
+    launcher started; Lightning has no SIGINT handling under DDP."""
+
+    def __init__(self):
+        self.received = 0  # the signal this rank got (SIGTERM outranks SIGINT)
+        self.stopped_by = 0  # the signal every rank stopped for
+
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        # after Lightning registered its handlers; it puts back those of before fit at its teardown
+        if trainer.world_size > 1:
+            for signum in (signal.SIGTERM, signal.SIGINT):
+                signal.signal(signum, self.receive)
+
+    def receive(self, signum: int, frame) -> None:
+        self.received = max(self.received, signum)
+
+    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, *args) -> None:
+        if trainer.world_size == 1 or not torch.distributed.is_initialized():
+            return
+        agreed = torch.tensor(self.received, device=trainer.strategy.root_device)
+        torch.distributed.all_reduce(agreed, op=torch.distributed.ReduceOp.MAX)
+        if agreed.item():
+            self.stopped_by = int(agreed.item())
+            # Lightning stops at the end of this step, on every rank, with its own SIGTERMException
+            trainer._signal_connector.received_sigterm = True
+
+
+@contextmanager
+def exit_as_signalled(trainer: pl.Trainer):
+    """A run every rank stopped for a signal ends as that signal asks: KeyboardInterrupt for SIGINT (exit 130),
+    SIGTERMException for SIGTERM (143). A rank started by launch_local_ranks exits with that code and no line of
+    its own: rank 0 says it."""
+    try:
+        yield
+    except SIGTERMException:
+        stop = next((callback for callback in trainer.callbacks if isinstance(callback, StopTogether)), None)
+        signum = stop.stopped_by if stop and stop.stopped_by else signal.SIGTERM
+        if JOB_CONFIG_VARIABLE in os.environ:
+            raise SystemExit(128 + signum) from None
+        if signum == signal.SIGINT:
+            raise KeyboardInterrupt from None
+        raise
 
 
 class RankState(pl.Callback):
@@ -107,7 +161,8 @@ def launch_local_ranks(trainer: pl.Trainer, cfg: DictConfig):
     """
     strategy = trainer.strategy
     if not lightning_would_start_processes(strategy):
-        yield
+        with exit_as_signalled(trainer):
+            yield
         return
     cluster = strategy.cluster_environment
     saved_variables = {name: os.environ.get(name) for name in DDP_VARIABLES}
@@ -124,14 +179,16 @@ def launch_local_ranks(trainer: pl.Trainer, cfg: DictConfig):
     watchdog = RankWatchdog(children)
     watchdog.start()
     try:
-        yield
+        with exit_as_signalled(trainer):
+            yield
         for child in children.values():
             child.wait()
         watchdog.check()
     except (KeyboardInterrupt, SystemExit, SIGTERMException):
-        # stopped: by the watchdog (which interrupts this thread) or by Ctrl-C / SIGTERM, as every rank was
+        # stopped: by the watchdog (which interrupts this thread) or by a signal, as every rank was
         if watchdog.failure is not None:
             raise watchdog.failure from None
+        wait_for(children.values(), GRACE_PERIOD)  # they saved their part too and are ending
         raise
     except BaseException:
         watchdog.check(wait=2 * WATCH_PERIOD)  # a rank that died is the cause: say so, not what it did here
@@ -151,26 +208,30 @@ class RankWatchdog(threading.Thread):
     """Ends the job within seconds when a rank this process started dies, naming the rank and its exit code.
 
     Written here rather than taken from Lightning: its child-process observer SIGKILLs the main process (a
-    whole multirun with it) and names no rank. This one kills the other ranks, interrupts the main thread,
-    which then raises RankError, and only if that thread is stuck in a collective ends the process after
-    GRACE_PERIOD with the same message."""
+    whole multirun with it) and names no rank. This one kills the other ranks and interrupts the main thread,
+    which then raises RankError; if that thread is stuck in an NCCL collective or a CUDA sync after
+    GRACE_PERIOD, it aborts the process group, which ends the wait with an error (gloo ends it by itself).
+    Never os._exit: the rest of a multirun and its summary come after this member."""
 
     def __init__(self, children: dict[int, subprocess.Popen]):
         super().__init__(daemon=True, name="cvae-rank-watchdog")
         self.children, self.failure = children, None
         self.stopped = threading.Event()
+        self.lock = threading.Lock()  # no interrupt of the main thread once it called stop()
 
     def run(self) -> None:
         while not self.stopped.wait(WATCH_PERIOD):
-            dead = self.failed()
+            with self.lock:
+                dead = not self.stopped.is_set() and self.failed()
+                if dead:
+                    self.failure = self.rank_error(dead)
+                    for child in self.children.values():
+                        child.kill()
+                    _thread.interrupt_main()
             if dead:
-                self.failure = self.rank_error(dead)
-                for child in self.children.values():
-                    child.kill()
-                _thread.interrupt_main()
-                if not self.stopped.wait(GRACE_PERIOD):
-                    print(f"error: {self.failure}", file=sys.stderr, flush=True)
-                    os._exit(1)
+                if not self.stopped.wait(GRACE_PERIOD) and torch.distributed.is_initialized():
+                    print(f"error: {self.failure}; aborting the process group", file=sys.stderr, flush=True)
+                    torch.distributed.distributed_c10d._abort_process_group()
                 return
 
     def check(self, wait: float = 0.0) -> None:
@@ -196,7 +257,39 @@ class RankWatchdog(threading.Thread):
         return {rank: code for rank, child in self.children.items() if (code := child.poll()) and code not in STOPPED}
 
     def stop(self) -> None:
-        self.stopped.set()
+        """After this returns the watchdog interrupts nothing; an interrupt it sent just before lands here."""
+        try:
+            with self.lock:
+                self.stopped.set()
+            if self.failure is not None:
+                time.sleep(2 * WATCH_PERIOD)  # Python delivers a pending interrupt_main at the next bytecode
+        except KeyboardInterrupt:
+            self.stopped.set()
+
+
+def requeued_checkpoint(cfg: DictConfig) -> str | None:
+    """What to resume from: ckpt_path, or, in a SLURM job that was requeued (preempted, `scontrol requeue`), the
+    last.ckpt its previous run saved in this same run dir when SLURM stopped it with SIGTERM."""
+    if cfg.get("ckpt_path") or not int(os.environ.get("SLURM_RESTART_COUNT") or 0):
+        return cfg.get("ckpt_path")
+    last = Path(cfg.paths.output_dir) / "checkpoints" / "last.ckpt"
+    return str(last) if last.is_file() else None
+
+
+def member_devices(trainer_cfg: DictConfig):
+    """`trainer.devices` for this job: under hydra/launcher=joblib, whose members train side by side on this
+    machine, member k takes GPUs k*n, k*n+1, ... (mod the GPUs there are) for a count of n, instead of every
+    member sharing cuda:0; otherwise as configured (SLURM gives each job its own GPUs)."""
+    devices = trainer_cfg.devices
+    if not (isinstance(devices, int) and devices > 0 and trainer_cfg.accelerator in ("auto", "gpu", "cuda")):
+        return devices
+    if not (HydraConfig.initialized() and "JoblibLauncher" in str(HydraConfig.get().launcher.get("_target_"))):
+        return devices
+    gpus = torch.cuda.device_count()
+    if gpus == 0:
+        return devices
+    first = HydraConfig.get().job.num * devices
+    return [(first + offset) % gpus for offset in range(devices)]
 
 
 def lightning_would_start_processes(strategy) -> bool:
@@ -216,6 +309,15 @@ def start_rank(local_rank: int, cfg: DictConfig) -> subprocess.Popen:
         JOB_CONFIG_VARIABLE: OmegaConf.to_yaml(cfg, resolve=True),
     }
     return subprocess.Popen([sys.executable, "-m", "cvae.run.train"], env=env)
+
+
+def wait_for(children, seconds: float) -> None:
+    deadline = time.monotonic() + seconds
+    for child in children:
+        try:
+            child.wait(timeout=max(0.0, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            return
 
 
 def restore_variables(saved: dict) -> None:

@@ -17,6 +17,8 @@ import itertools
 import sys
 from pathlib import Path
 
+from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
@@ -35,7 +37,35 @@ def member_dirs(sweep_dir: Path) -> list[Path]:
         for path in sweep_dir.iterdir()
         if path.is_dir() and ((path / ".hydra").is_dir() or (path / "metrics.json").is_file())
     ]
-    return sorted(members, key=lambda path: (0, int(path.name)) if path.name.isdigit() else (1, path.name))
+    return sorted(members, key=member_order)
+
+
+def member_order(path: Path) -> tuple:
+    return (0, int(path.name)) if path.name.isdigit() else (1, path.name)
+
+
+def launched_jobs(sweep_dir: Path) -> list[list[str]]:
+    """Each job's overrides, by job number, as Hydra's basic sweeper expands the sweep it saved in multirun.yaml
+    just before launching: the members launched, also those that never got a folder (cancelled or lost before
+    they started). Empty for another sweeper (Optuna's trials are only known from their folders)."""
+    saved = sweep_dir / "multirun.yaml"
+    if not saved.is_file():
+        return []
+    config = OmegaConf.load(saved)
+    sweeper = OmegaConf.select(config, "hydra.sweeper._target_", default="")
+    if sweeper != f"{BasicSweeper.__module__}.{BasicSweeper.__name__}":
+        return []
+    params = [f"{key}={value}" for key, value in (config.hydra.sweeper.get("params") or {}).items()]
+    overrides = OverridesParser.create().parse_overrides([*params, *config.hydra.overrides.task])
+    return [job for batch in BasicSweeper.split_arguments(overrides, None) for job in batch]
+
+
+def sweep_members(sweep_dir: Path) -> list[tuple[Path, list[str]]]:
+    """Every member the sweep launched, and any other member folder, with its overrides, by job number."""
+    members = {member: member_overrides(member) for member in member_dirs(sweep_dir)}
+    for number, overrides in enumerate(launched_jobs(sweep_dir)):
+        members.setdefault(sweep_dir / str(number), overrides)
+    return sorted(members.items(), key=lambda item: member_order(item[0]))
 
 
 def member_overrides(member: Path) -> list[str]:
@@ -43,11 +73,10 @@ def member_overrides(member: Path) -> list[str]:
     return list(OmegaConf.load(overrides_file)) if overrides_file.is_file() else []
 
 
-def member_row(member: Path) -> dict:
+def member_row(member: Path, overrides: list[str]) -> dict:
     """A member's line of the table; without metrics.json its run did not finish, so it counts as failed."""
     metrics = read_json(member / "metrics.json") or {}
     timing = read_json(member / "timing.json") or {}
-    overrides = member_overrides(member)
     return {
         "member": member.name,
         "status": "ok" if metrics else "failed",
@@ -60,7 +89,7 @@ def member_row(member: Path) -> dict:
 
 
 def summary_table(sweep_dir: Path) -> tuple[list[str], list[dict]]:
-    rows = [member_row(member) for member in member_dirs(sweep_dir)]
+    rows = [member_row(member, overrides) for member, overrides in sweep_members(sweep_dir)]
     metric_columns = [name for name in FINAL_METRICS if any(name in row for row in rows)]
     return ["member", "status", "overrides", *metric_columns, "epochs", "wall_seconds"], rows
 
@@ -184,7 +213,7 @@ def main(argv: list[str]) -> int:
     if len(argv) != 1 or not Path(argv[0]).is_dir():
         print("usage: python -m cvae.run.sweep <sweep dir>   (e.g. outputs/multirun/<date>/<time>)", file=sys.stderr)
         return 2
-    if not member_dirs(Path(argv[0])):
+    if not sweep_members(Path(argv[0])):
         print(f"{argv[0]} holds no sweep members (subdirs with .hydra/ or metrics.json)", file=sys.stderr)
         return 1
     write_summary(argv[0])

@@ -24,7 +24,14 @@ from cvae.files import write_json_atomic
 from cvae.run.checkpoints import AtomicCheckpointIO, check_resumable
 from cvae.run.hparams import log_final
 from cvae.run.loggers import wandb_run_closed
-from cvae.run.ranks import JOB_CONFIG_VARIABLE, RankState, launch_local_ranks
+from cvae.run.ranks import (
+    JOB_CONFIG_VARIABLE,
+    RankState,
+    StopTogether,
+    launch_local_ranks,
+    member_devices,
+    requeued_checkpoint,
+)
 
 PACKAGES = (
     "torch",
@@ -45,7 +52,9 @@ def train(cfg: DictConfig) -> dict:
     datamodule = instantiate(cfg.data)
     model = instantiate(cfg.model)
     loggers = instantiate_group(cfg.get("logger"))
-    if cfg.get("ckpt_path"):
+    # in the config the other local ranks are given
+    cfg.ckpt_path, cfg.trainer.devices = requeued_checkpoint(cfg), member_devices(cfg.trainer)
+    if cfg.ckpt_path:
         check_resumable(cfg.ckpt_path, cfg.model)
     trainer = build_trainer(cfg, loggers)
     output_dir = Path(cfg.paths.output_dir)
@@ -53,7 +62,7 @@ def train(cfg: DictConfig) -> dict:
 
     with launch_local_ranks(trainer, cfg), wandb_run_closed():
         fit_started = time.perf_counter()
-        trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"), weights_only=True)
+        trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.ckpt_path, weights_only=True)
         fit_seconds = time.perf_counter() - fit_started
         summary = evaluate_best(trainer, model, datamodule, loggers, cfg)
 
@@ -77,7 +86,7 @@ def build_trainer(cfg: DictConfig, loggers: list) -> pl.Trainer:
     default bar, Rich when installed, redraws and reads every logged metric after each batch: about 1 ms of a
     12 ms step on CPU, and a host-device sync per step on a GPU)."""
     # always on, whatever the callbacks group: resumable runs, and no training on from NaN weights
-    safety = [RankState(cfg.seed), StopOnDivergence(), CheckpointOnInterrupt()]
+    safety = [RankState(cfg.seed), StopTogether(), StopOnDivergence(), CheckpointOnInterrupt()]
     callbacks = [*instantiate_group(cfg.get("callbacks")), *safety]
     if cfg.trainer.get("enable_progress_bar", True) and not any(isinstance(c, ProgressBar) for c in callbacks):
         callbacks.append(TQDMProgressBar(refresh_rate=10))

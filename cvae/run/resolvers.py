@@ -1,0 +1,60 @@
+"""The resolvers conf/ uses, registered by a Hydra callback: Hydra builds its callbacks before it resolves the
+launcher's settings or a job's output settings (torch-free, so that Hydra stays quick to start).
+
+- `cvae.on_rank_zero`: under torchrun or srun every process runs train.py with Hydra; only rank 0 writes .hydra/
+  and train.log (conf/hydra/default.yaml).
+- `cvae.slurm_gpus`, `cvae.slurm_tasks`: the SLURM resources of a sweep member, from the trainer config
+  (conf/hydra/launcher/slurm.yaml).
+"""
+
+import os
+
+from hydra.experimental.callback import Callback
+from omegaconf import OmegaConf
+
+
+def launched_rank() -> int:
+    """This process's global rank as torchrun (RANK) or srun (SLURM_PROCID) gives it; 0 when started alone."""
+    return int(os.environ.get("RANK") or os.environ.get("SLURM_PROCID") or 0)
+
+
+def on_rank_zero(value, elsewhere=None):
+    return value if launched_rank() == 0 else elsewhere
+
+
+def slurm_gpus(accelerator: str, devices) -> int | None:
+    """GPUs per node to ask SLURM for: the trainer's device count when it trains on GPUs, else none (a GPU gres
+    fails on a cluster without GPUs); `devices=-1` (every GPU) needs hydra.launcher.gpus_per_node=N."""
+    count = device_count(devices)
+    return count if accelerator in ("gpu", "cuda") and count else None
+
+
+def slurm_tasks(devices, gpus_per_node: int | None) -> int:
+    """One SLURM task per DDP process of a node, so that Lightning takes its ranks from SLURM and starts none."""
+    return device_count(devices) or gpus_per_node or 1
+
+
+def device_count(devices) -> int | None:
+    """How many devices `trainer.devices` names; None for every device (-1, "auto"), whose count SLURM decides."""
+    if isinstance(devices, (list, tuple)) or OmegaConf.is_list(devices):
+        return len(devices)
+    if isinstance(devices, str) and "," in devices:
+        return len([device for device in devices.split(",") if device.strip()])
+    count = int(devices) if str(devices).lstrip("-").isdigit() else -1
+    return count if count > 0 else None
+
+
+def register_resolvers() -> None:
+    for name, resolver in (
+        ("cvae.on_rank_zero", on_rank_zero),
+        ("cvae.slurm_gpus", slurm_gpus),
+        ("cvae.slurm_tasks", slurm_tasks),
+    ):
+        OmegaConf.register_new_resolver(name, resolver, replace=True)
+
+
+class Resolvers(Callback):
+    """Hydra callback: registers the resolvers when Hydra starts."""
+
+    def __init__(self):
+        register_resolvers()

@@ -1,0 +1,143 @@
+"""Sweeps on a real SLURM cluster (hydra/launcher=slurm, submitit): the one-node cluster .ci/slurm-cluster.sh
+brings up on localhost, with accounting, so that submitit sees a cancelled job. Skipped, saying why, where no
+cluster answers `sinfo`."""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+
+import pytest
+import pytorch_lightning as pl
+
+from tests.conftest import ROOT
+from tests.test_sweeps import TINY_RUN, read_summary
+
+pytestmark = pytest.mark.slurm
+
+
+@pytest.fixture(scope="module")
+def slurm_cluster() -> None:
+    if shutil.which("sinfo") is None:
+        pytest.skip("no SLURM here (sinfo not found): .ci/slurm-cluster.sh up brings up a one-node cluster")
+    try:
+        answer = subprocess.run(["sinfo", "-h", "-o", "%t"], capture_output=True, text=True, timeout=20)
+    except subprocess.TimeoutExpired:
+        answer = None
+    if answer is None or answer.returncode != 0 or not answer.stdout.strip():
+        pytest.skip("no SLURM controller answers sinfo: .ci/slurm-cluster.sh up starts one")
+
+
+def slurm_sweep_command(sweep_dir, data_dir: str) -> list[str]:
+    return [
+        sys.executable,
+        "train.py",
+        "-m",
+        "hydra/launcher=slurm",
+        *TINY_RUN,
+        f"data.data_dir={data_dir}",
+        f"hydra.sweep.dir={sweep_dir}",
+    ]
+
+
+def slurm_sweep(sweep_dir, data_dir: str, *overrides: str) -> subprocess.CompletedProcess:
+    command = [*slurm_sweep_command(sweep_dir, data_dir), *overrides]
+    return subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=600)
+
+
+def test_a_sweep_of_two_ddp_members_runs_on_slurm(slurm_cluster, tmp_path, data_dir):
+    """Two members side by side, each a 2-task DDP job (trainer=ddp_cpu): one SLURM task per rank, rank 0 alone
+    writing in the member's dir, and the summary of both."""
+    sweep_dir = tmp_path / "sweep"
+    result = slurm_sweep(sweep_dir, data_dir, "trainer=ddp_cpu", "latent_dim=2,3")
+    assert result.returncode == 0, result.stderr[-3000:]
+    script = next((sweep_dir / ".submitit").rglob("*_submission.sh")).read_text()
+    assert "#SBATCH --ntasks-per-node=2" in script and "--gpus-per-node" not in script
+    for member in ("0", "1"):
+        metrics = json.loads((sweep_dir / member / "metrics.json").read_text())
+        assert metrics["world_size"] == 2 and metrics["epochs"] == 1
+        assert (sweep_dir / member / ".hydra" / "config.yaml").is_file()
+        log = (sweep_dir / member / "train.log").read_text()
+        assert log.count("Job completed successfully") == 1, "rank 1 wrote into train.log"
+    assert [(row["member"], row["status"]) for row in read_summary(sweep_dir)] == [("0", "ok"), ("1", "ok")]
+
+
+class CancelOwnJob(pl.Callback):
+    """`scancel` of this sweep member's own SLURM job (array task `task`) after step 1, as a user would."""
+
+    def __init__(self, task: int):
+        self.task = task
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        if os.environ.get("SLURM_ARRAY_TASK_ID") == str(self.task) and trainer.global_step == 1:
+            subprocess.run(["scancel", f"{os.environ['SLURM_ARRAY_JOB_ID']}_{self.task}"], check=True)
+            time.sleep(60)  # SLURM ends the job meanwhile
+
+
+def test_a_cancelled_member_fails_the_sweep_within_a_minute_and_is_listed_failed(slurm_cluster, tmp_path, data_dir):
+    sweep_dir = tmp_path / "sweep"
+    started = time.monotonic()
+    result = slurm_sweep(
+        sweep_dir,
+        data_dir,
+        "latent_dim=2,3",
+        f"+callbacks.cancel._target_={__name__}.CancelOwnJob",
+        "+callbacks.cancel.task=1",
+    )
+    assert result.returncode != 0
+    assert time.monotonic() - started < 120, "the launcher waited on after the cancelled job ended"
+    assert "CANCELLED" in result.stderr, result.stderr[-3000:]
+    rows = read_summary(sweep_dir)
+    assert [(row["member"], row["status"]) for row in rows] == [("0", "ok"), ("1", "failed")]
+    assert "latent_dim=3" in rows[1]["overrides"].split()
+
+
+class RequeueOwnJob(pl.Callback):
+    """`scontrol requeue` of this member's own SLURM job (array task `task`) after step 2 of its first run, as a
+    preemption does: SLURM sends SIGTERM and runs the job again later."""
+
+    def __init__(self, task: int):
+        self.task = task
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        first_run = not int(os.environ.get("SLURM_RESTART_COUNT") or 0)
+        if os.environ.get("SLURM_ARRAY_TASK_ID") == str(self.task) and first_run and trainer.global_step == 2:
+            job = f"{os.environ['SLURM_ARRAY_JOB_ID']}_{self.task}"
+            subprocess.run(["scontrol", "requeue", job], check=True)
+
+
+def start_requeued_jobs_at_once(sweep: subprocess.Popen) -> None:
+    """Until the sweep ends: a requeued job waits 2 minutes (its BeginTime) before SLURM runs it again; now."""
+    while sweep.poll() is None:
+        waiting = subprocess.run(["squeue", "-h", "-t", "PENDING", "-o", "%i %r"], capture_output=True, text=True)
+        for job in [line.split()[0] for line in waiting.stdout.splitlines() if line.endswith("BeginTime")]:
+            subprocess.run(["scontrol", "update", f"JobId={job}", "StartTime=now"], capture_output=True)
+        time.sleep(1)
+
+
+def test_a_requeued_member_resumes_from_its_last_checkpoint_and_ends_as_one_never_stopped(
+    slurm_cluster, tmp_path, data_dir
+):
+    """Two members with the same settings; SLURM requeues the second mid-epoch: it saves last.ckpt, runs again,
+    goes on from there and writes the metrics.json of the first, byte for byte."""
+    sweep_dir = tmp_path / "sweep"
+    sweep = subprocess.Popen(
+        [
+            *slurm_sweep_command(sweep_dir, data_dir),
+            "seed=42,42",
+            "trainer.limit_train_batches=5",
+            f"+callbacks.requeue._target_={__name__}.RequeueOwnJob",
+            "+callbacks.requeue.task=1",
+        ],
+        cwd=ROOT,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    start_requeued_jobs_at_once(sweep)
+    assert sweep.returncode == 0, sweep.stderr.read()[-3000:]
+    log = next((sweep_dir / ".submitit").glob("*_1/*_1_0_log.err")).read_text()  # both runs of member 1
+    last = sweep_dir / "1" / "checkpoints" / "last.ckpt"
+    assert "interrupted at epoch 0" in log and f"Restoring states from the checkpoint path at {last}" in log, log
+    assert (sweep_dir / "1" / "metrics.json").read_bytes() == (sweep_dir / "0" / "metrics.json").read_bytes()
