@@ -8,8 +8,11 @@ optimizer step, random draws and metric updates, in the same order, so the weigh
 bit for bit those of steps_per_call=1.
 """
 
+import signal
+import threading
 import warnings
 from collections.abc import Iterator
+from contextlib import contextmanager
 from functools import partial
 
 import pytorch_lightning as pl
@@ -58,6 +61,7 @@ class CVAELitModule(pl.LightningModule):
         check_count(steps_per_call, "model.steps_per_call")
         self.steps_per_call = steps_per_call
         self.automatic_optimization = False  # training_step makes its optimizer steps itself, several per call
+        self.interrupted_in_call = False  # Ctrl-C during a call's steps, raised once the call is done
         # nan_strategy="disable": no NaN check, which is a host-device sync per step on a GPU (a NaN loss stops
         # the run anyway); a NaN would show in the mean instead of being dropped
         self.train_nelbo = MeanMetric(nan_strategy="disable")
@@ -92,10 +96,36 @@ class CVAELitModule(pl.LightningModule):
         # betas as Python floats rounded once to float32: the same number each step multiplied by before
         betas = torch.tensor([self.kl_weight(first_step + i) for i in range(len(group))], device=self.device)
         optimizer = self.optimizers()
-        losses, nelbos = zip(*(self.train_on(x, y, beta, optimizer) for (x, y), beta in zip(group, betas)))
+        with self.interrupts_deferred():
+            losses, nelbos = zip(*(self.train_on(x, y, beta, optimizer) for (x, y), beta in zip(group, betas)))
         count_batches_in_lightning(self.trainer, len(group))
         self.show_step_nelbos(first_step, nelbos)
         return {"loss": torch.stack(losses)}  # for StopOnDivergence, which checks each step's loss
+
+    @contextmanager
+    def interrupts_deferred(self):
+        """Ctrl-C (SIGINT) in the middle of a call's steps takes effect after the call, as Lightning does with SIGTERM:
+        the run stops, and CheckpointOnInterrupt saves it, at a batch boundary, from which a resume is exact."""
+        if threading.current_thread() is not threading.main_thread() or (
+            signal.getsignal(signal.SIGINT) is not signal.default_int_handler  # e.g. ignored in a background job
+        ):
+            yield
+            return
+
+        def record(signum, frame):
+            self.interrupted_in_call = True
+
+        previous = signal.signal(signal.SIGINT, record)
+        try:
+            yield
+        finally:
+            signal.signal(signal.SIGINT, previous)
+
+    def on_train_batch_end(self, outputs, batch, batch_idx) -> None:
+        # after the callbacks' hooks of the call: where a Ctrl-C between two calls would have stopped the run
+        if self.interrupted_in_call:
+            self.interrupted_in_call = False
+            raise KeyboardInterrupt
 
     def next_batches(self, batches: Iterator) -> list[tuple[torch.Tensor, torch.Tensor]]:
         """The batches of this call, on the device as Lightning would have handed them to a training_step each:
