@@ -45,6 +45,11 @@ def expect_one_line_exit(capsys, task, cfg, rules) -> str:
         ("trainer.max_epochs=0", "trainer.max_epochs=0"),
         ("model.hidden_dims=[512,0]", "model.hidden_dims=[512, 0]"),
         ("model.hidden_dims=[]", "model.hidden_dims=[]"),
+        ("model.steps_per_call=0", "model.steps_per_call=0"),
+        # the model makes its optimizer steps itself, several per Lightning call: Lightning would clip or
+        # accumulate nothing
+        ("+trainer.gradient_clip_val=1.0", "trainer.gradient_clip_val=1.0"),
+        ("+trainer.accumulate_grad_batches=2", "trainer.accumulate_grad_batches=2"),
     ],
 )
 def test_bad_training_values_fail_before_any_work(override, named, tmp_path, capsys, data_dir):

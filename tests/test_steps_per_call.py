@@ -13,10 +13,8 @@ import torch
 
 from cvae.callbacks.safety import StopOnDivergence
 from cvae.errors import DivergenceError
-from cvae.run.checks import TRAIN_RULES
 from cvae.run.train import train
 from tests.conftest import QUICK_RUN_ANY_CALLBACKS, compose_config
-from tests.test_failures import expect_one_line_exit
 
 # 11 batches an epoch: a call of 8 and a last one of 3; the loggers write every 3rd step, inside calls
 EXACT = [
@@ -78,17 +76,3 @@ def test_a_divergence_inside_a_call_names_its_step():
     callback.on_train_batch_end(trainer, module, {"loss": torch.tensor([1.0, float("nan"), float("inf")])}, None, 5)
     with pytest.raises(DivergenceError, match="the loss became nan at epoch 2, step 11;"):
         callback.on_train_epoch_end(trainer, module)
-
-
-@pytest.mark.parametrize(
-    ("override", "named"),
-    [
-        ("+trainer.gradient_clip_val=1.0", "trainer.gradient_clip_val=1.0"),
-        ("+trainer.accumulate_grad_batches=2", "trainer.accumulate_grad_batches=2"),
-        ("model.steps_per_call=0", "model.steps_per_call=0"),
-    ],
-)
-def test_what_the_optimizer_loop_cannot_do_is_refused_in_one_line(override, named, tmp_path, capsys, data_dir):
-    cfg = compose_config("train", [override, f"data.data_dir={data_dir}"], tmp_path)
-    line = expect_one_line_exit(capsys, train, cfg, TRAIN_RULES)
-    assert named in line and "must be" in line
