@@ -27,9 +27,10 @@ from cvae.seeding import random_state, set_random_state, stream_seed
 from cvae.validate import check_count
 
 ELBO_TERMS = ("nelbo", "recon", "kl")
-# Lightning warns on every fit that a training_step taking the iterator is "experimental": known, and tested here
-warnings.filterwarnings("ignore", message="Found `dataloader_iter` argument in the `training_step`")
 EVAL_STAGES = ("val", "test")
+# Lightning warns on every fit that a training_step taking the batch iterator is "experimental": this module
+# relies on it knowingly, and tests/test_steps_per_call.py checks what it depends on
+warnings.filterwarnings("ignore", message="Found `dataloader_iter` argument in the `training_step`")
 
 
 class CVAELitModule(pl.LightningModule):
