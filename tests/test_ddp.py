@@ -112,8 +112,9 @@ def test_ddp_metrics_equal_one_process_evaluation(ddp_sweep, data_dir):
 
 
 class ExitAt(pl.Callback):
-    """Stands in for a rank that dies (out of memory, a segfault): it exits with `code` at batch 2, after every
-    rank wrote its pid into `pid_dir`."""
+    """Stands in for a rank that dies (out of memory, a segfault): it exits with `code` after the call that
+    trained on batch 2 (calls end where their steps_per_call batches do), after every rank wrote its pid into
+    `pid_dir`."""
 
     def __init__(self, rank: int, code: int, pid_dir: str):
         self.rank, self.code, self.pid_dir = rank, code, Path(pid_dir)
@@ -122,7 +123,7 @@ class ExitAt(pl.Callback):
         (self.pid_dir / str(trainer.global_rank)).write_text(str(os.getpid()))
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
-        if trainer.global_rank == self.rank and batch_idx == 2:
+        if trainer.global_rank == self.rank and batch_idx >= 2:
             os._exit(self.code)
 
 

@@ -101,20 +101,18 @@ def test_metrics_json_holds_the_fid_and_label_accuracy_of_the_best_checkpoint(tr
 
 
 class RecordSteps(pl.Callback):
-    """Before each training step: the weights, the batch, the random state and the KL weight in use; after it,
-    the loss the step trained on."""
+    """Before each training step: the weights, the random state and the KL weight in use; after it, the batch and
+    the loss the step trained on (a training_step that takes the batch iterator fetches its batch itself)."""
 
     def __init__(self):
         self.steps = []
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
         weights = {name: tensor.clone() for name, tensor in pl_module.model.state_dict().items()}
-        self.steps.append(
-            {"weights": weights, "batch": batch, "random": torch.get_rng_state(), "kl_weight": pl_module.kl_weight()}
-        )
+        self.steps.append({"weights": weights, "random": torch.get_rng_state(), "kl_weight": pl_module.kl_weight()})
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
-        self.steps[-1]["loss"] = outputs["loss"].item()
+        self.steps[-1].update(batch=batch, loss=outputs["loss"].item())
 
 
 def test_beta_warm_up_and_free_bits_shape_the_objective_while_train_nelbo_stays_the_true_elbo(mnist):
@@ -125,6 +123,7 @@ def test_beta_warm_up_and_free_bits_shape_the_objective_while_train_nelbo_stays_
         kl_warmup_epochs=warmup_epochs,
         free_bits=free_bits,
         optimizer=lambda params: torch.optim.Adam(params, lr=1e-3),
+        steps_per_call=1,  # a call per step, for RecordSteps' hooks; tests/test_steps_per_call.py: 8 is the same
     )
     recorder = RecordSteps()
     trainer = pl.Trainer(

@@ -45,6 +45,11 @@ def expect_one_line_exit(capsys, task, cfg, rules) -> str:
         ("trainer.max_epochs=0", "trainer.max_epochs=0"),
         ("model.hidden_dims=[512,0]", "model.hidden_dims=[512, 0]"),
         ("model.hidden_dims=[]", "model.hidden_dims=[]"),
+        ("model.steps_per_call=0", "model.steps_per_call=0"),
+        # the model makes its optimizer steps itself, several per Lightning call: Lightning would clip or
+        # accumulate nothing
+        ("+trainer.gradient_clip_val=1.0", "trainer.gradient_clip_val=1.0"),
+        ("+trainer.accumulate_grad_batches=2", "trainer.accumulate_grad_batches=2"),
     ],
 )
 def test_bad_training_values_fail_before_any_work(override, named, tmp_path, capsys, data_dir):
@@ -267,15 +272,22 @@ def test_a_real_divergence_exits_non_zero_and_other_sweep_members_complete(tmp_p
 
 
 class SignalSelfAt(pl.Callback):
-    """Sends this process a real signal in the middle of an epoch, as Ctrl-C or a scheduler would."""
+    """Sends this process a real signal in the middle of an epoch, as Ctrl-C or a scheduler would: just before
+    the optimizer step on batch `batch` of epoch `epoch`, so in the middle of a Lightning call when the model
+    makes several steps per call (model.steps_per_call)."""
 
     def __init__(self, signal_number: int, epoch: int = 1, batch: int = 2):
         self.signal_number, self.epoch, self.batch = signal_number, epoch, batch
 
-    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
-        if (trainer.current_epoch, batch_idx) == (self.epoch, self.batch):
-            if self.signal_number == signal.SIGINT:  # as in a terminal: a background job starts with SIGINT ignored
-                signal.signal(signal.SIGINT, signal.default_int_handler)
+    def on_train_start(self, trainer, pl_module):
+        if self.signal_number == signal.SIGINT:  # as in a terminal: a background job starts with SIGINT ignored
+            signal.signal(signal.SIGINT, signal.default_int_handler)
+
+    def on_train_epoch_start(self, trainer, pl_module):
+        self.epoch_start = trainer.global_step
+
+    def on_before_optimizer_step(self, trainer, pl_module, optimizer):
+        if (trainer.current_epoch, trainer.global_step - self.epoch_start) == (self.epoch, self.batch):
             os.kill(os.getpid(), self.signal_number)
 
 
@@ -284,6 +296,7 @@ def interruptible_run(run_dir: Path, data_dir: str) -> list[str]:
         "train.py",
         *QUICK_RUN_ANY_CALLBACKS,
         "trainer.max_epochs=3",
+        "model.steps_per_call=2",  # the signal comes in the middle of a call: batches 2 and 3 of the 5
         "callbacks=model_checkpoint",
         "logger=csv",
         f"data.data_dir={data_dir}",

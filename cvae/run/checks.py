@@ -54,6 +54,11 @@ TRAIN_RULES: dict[str, Rule] = {
     "model.free_bits": (lambda value: isinstance(value, (int, float)) and value >= 0, "a number >= 0 (nats)"),
     "model.kl_warmup_epochs": (lambda value: isinstance(value, int) and value >= 0, "an integer >= 0"),
     "data.eval_batch_size": (positive_int, "a positive integer"),
+    "model.steps_per_call": (positive_int, "a positive integer, e.g. model.steps_per_call=8"),
+    # the model makes its optimizer steps itself (several per Lightning call), where Lightning clips nothing
+    # and accumulates nothing: refused here in one line rather than by Lightning's traceback
+    "trainer.gradient_clip_val": (lambda value: not value, "null: the model steps its optimizer itself, unclipped"),
+    "trainer.accumulate_grad_batches": (lambda value: value == 1, "1 (raise batch_size instead)"),
     "data.val_size": (lambda value: positive_int(value) and value < 60_000, "an integer in 1..59999"),
 }
 EVALUATE_RULES: dict[str, Rule] = {
