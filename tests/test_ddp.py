@@ -155,39 +155,44 @@ def test_a_dead_rank_ends_the_job_at_once_naming_it(tmp_path, data_dir):
 
 
 class SignalRankAt(pl.Callback):
-    """Sends one rank a real signal after a given step, as `kill` from outside would: the main process (rank 0) as
-    docker stop, Kubernetes or a scheduler does, or one other rank alone."""
+    """Sends one rank a real signal just before a given optimizer step, as `kill` from outside would: the main process
+    (rank 0) as docker stop, Kubernetes or a scheduler does, or one other rank alone. With several optimizer steps
+    per Lightning call (model.steps_per_call), the signal lands in the middle of a call."""
 
     def __init__(self, rank: int, signal_number: int, step: int):
         self.rank, self.signal_number, self.step = rank, signal_number, step
 
-    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+    def on_before_optimizer_step(self, trainer, pl_module, optimizer):
         if trainer.global_rank == self.rank and trainer.global_step == self.step:
             os.kill(os.getpid(), self.signal_number)
 
 
-# (the rank signalled, the signal, the step after which it comes, the exit code, the one line said)
+# 2 optimizer steps per call over 5 batches an epoch: calls of steps 0-1, 2-3, 4 | 5-6, 7-8, 9
+STEPS_PER_CALL = "model.steps_per_call=2"
+# (the rank signalled, the signal, the step it comes before, the step every rank stops after (the end of that call),
+# the exit code, the one line said)
 STOPS = [
-    (0, signal.SIGTERM, 1, 143, "error: stopped by SIGTERM"),
-    (1, signal.SIGINT, 3, 130, "error: interrupted"),
-    (1, signal.SIGTERM, 6, 143, "error: stopped by SIGTERM"),
-    (0, signal.SIGINT, 8, 130, "error: interrupted"),
+    (0, signal.SIGTERM, 0, 2, 143, "error: stopped by SIGTERM"),
+    (1, signal.SIGINT, 2, 4, 130, "error: interrupted"),
+    (1, signal.SIGTERM, 5, 7, 143, "error: stopped by SIGTERM"),
+    (0, signal.SIGINT, 7, 9, 130, "error: interrupted"),
 ]
 
 
 def test_a_signal_to_any_one_rank_stops_every_rank_at_that_step_and_the_run_resumes_exactly(tmp_path, data_dir):
-    """One run, stopped four times (SIGTERM and SIGINT, to the main process and to rank 1 alone) and resumed after
-    each: every stop writes last.ckpt at the step of the signal with both ranks in it, exits 143 / 130 with one
-    line, and the end is byte-identical to a run never stopped."""
+    """One run, stopped four times (SIGTERM and SIGINT, to the main process and to rank 1 alone, in the middle of a
+    call of several optimizer steps) and resumed after each: every stop writes last.ckpt at the end of that call
+    with both ranks in it, exits 143 / 130 with one line, and the end is byte-identical to a run never stopped."""
     uninterrupted = ddp_run(tmp_path / "uninterrupted", data_dir)
     assert uninterrupted.returncode == 0, uninterrupted.stderr[-3000:]
     run_dir, resume = tmp_path / "stopped", []
     last = run_dir / "checkpoints" / "last.ckpt"
-    for rank, signal_number, step, code, line in STOPS:
+    for rank, signal_number, step, stop_step, code, line in STOPS:
         started = time.monotonic()
         stopped = ddp_run(
             run_dir,
             data_dir,
+            STEPS_PER_CALL,
             *resume,
             f"+callbacks.signal._target_={__name__}.SignalRankAt",
             f"+callbacks.signal.rank={rank}",
@@ -200,10 +205,10 @@ def test_a_signal_to_any_one_rank_stops_every_rank_at_that_step_and_the_run_resu
         assert said == [line], f"{case}: {stopped.stderr[-2000:]}"
         assert time.monotonic() - started < 120, f"{case}: the ranks waited for each other"
         checkpoint = torch.load(last, weights_only=True)
-        assert checkpoint["global_step"] == step, case
+        assert checkpoint["global_step"] == stop_step, case
         assert len(checkpoint["callbacks"]["RankState"]["ranks"]) == 2, case
         resume = [f"ckpt_path={last}"]
-    resumed = ddp_run(run_dir, data_dir, *resume)
+    resumed = ddp_run(run_dir, data_dir, STEPS_PER_CALL, *resume)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert (run_dir / "metrics.json").read_bytes() == (tmp_path / "uninterrupted" / "metrics.json").read_bytes()
 
