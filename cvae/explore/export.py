@@ -9,12 +9,11 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from cvae.errors import ConfigError
+from cvae.explore import IMAGE_SET_SUFFIXES
 from cvae.files import atomic_path
 from cvae.model.cvae import CVAE, IMAGE_SHAPE, NUM_CLASSES, NUM_PIXELS
 from cvae.sampling.prior import Sampler, generate
 from cvae.validate import check_count
-
-IMAGE_SET_SUFFIXES = (".pt", ".npz")
 
 
 def to_uint8(images: torch.Tensor) -> torch.Tensor:

@@ -13,10 +13,10 @@ import torch
 from cvae.errors import ConfigError
 from cvae.files import atomic_path, file_sha256
 from cvae.model.cvae import CVAE, NUM_CLASSES, posterior_means
+from cvae.sampling import COVARIANCES
 from cvae.sampling.prior import grid_labels
 from cvae.validate import check_choice, positive_int
 
-COVARIANCES = ("full", "diag")
 FIT_FORMAT = 2  # bump when a saved fit's contents change meaning (2: fitted by scikit-learn)
 
 
