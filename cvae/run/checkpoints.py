@@ -5,6 +5,7 @@ and checkpoint writes that are never seen half-done."""
 import inspect
 import pickle
 import re
+import zipfile
 from pathlib import Path
 
 import pytorch_lightning as pl
@@ -54,6 +55,9 @@ def read_checkpoint(path: str | Path) -> dict:
     with open(path, "rb") as file:
         if file.read(4) != ZIP_MAGIC:
             raise CheckpointError(f"{path} is not a cvae checkpoint: it is not in torch's checkpoint format")
+    damage = archive_damage(path)
+    if damage:
+        raise CheckpointError(f"{path} is truncated or corrupted ({damage})")
     try:
         checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as error:
@@ -71,6 +75,17 @@ def read_checkpoint(path: str | Path) -> dict:
         raise CheckpointError(f"{path} is not a cvae checkpoint: it lacks 'state_dict' and 'hyper_parameters'")
     check_hyperparameters(checkpoint["hyper_parameters"], path)
     return checkpoint
+
+
+def archive_damage(path: Path) -> str | None:
+    """What is broken in the zip archive: a part whose bytes fail their CRC-32 (torch.load does not check them,
+    so a flipped byte in the weights would load as other weights) or an incomplete archive; None if whole."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            damaged = archive.testzip()
+    except (zipfile.BadZipFile, OSError, EOFError, ValueError) as error:
+        return f"not a complete archive: {first_sentence(error)}"
+    return f"{damaged} fails its checksum" if damaged else None
 
 
 def first_sentence(error: Exception) -> str:
@@ -187,6 +202,14 @@ class RunRecord(pl.Callback):
 
     def state_dict(self) -> dict:
         return {"settings": self.settings}
+
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        # a resume with resume.allow_changes=true and another lr: the optimizer Lightning restored from the
+        # checkpoint takes the lr asked for (and recorded), not the checkpoint's; otherwise this changes nothing
+        lr = self.settings.get("model.optimizer.lr")
+        for group in (group for optimizer in trainer.optimizers for group in optimizer.param_groups):
+            if lr is not None:
+                group["lr"] = lr
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
