@@ -184,3 +184,16 @@ def test_an_injected_write_failure_is_one_storage_error_and_no_temporary(tmp_pat
         with atomic_path(tmp_path / "out", directory=directory) as temporary:
             (temporary / "x" if directory else temporary).write_bytes(b"data")
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_launch_that_left_no_results_does_not_block_the_dir_and_its_record_is_kept(tmp_path):
+    run_dir = tmp_path / "run"
+    failed = run_script(
+        "train.py", f"data.data_dir={tmp_path / 'no_mnist'}", "data.download=false", f"hydra.run.dir={run_dir}"
+    )
+    assert "MNIST" in one_error_line(failed) and (run_dir / ".hydra" / "overrides.yaml").is_file()
+    first = (run_dir / ".hydra" / "overrides.yaml").read_text()
+    again = run_script("train.py", "latent_dim=-1", f"hydra.run.dir={run_dir}")  # e.g. a requeue, or a retry
+    assert one_error_line(again).startswith("error: latent_dim=-1 is not allowed")
+    assert (run_dir / ".hydra" / "overrides.yaml").read_text() == first
+    assert "latent_dim=-1" in (run_dir / ".hydra" / "launch2" / "overrides.yaml").read_text()

@@ -73,7 +73,7 @@ def read_checkpoint(path: str | Path) -> dict:
         raise CheckpointError(f"{path} is truncated or corrupted ({first_sentence(error)})") from None
     if not isinstance(checkpoint, dict) or not {"state_dict", "hyper_parameters"} <= checkpoint.keys():
         raise CheckpointError(f"{path} is not a cvae checkpoint: it lacks 'state_dict' and 'hyper_parameters'")
-    check_hyperparameters(checkpoint["hyper_parameters"], path)
+    checkpoint["hyper_parameters"] = check_hyperparameters(checkpoint["hyper_parameters"], path)
     return checkpoint
 
 
@@ -92,22 +92,26 @@ def first_sentence(error: Exception) -> str:
     return str(error).split(". ")[0].splitlines()[0].strip() if str(error).strip() else type(error).__name__
 
 
-def known_hyperparameters() -> set[str]:
-    """What CVAELitModule takes: its own arguments and the CVAE's it passes on."""
-    names = set(inspect.signature(CVAELitModule).parameters) | set(inspect.signature(CVAE).parameters)
-    return names - {"optimizer", "model_options"}
+def hyperparameter_defaults() -> dict:
+    """What CVAELitModule takes, with its defaults: its own arguments and the CVAE's it passes on."""
+    parameters = {**inspect.signature(CVAE).parameters, **inspect.signature(CVAELitModule).parameters}
+    taken = {name: parameter for name, parameter in parameters.items() if name not in ("optimizer", "model_options")}
+    return {name: parameter.default for name, parameter in taken.items()}
 
 
-def check_hyperparameters(hparams, path: Path) -> None:
-    """Types, ranges and size of the model a checkpoint describes, before anything is built from it."""
-    if not isinstance(hparams, dict) or not {"latent_dim", "hidden_dims"} <= hparams.keys():
-        raise CheckpointError(f"{path} is not a cvae checkpoint: its hyper_parameters lack latent_dim and hidden_dims")
-    unknown = sorted(set(map(str, hparams)) - known_hyperparameters())
+def check_hyperparameters(hparams, path: Path) -> dict:
+    """Types, ranges and size of the model a checkpoint describes, before anything is built from it; returns them
+    with the defaults of what they leave out (a checkpoint from before an option existed)."""
+    if not isinstance(hparams, dict):
+        raise CheckpointError(f"{path} is not a cvae checkpoint: its hyper_parameters are no mapping")
+    defaults = hyperparameter_defaults()
+    unknown = sorted(set(map(str, hparams)) - defaults.keys())
     if unknown:
         raise CheckpointError(
             f"{path} holds hyperparameters this version of cvae does not know ({', '.join(unknown)}); it was "
             f"written by another program or version"
         )
+    hparams = {**defaults, **hparams}
     try:
         check_config(OmegaConf.create(hparams), CHECKPOINT_RULES)
     except ConfigError as error:
@@ -120,6 +124,7 @@ def check_hyperparameters(hparams, path: Path) -> None:
             f"{path} describes a model of about {parameters:.2g} parameters ({4 * parameters / 1e9:.3g} GB), beyond "
             f"the {MAX_PARAMETERS:.2g} this project allows; it is not a checkpoint of a cvae run"
         )
+    return hparams
 
 
 def parameter_count(hparams: dict) -> int:

@@ -28,8 +28,9 @@ from cvae.run.checks import check_config, check_hardware
 log = logging.getLogger(__name__)
 # what to pass for a key the config leaves mandatory (???)
 MANDATORY_EXAMPLES = {"ckpt_path": "outputs/<date>/<time>/checkpoints/best.ckpt"}
-# What a run leaves in its dir: a dir holding any of these is an earlier run's, never written over.
-RUN_RESULTS = ("metrics.json", "checkpoints", ".hydra")
+# What a run leaves in its dir: a dir holding any of these is an earlier run's, never written over. (.hydra/
+# alone is a launch that left no results, refused or failed early: a new launch may use the dir, keeping it.)
+RUN_RESULTS = ("metrics.json", "checkpoints")
 LOCK_NAME = ".lock"  # held (flock) by the process writing the run dir; the OS releases it when that process ends
 RESUMABLE_TASKS = ("train",)  # evaluate.py has no resume: its runs never share a dir
 STOPPING_SIGNALS = (signal.SIGINT, signal.SIGTERM)
@@ -115,21 +116,20 @@ def check_mandatory(cfg: DictConfig) -> None:
 class RunDirCheck(Callback):
     """Hydra callback, before Hydra writes anything into the run dir: the dir is created (or said in one line why
     not), claimed by a lock for this process alone, and refused if it holds an earlier run's results, unless this
-    launch resumes that very run (ckpt_path inside the dir). A resume keeps the first launch's .hydra/ and puts its
-    own config and overrides in .hydra/launch<n>/, so the run dir keeps every launch's overrides."""
+    launch resumes that very run (ckpt_path inside the dir). A later launch keeps the first launch's .hydra/ and
+    puts its own config and overrides in .hydra/launch<n>/, so the run dir keeps every launch's overrides."""
 
     def on_run_start(self, config: DictConfig, **kwargs) -> None:
         directory = Path(config.hydra.run.dir)
         try:
             self.create(directory, "hydra.run.dir")
             self.lock = claim(directory)
-            if holds_results(directory) and resumes(config, directory):
-                keep_history(config, directory)
-            elif holds_results(directory):
+            if holds_results(directory) and not resumes(config, directory):
                 raise RunDirError(
                     f"hydra.run.dir={directory} already holds a run ({', '.join(holds_results(directory))}); "
                     f"choose a new dir{resume_hint(config, directory)}"
                 )
+            keep_history(config, directory)
         except UsageError as error:
             print(f"error: {error}", file=sys.stderr)
             sys.exit(1)
@@ -179,7 +179,8 @@ def claim(directory: Path) -> int:
 
 
 def holds_results(directory: Path) -> list[str]:
-    return [name for name in RUN_RESULTS if (directory / name).exists()]
+    """The results in the dir: metrics.json, a checkpoints folder with a file in it."""
+    return [name for name in RUN_RESULTS if (directory / name).is_file() or any((directory / name).glob("*"))]
 
 
 def resumes(config: DictConfig, directory: Path) -> bool:
@@ -198,10 +199,11 @@ def resume_hint(config: DictConfig, directory: Path) -> str:
 
 
 def keep_history(config: DictConfig, directory: Path) -> None:
-    """Point Hydra's output_subdir at .hydra/launch<n>/ for this launch (n = 2, 3, ...): the first launch's
-    config and overrides stay in .hydra/, each later one's beside them."""
+    """When the dir holds an earlier launch's .hydra/ (this launch resumes it, or it left no results), point
+    Hydra's output_subdir at .hydra/launch<n>/ for this launch (n = 2, 3, ...): the first launch's config and
+    overrides stay in .hydra/, each later one's beside them."""
     subdir = config.hydra.output_subdir
-    if subdir is None:
+    if subdir is None or not (directory / subdir).exists():
         return
     launch = 2
     while (directory / subdir / f"launch{launch}").exists():
