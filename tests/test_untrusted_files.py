@@ -2,6 +2,7 @@
 in one line (or, for the mixture fit, a refit with a note), and a pickled payload in any of them never runs."""
 
 import os
+import re
 import subprocess
 from pathlib import Path
 
@@ -195,3 +196,16 @@ def test_a_payload_in_any_file_a_user_passes_never_runs(trained_run, small_fit_i
         )
         assert "cannot be read" in expect_one_line_exit(capsys, evaluate, cfg, EVALUATE_RULES)
     assert not proof.exists(), "a file's payload ran"
+
+
+@pytest.mark.parametrize(
+    ("changes", "said"),
+    [
+        ({"hidden_dims": [1] * 1_000_000}, "hidden_dims has 1000000 entries, more than the 100 layers"),
+        ({"architecture": "conv", "channels": [2_000_000_000, 32], "hidden_dims": [8]}, "describes a model of about"),
+    ],
+)
+def test_a_checkpoint_asking_for_a_huge_model_is_refused_at_once(changes, said, trained_run, tmp_path):
+    ckpt = with_hyperparameters(trained_run[0] / "checkpoints" / "best.ckpt", tmp_path / "huge.ckpt", **changes)
+    with pytest.raises(CheckpointError, match=re.escape(said)):
+        load_module(ckpt)

@@ -17,7 +17,7 @@ from cvae.errors import CheckpointError, ConfigError
 from cvae.files import atomic_path
 from cvae.model.cvae import CVAE, NUM_CLASSES, NUM_PIXELS
 from cvae.model.module import CVAELitModule
-from cvae.run.checks import CHECKPOINT_RULES, check_config
+from cvae.run.checks import CHECKPOINT_RULES, MAX_LAYERS, check_config
 
 ZIP_MAGIC = b"PK\x03\x04"  # torch.save writes a zip archive
 # Far above any model of this project (the reference MLP has about a million): a checkpoint asking for more is
@@ -112,6 +112,14 @@ def check_hyperparameters(hparams, path: Path) -> dict:
             f"written by another program or version"
         )
     hparams = {**defaults, **hparams}
+    too_long = sorted(
+        key for key, value in hparams.items() if isinstance(value, list | tuple) and len(value) > MAX_LAYERS
+    )
+    if too_long:  # said before OmegaConf reads it (a million entries take it minutes)
+        raise CheckpointError(
+            f"{path} holds a bad hyperparameter: {too_long[0]} has {len(hparams[too_long[0]])} entries, more than the "
+            f"{MAX_LAYERS} layers this project allows"
+        )
     try:
         check_config(OmegaConf.create(hparams), CHECKPOINT_RULES)
     except ConfigError as error:
@@ -130,13 +138,16 @@ def check_hyperparameters(hparams, path: Path) -> dict:
 def parameter_count(hparams: dict) -> int:
     """About how many weights the encoder and decoder of these hyperparameters hold (their dense layers)."""
     latent_dim, hidden = hparams["latent_dim"], list(hparams["hidden_dims"])
+    convolutions = 0
     if hparams.get("architecture", "mlp") == "conv":
-        inputs = outputs = hparams["channels"][1] * 7 * 7  # the convolutions' features, 7x7 maps
+        first, second = hparams["channels"]
+        inputs = outputs = second * 7 * 7  # the convolutions' features, 7x7 maps
+        convolutions = 2 * 16 * (first + first * second)  # 4x4 kernels, in the encoder and mirrored in the decoder
     else:
         inputs = outputs = NUM_PIXELS
     encoder = [inputs + NUM_CLASSES, *hidden, 2 * latent_dim]
     decoder = [latent_dim + NUM_CLASSES, *reversed(hidden), outputs]
-    return sum(a * b for widths in (encoder, decoder) for a, b in zip(widths, widths[1:]))
+    return convolutions + sum(a * b for widths in (encoder, decoder) for a, b in zip(widths, widths[1:]))
 
 
 def load_module(path: str | Path) -> CVAELitModule:
@@ -162,7 +173,8 @@ def check_resumable(path: str | Path, cfg: DictConfig) -> dict[str, dict]:
             f"{path} holds a model with {describe(saved, differing)} but the config asks for "
             f"{describe(asked, differing)}; resume with the overrides the run was started with"
         )
-    recorded = checkpoint.get("callbacks", {}).get(RunRecord.__qualname__)
+    callbacks = checkpoint.get("callbacks")
+    recorded = callbacks.get(RunRecord.__qualname__) if isinstance(callbacks, dict) else None
     if not isinstance(recorded, dict) or not isinstance(recorded.get("settings"), dict):
         return {}  # written before runs recorded their settings: only the architecture can be compared
     saved, asked = recorded["settings"], training_settings(cfg)

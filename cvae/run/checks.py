@@ -18,6 +18,7 @@ from cvae.metrics import FEATURE_EXTRACTORS
 from cvae.sampling import COVARIANCES
 from cvae.validate import check_choice, check_count, parse_digit, parse_digits, positive_int, positive_number
 
+MAX_LAYERS = 100  # hidden layers a checkpoint may ask for (the reference has 2): a million would take minutes to build
 MATMUL_PRECISIONS = ("highest", "high", "medium")  # torch.set_float32_matmul_precision's
 ACCELERATORS = ("auto", "cpu", "gpu", "cuda", "mps", "tpu")  # Lightning's, with its "auto" and "gpu"
 # Lightning's trainer.precision values (lightning_fabric.connector._PRECISION_INPUT; a test keeps them equal)
@@ -111,7 +112,10 @@ TRAIN_RULES: dict[str, Rule] = {
 # a checkpoint's hyper_parameters, checked before a model is built from them (keys as CVAELitModule takes them)
 CHECKPOINT_RULES: dict[str, Rule] = {
     "latent_dim": TRAIN_RULES["latent_dim"],
-    "hidden_dims": TRAIN_RULES["model.hidden_dims"],
+    "hidden_dims": (
+        lambda value: 0 < len(value) <= MAX_LAYERS and all(map(positive_int, value)),
+        f"a list of 1 to {MAX_LAYERS} positive integers",
+    ),
     "architecture": choice(("mlp", "conv")),
     "channels": (lambda value: len(value) == 2 and all(map(positive_int, value)), "two positive integers"),
     "learned_prior": (lambda value: isinstance(value, bool), "true or false"),
