@@ -11,11 +11,11 @@ os.environ.setdefault("PROJECT_ROOT", str(Path(__file__).resolve().parent))
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="evaluate")
 def main(cfg: DictConfig) -> None:
+    # the evaluation code (torch, Lightning: seconds) is imported only after the config checks passed
     from cvae.run.checks import EVALUATE_RULES
     from cvae.run.cli import run_task
-    from cvae.run.evaluate import evaluate
 
-    run_task(evaluate, cfg, EVALUATE_RULES)
+    run_task("cvae.run.evaluate:evaluate", cfg, EVALUATE_RULES)
 
 
 if __name__ == "__main__":

@@ -11,12 +11,12 @@ os.environ.setdefault("PROJECT_ROOT", str(Path(__file__).resolve().parent))
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="train")
 def main(cfg: DictConfig) -> float:
-    # imported here so that `--help` and Hydra's own config errors come back fast
+    # imported here so that `--help` and Hydra's own config errors come back fast; the training code (torch,
+    # Lightning: seconds) only after the config checks passed, so that a bad value is said in about a second
     from cvae.run.checks import TRAIN_RULES
     from cvae.run.cli import run_task
-    from cvae.run.train import train
 
-    metrics = run_task(train, cfg, TRAIN_RULES)
+    metrics = run_task("cvae.run.train:train", cfg, TRAIN_RULES)
     return metrics[cfg.optimized_metric]
 
 

@@ -18,6 +18,14 @@ class CheckpointError(UsageError, ValueError):
     pass
 
 
+class StorageError(UsageError, OSError):
+    """A result could not be written: a full disk, a read-only or unwritable folder."""
+
+
+class RunDirError(UsageError, OSError):
+    """The run dir holds another run's results, or another process is writing into it."""
+
+
 class DivergenceError(UsageError, ArithmeticError):
     """The loss became NaN or infinite: a learning rate too high, usually."""
 

@@ -5,36 +5,46 @@ beside its final path and renamed into place once complete: a reader, or a run k
 half-written file under the real name, and a failed write leaves no temporary behind.
 """
 
+import contextlib
 import hashlib
 import json
 import os
 import secrets
 import shutil
 from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
+from cvae.errors import StorageError
 
-@contextmanager
+
+@contextlib.contextmanager
 def atomic_path(path: str | Path, directory: bool = False) -> Iterator[Path]:
     """A temporary path beside `path` to write into (a directory with `directory`), renamed to `path` only once
     the block succeeded. Unique per writer (pid and random token), so two writers never share a temporary. Named
     by hand rather than by tempfile, whose private 0600 permissions would follow the data into place."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     temporary = path.parent / f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp"
-    if directory:
-        temporary.mkdir()
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if directory:
+            temporary.mkdir()
         yield temporary
         if directory and path.exists():
             shutil.rmtree(path)  # os.replace cannot put a directory over a non-empty one
         os.replace(temporary, path)
+    except OSError as error:
+        if isinstance(error, StorageError):
+            raise
+        # a full disk or an unwritable folder is the user's to fix: one line, and nothing half-written left
+        raise StorageError(
+            f"{path} could not be written ({error.strerror or error}); free space there or choose a writable folder"
+        ) from error
     finally:
         if temporary.is_dir():
-            shutil.rmtree(temporary)
+            shutil.rmtree(temporary, ignore_errors=True)
         else:
-            temporary.unlink(missing_ok=True)
+            with contextlib.suppress(OSError):
+                temporary.unlink(missing_ok=True)
 
 
 def write_bytes_atomic(path: str | Path, content: bytes) -> None:

@@ -17,7 +17,7 @@ def positive_number(value) -> bool:
 
 def check_choice(value, choices: tuple[str, ...], key: str) -> str:
     if value not in choices:
-        raise ConfigError(f"{key}={value!r} is unknown; choose one of {', '.join(choices)}")
+        raise ConfigError(f"{key}={value!r} is unknown; choose one of {', '.join(map(str, choices))}")
     return value
 
 

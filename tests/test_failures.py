@@ -318,9 +318,13 @@ def test_an_interrupted_run_leaves_a_checkpoint_that_resumes_to_the_end(stop, tm
     interrupted = run_script(
         *args, "+callbacks.stop._target_=tests.test_failures.SignalSelfAt", f"+callbacks.stop.signal_number={int(stop)}"
     )
-    assert interrupted.returncode != 0
-    assert "interrupted at epoch 1" in interrupted.stdout + interrupted.stderr
     last = run_dir / "checkpoints" / "last.ckpt"
+    assert interrupted.returncode == 128 + stop, interrupted.stderr[-2000:]  # 130 for Ctrl-C, 143 for SIGTERM
+    errors = [line for line in interrupted.stderr.splitlines() if line.startswith("error: ")]
+    name = "Ctrl-C (SIGINT)" if stop == signal.SIGINT else "SIGTERM"
+    assert errors == [f"error: stopped by {name}; resume with ckpt_path={last}"], interrupted.stderr[-2000:]
+    assert interrupted.stderr.strip().splitlines()[-1] == errors[0] and "Traceback" not in interrupted.stderr
+    assert "interrupted at epoch 1" in interrupted.stdout + interrupted.stderr
     assert torch.load(last, weights_only=True)["epoch"] == 1, "saved mid-epoch 1, not the end of epoch 0"
     assert not (run_dir / "metrics.json").exists(), "an interrupted run has no final metrics"
     assert not list(run_dir.rglob("*.partial")) and not list(run_dir.rglob(".metrics.json.*"))
@@ -363,3 +367,113 @@ def test_evaluating_a_checkpoint_twice_writes_two_dirs(trained_run, tmp_path, da
         assert launch.wait(timeout=600) == 0, launch.stderr.read()[-2000:]
     runs = sorted((tmp_path / "outputs" / "evaluate").glob("*/*"))
     assert len(runs) == 2 and all((run / "metrics.json").is_file() for run in runs)
+
+
+def no_work(cfg):
+    pytest.fail("the task started: the check came after the work began")
+
+
+@pytest.mark.parametrize(
+    ("config_name", "overrides", "named"),
+    [
+        ("train", ["seed=-1"], "error: seed=-1 is not allowed: it must be an integer in 0..4294967295"),
+        ("train", ["model.eval_seed=-1"], "error: model.eval_seed=-1 is not allowed"),
+        ("train", ["matmul_precision=foo"], "error: matmul_precision='foo' is unknown; choose one of highest, high"),
+        ("train", ["trainer.accelerator=gpux"], "error: trainer.accelerator='gpux' is unknown"),
+        ("train", ["trainer.devices=abc"], "error: trainer.devices='abc' is not allowed"),
+        ("train", ["trainer.devices=[]"], "error: trainer.devices=[] is not allowed"),
+        ("train", ["trainer.precision=17"], "error: trainer.precision=17 is unknown"),
+        ("train", ["sampler=gmm", "sampler.components=0"], "error: sampler.components=0 is not allowed"),
+        (
+            "train",
+            ["callbacks.generation_quality.features=foo"],
+            "error: callbacks.generation_quality.features='foo' is unknown",
+        ),
+        ("train", [f"ckpt_path={ROOT}"], f"error: ckpt_path={ROOT} is a directory; pass the checkpoint file in it"),
+        ("train", ["ckpt_path=no/such.ckpt"], "error: ckpt_path=no/such.ckpt does not exist"),
+        ("train", ["resume.allow_changes=maybe"], "error: resume.allow_changes='maybe' is not allowed"),
+        ("evaluate", ["quality.features=foo"], "error: quality.features='foo' is unknown"),
+        ("evaluate", ["sampler=gmm", "sampler.components=0"], "error: sampler.components=0 is not allowed"),
+        ("evaluate", ["anomaly.scores_for=missing.pt"], "error: anomaly.scores_for='missing.pt' is neither test"),
+        ("evaluate", [f"ckpt_path={ROOT}"], f"error: ckpt_path={ROOT} is a directory"),
+        ("evaluate", ["trainer.precision=bf17"], "error: trainer.precision='bf17' is unknown"),
+    ],
+)
+def test_every_config_value_is_checked_before_any_work(config_name, overrides, named, tmp_path, capsys):
+    if config_name == "evaluate" and not any(override.startswith("ckpt_path=") for override in overrides):
+        overrides = [*overrides, f"ckpt_path={ROOT / 'train.py'}"]  # a file: the other value is what fails
+    cfg = compose_config(config_name, overrides, tmp_path)
+    rules = TRAIN_RULES if config_name == "train" else EVALUATE_RULES
+    assert expect_one_line_exit(capsys, no_work, cfg, rules).startswith(named)
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without a GPU")
+def test_a_gpu_asked_for_without_one_is_one_line(tmp_path, capsys):
+    cfg = compose_config("train", ["trainer.accelerator=gpu"], tmp_path)
+    line = expect_one_line_exit(capsys, no_work, cfg, TRAIN_RULES)
+    assert line.startswith(
+        "error: trainer.accelerator=gpu but torch sees no CUDA GPU here; use trainer.accelerator=cpu"
+    )
+
+
+def test_a_rejected_value_imports_neither_torch_nor_lightning(tmp_path):
+    """What makes a rejection take about a second, not 15: the checks run before those imports."""
+    result = run_script("-X", "importtime", "train.py", "seed=-1", f"hydra.run.dir={tmp_path / 'run'}")
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines()[-1].startswith("error: seed=-1 is not allowed")
+    imported = {line.rsplit("|", 1)[-1].strip().split(".")[0] for line in result.stderr.splitlines() if "|" in line}
+    assert "omegaconf" in imported and not imported & {"torch", "pytorch_lightning", "lightning", "numpy"}
+
+
+def test_the_precisions_allowed_are_lightnings():
+    import typing
+
+    from lightning_fabric.connector import _PRECISION_INPUT
+
+    from cvae.run.checks import PRECISIONS
+
+    lightnings = {value for literal in typing.get_args(_PRECISION_INPUT) for value in typing.get_args(literal)}
+    assert set(PRECISIONS) == lightnings
+
+
+def test_ctrl_c_exits_130_and_gives_back_the_signal_handlers(tmp_path, capsys, data_dir):
+    """In one process, as a notebook or a caller of run_task would see it: Lightning leaves SIGINT ignored after a
+    Ctrl-C; afterwards the handlers are the ones from before."""
+
+    def on_interrupt(signum, frame):
+        raise KeyboardInterrupt
+
+    def on_terminate(signum, frame):
+        pass
+
+    before = {signal.SIGINT: signal.signal(signal.SIGINT, on_interrupt)}
+    before[signal.SIGTERM] = signal.signal(signal.SIGTERM, on_terminate)
+    try:
+        overrides = [*interruptible_run(tmp_path, data_dir)[1:], "+callbacks.stop.signal_number=2"]
+        cfg = compose_config(
+            "train", [*overrides, "+callbacks.stop._target_=tests.test_failures.SignalSelfAt"], tmp_path
+        )
+        with pytest.raises(SystemExit) as exit_:
+            run_task(train, cfg, TRAIN_RULES)
+        assert exit_.value.code == 130
+        assert capsys.readouterr().err.strip().splitlines()[-1].startswith("error: stopped by Ctrl-C (SIGINT); resume")
+        assert signal.getsignal(signal.SIGINT) is on_interrupt and signal.getsignal(signal.SIGTERM) is on_terminate
+    finally:
+        for signum, handler in before.items():
+            signal.signal(signum, handler)
+
+
+def test_a_checkpoint_written_before_training_starts_holds_the_restored_streams(trained_run):
+    """RankState between a restore and on_train_start (e.g. a checkpoint saved by a callback then): it saves what
+    it restored, not a freshly seeded stream."""
+    from cvae.run.ranks import RankState
+
+    saved = torch.load(trained_run[0] / "checkpoints" / "last.ckpt", weights_only=True)["callbacks"]["RankState"]
+    state = RankState(seed=123)
+    state.load_state_dict(saved)
+    again = state.state_dict()["ranks"]
+    assert len(again) == len(saved["ranks"])
+    for mine, theirs in zip(again, saved["ranks"]):
+        assert torch.equal(mine["random"]["cpu"], theirs["random"]["cpu"])
+        assert mine["metrics"].keys() == theirs["metrics"].keys()

@@ -32,7 +32,8 @@ def test_a_checkpoint_from_before_the_model_options_loads_as_the_reference_mlp(t
     old_style = save(module, tmp_path / "old.ckpt", {"latent_dim": 3, "hidden_dims": [512, 256]})
     loaded = load_module(old_style)
     assert not loaded.model.learned_prior and isinstance(loaded.model.encoder, torch.nn.Sequential)
-    check_resumable(old_style, OmegaConf.create({"latent_dim": 3, "hidden_dims": [512, 256], "architecture": "mlp"}))
+    model = {"latent_dim": 3, "hidden_dims": [512, 256], "architecture": "mlp"}
+    check_resumable(old_style, OmegaConf.create({"model": model}))
 
 
 @pytest.mark.parametrize(
@@ -46,6 +47,6 @@ def test_a_checkpoint_from_before_the_model_options_loads_as_the_reference_mlp(t
 def test_resuming_with_another_model_option_is_refused(tmp_path, asked, saved_text, asked_text):
     ckpt = save(CVAELitModule(**CONV_LEARNED), tmp_path / "conv.ckpt")
     with pytest.raises(CheckpointError) as error:
-        check_resumable(ckpt, OmegaConf.create({**CONV_LEARNED, **asked}))
+        check_resumable(ckpt, OmegaConf.create({"model": {**CONV_LEARNED, **asked}}))
     message = str(error.value).split("but the config asks for")
     assert saved_text in message[0] and asked_text in message[1]

@@ -78,6 +78,7 @@ class CheckpointOnInterrupt(pl.Callback):
             return
         last = last_checkpoint_path(trainer)
         trainer.save_checkpoint(last)
+        exception.add_note(f"resume with ckpt_path={last}")  # for the entry point's one-line message
         rank_zero_info(
             f"interrupted at epoch {trainer.current_epoch}, step {trainer.global_step}; saved {last}: "
             f"resume with ckpt_path={last}"

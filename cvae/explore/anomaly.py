@@ -7,12 +7,12 @@ from pathlib import Path
 import torch
 from torchmetrics.functional import auroc
 
+from cvae.explore import SCORES
 from cvae.files import atomic_path
 from cvae.model.cvae import CVAE, IMAGE_SHAPE, importance_weighted_nll, model_device, negative_elbo, pixels
 from cvae.seeding import seeded_global_rng
 from cvae.validate import check_choice, check_count
 
-SCORES = ("nelbo", "iw")
 CORRUPTION = "rotated by 90 degrees (counter-clockwise), true label kept"
 
 

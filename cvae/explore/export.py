@@ -1,6 +1,7 @@
 """Synthetic data: samples of every digit in MNIST's own layout (uint8 (N, 28, 28), int64 labels), written as
 <name>.pt, <name>.npz and, if asked, a folder of PNG files per digit; and the reader of such sets."""
 
+import io
 from pathlib import Path
 
 import numpy as np
@@ -9,12 +10,11 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from cvae.errors import ConfigError
-from cvae.files import atomic_path
+from cvae.explore import IMAGE_SET_SUFFIXES
+from cvae.files import atomic_path, write_bytes_atomic
 from cvae.model.cvae import CVAE, IMAGE_SHAPE, NUM_CLASSES, NUM_PIXELS
 from cvae.sampling.prior import Sampler, generate
 from cvae.validate import check_count
-
-IMAGE_SET_SUFFIXES = (".pt", ".npz")
 
 
 def to_uint8(images: torch.Tensor) -> torch.Tensor:
@@ -50,8 +50,9 @@ def write_synthetic_dataset(
     output_dir = Path(output_dir)
     arrays = {"images": images.cpu(), "labels": labels.cpu()}
     torch_path, numpy_path = output_dir / f"{name}.pt", output_dir / f"{name}.npz"
-    with atomic_path(torch_path) as temporary:
-        torch.save(arrays, temporary)
+    buffer = io.BytesIO()  # torch.save onto a full disk fails obscurely; a plain write names the cause
+    torch.save(arrays, buffer)
+    write_bytes_atomic(torch_path, buffer.getvalue())
     with atomic_path(numpy_path) as temporary, open(temporary, "wb") as file:  # a file object: no ".npz" added
         np.savez(file, **{key: value.numpy() for key, value in arrays.items()})
     written = [torch_path, numpy_path]
@@ -80,16 +81,28 @@ def load_image_set(path: str | Path) -> tuple[torch.Tensor, torch.Tensor]:
     path = Path(path)
     if path.suffix not in IMAGE_SET_SUFFIXES:
         raise ConfigError(f"anomaly.scores_for={str(path)!r} is neither test, a .pt nor an .npz file")
-    if path.suffix == ".pt":
-        arrays = torch.load(path, map_location="cpu", weights_only=True)
-    else:
-        with np.load(path) as npz:
-            arrays = {key: torch.from_numpy(npz[key]) for key in npz.files}
+    try:
+        arrays = read_arrays(path)
+    except Exception as error:  # damaged, or holding objects beyond arrays (refused unread: nothing in it runs)
+        detail = str(error).splitlines()[0][:200] if str(error).strip() else type(error).__name__
+        raise ConfigError(f"anomaly.scores_for={path} cannot be read as images and labels ({detail})") from None
     if not isinstance(arrays, dict) or not {"images", "labels"} <= arrays.keys():
         raise ConfigError(f"{path} does not hold both 'images' and 'labels'")
-    images, labels = arrays["images"], arrays["labels"].long()
-    if images[0].numel() != NUM_PIXELS or len(images) != len(labels):
+    images, labels = arrays["images"], arrays["labels"]
+    if not all(isinstance(part, torch.Tensor) for part in (images, labels)):
+        raise ConfigError(f"{path}: 'images' and 'labels' must be arrays")
+    if len(images) == 0 or images[0].numel() != NUM_PIXELS or len(images) != len(labels) or labels.dim() != 1:
         raise ConfigError(
             f"{path}: expected N images of 28x28 and N labels, got {tuple(images.shape)} and {tuple(labels.shape)}"
         )
-    return images, labels
+    if labels.is_floating_point() or labels.is_complex() or ((labels < 0) | (labels >= NUM_CLASSES)).any():
+        raise ConfigError(f"{path}: labels must be whole numbers 0-{NUM_CLASSES - 1}")
+    return images, labels.long()
+
+
+def read_arrays(path: Path) -> dict:
+    """A .pt or .npz as data only: torch's weights_only and numpy's allow_pickle=False never unpickle code."""
+    if path.suffix == ".pt":
+        return torch.load(path, map_location="cpu", weights_only=True)
+    with np.load(path, allow_pickle=False) as npz:
+        return {key: torch.from_numpy(npz[key]) for key in npz.files}

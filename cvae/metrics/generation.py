@@ -10,12 +10,12 @@ from torchmetrics.classification import MulticlassAccuracy
 from torchmetrics.image.fid import FrechetInceptionDistance
 
 from cvae.errors import ConfigError, DataError
+from cvae.metrics import FEATURE_EXTRACTORS
 from cvae.metrics.classifier import ReferenceClassifier, accuracy, fit_classifier, load_reference_classifier
 from cvae.model.cvae import CVAE, NUM_CLASSES, importance_weighted_nll
 from cvae.sampling.prior import Sampler, generate
 from cvae.validate import check_choice
 
-FEATURE_EXTRACTORS = ("mnist", "inception")
 FEATURE_CHUNK = 500  # images per feature-extractor call: small enough to stay in the CPU caches
 
 

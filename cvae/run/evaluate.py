@@ -25,7 +25,7 @@ from cvae.explore.figures import (
 )
 from cvae.explore.latent import first_of_each_digit
 from cvae.explore.projector import write_projector
-from cvae.files import write_json_atomic
+from cvae.files import atomic_path, write_json_atomic
 from cvae.metrics.generation import generator_report
 from cvae.model.cvae import CVAE, model_device, pixels
 from cvae.run.checkpoints import load_module
@@ -37,6 +37,7 @@ from cvae.validate import parse_digit
 def evaluate(cfg: DictConfig) -> dict:
     pl.seed_everything(cfg.seed, workers=True)
     module = load_module(cfg.ckpt_path)
+    scored = scored_set(cfg)  # a bad file is said now, not after the test pass
     datamodule = instantiate(cfg.data)
     trainer = instantiate(cfg.trainer, logger=False, callbacks=[], enable_checkpointing=False)
     metrics = trainer.test(module, datamodule=datamodule, verbose=False)[0]
@@ -47,19 +48,25 @@ def evaluate(cfg: DictConfig) -> dict:
         module.model, *split_tensors(datamodule, "train"), cfg.ckpt_path
     )
     z = sampler.grid_latents(module.model, cfg.samples_per_digit, seed=cfg.seed)
-    save_image(digit_rows(module.model, z.to(model_device(module.model))), output_dir / "samples.png")
+    save_png(digit_rows(module.model, z.to(model_device(module.model))), output_dir / "samples.png")
     test_split = split_tensors(datamodule, "test")
     metrics.update(quality_report(module.model, cfg, *test_split, sampler))
     for name, picture in requested_pictures(module.model, cfg, *test_split, sampler).items():
-        save_image(picture, output_dir / f"{name}.png")
+        save_png(picture, output_dir / f"{name}.png")
     if cfg.projector:
         write_projector(module.model, *(part[: cfg.projector_images] for part in test_split), output_dir)
     if cfg.export.per_digit:
         export_synthetic(module.model, cfg, output_dir, sampler)
-    metrics.update(write_anomaly_outputs(module.model, cfg, *test_split, output_dir))
+    metrics.update(write_anomaly_outputs(module.model, cfg, *test_split, output_dir, scored))
     write_json_atomic(output_dir / "metrics.json", {**metrics, "ckpt_path": str(Path(cfg.ckpt_path).resolve())})
     print(format_table(dict(sorted(metrics.items(), key=lambda item: item[0].count("/")))))  # per-digit rows last
     return metrics
+
+
+def save_png(picture: torch.Tensor, path: Path) -> None:
+    """A PNG written as every result is: to a temporary name, renamed once complete."""
+    with atomic_path(path) as temporary:
+        save_image(picture, temporary, format="png")
 
 
 def quality_report(
@@ -114,11 +121,20 @@ def export_synthetic(model: CVAE, cfg: DictConfig, output_dir: Path, sampler: Sa
         print(f"wrote {path}")
 
 
-def write_anomaly_outputs(model: CVAE, cfg: DictConfig, x: torch.Tensor, y: torch.Tensor, output_dir: Path) -> dict:
-    """anomaly_scores.csv and anomaly_demo.json, as asked; the demo's AUROC as a metric."""
+def scored_set(cfg: DictConfig) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """The images and labels of anomaly.scores_for when it names a file (read and checked), else None."""
+    scores_for = cfg.anomaly.scores_for
+    return None if scores_for in (None, "test") else load_image_set(scores_for)
+
+
+def write_anomaly_outputs(
+    model: CVAE, cfg: DictConfig, x: torch.Tensor, y: torch.Tensor, output_dir: Path, scored: tuple | None = None
+) -> dict:
+    """anomaly_scores.csv and anomaly_demo.json, as asked; the demo's AUROC as a metric. `scored`: the set of
+    anomaly.scores_for read beforehand (None: the test set)."""
     anomaly = cfg.anomaly
     if anomaly.scores_for is not None:
-        images, labels = (x, y) if anomaly.scores_for == "test" else load_image_set(anomaly.scores_for)
+        images, labels = scored or (x, y)
         scores = anomaly_scores(model, images, labels, anomaly.score, anomaly.k, cfg.seed, cfg.batch_size)
         print(f"wrote {write_scores_csv(output_dir / 'anomaly_scores.csv', scores, labels, anomaly.score)}")
     if not anomaly.demo:

@@ -114,6 +114,10 @@ class RankState(pl.Callback):
             torch.manual_seed(stream_seed(self.seed, trainer.global_rank))
 
     def state_dict(self) -> dict:
+        if self.restored is not None:
+            # restored but not yet handed back (a checkpoint written before on_train_start): what this run goes on
+            # from is the restored streams, not the freshly seeded ones
+            return {"ranks": self.restored}
         module, device = self.pl_module, self.pl_module.device
         local = {
             # an evaluation pass holds the training stream aside (see CVAELitModule.evaluation_noise)

@@ -20,8 +20,8 @@ from pytorch_lightning.callbacks import ModelCheckpoint, ProgressBar, TQDMProgre
 from pytorch_lightning.utilities import rank_zero_only
 
 from cvae.callbacks.safety import CheckpointOnInterrupt, StopOnDivergence
-from cvae.files import write_json_atomic
-from cvae.run.checkpoints import AtomicCheckpointIO, check_resumable
+from cvae.files import read_json, write_json_atomic
+from cvae.run.checkpoints import AtomicCheckpointIO, RunRecord, check_resumable
 from cvae.run.hparams import log_final
 from cvae.run.loggers import wandb_run_closed
 from cvae.run.ranks import (
@@ -47,17 +47,17 @@ PACKAGES = (
 
 def train(cfg: DictConfig) -> dict:
     started = time.perf_counter()
+    output_dir = Path(cfg.paths.output_dir)
+    # in the config the other local ranks are given
+    cfg.ckpt_path, cfg.trainer.devices = requeued_checkpoint(cfg), member_devices(cfg.trainer)
+    if cfg.ckpt_path:  # before anything is built: a resume of another run is refused in one line
+        record_resume(output_dir, cfg.ckpt_path, check_resumable(cfg.ckpt_path, cfg))
     torch.set_float32_matmul_precision(cfg.get("matmul_precision", "highest"))
     pl.seed_everything(cfg.seed, workers=True)
     datamodule = instantiate(cfg.data)
     model = instantiate(cfg.model)
     loggers = instantiate_group(cfg.get("logger"))
-    # in the config the other local ranks are given
-    cfg.ckpt_path, cfg.trainer.devices = requeued_checkpoint(cfg), member_devices(cfg.trainer)
-    if cfg.ckpt_path:
-        check_resumable(cfg.ckpt_path, cfg.model)
     trainer = build_trainer(cfg, loggers)
-    output_dir = Path(cfg.paths.output_dir)
     write_environment(output_dir / "environment.json", cfg.paths.root_dir)
 
     with launch_local_ranks(trainer, cfg), wandb_run_closed():
@@ -86,7 +86,7 @@ def build_trainer(cfg: DictConfig, loggers: list) -> pl.Trainer:
     default bar, Rich when installed, redraws and reads every logged metric after each batch: about 1 ms of a
     12 ms step on CPU, and a host-device sync per step on a GPU)."""
     # always on, whatever the callbacks group: resumable runs, and no training on from NaN weights
-    safety = [RankState(cfg.seed), StopTogether(), StopOnDivergence(), CheckpointOnInterrupt()]
+    safety = [RankState(cfg.seed), RunRecord(cfg), StopTogether(), StopOnDivergence(), CheckpointOnInterrupt()]
     callbacks = [*instantiate_group(cfg.get("callbacks")), *safety]
     if cfg.trainer.get("enable_progress_bar", True) and not any(isinstance(c, ProgressBar) for c in callbacks):
         callbacks.append(TQDMProgressBar(refresh_rate=10))
@@ -129,6 +129,18 @@ def within_run_dir(path: str, output_dir: str) -> str:
     if path and Path(path).is_relative_to(output_dir):
         return str(Path(path).relative_to(output_dir))
     return path
+
+
+@rank_zero_only
+def record_resume(output_dir: Path, ckpt_path: str, changed: dict) -> None:
+    """Append this resume to the run dir's resumes.json: from which checkpoint, with which settings changed
+    (only with resume.allow_changes=true; otherwise none). Hydra keeps each launch's overrides in .hydra/."""
+    path = output_dir / "resumes.json"
+    history = read_json(path) or {"resumes": []}
+    history["resumes"].append({"ckpt_path": str(Path(ckpt_path).resolve()), "changed": changed})
+    write_json_atomic(path, history)
+    if changed:
+        print(f"resuming with changed settings ({', '.join(changed)}), as resume.allow_changes=true; see {path}")
 
 
 @rank_zero_only

@@ -6,17 +6,18 @@ means of the training images, which keeps samples where the decoder was trained 
 The fit is saved beside the checkpoint it came from and reused only for the same settings and the same file.
 """
 
+import io
 from pathlib import Path
 
 import torch
 
-from cvae.errors import ConfigError
-from cvae.files import atomic_path, file_sha256
+from cvae.errors import ConfigError, StorageError
+from cvae.files import file_sha256, write_bytes_atomic
 from cvae.model.cvae import CVAE, NUM_CLASSES, posterior_means
+from cvae.sampling import COVARIANCES
 from cvae.sampling.prior import grid_labels
 from cvae.validate import check_choice, positive_int
 
-COVARIANCES = ("full", "diag")
 FIT_FORMAT = 2  # bump when a saved fit's contents change meaning (2: fitted by scikit-learn)
 
 
@@ -67,15 +68,23 @@ class GaussianMixtureSampler:
         path = self.fit_path(ckpt_path)
         wanted = {**self.settings(), "checkpoint_sha256": file_sha256(ckpt_path)}
         if path.is_file():
-            saved = torch.load(path, map_location="cpu", weights_only=True)
-            if saved.get("settings") == wanted:
+            saved, problem = read_fit(path, model.latent_dim, self.components)
+            if problem is None and saved["settings"] == wanted:
                 print(f"ex-post mixture: reusing {path}")
                 self.mixture = saved["mixture"]
                 return self
-            print(f"ex-post mixture: {path} was fitted with other settings or another checkpoint; refitting")
+            problem = problem or "was fitted with other settings or another checkpoint"
+            print(f"ex-post mixture: {path} {problem}; refitting")
         self.fit(model, images, labels)
-        with atomic_path(path) as temporary:
-            torch.save({"settings": wanted, "mixture": self.mixture}, temporary)
+        # serialised in memory first: torch.save onto a full or read-only disk fails with an obscure RuntimeError,
+        # a plain write with an OSError that names the cause
+        buffer = io.BytesIO()
+        torch.save({"settings": wanted, "mixture": self.mixture}, buffer)
+        try:
+            write_bytes_atomic(path, buffer.getvalue())
+        except StorageError as error:  # a read-only checkpoint folder: the evaluation goes on, refitting next time
+            print(f"ex-post mixture: fitted to {len(labels)} training images, not saved: {error}")
+            return self
         print(f"ex-post mixture: fitted to {len(labels)} training images, saved {path}")
         return self
 
@@ -97,6 +106,32 @@ class GaussianMixtureSampler:
     def grid_latents(self, model: CVAE, samples_per_digit: int, seed: int = 0) -> torch.Tensor:
         """z for a grid with a row per digit, each from its digit's mixture."""
         return self.latents(model, grid_labels(samples_per_digit), seed)
+
+
+def read_fit(path: Path, latent_dim: int, components: int) -> tuple[dict | None, str | None]:
+    """A saved fit, as data only (weights_only: nothing in the file runs), and what is wrong with it if anything:
+    unreadable, not a fit, or a mixture of other shapes than this model and these settings give."""
+    try:
+        saved = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # truncated, damaged, or holding objects beyond tensors (refused unread)
+        return None, f"cannot be read ({str(error).splitlines()[0][:200] or type(error).__name__})"
+    if not isinstance(saved, dict) or not isinstance(saved.get("mixture"), dict) or "settings" not in saved:
+        return None, "is not a saved mixture fit (it lacks 'settings' and 'mixture')"
+    shapes = {
+        "weights": (NUM_CLASSES, components),
+        "means": (NUM_CLASSES, components, latent_dim),
+        "scale_tril": (NUM_CLASSES, components, latent_dim, latent_dim),
+    }
+    for key, shape in shapes.items():
+        value = saved["mixture"].get(key)
+        if not isinstance(value, torch.Tensor) or value.dtype != torch.float64 or tuple(value.shape) != shape:
+            found = f"{value.dtype} {tuple(value.shape)}" if isinstance(value, torch.Tensor) else type(value).__name__
+            return None, f"holds a mixture whose {key} is {found}, not float64 of shape {shape}"
+        if not value.isfinite().all():
+            return None, f"holds a mixture whose {key} is not finite"
+    if (saved["mixture"]["weights"] < 0).any() or not (saved["mixture"]["weights"].sum(1) > 0).all():
+        return None, "holds a mixture with negative or all-zero weights"
+    return saved, None
 
 
 def fit_gaussian_mixture(
