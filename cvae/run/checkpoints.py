@@ -24,13 +24,14 @@ ZIP_MAGIC = b"PK\x03\x04"  # torch.save writes a zip archive
 # refused before anything is allocated (hidden_dims=[2000000000] would ask for terabytes).
 MAX_PARAMETERS = 2**30
 # What may differ between a run and its resume: where things go and what is shown or measured, not what is
-# trained (max_epochs: a resume may train on for longer).
+# trained (max_epochs: a resume may train on for longer; steps_per_call: the same steps, grouped otherwise).
 NOT_TRAINING = (
     *("ckpt_path", "resume", "paths", "hydra", "logger", "callbacks", "sampler", "task_name", "optimized_metric"),
     *("trainer.max_epochs", "trainer.max_steps", "trainer.max_time", "trainer.default_root_dir"),
     *("trainer.enable_progress_bar", "trainer.enable_model_summary", "trainer.log_every_n_steps"),
     *("trainer.limit_val_batches", "trainer.limit_test_batches", "trainer.check_val_every_n_epoch"),
     *("data.data_dir", "data.download", "data.num_workers", "data.eval_batch_size", "model.compile"),
+    "model.steps_per_call",
 )
 
 

@@ -109,9 +109,10 @@ def evaluate_best(trainer: pl.Trainer, model, datamodule, loggers: list, cfg: Di
     best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
     evaluated = best or None
     trainer.loggers = []  # re-validating the best checkpoint is no new point on the val curves
-    val_metrics = trainer.validate(model, datamodule=datamodule, ckpt_path=evaluated, verbose=False)[0]
+    best_weights = {"datamodule": datamodule, "ckpt_path": evaluated, "weights_only": True}  # data only: no pickle
+    val_metrics = trainer.validate(model, verbose=False, **best_weights)[0]
     trainer.loggers = loggers
-    metrics = {**val_metrics, **trainer.test(model, datamodule=datamodule, ckpt_path=evaluated)[0]}
+    metrics = {**val_metrics, **trainer.test(model, **best_weights)[0]}
     # batch_size is per process: one optimizer step averages the gradients of this many images
     global_batch_size = cfg.batch_size * trainer.world_size * trainer.accumulate_grad_batches
     log_final(loggers, cfg, metrics, {"global_batch_size": global_batch_size}, trainer.global_step)
