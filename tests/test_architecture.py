@@ -24,6 +24,7 @@ LAYERS = {
     "run": 6,
     "sweep": 7,  # the old command names, forwarding to cvae.run
     "benchmark": 7,
+    "api": 7,  # the public Python API (cvae.load), over run, explore and sampling
 }
 MODULES = sorted(path for path in (ROOT / "cvae").rglob("*.py") if path.name != "__init__.py")
 

