@@ -61,14 +61,16 @@ class Generator:
         return picture(latent_map_images(self.model, pixels(images), labels)["latent_map"])
 
 
-def load(ckpt_path: str | Path, sampler: str = "prior", data_dir: str | None = None) -> Generator:
-    """A checkpoint (read with weights_only=True) ready to draw. sampler="gmm" fits the ex-post Gaussian mixture
-    per digit to the training images in data_dir (default: $CVAE_DATA_DIR, else data/), or reuses the fit saved
-    beside the checkpoint."""
-    generator = Generator(ckpt_path)
-    if check_choice(sampler, SAMPLERS, "sampler") == "gmm":
-        train_split = mnist("train", data_dir)
-        generator.sampler = GaussianMixtureSampler().fit_for_checkpoint(generator.model, *train_split, ckpt_path)
+def load(ckpt_path: str | Path, sampler: str | Sampler = "prior", data_dir: str | None = None) -> Generator:
+    """A checkpoint (read with weights_only=True) ready to draw. sampler: "prior", "gmm" (the ex-post Gaussian
+    mixture per digit with evaluate.py's defaults) or a sampler object, e.g. GaussianMixtureSampler(components=20);
+    a mixture is fitted to the training images in data_dir (default: $CVAE_DATA_DIR, else data/), or its fit saved
+    beside the checkpoint is reused."""
+    if isinstance(sampler, str):
+        sampler = PriorSampler() if check_choice(sampler, SAMPLERS, "sampler") == "prior" else GaussianMixtureSampler()
+    generator = Generator(ckpt_path, sampler)
+    if not isinstance(sampler, PriorSampler):  # the prior needs no data
+        sampler.fit_for_checkpoint(generator.model, *mnist("train", data_dir), ckpt_path)
     return generator
 
 
