@@ -2,9 +2,10 @@
 params and metrics, W&B's config, CSV's hparams.yaml), so a sweep reads at a glance:
 
 - the mission's knobs come first, always: latent_dim, batch_size, lr and which model and sampler (the config
-  group options, e.g. `mlp`, `prior`); then the knobs the run's overrides set; both marked in TensorBoard as the
-  ones that differ, which its HPARAMS table lists first and shows ticked; then the rest of the top-level knobs,
-  model, data and trainer;
+  group options, e.g. `mlp`, `prior`); then the knobs the run's overrides set; then the rest of the top-level
+  knobs, model, data and trainer. TensorBoard's HPARAMS tab sorts by name, lists the hparams marked as
+  differing first and ticks the first five of its list (seen in a browser): the five mission knobs alone are
+  marked, so they are the ticked columns of every run; the others are a tick away;
 - each knob once: a key that only repeats another (`data.batch_size: ${batch_size}`) is left out;
 - paths inside the project relative to its root; a path outside it (a shared data folder) as it is, with the
   home dir as ~, never as `../../` climbing out of the project;
@@ -35,22 +36,23 @@ COPY_OF_KEY = re.compile(r"^\$\{[\w.]+\}$")
 def log_final(loggers: list[Logger], cfg: DictConfig, metrics: dict, extra: dict, step: int) -> None:
     """Give every logger the run's hyperparameters (with `extra`, e.g. figures known after the run) and its
     final metrics (on the rank that writes the logs)."""
-    first = {**mission_knobs(cfg), **swept_knobs(cfg)}
+    mission = mission_knobs(cfg)
+    first = {**mission, **swept_knobs(cfg)}
     hparams = {**first, **{key: value for key, value in knobs(cfg).items() if key not in first}, **extra}
     final = {f"final/{name}": metrics[name] for name in FINAL_METRICS if name in metrics}
     for logger in loggers:
         if isinstance(logger, TensorBoardLogger):
-            add_tensorboard_hparams(logger, hparams, final, first.keys(), step)
+            add_tensorboard_hparams(logger, hparams, final, mission.keys(), step)
         else:
             logger.log_hyperparams(hparams)
             logger.log_metrics(final, step=step)
 
 
 def add_tensorboard_hparams(
-    logger: TensorBoardLogger, hparams: dict, final: dict, swept: Collection[str], step: int
+    logger: TensorBoardLogger, hparams: dict, final: dict, marked: Collection[str], step: int
 ) -> None:
-    """The HPARAMS tab's three summaries, the swept knobs marked as differing: TensorBoard lists those first and
-    the others by name (Lightning's log_hyperparams cannot mark them)."""
+    """The HPARAMS tab's three summaries, the `marked` knobs as differing: TensorBoard lists those first and
+    ticks them (Lightning's log_hyperparams cannot mark them)."""
     values = {
         key: value if isinstance(value, int | float | str | bool) else str(value) for key, value in hparams.items()
     }
@@ -58,7 +60,7 @@ def add_tensorboard_hparams(
     content = experiment.value[0].metadata.plugin_data
     plugin_data = HParamsPluginData.FromString(content.content)
     for info in plugin_data.experiment.hparam_infos:
-        info.differs = info.name in swept
+        info.differs = info.name in marked
     content.content = plugin_data.SerializeToString()
     # a file writer of its own beside the logger's (TensorBoard reads every events file of the dir): the
     # SummaryWriter has no public call that takes a prebuilt summary
