@@ -1,5 +1,6 @@
-"""The hyperparameters every logger gets: the run's overrides first, each knob once, no absolute paths, and the
-final metrics of metrics.json as the metric columns (read back from TensorBoard's HPARAMS summaries)."""
+"""The hyperparameters every logger gets: the mission's knobs first, then the run's overrides, each knob once, no
+path climbing out of the project, and the final metrics of metrics.json as the metric columns (read back from
+TensorBoard's HPARAMS summaries)."""
 
 import json
 import os
@@ -7,15 +8,22 @@ import os
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from tensorboard.plugins.hparams.plugin_data_pb2 import HParamsPluginData
 
-from cvae.run.hparams import knobs, swept_knobs
+from cvae.run.hparams import knobs, mission_knobs, project_path, swept_knobs
 from tests.conftest import QUICK_RUN, compose_config
 
 # keys that only repeat another key (${batch_size}, ${latent_dim}, ${lr}, ${seed}, ${paths.output_dir})
 COPIES = ("data/batch_size", "model/latent_dim", "model/optimizer/lr", "data/shuffle_seed", "trainer/default_root_dir")
 
 
-def relative_to_project(path: str) -> str:
-    return os.path.relpath(path, os.path.abspath(os.environ.get("PROJECT_ROOT", ".")))
+MISSION = ["latent_dim", "batch_size", "lr", "model", "sampler"]
+
+
+def as_shown(path: str) -> str:
+    """Relative to the project root inside it, else the path itself with the home dir as ~."""
+    relative = os.path.relpath(path, os.path.abspath(os.environ.get("PROJECT_ROOT", ".")))
+    home = os.path.expanduser("~")
+    outside = path.replace(home + os.sep, "~" + os.sep, 1) if path.startswith(home + os.sep) else path
+    return outside if relative.startswith("..") else relative
 
 
 def test_hparams_tab_lists_the_overrides_first_each_knob_once_with_the_final_metrics(trained_run, data_dir):
@@ -26,14 +34,16 @@ def test_hparams_tab_lists_the_overrides_first_each_knob_once_with_the_final_met
     }
     infos = summaries["_hparams_/experiment"].experiment.hparam_infos
     names = [info.name for info in infos]
-    overridden = [override.split("=")[0].replace(".", "/") for override in QUICK_RUN] + ["data/data_dir", "latent_dim"]
-    assert names[: len(overridden)] == overridden, "the command line's knobs first, in its order"
-    assert [info.name for info in infos if info.differs] == overridden, "marked, so TensorBoard lists them first"
+    overridden = [override.split("=")[0].replace(".", "/") for override in QUICK_RUN] + ["data/data_dir"]
+    first = MISSION + overridden  # latent_dim=3 was overridden too: it keeps its mission place
+    assert names[: len(first)] == first, "the mission's knobs, then the command line's, in its order"
+    assert [info.name for info in infos if info.differs] == MISSION, "marked: TensorBoard ticks the first 5 marked"
     assert len(names) == len(set(names)) and not set(COPIES) & set(names)
     assert {"batch_size", "lr", "seed", "model/beta", "data/eval_batch_size", "global_batch_size"} <= set(names)
     values = summaries["_hparams_/session_start_info"].session_start_info.hparams
-    assert values["data/data_dir"].string_value == relative_to_project(data_dir)
-    assert not any(value.string_value.startswith("/") for value in values.values()), "no absolute paths"
+    assert values["data/data_dir"].string_value == as_shown(data_dir)
+    assert (values["model"].string_value, values["sampler"].string_value) == ("mlp", "prior")
+    assert not any(value.string_value.startswith("..") for value in values.values()), "none climbs out"
     metrics = json.loads((output_dir / "metrics.json").read_text())
     columns = [info.name.tag for info in summaries["_hparams_/experiment"].experiment.metric_infos]
     assert columns == ["final/val/nelbo", "final/test/nelbo", "final/val/fid", "final/val/label_acc"]
@@ -51,5 +61,13 @@ def test_a_key_set_on_its_own_is_a_knob_and_a_group_option_shows_as_typed(tmp_pa
         "model/hidden_dims": [64, 32],
     }
     assert "data/batch_size" not in knobs(cfg), "a copy of batch_size"
+    assert {"model": "mlp", "sampler": "prior"}.items() <= mission_knobs(cfg).items()
     overridden = compose_config("train", ["data.batch_size=32"], tmp_path)
     assert knobs(overridden)["data/batch_size"] == 32 and knobs(overridden)["batch_size"] == 128, "no copy any more"
+
+
+def test_paths_inside_the_project_are_relative_and_outside_ones_never_climb_out(tmp_path):
+    home = os.path.expanduser("~")
+    assert project_path("/project/outputs/run", "/project") == "outputs/run"
+    assert project_path("/shared/data", "/project") == "/shared/data"
+    assert project_path(os.path.join(home, "mnist"), "/project") == "~/mnist"

@@ -4,7 +4,15 @@ tracker holds the run's knobs, its final metrics (those of metrics.json) and the
 
 import io
 import json
+import os
+import signal
+import socket
 import struct
+import subprocess
+import sys
+import time
+import urllib.request
+from contextlib import contextmanager
 
 import numpy as np
 import pytest
@@ -79,6 +87,68 @@ def test_mlflow_holds_the_knobs_final_metrics_and_images(tracked_run):
         # MLflow's file name for a step image: images/<key with / as ~>+step+<step>+timestamp+...png
         (name,) = [path for path in logged if f"/{tag.replace('/', '~')}+step+10+" in path and path.endswith(".png")]
         assert_same_picture(png_array(open(client.download_artifacts(run.info.run_id, name), "rb").read()), reference)
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def http_json(url: str, body: dict | None = None) -> dict:
+    data = None if body is None else json.dumps(body).encode()
+    request = urllib.request.Request(url, data=data, headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(request, timeout=10) as response:
+        return json.loads(response.read())
+
+
+@contextmanager
+def mlflow_server(store: str, artifacts: str, deadline_s: float = 90):
+    """`mlflow server` from this environment on a free local port, until the block ends (stopped, never left)."""
+    port = free_port()
+    command = [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port)]
+    server = subprocess.Popen(
+        [*command, "--backend-store-uri", store, "--default-artifact-root", artifacts, "--workers", "1"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        start_new_session=True,  # its workers go with it
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        start = time.monotonic()
+        while True:
+            try:
+                urllib.request.urlopen(f"{url}/health", timeout=2)
+                break
+            except OSError:
+                assert server.poll() is None, server.stderr.read().decode()[-3000:]
+                assert time.monotonic() - start < deadline_s, f"mlflow server not up in {deadline_s} s"
+                time.sleep(0.5)
+        yield url
+    finally:
+        os.killpg(server.pid, signal.SIGTERM)
+        try:
+            server.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            os.killpg(server.pid, signal.SIGKILL)
+            server.wait()
+
+
+def test_mlflow_server_from_this_environment_serves_the_logged_run(tracked_run):
+    """`mlflow ui` / `mlflow server` run in the project's own environment (SQLAlchemy 2, no second venv) and
+    serve a run logged by logger=mlflow: its params and final metrics over the REST API, and the UI's page."""
+    root, run_dir, metrics = tracked_run
+    with mlflow_server(f"sqlite:///{root}/mlflow.db", str(root / "mlartifacts")) as url:
+        experiment = http_json(f"{url}/api/2.0/mlflow/experiments/get-by-name?experiment_name=cvae")["experiment"]
+        (run,) = http_json(f"{url}/api/2.0/mlflow/runs/search", {"experiment_ids": [experiment["experiment_id"]]})[
+            "runs"
+        ]
+        with urllib.request.urlopen(url, timeout=10) as page:
+            assert page.status == 200 and b"<html" in page.read().lower()
+    params = {param["key"]: param["value"] for param in run["data"]["params"]}
+    final = {metric["key"]: metric["value"] for metric in run["data"]["metrics"]}
+    assert run["info"]["run_name"] == "multirun/day/time/0" and params["latent_dim"] == "3"
+    assert final["final/val/nelbo"] == pytest.approx(metrics["val/nelbo"])
 
 
 def wandb_records(run_file) -> list:

