@@ -6,10 +6,12 @@ from pathlib import Path
 import hydra
 from omegaconf import DictConfig
 
+from cvae.run.build import TRUSTED_TARGETS
+
 os.environ.setdefault("PROJECT_ROOT", str(Path(__file__).resolve().parent))
 
 
-@hydra.main(version_base="1.3", config_path="conf", config_name="evaluate")
+@hydra.main(config_path="conf", config_name="evaluate", execution_whitelist=TRUSTED_TARGETS)
 def main(cfg: DictConfig) -> None:
     # the evaluation code (torch, Lightning: seconds) is imported only after the config checks passed
     from cvae.run.checks import EVALUATE_RULES

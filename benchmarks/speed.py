@@ -151,7 +151,7 @@ def compose_train_config(overrides: list[str], output_dir: str):
 
     os.environ.setdefault("PROJECT_ROOT", str(ROOT))
     GlobalHydra.instance().clear()
-    with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
+    with initialize_config_dir(str(CONF_DIR), version_base=None):
         cfg = compose("train", overrides=overrides, return_hydra_config=True)
     HydraConfig().set_config(cfg)
     with open_dict(cfg):
@@ -261,9 +261,9 @@ def lightning_run(loader: str, args, device: torch.device, floor: PlainLoop | No
     """(b) or (c): train.py's objects built from the composed config, fitted for warmup + epochs epochs, each
     epoch preceded by one epoch of the plain loop `floor`. Returns the phase and the fitted module."""
     import pytorch_lightning as pl
-    from hydra.utils import instantiate
 
-    from cvae.run.train import build_trainer, instantiate_group
+    from cvae.run.build import build, build_group
+    from cvae.run.train import build_trainer
 
     name = "b" if loader == "memory" else "c"
     label = f"({name}) Lightning, data.loader={loader}" + (" (default)" if loader == "memory" else "")
@@ -271,11 +271,11 @@ def lightning_run(loader: str, args, device: torch.device, floor: PlainLoop | No
         cfg = compose_train_config(lightning_overrides(loader, args, device), tmp)
         phase = Phase(name, label, images_in(TRAIN_SIZE - cfg.data.val_size, cfg.data.batch_size, args.limit))
         pl.seed_everything(cfg.seed, workers=True, verbose=False)
-        datamodule = instantiate(cfg.data)
-        module = instantiate(cfg.model)
+        datamodule = build(cfg.data)
+        module = build(cfg.model)
         if args.compile:
             module.model.compile()
-        loggers = instantiate_group(cfg.get("logger"))
+        loggers = build_group(cfg.get("logger"))
         trainer = build_trainer(cfg, loggers)
         hook_seconds = time_epoch_end_hooks(trainer.callbacks, device)
         timer = epoch_timer(device, name, floor, timeline)

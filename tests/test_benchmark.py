@@ -158,7 +158,8 @@ def fit_quick(data_dir, output_dir, steps_per_call: int) -> tuple[list, list]:
     import pytorch_lightning as pl
     from hydra.utils import instantiate
 
-    from cvae.run.train import build_trainer, instantiate_group
+    from cvae.run.build import build_group
+    from cvae.run.train import build_trainer
 
     overrides = [*QUICK_RUN_ANY_CALLBACKS, "callbacks=none", "trainer.limit_train_batches=12"]
     overrides += ["trainer.log_every_n_steps=3", "trainer.enable_progress_bar=true", f"data.data_dir={data_dir}"]
@@ -173,7 +174,7 @@ def fit_quick(data_dir, output_dir, steps_per_call: int) -> tuple[list, list]:
                 shown.append((bar.train_progress_bar.n, value))
 
     pl.seed_everything(cfg.seed)
-    trainer = build_trainer(cfg, instantiate_group(cfg.logger))
+    trainer = build_trainer(cfg, build_group(cfg.logger))
     trainer.callbacks.append(BarWatcher())
     trainer.fit(instantiate(cfg.model), datamodule=instantiate(cfg.data))
     events = EventAccumulator(str(output_dir), size_guidance={"scalars": 0}).Reload()

@@ -50,13 +50,13 @@ def test_top_level_knobs_feed_model_data_and_optimizer(tmp_path, data_dir):
 
 
 def test_callbacks_and_loggers_instantiate(tmp_path):
-    from cvae.run.train import instantiate_group
+    from cvae.run.build import build_group
 
     for extra in ("mlflow", "wandb"):  # many_loggers has MLflow and W&B
         pytest.importorskip(extra, reason=f'logger={extra} is an extra: pip install -e ".[{extra}]"')
     store = f"logger.mlflow.tracking_uri=sqlite:///{tmp_path}/mlflow.db"  # not the project's outputs/
     cfg = compose_config("train", ["logger=many_loggers", store], tmp_path)
-    names = {type(obj).__name__ for obj in instantiate_group(cfg.callbacks) + instantiate_group(cfg.logger)}
+    names = {type(obj).__name__ for obj in build_group(cfg.callbacks) + build_group(cfg.logger)}
     assert names == {
         "ModelCheckpoint",
         "SampleGrids",
@@ -74,3 +74,24 @@ def test_run_dirs_have_sub_second_resolution():
     run_dirs = (CONF_DIR / "hydra" / "default.yaml").read_text()
     assert "outputs/${now:%Y-%m-%d}/${now:%H-%M-%S_%f}" in run_dirs
     assert "outputs/multirun/${now:%Y-%m-%d}/${now:%H-%M-%S_%f}" in run_dirs
+
+
+def test_a_target_outside_the_trusted_code_is_refused_in_one_line_unless_the_environment_trusts_it(tmp_path):
+    """A config or override naming other code (here print, as os.system would be) is refused before any work;
+    CVAE_TRUSTED_TARGETS, set in the user's shell, which no config can change, lets their own code in."""
+    from tests.test_train import run_script
+
+    planted = ["+callbacks.mine._target_=builtins.print", "trainer.max_epochs=1", f"hydra.run.dir={tmp_path / 'a'}"]
+    refused = run_script("train.py", *planted, env_extra={"CVAE_TRUSTED_TARGETS": ""})
+    assert refused.returncode == 1
+    lines = [line for line in refused.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: ") and "builtins.print" in lines[0], refused.stderr[-2000:]
+    assert "CVAE_TRUSTED_TARGETS" in lines[0]
+
+    trusted = run_script(
+        "-c",
+        "from omegaconf import OmegaConf; from cvae.run.build import build; "
+        "build(OmegaConf.create({'_target_': 'builtins.print', '_args_': ['built']}))",
+        env_extra={"CVAE_TRUSTED_TARGETS": "builtins.print"},
+    )
+    assert trusted.returncode == 0 and trusted.stdout.strip() == "built", trusted.stderr[-2000:]

@@ -65,12 +65,13 @@ def test_a_sweep_of_two_ddp_members_runs_on_slurm(slurm_cluster, tmp_path, data_
 
 
 class CancelOwnJob(pl.Callback):
-    """`scancel` of this sweep member's own SLURM job (array task `task`) after step 1, as a user would."""
+    """`scancel` of this sweep member's own SLURM job (array task `task`) before step 1 (in the middle of a call of
+    several optimizer steps), as a user would."""
 
     def __init__(self, task: int):
         self.task = task
 
-    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+    def on_before_optimizer_step(self, trainer, pl_module, optimizer):
         if os.environ.get("SLURM_ARRAY_TASK_ID") == str(self.task) and trainer.global_step == 1:
             subprocess.run(["scancel", f"{os.environ['SLURM_ARRAY_JOB_ID']}_{self.task}"], check=True)
             time.sleep(60)  # SLURM ends the job meanwhile
@@ -95,13 +96,14 @@ def test_a_cancelled_member_fails_the_sweep_within_a_minute_and_is_listed_failed
 
 
 class RequeueOwnJob(pl.Callback):
-    """`scontrol requeue` of this member's own SLURM job (array task `task`) after step 2 of its first run, as a
-    preemption does: SLURM sends SIGTERM and runs the job again later."""
+    """`scontrol requeue` of this member's own SLURM job (array task `task`) before step 2 of its first run (in the
+    middle of a call of several optimizer steps), as a preemption does: SLURM sends SIGTERM and runs the job again
+    later."""
 
     def __init__(self, task: int):
         self.task = task
 
-    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+    def on_before_optimizer_step(self, trainer, pl_module, optimizer):
         first_run = not int(os.environ.get("SLURM_RESTART_COUNT") or 0)
         if os.environ.get("SLURM_ARRAY_TASK_ID") == str(self.task) and first_run and trainer.global_step == 2:
             job = f"{os.environ['SLURM_ARRAY_JOB_ID']}_{self.task}"
@@ -128,6 +130,7 @@ def test_a_requeued_member_resumes_from_its_last_checkpoint_and_ends_as_one_neve
             *slurm_sweep_command(sweep_dir, data_dir),
             "seed=42,42",
             "trainer.limit_train_batches=5",
+            "model.steps_per_call=2",  # calls of steps 0-1, 2-3, 4: the requeue before step 2 stops after step 3
             f"+callbacks.requeue._target_={__name__}.RequeueOwnJob",
             "+callbacks.requeue.task=1",
         ],
@@ -137,7 +140,10 @@ def test_a_requeued_member_resumes_from_its_last_checkpoint_and_ends_as_one_neve
     )
     start_requeued_jobs_at_once(sweep)
     assert sweep.returncode == 0, sweep.stderr.read()[-3000:]
-    log = next((sweep_dir / ".submitit").glob("*_1/*_1_0_log.err")).read_text()  # both runs of member 1
+    # both runs of member 1, what they printed and what they logged
+    log = "".join(path.read_text() for path in sorted((sweep_dir / ".submitit").glob("*_1/*_1_0_log.*")))
     last = sweep_dir / "1" / "checkpoints" / "last.ckpt"
-    assert "interrupted at epoch 0" in log and f"Restoring states from the checkpoint path at {last}" in log, log
+    assert "interrupted at epoch 0, step 4" in log and f"Restoring states from the checkpoint path at {last}" in log, (
+        log
+    )
     assert (sweep_dir / "1" / "metrics.json").read_bytes() == (sweep_dir / "0" / "metrics.json").read_bytes()

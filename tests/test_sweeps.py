@@ -108,7 +108,7 @@ def test_optuna_search_minimises_val_nelbo(tmp_path, data_dir):
 
 def slurm_launcher(*overrides: str):
     register_resolvers()  # as Hydra's callbacks do at start-up
-    with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
+    with initialize_config_dir(str(CONF_DIR)):
         cfg = compose("train", overrides=["hydra/launcher=slurm", *overrides], return_hydra_config=True)
     launcher = cfg.hydra.launcher
     assert launcher._target_.endswith("SlurmLauncher")
@@ -158,7 +158,7 @@ def devices_of_member(job: int, *overrides: str):
 
     from cvae.run.ranks import member_devices
 
-    with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
+    with initialize_config_dir(str(CONF_DIR)):
         cfg = compose("train", overrides=list(overrides), return_hydra_config=True)
     cfg.hydra.job.num = job
     HydraConfig().set_config(cfg)

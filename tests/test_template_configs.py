@@ -7,7 +7,7 @@ from pytorch_lightning.accelerators import AcceleratorRegistry
 from pytorch_lightning.callbacks import EarlyStopping, ModelCheckpoint
 from pytorch_lightning.profilers import SimpleProfiler
 
-from cvae.run.train import instantiate_group
+from cvae.run.build import build_group
 from tests.conftest import QUICK_RUN_ANY_CALLBACKS, compose_config
 from tests.test_train import run_script
 
@@ -15,7 +15,7 @@ from tests.test_train import run_script
 def test_early_stopping_joins_the_default_callbacks(tmp_path):
     overrides = ["callbacks=[default,early_stopping]", "callbacks.early_stopping.patience=3"]
     cfg = compose_config("train", overrides, tmp_path)
-    callbacks = instantiate_group(cfg.callbacks)
+    callbacks = build_group(cfg.callbacks)
     (stopping,) = [callback for callback in callbacks if isinstance(callback, EarlyStopping)]
     assert stopping.monitor == "val/nelbo" and stopping.patience == 3 and stopping.mode == "min"
     assert any(isinstance(callback, ModelCheckpoint) for callback in callbacks), "the defaults stay"

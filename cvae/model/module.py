@@ -31,6 +31,7 @@ EVAL_STAGES = ("val", "test")
 # Lightning warns on every fit that a training_step taking the batch iterator is "experimental": this module
 # relies on it knowingly, and tests/test_steps_per_call.py checks what it depends on
 warnings.filterwarnings("ignore", message="Found `dataloader_iter` argument in the `training_step`")
+warnings.filterwarnings("ignore", message="You are using the `dataloader_iter` step flavor")
 
 
 class CVAELitModule(pl.LightningModule):

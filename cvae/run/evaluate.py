@@ -7,7 +7,6 @@ from pathlib import Path
 
 import pytorch_lightning as pl
 import torch
-from hydra.utils import instantiate
 from omegaconf import DictConfig
 from torchvision.utils import save_image
 
@@ -28,6 +27,7 @@ from cvae.explore.projector import write_projector
 from cvae.files import atomic_path, write_json_atomic
 from cvae.metrics.generation import generator_report
 from cvae.model.cvae import CVAE, model_device, pixels
+from cvae.run.build import build
 from cvae.run.checkpoints import load_module
 from cvae.sampling.prior import Sampler
 from cvae.seeding import seeded_global_rng
@@ -38,15 +38,13 @@ def evaluate(cfg: DictConfig) -> dict:
     pl.seed_everything(cfg.seed, workers=True)
     module = load_module(cfg.ckpt_path)
     scored = scored_set(cfg)  # a bad file is said now, not after the test pass
-    datamodule = instantiate(cfg.data)
-    trainer = instantiate(cfg.trainer, logger=False, callbacks=[], enable_checkpointing=False)
+    datamodule = build(cfg.data)
+    trainer = build(cfg.trainer, logger=False, callbacks=[], enable_checkpointing=False)
     metrics = trainer.test(module, datamodule=datamodule, verbose=False)[0]
     module.to(trainer.strategy.root_device)  # Lightning moves it to the CPU after testing; the rest runs here
 
     output_dir = Path(cfg.paths.output_dir)
-    sampler = instantiate(cfg.sampler).fit_for_checkpoint(
-        module.model, *split_tensors(datamodule, "train"), cfg.ckpt_path
-    )
+    sampler = build(cfg.sampler).fit_for_checkpoint(module.model, *split_tensors(datamodule, "train"), cfg.ckpt_path)
     z = sampler.grid_latents(module.model, cfg.samples_per_digit, seed=cfg.seed)
     save_png(digit_rows(module.model, z.to(model_device(module.model))), output_dir / "samples.png")
     test_split = split_tensors(datamodule, "test")

@@ -50,7 +50,7 @@ def register_resolvers() -> None:
         ("cvae.slurm_gpus", slurm_gpus),
         ("cvae.slurm_tasks", slurm_tasks),
     ):
-        OmegaConf.register_new_resolver(name, resolver, replace=True)
+        OmegaConf.register_resolver(name, resolver, replace=True)
 
 
 class Resolvers(Callback):

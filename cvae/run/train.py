@@ -14,13 +14,13 @@ from pathlib import Path
 
 import pytorch_lightning as pl
 import torch
-from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.callbacks import ModelCheckpoint, ProgressBar, TQDMProgressBar
 from pytorch_lightning.utilities import rank_zero_only
 
 from cvae.callbacks.safety import CheckpointOnInterrupt, StopOnDivergence
 from cvae.files import read_json, write_json_atomic
+from cvae.run.build import build, build_group
 from cvae.run.checkpoints import AtomicCheckpointIO, RunRecord, check_resumable
 from cvae.run.hparams import log_final
 from cvae.run.loggers import wandb_run_closed
@@ -54,9 +54,9 @@ def train(cfg: DictConfig) -> dict:
         record_resume(output_dir, cfg.ckpt_path, check_resumable(cfg.ckpt_path, cfg))
     torch.set_float32_matmul_precision(cfg.get("matmul_precision", "highest"))
     pl.seed_everything(cfg.seed, workers=True)
-    datamodule = instantiate(cfg.data)
-    model = instantiate(cfg.model)
-    loggers = instantiate_group(cfg.get("logger"))
+    datamodule = build(cfg.data)
+    model = build(cfg.model)
+    loggers = build_group(cfg.get("logger"))
     trainer = build_trainer(cfg, loggers)
     write_environment(output_dir / "environment.json", cfg.paths.root_dir)
 
@@ -73,13 +73,6 @@ def train(cfg: DictConfig) -> dict:
     return summary
 
 
-def instantiate_group(group: DictConfig | None) -> list:
-    """Objects of a config group whose entries each hold a `_target_` (callbacks, loggers)."""
-    if not group:
-        return []
-    return [instantiate(entry) for entry in group.values() if isinstance(entry, DictConfig) and "_target_" in entry]
-
-
 def build_trainer(cfg: DictConfig, loggers: list) -> pl.Trainer:
     """The trainer of a run (also what python -m benchmarks.speed times): the configured callbacks, the safety ones
     and, when the trainer shows a progress bar and none is configured, tqdm redrawn every 10 batches (Lightning's
@@ -87,10 +80,10 @@ def build_trainer(cfg: DictConfig, loggers: list) -> pl.Trainer:
     12 ms step on CPU, and a host-device sync per step on a GPU)."""
     # always on, whatever the callbacks group: resumable runs, and no training on from NaN weights
     safety = [RankState(cfg.seed), RunRecord(cfg), StopTogether(), StopOnDivergence(), CheckpointOnInterrupt()]
-    callbacks = [*instantiate_group(cfg.get("callbacks")), *safety]
+    callbacks = [*build_group(cfg.get("callbacks")), *safety]
     if cfg.trainer.get("enable_progress_bar", True) and not any(isinstance(c, ProgressBar) for c in callbacks):
         callbacks.append(TQDMProgressBar(refresh_rate=10))
-    return instantiate(
+    return build(
         cfg.trainer,
         callbacks=callbacks,
         logger=loggers or False,
