@@ -108,6 +108,10 @@ class RequeueOwnJob(pl.Callback):
         if os.environ.get("SLURM_ARRAY_TASK_ID") == str(self.task) and first_run and trainer.global_step == 2:
             job = f"{os.environ['SLURM_ARRAY_JOB_ID']}_{self.task}"
             subprocess.run(["scontrol", "requeue", job], check=True)
+            # SLURM's SIGTERM comes a moment later: wait for it here, so that it lands in this call of steps
+            deadline = time.monotonic() + 30
+            while not trainer._signal_connector.received_sigterm and time.monotonic() < deadline:
+                time.sleep(0.05)
 
 
 def start_requeued_jobs_at_once(sweep: subprocess.Popen) -> None:
