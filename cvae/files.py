@@ -54,6 +54,18 @@ def write_bytes_atomic(path: str | Path, content: bytes) -> None:
         os.fsync(file.fileno())
 
 
+def save_torch_atomic(path: str | Path, data) -> None:
+    """torch.save of tensors and plain values, serialised in memory first: torch.save onto a full or read-only disk
+    fails with an obscure RuntimeError, a plain write with an OSError that names the cause."""
+    import io
+
+    import torch  # here: cvae.run.sweep uses this module and stays free of torch
+
+    buffer = io.BytesIO()
+    torch.save(data, buffer)
+    write_bytes_atomic(path, buffer.getvalue())
+
+
 def write_json_atomic(path: str | Path, data: dict) -> None:
     """Sorted, indented JSON with a final newline: equal data give byte-identical files."""
     write_bytes_atomic(path, (json.dumps(data, indent=2, sort_keys=True) + "\n").encode())

@@ -1,7 +1,6 @@
 """Synthetic data: samples of every digit in MNIST's own layout (uint8 (N, 28, 28), int64 labels), written as
 <name>.pt, <name>.npz and, if asked, a folder of PNG files per digit; and the reader of such sets."""
 
-import io
 from pathlib import Path
 
 import numpy as np
@@ -11,7 +10,7 @@ from tqdm.auto import tqdm
 
 from cvae.errors import ConfigError
 from cvae.explore import IMAGE_SET_SUFFIXES
-from cvae.files import atomic_path, write_bytes_atomic
+from cvae.files import atomic_path, save_torch_atomic
 from cvae.model.cvae import CVAE, IMAGE_SHAPE, NUM_CLASSES, NUM_PIXELS
 from cvae.sampling.prior import Sampler, generate
 from cvae.validate import check_count
@@ -50,9 +49,7 @@ def write_synthetic_dataset(
     output_dir = Path(output_dir)
     arrays = {"images": images.cpu(), "labels": labels.cpu()}
     torch_path, numpy_path = output_dir / f"{name}.pt", output_dir / f"{name}.npz"
-    buffer = io.BytesIO()  # torch.save onto a full disk fails obscurely; a plain write names the cause
-    torch.save(arrays, buffer)
-    write_bytes_atomic(torch_path, buffer.getvalue())
+    save_torch_atomic(torch_path, arrays)
     with atomic_path(numpy_path) as temporary, open(temporary, "wb") as file:  # a file object: no ".npz" added
         np.savez(file, **{key: value.numpy() for key, value in arrays.items()})
     written = [torch_path, numpy_path]

@@ -15,7 +15,7 @@ from torchmetrics.classification import MulticlassAccuracy
 from torchvision import datasets
 
 from cvae.errors import DataError
-from cvae.files import file_sha256
+from cvae.files import file_sha256, save_torch_atomic
 from cvae.model.cvae import pixels
 
 WEIGHTS_PATH = Path(__file__).parent / "weights" / "mnist_classifier.pt"
@@ -124,7 +124,7 @@ def main() -> None:
     )
     test_accuracy = accuracy(classifier, *mnist_tensors(args.data_dir, train=False))
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    torch.save(classifier.state_dict(), args.out)
+    save_torch_atomic(args.out, classifier.state_dict())
     print(f"test accuracy {test_accuracy:.4f}; weights {args.out} sha256 {file_sha256(args.out)}")
 
 

@@ -19,9 +19,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from cvae.errors import ConfigError
+from cvae.model import ARCHITECTURES
 from cvae.validate import check_choice
 
-ARCHITECTURES = ("mlp", "conv")
 NUM_CLASSES = 10
 IMAGE_SHAPE = (1, 28, 28)
 NUM_PIXELS = math.prod(IMAGE_SHAPE)

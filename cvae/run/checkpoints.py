@@ -15,7 +15,7 @@ from pytorch_lightning.plugins.io import TorchCheckpointIO
 
 from cvae.errors import CheckpointError, ConfigError
 from cvae.files import atomic_path
-from cvae.model.cvae import CVAE, NUM_CLASSES, NUM_PIXELS
+from cvae.model.cvae import CVAE
 from cvae.model.module import CVAELitModule
 from cvae.run.checks import CHECKPOINT_RULES, MAX_LAYERS, check_config
 
@@ -137,18 +137,12 @@ def check_hyperparameters(hparams, path: Path) -> dict:
 
 
 def parameter_count(hparams: dict) -> int:
-    """About how many weights the encoder and decoder of these hyperparameters hold (their dense layers)."""
-    latent_dim, hidden = hparams["latent_dim"], list(hparams["hidden_dims"])
-    convolutions = 0
-    if hparams.get("architecture", "mlp") == "conv":
-        first, second = hparams["channels"]
-        inputs = outputs = second * 7 * 7  # the convolutions' features, 7x7 maps
-        convolutions = 2 * 16 * (first + first * second)  # 4x4 kernels, in the encoder and mirrored in the decoder
-    else:
-        inputs = outputs = NUM_PIXELS
-    encoder = [inputs + NUM_CLASSES, *hidden, 2 * latent_dim]
-    decoder = [latent_dim + NUM_CLASSES, *reversed(hidden), outputs]
-    return convolutions + sum(a * b for widths in (encoder, decoder) for a, b in zip(widths, widths[1:]))
+    """How many weights the model of these hyperparameters holds: the model itself, built on torch's meta device,
+    which gives every tensor its shape and allocates none."""
+    options = {key: hparams[key] for key in ("architecture", "channels", "learned_prior")}
+    with torch.device("meta"):
+        model = CVAE(hparams["latent_dim"], hparams["hidden_dims"], **options)
+    return sum(parameter.numel() for parameter in model.parameters())
 
 
 def load_module(path: str | Path) -> CVAELitModule:
@@ -225,9 +219,10 @@ class RunRecord(pl.Callback):
         # a resume with resume.allow_changes=true and another lr: the optimizer Lightning restored from the
         # checkpoint takes the lr asked for (and recorded), not the checkpoint's; otherwise this changes nothing
         lr = self.settings.get("model.optimizer.lr")
+        if lr is None:
+            return
         for group in (group for optimizer in trainer.optimizers for group in optimizer.param_groups):
-            if lr is not None:
-                group["lr"] = lr
+            group["lr"] = lr
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):

@@ -15,6 +15,7 @@ from omegaconf import DictConfig, OmegaConf
 from cvae.errors import ConfigError
 from cvae.explore import IMAGE_SET_SUFFIXES, SCORES
 from cvae.metrics import FEATURE_EXTRACTORS
+from cvae.model import ARCHITECTURES
 from cvae.sampling import COVARIANCES
 from cvae.validate import check_choice, check_count, parse_digit, parse_digits, positive_int, positive_number
 
@@ -121,7 +122,7 @@ CHECKPOINT_RULES: dict[str, Rule] = {
         lambda value: 0 < len(value) <= MAX_LAYERS and all(map(positive_int, value)),
         f"a list of 1 to {MAX_LAYERS} positive integers",
     ),
-    "architecture": choice(("mlp", "conv")),
+    "architecture": choice(ARCHITECTURES),
     "channels": (lambda value: len(value) == 2 and all(map(positive_int, value)), "two positive integers"),
     "learned_prior": (lambda value: isinstance(value, bool), "true or false"),
     "compile": (lambda value: isinstance(value, bool), "true or false"),

@@ -6,13 +6,12 @@ means of the training images, which keeps samples where the decoder was trained 
 The fit is saved beside the checkpoint it came from and reused only for the same settings and the same file.
 """
 
-import io
 from pathlib import Path
 
 import torch
 
 from cvae.errors import ConfigError, StorageError
-from cvae.files import file_sha256, write_bytes_atomic
+from cvae.files import file_sha256, save_torch_atomic
 from cvae.model.cvae import CVAE, NUM_CLASSES, posterior_means
 from cvae.sampling import COVARIANCES
 from cvae.sampling.prior import grid_labels
@@ -76,12 +75,8 @@ class GaussianMixtureSampler:
             problem = problem or "was fitted with other settings or another checkpoint"
             print(f"ex-post mixture: {path} {problem}; refitting")
         self.fit(model, images, labels)
-        # serialised in memory first: torch.save onto a full or read-only disk fails with an obscure RuntimeError,
-        # a plain write with an OSError that names the cause
-        buffer = io.BytesIO()
-        torch.save({"settings": wanted, "mixture": self.mixture}, buffer)
         try:
-            write_bytes_atomic(path, buffer.getvalue())
+            save_torch_atomic(path, {"settings": wanted, "mixture": self.mixture})
         except StorageError as error:  # a read-only checkpoint folder: the evaluation goes on, refitting next time
             print(f"ex-post mixture: fitted to {len(labels)} training images, not saved: {error}")
             return self
