@@ -11,7 +11,8 @@ from contextlib import nullcontext
 import torch
 
 from cvae.data.batches import train_val_indices
-from cvae.model.cvae import CVAE, negative_elbo, pixels
+from cvae.model.cvae import negative_elbo, pixels
+from cvae.model.mlp import MLP
 from cvae.seeding import random_state, set_random_state, stream_seed
 
 VAL_SIZE, SPLIT_SEED = 5_000, 12_345  # MNISTDataModule's defaults (conf/data/mnist.yaml)
@@ -70,7 +71,7 @@ class PlainLoop:
     def __init__(self, images: torch.Tensor, labels: torch.Tensor, args, device: torch.device):
         self.args, self.device = args, device
         torch.manual_seed(args.seed)  # as train.py: seed, then build the model
-        self.model = CVAE(args.latent_dim, args.hidden_dims).to(device)
+        self.model = MLP(args.latent_dim, args.hidden_dims).to(device)
         if args.compile:
             self.model.compile()
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=args.lr)

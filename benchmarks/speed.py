@@ -274,7 +274,7 @@ def lightning_run(loader: str, args, device: torch.device, floor: PlainLoop | No
         datamodule = build(cfg.data)
         module = build(cfg.model)
         if args.compile:
-            module.model.compile()
+            module.net.compile()
         loggers = build_group(cfg.get("logger"))
         trainer = build_trainer(cfg, loggers)
         hook_seconds = time_epoch_end_hooks(trainer.callbacks, device)
@@ -639,7 +639,7 @@ def run(args: argparse.Namespace) -> tuple[dict[str, Phase], dict, str]:
             phases[name], fitted[name] = lightning_run(loader, args, device, floor, extra["timeline"])
     if floor is not None:
         phases = {"a": floor_phase(floor, list(phases.values()), args, extra["timeline"]), **phases}
-    extra["models"] = {name: module.model for name, module in fitted.items()}
+    extra["models"] = {name: module.net for name, module in fitted.items()}
     if floor is not None:
         extra["models"]["a"] = floor.model
     model = extra["models"].get("a") or extra["models"].get("b") or CVAE(args.latent_dim, args.hidden_dims)

@@ -20,7 +20,8 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from cvae.data.mnist import MNISTDataModule, split_tensors
 from cvae.explore.digits import digit_strings, digit_variants
 from cvae.explore.figures import image_grid, latent_map_images, rows_grid
-from cvae.model.cvae import IMAGE_SHAPE, pixels, posterior_means
+from cvae.model.cvae import pixels, posterior_means, sample
+from cvae.model.network import IMAGE_SHAPE
 from cvae.run.checkpoints import load_module
 from cvae.sampling.gmm import GaussianMixtureSampler
 from cvae.sampling.prior import PriorSampler, Sampler
@@ -53,7 +54,7 @@ class Generator:
     def reconstruct(self, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         """Images decoded at their posterior means: (N, 1, 28, 28)."""
         z = self.encode(images, labels)
-        return self.model.sample(labels, z).cpu().view(-1, *IMAGE_SHAPE)
+        return sample(self.model, labels, z).cpu().view(-1, *IMAGE_SHAPE)
 
     def latent_map(self, images: torch.Tensor, labels: torch.Tensor) -> np.ndarray:
         """The posterior means coloured by digit (first two principal components above latent_dim 2), as a

@@ -22,9 +22,6 @@ LAYERS = {
     "explore": 4,
     "callbacks": 5,
     "run": 6,
-    "sweep": 7,  # the old command names, forwarding to cvae.run
-    "benchmark": 7,
-    "classifier": 7,
     "api": 7,  # the public Python API (cvae.load), over run, explore and sampling
 }
 MODULES = sorted(path for path in (ROOT / "cvae").rglob("*.py") if path.name != "__init__.py")

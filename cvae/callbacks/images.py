@@ -33,15 +33,15 @@ class SampleGrids(pl.Callback):
         log_images(
             trainer.loggers,
             {
-                "samples/prior_by_digit": digit_rows(pl_module.model, self.prior_grid_latents(pl_module)),
-                "samples/reconstructions": reconstruction_rows(pl_module.model, *self.real),
+                "samples/prior_by_digit": digit_rows(pl_module.net, self.prior_grid_latents(pl_module)),
+                "samples/reconstructions": reconstruction_rows(pl_module.net, *self.real),
             },
             trainer.global_step,
         )
 
     def prior_grid_latents(self, pl_module: pl.LightningModule) -> torch.Tensor:
         """The same noise every epoch, through the prior as it is now (a learned prior moves)."""
-        return PriorSampler().grid_latents(pl_module.model, self.samples_per_digit).to(pl_module.device)
+        return PriorSampler().grid_latents(pl_module.net, self.samples_per_digit).to(pl_module.device)
 
 
 class LatentExploration(pl.Callback):
@@ -60,7 +60,7 @@ class LatentExploration(pl.Callback):
     def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if not (logs_images_now(trainer) and epoch_is_due(trainer, self.every_n_epochs)):
             return
-        model, (x, y) = pl_module.model, self.real
+        model, (x, y) = pl_module.net, self.real
         images = {
             **latent_map_images(model, x, y),
             **interpolation_images(model, self.interpolation_steps, self.seed),

@@ -22,4 +22,4 @@ class LatentProjector(pl.Callback):
             return
         for logger in trainer.loggers:
             if isinstance(logger, TensorBoardLogger):
-                add_projector(logger.experiment, pl_module.model, *self.real, trainer.global_step)
+                add_projector(logger.experiment, pl_module.net, *self.real, trainer.global_step)

@@ -53,11 +53,11 @@ class GenerationQuality(pl.Callback):
             self.metrics.update(x, y, real=True)
             self.has_real_features = True
         shard = slice(trainer.global_rank, None, trainer.world_size)
-        self.sampler.fit(pl_module.model, *split_tensors(trainer.datamodule, "train"))
+        self.sampler.fit(pl_module.net, *split_tensors(trainer.datamodule, "train"))
         labels = balanced_labels(self.num_samples)
-        z = self.sampler.latents(pl_module.model, labels, self.seed)[shard]
+        z = self.sampler.latents(pl_module.net, labels, self.seed)[shard]
         labels = labels[shard].to(device)
-        self.metrics.update(decode(pl_module.model, labels, z, batch_size=2000), labels, real=False)
+        self.metrics.update(decode(pl_module.net, labels, z, batch_size=2000), labels, real=False)
         for name, value in self.metrics.compute().items():
             pl_module.log(f"val/{name}", value)
         self.metrics.reset_generated()

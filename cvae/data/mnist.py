@@ -16,7 +16,7 @@ from torchvision import datasets, transforms
 
 from cvae.data.batches import EpochPermutation, TensorBatches, train_val_indices
 from cvae.errors import DataError
-from cvae.model.cvae import NUM_PIXELS
+from cvae.model.network import NUM_PIXELS
 from cvae.validate import check_choice
 
 LOADERS = ("memory", "dataloader")

@@ -9,7 +9,8 @@ from torchmetrics.functional import auroc
 
 from cvae.explore import SCORES
 from cvae.files import atomic_path
-from cvae.model.cvae import CVAE, IMAGE_SHAPE, importance_weighted_nll, model_device, negative_elbo, pixels
+from cvae.model.cvae import Net, importance_weighted_nll, model_device, negative_elbo, pixels
+from cvae.model.network import IMAGE_SHAPE
 from cvae.seeding import seeded_global_rng
 from cvae.validate import check_choice, check_count
 
@@ -18,7 +19,7 @@ CORRUPTION = "rotated by 90 degrees (counter-clockwise), true label kept"
 
 @torch.no_grad()
 def anomaly_scores(
-    model: CVAE,
+    model: Net,
     x: torch.Tensor,
     y: torch.Tensor,
     score: str = "nelbo",
@@ -62,7 +63,7 @@ def corrupt(images: torch.Tensor) -> torch.Tensor:
     return torch.rot90(images.reshape(-1, *IMAGE_SHAPE[1:]), 1, dims=(1, 2))
 
 
-def anomaly_demo(model: CVAE, x: torch.Tensor, y: torch.Tensor, score="nelbo", k=10, seed=0, batch_size=1000) -> dict:
+def anomaly_demo(model: Net, x: torch.Tensor, y: torch.Tensor, score="nelbo", k=10, seed=0, batch_size=1000) -> dict:
     """AUROC of the score at telling real images (negatives) from their corrupted copies (positives); the options
     are anomaly_scores'."""
     real, rotated = (anomaly_scores(model, images, y, score, k, seed, batch_size) for images in (x, corrupt(x)))

@@ -9,13 +9,14 @@ so each output is a function of the model and the seed alone.
 
 import torch
 
-from cvae.model.cvae import CVAE, IMAGE_SHAPE
+from cvae.model.cvae import Net
+from cvae.model.network import IMAGE_SHAPE
 from cvae.sampling.prior import Sampler, generate
 from cvae.validate import check_count, parse_digit, parse_digits
 
 
 def digit_variants(
-    model: CVAE, digit: int | str, variants: int = 8, seed: int = 0, sampler: Sampler | None = None
+    model: Net, digit: int | str, variants: int = 8, seed: int = 0, sampler: Sampler | None = None
 ) -> torch.Tensor:
     """`variants` styles of one digit, each from a different z: (variants, 1, 28, 28)."""
     labels = torch.full((check_count(variants, "variants"),), parse_digit(digit))
@@ -23,7 +24,7 @@ def digit_variants(
 
 
 def digit_strings(
-    model: CVAE, digits: int | str, variants: int = 4, seed: int = 0, sampler: Sampler | None = None
+    model: Net, digits: int | str, variants: int = 4, seed: int = 0, sampler: Sampler | None = None
 ) -> torch.Tensor:
     """`variants` renderings (rows) of a digit string, every digit with its own z:
     (variants, len(digits), 1, 28, 28)."""

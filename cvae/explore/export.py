@@ -11,7 +11,8 @@ from tqdm.auto import tqdm
 from cvae.errors import ConfigError
 from cvae.explore import IMAGE_SET_SUFFIXES
 from cvae.files import atomic_path, save_torch_atomic
-from cvae.model.cvae import CVAE, IMAGE_SHAPE, NUM_CLASSES, NUM_PIXELS
+from cvae.model.cvae import Net
+from cvae.model.network import IMAGE_SHAPE, NUM_CLASSES, NUM_PIXELS
 from cvae.sampling.prior import Sampler, generate
 from cvae.validate import check_count
 
@@ -22,7 +23,7 @@ def to_uint8(images: torch.Tensor) -> torch.Tensor:
 
 
 def synthetic_dataset(
-    model: CVAE,
+    model: Net,
     per_digit: int,
     seed: int = 0,
     batch_size: int = 1000,

@@ -10,7 +10,8 @@ from matplotlib.lines import Line2D
 from torchvision.utils import make_grid
 
 from cvae.explore import latent
-from cvae.model.cvae import CVAE, IMAGE_SHAPE, NUM_CLASSES, pixels, posterior_means
+from cvae.model.cvae import Net, pixels, posterior_means, sample
+from cvae.model.network import IMAGE_SHAPE, NUM_CLASSES
 
 
 def image_grid(images: torch.Tensor, nrow: int = 10) -> torch.Tensor:
@@ -24,22 +25,22 @@ def rows_grid(images: torch.Tensor) -> torch.Tensor:
 
 
 @torch.no_grad()
-def digit_rows(model: CVAE, z: torch.Tensor) -> torch.Tensor:
+def digit_rows(model: Net, z: torch.Tensor) -> torch.Tensor:
     """A grid image with one row per digit 0-9, decoded from z of shape (10 * n, latent_dim)."""
     samples_per_digit = len(z) // NUM_CLASSES
     labels = torch.arange(NUM_CLASSES, device=z.device).repeat_interleave(samples_per_digit)
-    return image_grid(model.sample(labels, z), nrow=samples_per_digit)
+    return image_grid(sample(model, labels, z), nrow=samples_per_digit)
 
 
 @torch.no_grad()
-def reconstruction_rows(model: CVAE, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+def reconstruction_rows(model: Net, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     """Originals above their reconstructions, decoded at the posterior mean."""
     mu, _ = model.encode(x, y)
-    recon = model.sample(y, mu)
+    recon = sample(model, y, mu)
     return image_grid(torch.cat([x.view(-1, *IMAGE_SHAPE), recon]), nrow=len(x))
 
 
-def latent_map_images(model: CVAE, x: torch.Tensor, y: torch.Tensor) -> dict[str, torch.Tensor]:
+def latent_map_images(model: Net, x: torch.Tensor, y: torch.Tensor) -> dict[str, torch.Tensor]:
     """`latent_map`: the posterior means of real images coloured by digit (a PCA projection above 2 dims);
     with latent_dim 2 also `latent_manifold`: a manifold grid per digit, digits 0-4 above 5-9."""
     points, axis_names = latent.project_2d(posterior_means(model, x, y))
@@ -55,7 +56,7 @@ def latent_map_images(model: CVAE, x: torch.Tensor, y: torch.Tensor) -> dict[str
     return images
 
 
-def interpolation_images(model: CVAE, steps: int = 10, seed: int = 0) -> dict[str, torch.Tensor]:
+def interpolation_images(model: Net, steps: int = 10, seed: int = 0) -> dict[str, torch.Tensor]:
     """`interpolation_within_digit`: a row per digit, morphing between the same two z in every row;
     `interpolation_across_digits`: one fixed z, row d morphing from digit d into digit d + 1 (9 into 0)."""
     within = [latent.interpolate_within_digit(model, digit, steps, seed) for digit in range(NUM_CLASSES)]
@@ -69,7 +70,7 @@ def interpolation_images(model: CVAE, steps: int = 10, seed: int = 0) -> dict[st
     }
 
 
-def style_transfer_image(model: CVAE, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+def style_transfer_image(model: Net, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     """A row per real image: the image itself, then its style drawn as each digit 0-9."""
     sources = pixels(x).view(-1, 1, *IMAGE_SHAPE).cpu()
     return rows_grid(torch.cat([sources, latent.style_transfer(model, x, y)], dim=1))

@@ -6,7 +6,8 @@ them."""
 import torch
 
 from cvae.errors import ConfigError
-from cvae.model.cvae import CVAE, IMAGE_SHAPE, NUM_CLASSES, model_device, one_hot, posterior_means
+from cvae.model.cvae import Net, model_device, posterior_means, prior_sample, sample
+from cvae.model.network import IMAGE_SHAPE, NUM_CLASSES, one_hot
 from cvae.sampling.prior import prior_latents
 from cvae.validate import check_count, parse_digit
 
@@ -27,7 +28,7 @@ def project_2d(points: torch.Tensor) -> tuple[torch.Tensor, tuple[str, str]]:
 
 
 @torch.no_grad()
-def manifold_grid(model: CVAE, digit: int | str, size: int = MANIFOLD_SIZE) -> torch.Tensor:
+def manifold_grid(model: Net, digit: int | str, size: int = MANIFOLD_SIZE) -> torch.Tensor:
     """A (size x size) grid decoded at evenly spaced quantiles of N(0, 1) in each of the two latent axes
     (latent_dim 2 only): (size * size, 1, 28, 28), z1 growing to the right and z2 growing upwards, as in
     the scatter of latent_scatter."""
@@ -39,7 +40,7 @@ def manifold_grid(model: CVAE, digit: int | str, size: int = MANIFOLD_SIZE) -> t
     z2, z1 = torch.meshgrid(quantiles.flip(0), quantiles, indexing="ij")  # image rows run top-down
     z = torch.stack([z1.flatten(), z2.flatten()], dim=1).to(model_device(model))
     labels = torch.full((len(z),), parse_digit(digit), device=z.device)
-    return model.sample(labels, z).cpu()
+    return sample(model, labels, z).cpu()
 
 
 def lerp(start: torch.Tensor, end: torch.Tensor, steps: int) -> torch.Tensor:
@@ -49,18 +50,18 @@ def lerp(start: torch.Tensor, end: torch.Tensor, steps: int) -> torch.Tensor:
 
 
 @torch.no_grad()
-def interpolate_within_digit(model: CVAE, digit: int | str, steps: int = 10, seed: int = 0) -> torch.Tensor:
+def interpolate_within_digit(model: Net, digit: int | str, steps: int = 10, seed: int = 0) -> torch.Tensor:
     """One digit morphing in style between two z ~ p(z | y) (the same two noises for every digit, given the
     seed): (steps, 1, 28, 28)."""
     start, end = prior_latents(2, model.latent_dim, seed).to(model_device(model))
     labels = torch.full((steps,), parse_digit(digit), device=start.device)
-    z = model.prior_latents(labels, lerp(start, end, steps))  # the prior's affine map keeps lines straight
-    return model.sample(labels, z).cpu()
+    z = prior_sample(model, labels, lerp(start, end, steps))  # the prior's affine map keeps lines straight
+    return sample(model, labels, z).cpu()
 
 
 @torch.no_grad()
 def interpolate_across_digits(
-    model: CVAE, start: int | str, end: int | str, steps: int = 10, seed: int = 0
+    model: Net, start: int | str, end: int | str, steps: int = 10, seed: int = 0
 ) -> torch.Tensor:
     """One style (a fixed z ~ N(0, I)) morphing from digit `start` to digit `end`: the decoder's label input
     moves from one one-hot vector to the other. (steps, 1, 28, 28)."""
@@ -74,11 +75,11 @@ def interpolate_across_digits(
 
 
 @torch.no_grad()
-def style_transfer(model: CVAE, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+def style_transfer(model: Net, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     """Each real image's style (its posterior mean z) drawn as every digit 0-9: (N, 10, 1, 28, 28)."""
     mu = posterior_means(model, x, y).to(model_device(model))
     labels = torch.arange(NUM_CLASSES, device=mu.device).repeat(len(mu))
-    images = model.sample(labels, mu.repeat_interleave(NUM_CLASSES, dim=0))
+    images = sample(model, labels, mu.repeat_interleave(NUM_CLASSES, dim=0))
     return images.cpu().view(len(mu), NUM_CLASSES, *IMAGE_SHAPE)
 
 

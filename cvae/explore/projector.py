@@ -9,7 +9,8 @@ from pathlib import Path
 import torch
 from torch.utils.tensorboard import SummaryWriter
 
-from cvae.model.cvae import CVAE, IMAGE_SHAPE, pixels, posterior_means
+from cvae.model.cvae import Net, pixels, posterior_means
+from cvae.model.network import IMAGE_SHAPE
 
 TAG = "latent/posterior_mean"
 # The Projector opens on a 3-D PCA. Of a 2-D latent its third component is undefined: every point is NaN and the
@@ -22,7 +23,7 @@ def projector_points(z: torch.Tensor) -> torch.Tensor:
     return torch.nn.functional.pad(z, (0, max(0, MIN_DIMS - z.shape[1])))
 
 
-def add_projector(writer: SummaryWriter, model: CVAE, x: torch.Tensor, y: torch.Tensor, step: int) -> None:
+def add_projector(writer: SummaryWriter, model: Net, x: torch.Tensor, y: torch.Tensor, step: int) -> None:
     """One Projector checkpoint: a point per image, labelled with its digit, drawn as the image itself."""
     writer.add_embedding(
         projector_points(posterior_means(model, x, y)),
@@ -33,6 +34,6 @@ def add_projector(writer: SummaryWriter, model: CVAE, x: torch.Tensor, y: torch.
     )
 
 
-def write_projector(model: CVAE, x: torch.Tensor, y: torch.Tensor, output_dir: str | Path) -> None:
+def write_projector(model: Net, x: torch.Tensor, y: torch.Tensor, output_dir: str | Path) -> None:
     with SummaryWriter(log_dir=str(output_dir)) as writer:
         add_projector(writer, model, x, y, step=0)

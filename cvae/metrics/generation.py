@@ -11,7 +11,8 @@ from cvae.errors import ConfigError
 from cvae.metrics import FEATURE_EXTRACTORS
 from cvae.metrics.classifier import ReferenceClassifier, accuracy, fit_classifier, load_reference_classifier
 from cvae.metrics.inception import standard_inception
-from cvae.model.cvae import CVAE, NUM_CLASSES, importance_weighted_nll
+from cvae.model.cvae import Net, importance_weighted_nll
+from cvae.model.network import NUM_CLASSES
 from cvae.sampling.prior import Sampler, generate
 from cvae.validate import check_choice
 
@@ -121,7 +122,7 @@ def balanced_labels(num_samples: int, device: torch.device | str = "cpu") -> tor
 
 
 @torch.no_grad()
-def mean_iw_nll(model: CVAE, images: torch.Tensor, labels: torch.Tensor, k: int, batch_size: int = 500) -> float:
+def mean_iw_nll(model: Net, images: torch.Tensor, labels: torch.Tensor, k: int, batch_size: int = 500) -> float:
     """Mean over images of the k-sample importance-weighted bound on -log p(x | y), in nats."""
     total = sum(
         importance_weighted_nll(model, x, y, k).sum().item()
@@ -131,7 +132,7 @@ def mean_iw_nll(model: CVAE, images: torch.Tensor, labels: torch.Tensor, k: int,
 
 
 def classification_accuracy_score(
-    model: CVAE,
+    model: Net,
     test_images: torch.Tensor,
     test_labels: torch.Tensor,
     per_digit: int,
@@ -152,7 +153,7 @@ def conditional_generation_metrics(features: str, inception_weights: str | None)
 
 
 def generator_report(
-    model: CVAE,
+    model: Net,
     test_images: torch.Tensor,
     test_labels: torch.Tensor,
     *,

@@ -1,6 +1,3 @@
-"""The conditional VAE: networks, priors, ELBO and IW bound (cvae.py), the LightningModule that trains it
-(module.py) and its posterior-collapse diagnostics (posterior.py). Imports nothing of cvae but the foundation
-(errors, seeding)."""
-
-# the choices of model.architecture; here, not in cvae.py, so that the config checks import no torch
-ARCHITECTURES = ("mlp", "conv")
+"""The conditional VAE: the ELBO, the IW bound and sampling over any network (cvae.py), the networks, a file each
+(mlp.py, conv.py, on the base in network.py), the LightningModule that trains them (module.py) and its
+posterior-collapse diagnostics (posterior.py). Imports nothing of cvae but the foundation."""

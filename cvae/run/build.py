@@ -10,7 +10,7 @@ import os
 
 from hydra.errors import InstantiationException
 from hydra.utils import instantiate
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from cvae.errors import ConfigError
 
@@ -40,3 +40,11 @@ def build_group(group: DictConfig | None) -> list:
     if not group:
         return []
     return [build(entry) for entry in group.values() if isinstance(entry, DictConfig) and "_target_" in entry]
+
+
+def build_module(model: DictConfig):
+    """The LightningModule of a model config, its network built from `model.net` and that config kept in its
+    hyperparameters, so that every checkpoint rebuilds the network it holds (cvae.run.checkpoints.load_module)."""
+    module = build(model)
+    module.hparams["net"] = OmegaConf.to_container(model.net, resolve=True)
+    return module

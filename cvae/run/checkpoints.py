@@ -1,51 +1,33 @@
-"""Checkpoints as data only: torch.load(weights_only=True) never runs code from the file; checks that a file
-is a cvae checkpoint of the model asked for, with sane hyperparameters, and that a resume continues the same run;
-and checkpoint writes that are never seen half-done."""
+"""Checkpoint files as data only: torch.load(weights_only=True) never runs code from the file; checks that a file
+is a cvae checkpoint with sane hyperparameters, its network rebuilt from the config it records (through the same
+trusted instantiate as a run's config) on torch's meta device before anything is allocated; and checkpoint writes
+that are never seen half-done. Whether a launch may resume a checkpoint is resume.py's concern."""
 
-import inspect
 import pickle
 import re
 import zipfile
 from pathlib import Path
 
-import pytorch_lightning as pl
 import torch
 from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.plugins.io import TorchCheckpointIO
 
 from cvae.errors import CheckpointError, ConfigError
 from cvae.files import atomic_path
-from cvae.model.cvae import CVAE
 from cvae.model.module import CVAELitModule
+from cvae.run.build import build
 from cvae.run.checks import CHECKPOINT_RULES, MAX_LAYERS, check_config
 
 ZIP_MAGIC = b"PK\x03\x04"  # torch.save writes a zip archive
 # Far above any model of this project (the reference MLP has about a million): a checkpoint asking for more is
 # refused before anything is allocated (hidden_dims=[2000000000] would ask for terabytes).
 MAX_PARAMETERS = 2**30
-# What may differ between a run and its resume: where things go and what is shown or measured, not what is
-# trained (max_epochs: a resume may train on for longer; steps_per_call: the same steps, grouped otherwise).
-NOT_TRAINING = (
-    *("ckpt_path", "resume", "paths", "hydra", "logger", "callbacks", "sampler", "task_name", "optimized_metric"),
-    *("trainer.max_epochs", "trainer.max_steps", "trainer.max_time", "trainer.default_root_dir"),
-    *("trainer.enable_progress_bar", "trainer.enable_model_summary", "trainer.log_every_n_steps"),
-    *("trainer.limit_val_batches", "trainer.limit_test_batches", "trainer.check_val_every_n_epoch"),
-    *("data.data_dir", "data.download", "data.num_workers", "data.eval_batch_size", "model.compile"),
-    "model.steps_per_call",
-)
-
-
-def architecture(hparams) -> dict:
-    """The hyperparameters that fix the shapes of the weights, as plain values (a checkpoint from before the
-    conv model and the learned prior existed holds the reference MLP)."""
-    conv = hparams.get("architecture", "mlp") == "conv"
-    return {
-        "latent_dim": int(hparams["latent_dim"]),
-        "hidden_dims": [int(width) for width in hparams["hidden_dims"]],
-        "architecture": str(hparams.get("architecture", "mlp")),
-        **({"channels": [int(width) for width in hparams["channels"]]} if conv else {}),
-        "learned_prior": bool(hparams.get("learned_prior", False)),
-    }
+# The module's hyperparameters in a checkpoint: `net`, the network's config (_target_ and arguments), and the
+# objective's knobs. The optimizer and scheduler are no part of it: they do not change what the weights mean.
+MODULE_HPARAMS = ("net", "beta", "kl_warmup_epochs", "free_bits", "compile", "eval_seed")
+# Checkpoints written before networks were injected named an architecture instead of holding a `net` config
+LEGACY_NETS = {"mlp": "cvae.model.mlp.MLP", "conv": "cvae.model.conv.Conv"}
+LEGACY_NET_KEYS = ("latent_dim", "hidden_dims", "architecture", "channels", "learned_prior")
 
 
 def read_checkpoint(path: str | Path) -> dict:
@@ -93,41 +75,51 @@ def first_sentence(error: Exception) -> str:
     return str(error).split(". ")[0].splitlines()[0].strip() if str(error).strip() else type(error).__name__
 
 
-def hyperparameter_defaults() -> dict:
-    """What CVAELitModule takes, with its defaults: its own arguments and the CVAE's it passes on."""
-    parameters = {**inspect.signature(CVAE).parameters, **inspect.signature(CVAELitModule).parameters}
-    taken = {name: parameter for name, parameter in parameters.items() if name not in ("optimizer", "model_options")}
-    return {name: parameter.default for name, parameter in taken.items()}
+def legacy_hyperparameters(hparams: dict) -> dict:
+    """A checkpoint of before `net:` (the mlp or conv network by name) as a `net` config of today's classes."""
+    if "net" in hparams or not {"latent_dim", "hidden_dims"} <= hparams.keys():
+        return hparams
+    net = {key: hparams[key] for key in LEGACY_NET_KEYS if key in hparams}
+    architecture = net.pop("architecture", "mlp")
+    if architecture not in LEGACY_NETS:
+        raise ConfigError(f"architecture={architecture!r} is unknown; choose one of {', '.join(LEGACY_NETS)}")
+    if architecture == "mlp":
+        net.pop("channels", None)
+    rest = {key: value for key, value in hparams.items() if key not in LEGACY_NET_KEYS}
+    return {"net": {"_target_": LEGACY_NETS[architecture], **net}, **rest}
 
 
 def check_hyperparameters(hparams, path: Path) -> dict:
-    """Types, ranges and size of the model a checkpoint describes, before anything is built from it; returns them
-    with the defaults of what they leave out (a checkpoint from before an option existed)."""
+    """Types, ranges and size of the model a checkpoint describes, before anything is built from it: the module's
+    knobs by CHECKPOINT_RULES, the network's arguments by its own constructor, run on torch's meta device (every
+    shape, no memory). Returns them in today's form (legacy_hyperparameters)."""
     if not isinstance(hparams, dict):
         raise CheckpointError(f"{path} is not a cvae checkpoint: its hyper_parameters are no mapping")
-    defaults = hyperparameter_defaults()
-    unknown = sorted(set(map(str, hparams)) - defaults.keys())
-    if unknown:
-        raise CheckpointError(
-            f"{path} holds hyperparameters this version of cvae does not know ({', '.join(unknown)}); it was "
-            f"written by another program or version"
-        )
-    hparams = {**defaults, **hparams}
+    try:
+        hparams = legacy_hyperparameters(hparams)
+    except ConfigError as error:
+        raise CheckpointError(f"{path} holds a bad hyperparameter: {error}") from None
+    unknown = sorted(set(map(str, hparams)) - set(MODULE_HPARAMS))
+    if unknown or not isinstance(hparams.get("net"), dict):
+        what = f"hyperparameters this version of cvae does not know ({', '.join(unknown)})" if unknown else "no net"
+        raise CheckpointError(f"{path} holds {what}; it was written by another program or version")
+    entries = {**hparams, **hparams["net"]}
     too_long = sorted(
-        key for key, value in hparams.items() if isinstance(value, list | tuple) and len(value) > MAX_LAYERS
+        key for key, value in entries.items() if isinstance(value, list | tuple) and len(value) > MAX_LAYERS
     )
     if too_long:  # said before OmegaConf reads it (a million entries take it minutes)
         raise CheckpointError(
-            f"{path} holds a bad hyperparameter: {too_long[0]} has {len(hparams[too_long[0]])} entries, more than the "
+            f"{path} holds a bad hyperparameter: {too_long[0]} has {len(entries[too_long[0]])} entries, more than the "
             f"{MAX_LAYERS} layers this project allows"
         )
     try:
         check_config(OmegaConf.create(hparams), CHECKPOINT_RULES)
+        with torch.device("meta"):
+            parameters = sum(parameter.numel() for parameter in build_net(hparams["net"]).parameters())
     except ConfigError as error:
         raise CheckpointError(f"{path} holds a bad hyperparameter: {error}") from None
-    except Exception:  # OmegaConf refuses values that are no plain config values (a tensor, say)
-        raise CheckpointError(f"{path} holds hyperparameters that are not plain values") from None
-    parameters = parameter_count(hparams)
+    except Exception as error:  # values no config holds (a tensor, say), or arguments the network does not take
+        raise CheckpointError(f"{path} holds hyperparameters that build no network ({first_sentence(error)})") from None
     if parameters > MAX_PARAMETERS:
         raise CheckpointError(
             f"{path} describes a model of about {parameters:.2g} parameters ({4 * parameters / 1e9:.3g} GB), beyond "
@@ -136,93 +128,23 @@ def check_hyperparameters(hparams, path: Path) -> dict:
     return hparams
 
 
-def parameter_count(hparams: dict) -> int:
-    """How many weights the model of these hyperparameters holds: the model itself, built on torch's meta device,
-    which gives every tensor its shape and allocates none."""
-    options = {key: hparams[key] for key in ("architecture", "channels", "learned_prior")}
-    with torch.device("meta"):
-        model = CVAE(hparams["latent_dim"], hparams["hidden_dims"], **options)
-    return sum(parameter.numel() for parameter in model.parameters())
+def build_net(net: dict | DictConfig) -> torch.nn.Module:
+    """The network of a `net` config, a checkpoint's or a run's, through the trusted instantiate."""
+    return build(OmegaConf.create(net) if isinstance(net, dict) else net, _convert_="all")
 
 
 def load_module(path: str | Path) -> CVAELitModule:
-    """The CVAELitModule a checkpoint describes: its hyperparameters rebuild the model, then its weights load."""
+    """The CVAELitModule a checkpoint describes: its `net` config rebuilds the network, then its weights load."""
     checkpoint = read_checkpoint(path)
-    module = CVAELitModule(**checkpoint["hyper_parameters"])
+    hparams = dict(checkpoint["hyper_parameters"])
+    module = CVAELitModule(net=build_net(hparams["net"]), **{key: hparams[key] for key in hparams if key != "net"})
+    module.hparams["net"] = hparams["net"]  # as in training (cvae.run.build.build_module): a re-save reloads
+    module.on_load_checkpoint(checkpoint)  # today's parameter names for a legacy checkpoint
     try:
         module.load_state_dict(checkpoint["state_dict"])
     except RuntimeError as error:
         raise CheckpointError(f"{path} does not match the model its hyperparameters describe ({error})") from None
     return module.eval()
-
-
-def check_resumable(path: str | Path, cfg: DictConfig) -> dict[str, dict]:
-    """Refuse, before training starts, a resume that is not of the same run: a model of other shapes always,
-    other training settings (seed, batch_size, lr, data, ...) unless resume.allow_changes. Returns the changed
-    settings, {key: {"checkpoint": value, "now": value}}, for the record."""
-    checkpoint = read_checkpoint(path)
-    saved, asked = architecture(checkpoint["hyper_parameters"]), architecture(cfg.model)
-    differing = [key for key in {**saved, **asked} if saved.get(key) != asked.get(key)]
-    if differing:
-        raise CheckpointError(
-            f"{path} holds a model with {describe(saved, differing)} but the config asks for "
-            f"{describe(asked, differing)}; resume with the overrides the run was started with"
-        )
-    callbacks = checkpoint.get("callbacks")
-    recorded = callbacks.get(RunRecord.__qualname__) if isinstance(callbacks, dict) else None
-    if not isinstance(recorded, dict) or not isinstance(recorded.get("settings"), dict):
-        return {}  # written before runs recorded their settings: only the architecture can be compared
-    saved, asked = recorded["settings"], training_settings(cfg)
-    changed = [key for key in sorted({**saved, **asked}) if saved.get(key, "<unset>") != asked.get(key, "<unset>")]
-    if changed and not OmegaConf.select(cfg, "resume.allow_changes", default=False):
-        raise CheckpointError(
-            f"{path} is of a run with {describe(saved, changed)} but this launch asks for "
-            f"{describe(asked, changed)}: a resume continues the same run. Resume with the run's own values, or "
-            f"pass resume.allow_changes=true to continue it changed (recorded in the run dir's resumes.json)"
-        )
-    return {key: {"checkpoint": saved.get(key), "now": asked.get(key)} for key in changed}
-
-
-def describe(settings: dict, keys: list[str]) -> str:
-    return ", ".join(f"{key}={settings.get(key, '<unset>')}" for key in keys)
-
-
-def training_settings(cfg: DictConfig) -> dict:
-    """Every resolved setting that changes what is trained, by dotted key (NOT_TRAINING left out)."""
-    settings = {}
-
-    def visit(node: DictConfig, prefix: str) -> None:
-        for key in node:
-            dotted = f"{prefix}{key}"
-            if dotted in NOT_TRAINING:
-                continue
-            value = node[key]
-            if isinstance(value, DictConfig):
-                visit(value, f"{dotted}.")
-            else:
-                settings[dotted] = OmegaConf.to_container(value, resolve=True) if OmegaConf.is_list(value) else value
-
-    visit(cfg, "")
-    return settings
-
-
-class RunRecord(pl.Callback):
-    """Keeps the run's training settings in every checkpoint, so that a resume can be compared with the run."""
-
-    def __init__(self, cfg: DictConfig):
-        self.settings = training_settings(cfg)
-
-    def state_dict(self) -> dict:
-        return {"settings": self.settings}
-
-    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        # a resume with resume.allow_changes=true and another lr: the optimizer Lightning restored from the
-        # checkpoint takes the lr asked for (and recorded), not the checkpoint's; otherwise this changes nothing
-        lr = self.settings.get("model.optimizer.lr")
-        if lr is None:
-            return
-        for group in (group for optimizer in trainer.optimizers for group in optimizer.param_groups):
-            group["lr"] = lr
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):

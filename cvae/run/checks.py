@@ -15,7 +15,6 @@ from omegaconf import DictConfig, OmegaConf
 from cvae.errors import ConfigError
 from cvae.explore import IMAGE_SET_SUFFIXES, SCORES
 from cvae.metrics import FEATURE_EXTRACTORS
-from cvae.model import ARCHITECTURES
 from cvae.sampling import COVARIANCES
 from cvae.validate import check_choice, check_count, parse_digit, parse_digits, positive_int, positive_number
 
@@ -95,19 +94,15 @@ TRAIN_RULES: dict[str, Rule] = {
     "trainer.devices": devices,
     "trainer.precision": choice(PRECISIONS),
     "trainer.max_epochs": (positive_int, "a positive integer, e.g. trainer.max_epochs=10"),
-    "model.hidden_dims": (
-        lambda value: len(value) > 0 and all(positive_int(width) for width in value),
-        "a non-empty list of positive integers, e.g. model.hidden_dims=[512,256]",
-    ),
     "model.beta": (lambda value: isinstance(value, (int, float)) and value >= 0, "a number >= 0"),
     "model.free_bits": (lambda value: isinstance(value, (int, float)) and value >= 0, "a number >= 0 (nats)"),
     "model.kl_warmup_epochs": (lambda value: isinstance(value, int) and value >= 0, "an integer >= 0"),
     "data.eval_batch_size": (positive_int, "a positive integer"),
-    "model.steps_per_call": (positive_int, "a positive integer, e.g. model.steps_per_call=8"),
-    # the model makes its optimizer steps itself (several per Lightning call), where Lightning clips nothing
-    # and accumulates nothing: refused here in one line rather than by Lightning's traceback
-    "trainer.gradient_clip_val": (lambda value: not value, "null: the model steps its optimizer itself, unclipped"),
-    "trainer.accumulate_grad_batches": (lambda value: value == 1, "1 (raise batch_size instead)"),
+    "trainer.gradient_clip_val": (
+        lambda value: value is None or (positive_number(value) and value < float("inf")),
+        "null (no clipping) or a positive number, e.g. trainer.gradient_clip_val=1.0",
+    ),
+    "trainer.accumulate_grad_batches": (positive_int, "a positive integer, e.g. trainer.accumulate_grad_batches=4"),
     "data.val_size": (lambda value: positive_int(value) and value < 60_000, "an integer in 1..59999"),
     "callbacks.generation_quality.features": choice(FEATURE_EXTRACTORS),
     "sampler.components": (positive_int, "a positive integer, e.g. sampler.components=10"),
@@ -115,16 +110,10 @@ TRAIN_RULES: dict[str, Rule] = {
     "resume.allow_changes": (lambda value: isinstance(value, bool), "true or false"),
     "ckpt_path": checkpoint_file,  # last: a bad value elsewhere is said before a missing file
 }
-# a checkpoint's hyper_parameters, checked before a model is built from them (keys as CVAELitModule takes them)
+# a checkpoint's hyper_parameters, checked before a model is built from them (keys as CVAELitModule takes them;
+# the network's arguments are checked by the network's own constructor)
 CHECKPOINT_RULES: dict[str, Rule] = {
-    "latent_dim": TRAIN_RULES["latent_dim"],
-    "hidden_dims": (
-        lambda value: 0 < len(value) <= MAX_LAYERS and all(map(positive_int, value)),
-        f"a list of 1 to {MAX_LAYERS} positive integers",
-    ),
-    "architecture": choice(ARCHITECTURES),
-    "channels": (lambda value: len(value) == 2 and all(map(positive_int, value)), "two positive integers"),
-    "learned_prior": (lambda value: isinstance(value, bool), "true or false"),
+    "net.latent_dim": TRAIN_RULES["latent_dim"],
     "compile": (lambda value: isinstance(value, bool), "true or false"),
     "beta": TRAIN_RULES["model.beta"],
     "free_bits": TRAIN_RULES["model.free_bits"],

@@ -26,7 +26,7 @@ from cvae.explore.latent import first_of_each_digit
 from cvae.explore.projector import write_projector
 from cvae.files import atomic_path, write_json_atomic
 from cvae.metrics.generation import generator_report
-from cvae.model.cvae import CVAE, model_device, pixels
+from cvae.model.cvae import Net, model_device, pixels
 from cvae.run.build import build
 from cvae.run.checkpoints import load_module
 from cvae.sampling.prior import Sampler
@@ -44,18 +44,18 @@ def evaluate(cfg: DictConfig) -> dict:
     module.to(trainer.strategy.root_device)  # Lightning moves it to the CPU after testing; the rest runs here
 
     output_dir = Path(cfg.paths.output_dir)
-    sampler = build(cfg.sampler).fit_for_checkpoint(module.model, *split_tensors(datamodule, "train"), cfg.ckpt_path)
-    z = sampler.grid_latents(module.model, cfg.samples_per_digit, seed=cfg.seed)
-    save_png(digit_rows(module.model, z.to(model_device(module.model))), output_dir / "samples.png")
+    sampler = build(cfg.sampler).fit_for_checkpoint(module.net, *split_tensors(datamodule, "train"), cfg.ckpt_path)
+    z = sampler.grid_latents(module.net, cfg.samples_per_digit, seed=cfg.seed)
+    save_png(digit_rows(module.net, z.to(model_device(module.net))), output_dir / "samples.png")
     test_split = split_tensors(datamodule, "test")
-    metrics.update(quality_report(module.model, cfg, *test_split, sampler))
-    for name, picture in requested_pictures(module.model, cfg, *test_split, sampler).items():
+    metrics.update(quality_report(module.net, cfg, *test_split, sampler))
+    for name, picture in requested_pictures(module.net, cfg, *test_split, sampler).items():
         save_png(picture, output_dir / f"{name}.png")
     if cfg.projector:
-        write_projector(module.model, *(part[: cfg.projector_images] for part in test_split), output_dir)
+        write_projector(module.net, *(part[: cfg.projector_images] for part in test_split), output_dir)
     if cfg.export.per_digit:
-        export_synthetic(module.model, cfg, output_dir, sampler)
-    metrics.update(write_anomaly_outputs(module.model, cfg, *test_split, output_dir, scored))
+        export_synthetic(module.net, cfg, output_dir, sampler)
+    metrics.update(write_anomaly_outputs(module.net, cfg, *test_split, output_dir, scored))
     write_json_atomic(output_dir / "metrics.json", {**metrics, "ckpt_path": str(Path(cfg.ckpt_path).resolve())})
     print(format_table(dict(sorted(metrics.items(), key=lambda item: item[0].count("/")))))  # per-digit rows last
     return metrics
@@ -67,9 +67,7 @@ def save_png(picture: torch.Tensor, path: Path) -> None:
         save_image(picture, temporary, format="png")
 
 
-def quality_report(
-    model: CVAE, cfg: DictConfig, x: torch.Tensor, y: torch.Tensor, sampler: Sampler
-) -> dict[str, float]:
+def quality_report(model: Net, cfg: DictConfig, x: torch.Tensor, y: torch.Tensor, sampler: Sampler) -> dict[str, float]:
     """test/fid, test/label_acc (both also per digit), test/nll_iw and, with quality.cas, test/cas."""
     quality = cfg.quality
     device = model_device(model)
@@ -90,7 +88,7 @@ def quality_report(
 
 
 def requested_pictures(
-    model: CVAE, cfg: DictConfig, x: torch.Tensor, y: torch.Tensor, sampler: Sampler
+    model: Net, cfg: DictConfig, x: torch.Tensor, y: torch.Tensor, sampler: Sampler
 ) -> dict[str, torch.Tensor]:
     """The PNG images the config asks for, by file name (without .png)."""
     pictures = {}
@@ -109,7 +107,7 @@ def requested_pictures(
     return pictures
 
 
-def export_synthetic(model: CVAE, cfg: DictConfig, output_dir: Path, sampler: Sampler) -> None:
+def export_synthetic(model: Net, cfg: DictConfig, output_dir: Path, sampler: Sampler) -> None:
     images, labels = synthetic_dataset(
         model, cfg.export.per_digit, cfg.seed, cfg.batch_size, progress=True, sampler=sampler
     )
@@ -126,7 +124,7 @@ def scored_set(cfg: DictConfig) -> tuple[torch.Tensor, torch.Tensor] | None:
 
 
 def write_anomaly_outputs(
-    model: CVAE, cfg: DictConfig, x: torch.Tensor, y: torch.Tensor, output_dir: Path, scored: tuple | None = None
+    model: Net, cfg: DictConfig, x: torch.Tensor, y: torch.Tensor, output_dir: Path, scored: tuple | None = None
 ) -> dict:
     """anomaly_scores.csv and anomaly_demo.json, as asked; the demo's AUROC as a metric. `scored`: the set of
     anomaly.scores_for read beforehand (None: the test set)."""

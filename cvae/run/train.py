@@ -18,20 +18,18 @@ from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.callbacks import ModelCheckpoint, ProgressBar, TQDMProgressBar
 from pytorch_lightning.utilities import rank_zero_only
 
+from cvae.callbacks.rank_state import RankState
+from cvae.callbacks.record import RunRecord
 from cvae.callbacks.safety import CheckpointOnInterrupt, StopOnDivergence
-from cvae.files import read_json, write_json_atomic
-from cvae.run.build import build, build_group
-from cvae.run.checkpoints import AtomicCheckpointIO, RunRecord, check_resumable
+from cvae.callbacks.signals import StopTogether
+from cvae.files import write_json_atomic
+from cvae.run.build import build, build_group, build_module
+from cvae.run.checkpoints import AtomicCheckpointIO
+from cvae.run.devices import member_devices
 from cvae.run.hparams import log_final
+from cvae.run.launch import JOB_CONFIG_VARIABLE, launch_local_ranks
 from cvae.run.loggers import wandb_run_closed
-from cvae.run.ranks import (
-    JOB_CONFIG_VARIABLE,
-    RankState,
-    StopTogether,
-    launch_local_ranks,
-    member_devices,
-    requeued_checkpoint,
-)
+from cvae.run.resume import check_resumable, record_resume, requeued_checkpoint, training_settings
 
 PACKAGES = (
     "torch",
@@ -55,7 +53,7 @@ def train(cfg: DictConfig) -> dict:
     torch.set_float32_matmul_precision(cfg.get("matmul_precision", "highest"))
     pl.seed_everything(cfg.seed, workers=True)
     datamodule = build(cfg.data)
-    model = build(cfg.model)
+    model = build_module(cfg.model)
     loggers = build_group(cfg.get("logger"))
     trainer = build_trainer(cfg, loggers)
     write_environment(output_dir / "environment.json", cfg.paths.root_dir)
@@ -79,7 +77,13 @@ def build_trainer(cfg: DictConfig, loggers: list) -> pl.Trainer:
     default bar, Rich when installed, redraws and reads every logged metric after each batch: about 1 ms of a
     12 ms step on CPU, and a host-device sync per step on a GPU)."""
     # always on, whatever the callbacks group: resumable runs, and no training on from NaN weights
-    safety = [RankState(cfg.seed), RunRecord(cfg), StopTogether(), StopOnDivergence(), CheckpointOnInterrupt()]
+    safety = [
+        RankState(cfg.seed),
+        RunRecord(training_settings(cfg)),
+        StopTogether(),
+        StopOnDivergence(),
+        CheckpointOnInterrupt(),
+    ]
     callbacks = [*build_group(cfg.get("callbacks")), *safety]
     if cfg.trainer.get("enable_progress_bar", True) and not any(isinstance(c, ProgressBar) for c in callbacks):
         callbacks.append(TQDMProgressBar(refresh_rate=10))
@@ -123,18 +127,6 @@ def within_run_dir(path: str, output_dir: str) -> str:
     if path and Path(path).is_relative_to(output_dir):
         return str(Path(path).relative_to(output_dir))
     return path
-
-
-@rank_zero_only
-def record_resume(output_dir: Path, ckpt_path: str, changed: dict) -> None:
-    """Append this resume to the run dir's resumes.json: from which checkpoint, with which settings changed
-    (only with resume.allow_changes=true; otherwise none). Hydra keeps each launch's overrides in .hydra/."""
-    path = output_dir / "resumes.json"
-    history = read_json(path) or {"resumes": []}
-    history["resumes"].append({"ckpt_path": str(Path(ckpt_path).resolve()), "changed": changed})
-    write_json_atomic(path, history)
-    if changed:
-        print(f"resuming with changed settings ({', '.join(changed)}), as resume.allow_changes=true; see {path}")
 
 
 @rank_zero_only

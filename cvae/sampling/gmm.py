@@ -12,7 +12,8 @@ import torch
 
 from cvae.errors import ConfigError, StorageError
 from cvae.files import file_sha256, save_torch_atomic
-from cvae.model.cvae import CVAE, NUM_CLASSES, posterior_means
+from cvae.model.cvae import Net, posterior_means
+from cvae.model.network import NUM_CLASSES
 from cvae.sampling import COVARIANCES
 from cvae.sampling.prior import grid_labels
 from cvae.validate import check_choice, positive_int
@@ -43,7 +44,7 @@ class GaussianMixtureSampler:
             "max_iterations": self.max_iterations,
         }
 
-    def fit(self, model: CVAE, images: torch.Tensor, labels: torch.Tensor) -> "GaussianMixtureSampler":
+    def fit(self, model: Net, images: torch.Tensor, labels: torch.Tensor) -> "GaussianMixtureSampler":
         """Fit each digit's mixture to the posterior means of its images (uint8 (N, 28, 28) or floats in [0, 1])."""
         means = posterior_means(model, images, labels).double()
         labels = labels.cpu()
@@ -60,7 +61,7 @@ class GaussianMixtureSampler:
         self.mixture = {key: torch.stack([fit[key] for fit in fits]) for key in fits[0]}
         return self
 
-    def fit_for_checkpoint(self, model: CVAE, images, labels, ckpt_path) -> "GaussianMixtureSampler":
+    def fit_for_checkpoint(self, model: Net, images, labels, ckpt_path) -> "GaussianMixtureSampler":
         """Reuse the fit saved beside the checkpoint if it was made with these settings from this very file;
         otherwise fit, say so, and save it there (written to a temporary name, then renamed)."""
         ckpt_path = Path(ckpt_path)
@@ -87,7 +88,7 @@ class GaussianMixtureSampler:
         return ckpt_path.with_name(f"{ckpt_path.name}.gmm{self.components}_{self.covariance}_seed{self.fit_seed}.pt")
 
     @torch.no_grad()
-    def latents(self, model: CVAE, labels: torch.Tensor, seed: int) -> torch.Tensor:
+    def latents(self, model: Net, labels: torch.Tensor, seed: int) -> torch.Tensor:
         """One z per label from its digit's mixture, on the CPU: a component drawn by weight, then its Gaussian."""
         if self.mixture is None:
             raise RuntimeError("the ex-post mixture is used before it was fitted")
@@ -98,7 +99,7 @@ class GaussianMixtureSampler:
         z = self.mixture["means"][labels, component] + (self.mixture["scale_tril"][labels, component] @ eps).squeeze(2)
         return z.float()
 
-    def grid_latents(self, model: CVAE, samples_per_digit: int, seed: int = 0) -> torch.Tensor:
+    def grid_latents(self, model: Net, samples_per_digit: int, seed: int = 0) -> torch.Tensor:
         """z for a grid with a row per digit, each from its digit's mixture."""
         return self.latents(model, grid_labels(samples_per_digit), seed)
 

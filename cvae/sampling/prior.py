@@ -6,7 +6,8 @@ from typing import Protocol
 import torch
 from tqdm.auto import tqdm
 
-from cvae.model.cvae import CVAE, NUM_CLASSES, model_device
+from cvae.model.cvae import Net, model_device, prior_sample, sample
+from cvae.model.network import NUM_CLASSES
 
 
 class Sampler(Protocol):
@@ -14,13 +15,13 @@ class Sampler(Protocol):
 
     name: str
 
-    def fit(self, model: CVAE, images: torch.Tensor, labels: torch.Tensor) -> "Sampler": ...
+    def fit(self, model: Net, images: torch.Tensor, labels: torch.Tensor) -> "Sampler": ...
 
-    def fit_for_checkpoint(self, model: CVAE, images, labels, ckpt_path) -> "Sampler": ...
+    def fit_for_checkpoint(self, model: Net, images, labels, ckpt_path) -> "Sampler": ...
 
-    def latents(self, model: CVAE, labels: torch.Tensor, seed: int) -> torch.Tensor: ...
+    def latents(self, model: Net, labels: torch.Tensor, seed: int) -> torch.Tensor: ...
 
-    def grid_latents(self, model: CVAE, samples_per_digit: int, seed: int = 0) -> torch.Tensor: ...
+    def grid_latents(self, model: Net, samples_per_digit: int, seed: int = 0) -> torch.Tensor: ...
 
 
 def prior_latents(count: int, latent_dim: int, seed: int) -> torch.Tensor:
@@ -39,34 +40,32 @@ class PriorSampler:
 
     name = "prior"
 
-    def fit(self, model: CVAE, images: torch.Tensor, labels: torch.Tensor) -> "PriorSampler":
+    def fit(self, model: Net, images: torch.Tensor, labels: torch.Tensor) -> "PriorSampler":
         return self  # nothing to fit
 
-    def fit_for_checkpoint(self, model: CVAE, images, labels, ckpt_path) -> "PriorSampler":
+    def fit_for_checkpoint(self, model: Net, images, labels, ckpt_path) -> "PriorSampler":
         return self
 
-    def latents(self, model: CVAE, labels: torch.Tensor, seed: int) -> torch.Tensor:
+    def latents(self, model: Net, labels: torch.Tensor, seed: int) -> torch.Tensor:
         """One z per label, on the CPU."""
         return from_prior(model, labels, prior_latents(len(labels), model.latent_dim, seed))
 
-    def grid_latents(self, model: CVAE, samples_per_digit: int, seed: int = 0) -> torch.Tensor:
+    def grid_latents(self, model: Net, samples_per_digit: int, seed: int = 0) -> torch.Tensor:
         """z for a grid with a row per digit: the same noise in every row, so a column is one style."""
         eps = prior_latents(samples_per_digit, model.latent_dim, seed).repeat(NUM_CLASSES, 1)
         return from_prior(model, grid_labels(samples_per_digit), eps)
 
 
 @torch.no_grad()
-def from_prior(model: CVAE, labels: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
+def from_prior(model: Net, labels: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
     """z ~ p(z | y) from standard normal noise, on the CPU; the noise itself under the reference N(0, I)."""
-    if not model.learned_prior:
-        return eps
     device = model_device(model)
-    return model.prior_latents(labels.to(device), eps.to(device)).cpu()
+    return prior_sample(model, labels.to(device), eps.to(device)).cpu()
 
 
 @torch.no_grad()
 def decode(
-    model: CVAE, labels: torch.Tensor, z: torch.Tensor, batch_size: int = 1000, progress: str | None = None
+    model: Net, labels: torch.Tensor, z: torch.Tensor, batch_size: int = 1000, progress: str | None = None
 ) -> torch.Tensor:
     """Images (N, 1, 28, 28) in [0, 1] of the labels at the given z, decoded batch by batch on the model's
     device and left there; a progress bar when `progress` names it."""
@@ -74,14 +73,14 @@ def decode(
     batches = list(zip(labels.split(batch_size), z.split(batch_size)))
     return torch.cat(
         [
-            model.sample(y.to(device), z_batch.to(device))
+            sample(model, y.to(device), z_batch.to(device))
             for y, z_batch in tqdm(batches, desc=progress, disable=progress is None, unit="batch")
         ]
     )
 
 
 def generate(
-    model: CVAE,
+    model: Net,
     labels: torch.Tensor,
     seed: int = 0,
     sampler: Sampler | None = None,

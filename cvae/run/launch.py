@@ -1,6 +1,5 @@
-"""Local DDP ranks and what each rank keeps to itself: the launcher that starts this machine's other ranks, the
-watchdog that ends the job when one of them dies, SIGTERM / SIGINT that stop every rank after the same step, and
-per-rank random streams, saved in every checkpoint for every rank and given back to each on resuming."""
+"""Local DDP ranks: the launcher that starts this machine's other ranks, the watchdog that ends the job when one
+of them dies, and how a job every rank stopped for a signal ends."""
 
 import _thread
 import os
@@ -14,16 +13,15 @@ from pathlib import Path
 
 import pytorch_lightning as pl
 import torch
-from hydra.core.hydra_config import HydraConfig
-from lightning_utilities.core.apply_func import apply_to_collection
 from omegaconf import DictConfig, OmegaConf
-from pytorch_lightning.strategies.launchers import _SubprocessScriptLauncher
-from pytorch_lightning.utilities import rank_zero_warn
-from pytorch_lightning.utilities.exceptions import SIGTERMException
-from torchmetrics import Metric
 
+# Private reads (tests/test_private_state.py lists every one): Lightning exports no public name for the launcher
+# that re-runs the script per rank, the only one launch_local_ranks replaces
+from pytorch_lightning.strategies.launchers.subprocess_script import _SubprocessScriptLauncher
+from pytorch_lightning.utilities.exceptions import SIGTERMException
+
+from cvae.callbacks.signals import StopTogether
 from cvae.errors import RankError
-from cvae.seeding import random_state, set_random_state, stream_seed
 
 # A DDP rank started by launch_local_ranks finds its job's config, resolved, in this environment variable.
 JOB_CONFIG_VARIABLE = "CVAE_JOB_CONFIG"
@@ -35,50 +33,6 @@ GRACE_PERIOD = 10.0  # seconds this rank gets to stop by itself once a child die
 # Exit codes of a rank that was stopped by Ctrl-C or SIGTERM, as every rank is (StopTogether): it saved its part
 # of the checkpoint and ended in order, which is no failure for the watchdog to act on.
 STOPPED = {128 + signal.SIGINT, 128 + signal.SIGTERM, -signal.SIGINT, -signal.SIGTERM}
-
-
-def gather(trainer: pl.Trainer, local: dict) -> list[dict]:
-    """Every rank's `local`, in rank order, on every rank, its tensors on the CPU: a tensor pickled on cuda:k is
-    unpickled onto cuda:k by every rank, which fails where each process sees one GPU (srun --gpus-per-task)."""
-    local = apply_to_collection(local, torch.Tensor, torch.Tensor.cpu)
-    if trainer.world_size == 1 or not torch.distributed.is_initialized():
-        return [local]
-    gathered = [None] * trainer.world_size
-    torch.distributed.all_gather_object(gathered, local)
-    return gathered
-
-
-class StopTogether(pl.Callback):
-    """Under DDP, SIGTERM or SIGINT to any rank, or to all, stops every rank after the same step: each rank notes
-    its signal, the ranks agree after every step (a MAX over one integer, as Lightning itself broadcasts one per
-    step), and then every rank stops there, so CheckpointOnInterrupt writes last.ckpt with every rank in it.
-
-    Written here because Lightning's SIGTERM handler runs a collective inside the handler, on the signalled rank
-    alone (a deadlock when one rank is signalled mid-step), and forwards the signal only to ranks its own
-    launcher started; Lightning has no SIGINT handling under DDP."""
-
-    def __init__(self):
-        self.received = 0  # the signal this rank got (SIGTERM outranks SIGINT)
-        self.stopped_by = 0  # the signal every rank stopped for
-
-    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        # after Lightning registered its handlers; it puts back those of before fit at its teardown
-        if trainer.world_size > 1:
-            for signum in (signal.SIGTERM, signal.SIGINT):
-                signal.signal(signum, self.receive)
-
-    def receive(self, signum: int, frame) -> None:
-        self.received = max(self.received, signum)
-
-    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, *args) -> None:
-        if trainer.world_size == 1 or not torch.distributed.is_initialized():
-            return
-        agreed = torch.tensor(self.received, device=trainer.strategy.root_device)
-        torch.distributed.all_reduce(agreed, op=torch.distributed.ReduceOp.MAX)
-        if agreed.item():
-            self.stopped_by = int(agreed.item())
-            # Lightning stops at the end of this step, on every rank, with its own SIGTERMException
-            trainer._signal_connector.received_sigterm = True
 
 
 @contextmanager
@@ -96,60 +50,6 @@ def exit_as_signalled(trainer: pl.Trainer):
         if signum == signal.SIGINT:
             raise KeyboardInterrupt from None
         raise
-
-
-class RankState(pl.Callback):
-    """Each rank's training noise, its own stream seeded by (seed, rank), and what it has summed so far of the
-    epoch's training metrics: gathered from every rank into every checkpoint, and given back to each rank when
-    the run resumes, so a run resumed at any step draws and sums what an uninterrupted one would have
-    (Lightning's checkpoints hold no random state, and torchmetrics states are per rank)."""
-
-    def __init__(self, seed: int):
-        self.seed = seed
-        self.restored: list[dict] | None = None
-
-    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
-        self.trainer, self.pl_module = trainer, pl_module
-        if stage == "fit":  # after the weights were initialised from the global seed, alike on every rank
-            torch.manual_seed(stream_seed(self.seed, trainer.global_rank))
-
-    def state_dict(self) -> dict:
-        if self.restored is not None:
-            # restored but not yet handed back (a checkpoint written before on_train_start): what this run goes on
-            # from is the restored streams, not the freshly seeded ones
-            return {"ranks": self.restored}
-        module, device = self.pl_module, self.pl_module.device
-        local = {
-            # an evaluation pass holds the training stream aside (see CVAELitModule.evaluation_noise)
-            "random": module.held_training_noise or random_state(device),
-            "metrics": {name: metric.metric_state for name, metric in training_metrics(module)},
-        }
-        return {"ranks": gather(self.trainer, local)}
-
-    def load_state_dict(self, state_dict: dict) -> None:
-        self.restored = state_dict["ranks"]
-
-    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        # Here, after the sanity check and after Lightning restored the loops, just before the first batch.
-        if self.restored is None:
-            return
-        if len(self.restored) != trainer.world_size:
-            rank_zero_warn(
-                f"the checkpoint was written by {len(self.restored)} processes and this run has "
-                f"{trainer.world_size}: the random streams go on from rank 0's, so the run is not exactly the "
-                f"one that was interrupted"
-            )
-        mine = self.restored[trainer.global_rank if len(self.restored) == trainer.world_size else 0]
-        set_random_state(mine["random"], pl_module.device)
-        for name, metric in training_metrics(pl_module):
-            metric.reset()
-            metric.merge_state({key: value.to(pl_module.device) for key, value in mine["metrics"][name].items()})
-        self.restored = None
-
-
-def training_metrics(module: pl.LightningModule) -> list[tuple[str, Metric]]:
-    """The torchmetrics of the training epoch, which sum over its steps (the evaluation ones start afresh)."""
-    return [(name, metric) for name, metric in module.named_modules() if isinstance(metric, Metric) and "train" in name]
 
 
 @contextmanager
@@ -269,31 +169,6 @@ class RankWatchdog(threading.Thread):
                 time.sleep(2 * WATCH_PERIOD)  # Python delivers a pending interrupt_main at the next bytecode
         except KeyboardInterrupt:
             self.stopped.set()
-
-
-def requeued_checkpoint(cfg: DictConfig) -> str | None:
-    """What to resume from: ckpt_path, or, in a SLURM job that was requeued (preempted, `scontrol requeue`), the
-    last.ckpt its previous run saved in this same run dir when SLURM stopped it with SIGTERM."""
-    if cfg.get("ckpt_path") or not int(os.environ.get("SLURM_RESTART_COUNT") or 0):
-        return cfg.get("ckpt_path")
-    last = Path(cfg.paths.output_dir) / "checkpoints" / "last.ckpt"
-    return str(last) if last.is_file() else None
-
-
-def member_devices(trainer_cfg: DictConfig):
-    """`trainer.devices` for this job: under hydra/launcher=joblib, whose members train side by side on this
-    machine, member k takes GPUs k*n, k*n+1, ... (mod the GPUs there are) for a count of n, instead of every
-    member sharing cuda:0; otherwise as configured (SLURM gives each job its own GPUs)."""
-    devices = trainer_cfg.devices
-    if not (isinstance(devices, int) and devices > 0 and trainer_cfg.accelerator in ("auto", "gpu", "cuda")):
-        return devices
-    if not (HydraConfig.initialized() and "JoblibLauncher" in str(HydraConfig.get().launcher.get("_target_"))):
-        return devices
-    gpus = torch.cuda.device_count()
-    if gpus == 0:
-        return devices
-    first = HydraConfig.get().job.num * devices
-    return [(first + offset) % gpus for offset in range(devices)]
 
 
 def lightning_would_start_processes(strategy) -> bool:

@@ -1,0 +1,106 @@
+"""Resume policy: a launch continues a checkpoint only if it is the same run (the same network always; the same
+training settings unless resume.allow_changes), what it may change is recorded in the run dir's resumes.json, and
+a requeued SLURM job finds the checkpoint its previous run left."""
+
+import os
+from pathlib import Path
+
+from omegaconf import DictConfig, OmegaConf
+from pytorch_lightning.utilities import rank_zero_only
+
+from cvae.callbacks.record import RunRecord
+from cvae.errors import CheckpointError
+from cvae.files import read_json, write_json_atomic
+from cvae.run.checkpoints import LEGACY_NET_KEYS, legacy_hyperparameters, read_checkpoint
+
+# What may differ between a run and its resume: where things go and what is shown or measured, not what is
+# trained (max_epochs: a resume may train on for longer).
+NOT_TRAINING = (
+    *("ckpt_path", "resume", "paths", "hydra", "logger", "callbacks", "sampler", "task_name", "optimized_metric"),
+    *("trainer.max_epochs", "trainer.max_steps", "trainer.max_time", "trainer.default_root_dir"),
+    *("trainer.enable_progress_bar", "trainer.enable_model_summary", "trainer.log_every_n_steps"),
+    *("trainer.limit_val_batches", "trainer.limit_test_batches", "trainer.check_val_every_n_epoch"),
+    *("data.data_dir", "data.download", "data.num_workers", "data.eval_batch_size", "model.compile"),
+)
+
+
+def check_resumable(path: str | Path, cfg: DictConfig) -> dict[str, dict]:
+    """Refuse, before training starts, a resume that is not of the same run: another network always, other
+    training settings (seed, batch_size, lr, data, ...) unless resume.allow_changes. Returns the changed settings,
+    {key: {"checkpoint": value, "now": value}}, for the record."""
+    checkpoint = read_checkpoint(path)
+    saved, asked = checkpoint["hyper_parameters"]["net"], OmegaConf.to_container(cfg.model.net, resolve=True)
+    differing = [key for key in {**saved, **asked} if saved.get(key) != asked.get(key)]
+    if differing:
+        raise CheckpointError(
+            f"{path} holds a model with {describe(saved, differing)} but the config asks for "
+            f"{describe(asked, differing)}; resume with the overrides the run was started with"
+        )
+    callbacks = checkpoint.get("callbacks")
+    recorded = callbacks.get(RunRecord.__qualname__) if isinstance(callbacks, dict) else None
+    if not isinstance(recorded, dict) or not isinstance(recorded.get("settings"), dict):
+        return {}  # written before runs recorded their settings: only the network can be compared
+    saved, asked = legacy_settings(recorded["settings"]), training_settings(cfg)
+    changed = [key for key in sorted({**saved, **asked}) if saved.get(key, "<unset>") != asked.get(key, "<unset>")]
+    if changed and not OmegaConf.select(cfg, "resume.allow_changes", default=False):
+        raise CheckpointError(
+            f"{path} is of a run with {describe(saved, changed)} but this launch asks for "
+            f"{describe(asked, changed)}: a resume continues the same run. Resume with the run's own values, or "
+            f"pass resume.allow_changes=true to continue it changed (recorded in the run dir's resumes.json)"
+        )
+    return {key: {"checkpoint": saved.get(key), "now": asked.get(key)} for key in changed}
+
+
+def legacy_settings(settings: dict) -> dict:
+    """Settings recorded before `net:` and automatic optimization, under today's keys (model.net.*)."""
+    if "model.net._target_" in settings or "model.latent_dim" not in settings:
+        return settings
+    model = {key.removeprefix("model."): value for key, value in settings.items() if key.startswith("model.")}
+    net = legacy_hyperparameters(model)["net"]
+    renamed = [f"model.{key}" for key in (*LEGACY_NET_KEYS, "steps_per_call")]
+    kept = {key: value for key, value in settings.items() if key not in renamed}
+    return {**kept, **{f"model.net.{key}": value for key, value in net.items()}, "model.scheduler": None}
+
+
+def describe(settings: dict, keys: list[str]) -> str:
+    return ", ".join(f"{key}={settings.get(key, '<unset>')}" for key in keys)
+
+
+def training_settings(cfg: DictConfig) -> dict:
+    """Every resolved setting that changes what is trained, by dotted key (NOT_TRAINING left out)."""
+    settings = {}
+
+    def visit(node: DictConfig, prefix: str) -> None:
+        for key in node:
+            dotted = f"{prefix}{key}"
+            if dotted in NOT_TRAINING:
+                continue
+            value = node[key]
+            if isinstance(value, DictConfig):
+                visit(value, f"{dotted}.")
+            else:
+                settings[dotted] = OmegaConf.to_container(value, resolve=True) if OmegaConf.is_list(value) else value
+
+    visit(cfg, "")
+    return settings
+
+
+def requeued_checkpoint(cfg: DictConfig) -> str | None:
+    """What to resume from: ckpt_path, or, in a SLURM job that was requeued (preempted, `scontrol requeue`), the
+    last.ckpt its previous run saved in this same run dir when SLURM stopped it with SIGTERM."""
+    if cfg.get("ckpt_path") or not int(os.environ.get("SLURM_RESTART_COUNT") or 0):
+        return cfg.get("ckpt_path")
+    last = Path(cfg.paths.output_dir) / "checkpoints" / "last.ckpt"
+    return str(last) if last.is_file() else None
+
+
+@rank_zero_only
+def record_resume(output_dir: Path, ckpt_path: str, changed: dict) -> None:
+    """Append this resume to the run dir's resumes.json: from which checkpoint, with which settings changed
+    (only with resume.allow_changes=true; otherwise none). Hydra keeps each launch's overrides in .hydra/."""
+    path = output_dir / "resumes.json"
+    history = read_json(path) or {"resumes": []}
+    history["resumes"].append({"ckpt_path": str(Path(ckpt_path).resolve()), "changed": changed})
+    write_json_atomic(path, history)
+    if changed:
+        print(f"resuming with changed settings ({', '.join(changed)}), as resume.allow_changes=true; see {path}")
