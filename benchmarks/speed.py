@@ -6,7 +6,7 @@
     python -m benchmarks.speed --paths ab --hidden-dims 8        # the near-free model: Lightning's cost alone
     python -m benchmarks.speed --limit 20 --epochs 2             # a quick look on a slice
 
-on the same model (cvae.model.cvae.CVAE), the same 55k training images, batch 128 and Adam:
+on the same network (cvae.model.mlp.MLP), the same 55k training images, batch 128 and Adam:
 
     (a) a plain PyTorch loop over in-memory float tensors: the floor. It trains exactly what (b) trains: the
         same initial weights (seeded like train.py), the same batches (the datamodule's permutation of
@@ -42,16 +42,9 @@ from pathlib import Path
 
 import torch
 
-from benchmarks.plain_loop import (
-    CVAE,
-    PlainLoop,
-    batches_per_epoch,
-    clocks,
-    load_mnist,
-    pixels,
-    plain_script,
-    resolve_device,
-)
+from benchmarks.plain_loop import PlainLoop, batches_per_epoch, clocks, load_mnist, plain_script, resolve_device
+from cvae.model.cvae import pixels
+from cvae.model.mlp import MLP
 
 ROOT = Path(__file__).resolve().parents[1]
 CONF_DIR = ROOT / "conf"
@@ -151,7 +144,7 @@ def compose_train_config(overrides: list[str], output_dir: str):
 
     os.environ.setdefault("PROJECT_ROOT", str(ROOT))
     GlobalHydra.instance().clear()
-    with initialize_config_dir(str(CONF_DIR), version_base=None):
+    with initialize_config_dir(str(CONF_DIR)):
         cfg = compose("train", overrides=overrides, return_hydra_config=True)
     HydraConfig().set_config(cfg)
     with open_dict(cfg):
@@ -262,7 +255,7 @@ def lightning_run(loader: str, args, device: torch.device, floor: PlainLoop | No
     epoch preceded by one epoch of the plain loop `floor`. Returns the phase and the fitted module."""
     import pytorch_lightning as pl
 
-    from cvae.run.build import build, build_group
+    from cvae.run.build import build, build_group, build_module
     from cvae.run.train import build_trainer
 
     name = "b" if loader == "memory" else "c"
@@ -272,7 +265,7 @@ def lightning_run(loader: str, args, device: torch.device, floor: PlainLoop | No
         phase = Phase(name, label, images_in(TRAIN_SIZE - cfg.data.val_size, cfg.data.batch_size, args.limit))
         pl.seed_everything(cfg.seed, workers=True, verbose=False)
         datamodule = build(cfg.data)
-        module = build(cfg.model)
+        module = build_module(cfg.model)
         if args.compile:
             module.net.compile()
         loggers = build_group(cfg.get("logger"))
@@ -325,7 +318,7 @@ def floor_phase(floor: PlainLoop, paired: list[Phase], args, timeline: list[str]
 
 # ------------------------------------------------------------------------------------------------------- FID
 def time_fid(
-    model: CVAE, real_x: torch.Tensor, real_y: torch.Tensor, args, device: torch.device
+    model: MLP, real_x: torch.Tensor, real_y: torch.Tensor, args, device: torch.device
 ) -> tuple[float | None, str]:
     """Seconds for the FID of --fid-samples (10k) class-balanced prior samples with the default (MNIST classifier)
     features, as the GenerationQuality callback computes it: generate, extract features, compute (the real
@@ -614,7 +607,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if args.end_to_end and 5 not in args.end_to_end_epochs:
         args.end_to_end_epochs.insert(0, 5)
     if args.hidden_dims != [512, 256]:
-        args.override = [f"model.hidden_dims=[{','.join(map(str, args.hidden_dims))}]", *args.override]
+        args.override = [f"model.net.hidden_dims=[{','.join(map(str, args.hidden_dims))}]", *args.override]
     if args.data_dir is None:
         parser.error("no MNIST folder: pass --data-dir PATH or set CVAE_DATA_DIR (a folder holding MNIST/raw/)")
     return args
@@ -642,7 +635,7 @@ def run(args: argparse.Namespace) -> tuple[dict[str, Phase], dict, str]:
     extra["models"] = {name: module.net for name, module in fitted.items()}
     if floor is not None:
         extra["models"]["a"] = floor.model
-    model = extra["models"].get("a") or extra["models"].get("b") or CVAE(args.latent_dim, args.hidden_dims)
+    model = extra["models"].get("a") or extra["models"].get("b") or MLP(args.latent_dim, args.hidden_dims)
     log("FID timing")
     extra["fid"] = time_fid(model, *splits["val"], args, device)
     extra["end_to_end"] = [end_to_end(epochs, args) for epochs in args.end_to_end_epochs]

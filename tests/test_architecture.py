@@ -81,6 +81,7 @@ def test_importing_the_lightning_module_loads_no_plots_images_or_classifier_of_i
         "cvae.seeding",
         "cvae.model",
         "cvae.model.cvae",
+        "cvae.model.network",
         "cvae.model.module",
         "cvae.model.posterior",
     }

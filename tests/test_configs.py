@@ -34,7 +34,7 @@ def test_primary_configs_compose(config_name, tmp_path):
 def test_reference_defaults(tmp_path):
     cfg = compose_config("train", [], tmp_path)
     assert (cfg.latent_dim, cfg.batch_size, cfg.lr, cfg.trainer.max_epochs) == (2, 128, 1e-3, 50)
-    assert list(cfg.model.hidden_dims) == [512, 256]
+    assert list(cfg.model.net.hidden_dims) == [512, 256]
     assert cfg.model.optimizer._partial_
 
 
@@ -43,7 +43,7 @@ def test_top_level_knobs_feed_model_data_and_optimizer(tmp_path, data_dir):
         "train", ["latent_dim=7", "batch_size=64", "lr=3e-3", "seed=5", f"data.data_dir={data_dir}"], tmp_path
     )
     module, datamodule = instantiate(cfg.model), instantiate(cfg.data)
-    assert module.model.latent_dim == 7 and module.hparams.latent_dim == 7
+    assert module.net.latent_dim == 7
     assert datamodule.batch_size == 64 and datamodule.shuffle_seed == 5
     optimizer = module.optimizer(params=module.parameters())
     assert optimizer.defaults["lr"] == 3e-3

@@ -15,10 +15,11 @@ import torch
 from lightning_utilities.core.apply_func import apply_to_collection
 
 from cvae.callbacks.quality import GenerationQuality
+from cvae.callbacks.rank_state import RankState
 from cvae.data.mnist import MNISTDataModule
+from cvae.model.mlp import MLP
 from cvae.model.module import CVAELitModule
 from cvae.run.checkpoints import load_module
-from cvae.run.ranks import RankState
 from tests.test_reproducibility import ddp_run
 from tests.test_train import run_script
 
@@ -74,7 +75,7 @@ def test_ddp_multirun_gives_one_complete_run_per_member(ddp_sweep):
         member = sweep_dir / job
         assert list(member.glob("events.out.tfevents.*"))
         assert (member / "checkpoints" / "last.ckpt").is_file()
-        assert load_module(member / "checkpoints" / "best.ckpt").model.latent_dim == latent_dim
+        assert load_module(member / "checkpoints" / "best.ckpt").net.latent_dim == latent_dim
         metrics = json.loads((member / "metrics.json").read_text())
         assert "test/nelbo" in metrics and metrics["epochs"] == 1
         assert (metrics["world_size"], metrics["global_batch_size"]) == (2, 2 * BATCH_SIZE), "batch_size is per process"
@@ -112,9 +113,8 @@ def test_ddp_metrics_equal_one_process_evaluation(ddp_sweep, data_dir):
 
 
 class ExitAt(pl.Callback):
-    """Stands in for a rank that dies (out of memory, a segfault): it exits with `code` after the call that
-    trained on batch 2 (calls end where their steps_per_call batches do), after every rank wrote its pid into
-    `pid_dir`."""
+    """Stands in for a rank that dies (out of memory, a segfault): it exits with `code` after the step that
+    trained on batch 2, after every rank wrote its pid into `pid_dir`."""
 
     def __init__(self, rank: int, code: int, pid_dir: str):
         self.rank, self.code, self.pid_dir = rank, code, Path(pid_dir)
@@ -156,8 +156,7 @@ def test_a_dead_rank_ends_the_job_at_once_naming_it(tmp_path, data_dir):
 
 class SignalRankAt(pl.Callback):
     """Sends one rank a real signal just before a given optimizer step, as `kill` from outside would: the main process
-    (rank 0) as docker stop, Kubernetes or a scheduler does, or one other rank alone. With several optimizer steps
-    per Lightning call (model.steps_per_call), the signal lands in the middle of a call."""
+    (rank 0) as docker stop, Kubernetes or a scheduler does, or one other rank alone: in the middle of that step."""
 
     def __init__(self, rank: int, signal_number: int, step: int):
         self.rank, self.signal_number, self.step = rank, signal_number, step
@@ -167,22 +166,20 @@ class SignalRankAt(pl.Callback):
             os.kill(os.getpid(), self.signal_number)
 
 
-# 2 optimizer steps per call over 5 batches an epoch: calls of steps 0-1, 2-3, 4 | 5-6, 7-8, 9
-STEPS_PER_CALL = "model.steps_per_call=2"
-# (the rank signalled, the signal, the step it comes before, the step every rank stops after (the end of that call),
-# the exit code, the one line said)
+# 5 batches an epoch, steps 0-4 | 5-9. (the rank signalled, the signal, the optimizer step it comes in the middle
+# of, the steps done when every rank stopped (that step finished, the next not begun), the exit code, the line said)
 STOPS = [
-    (0, signal.SIGTERM, 0, 2, 143, "error: stopped by SIGTERM"),
-    (1, signal.SIGINT, 2, 4, 130, "error: stopped by Ctrl-C (SIGINT)"),
-    (1, signal.SIGTERM, 5, 7, 143, "error: stopped by SIGTERM"),
-    (0, signal.SIGINT, 7, 9, 130, "error: stopped by Ctrl-C (SIGINT)"),
+    (0, signal.SIGTERM, 0, 1, 143, "error: stopped by SIGTERM"),
+    (1, signal.SIGINT, 2, 3, 130, "error: stopped by Ctrl-C (SIGINT)"),
+    (1, signal.SIGTERM, 5, 6, 143, "error: stopped by SIGTERM"),
+    (0, signal.SIGINT, 7, 8, 130, "error: stopped by Ctrl-C (SIGINT)"),
 ]
 
 
 def test_a_signal_to_any_one_rank_stops_every_rank_at_that_step_and_the_run_resumes_exactly(tmp_path, data_dir):
-    """One run, stopped four times (SIGTERM and SIGINT, to the main process and to rank 1 alone, in the middle of a
-    call of several optimizer steps) and resumed after each: every stop writes last.ckpt at the end of that call
-    with both ranks in it, exits 143 / 130 with one line, and the end is byte-identical to a run never stopped."""
+    """One run, stopped four times (SIGTERM and SIGINT, to the main process and to rank 1 alone, in the middle of an
+    optimizer step) and resumed after each: every stop writes last.ckpt at the end of that step with both ranks in
+    it, exits 143 / 130 with one line, and the end is byte-identical to a run never stopped."""
     uninterrupted = ddp_run(tmp_path / "uninterrupted", data_dir)
     assert uninterrupted.returncode == 0, uninterrupted.stderr[-3000:]
     run_dir, resume = tmp_path / "stopped", []
@@ -192,7 +189,6 @@ def test_a_signal_to_any_one_rank_stops_every_rank_at_that_step_and_the_run_resu
         stopped = ddp_run(
             run_dir,
             data_dir,
-            STEPS_PER_CALL,
             *resume,
             f"+callbacks.signal._target_={__name__}.SignalRankAt",
             f"+callbacks.signal.rank={rank}",
@@ -210,7 +206,7 @@ def test_a_signal_to_any_one_rank_stops_every_rank_at_that_step_and_the_run_resu
         assert checkpoint["global_step"] == stop_step, case
         assert len(checkpoint["callbacks"]["RankState"]["ranks"]) == 2, case
         resume = [f"ckpt_path={last}"]
-    resumed = ddp_run(run_dir, data_dir, STEPS_PER_CALL, *resume)
+    resumed = ddp_run(run_dir, data_dir, *resume)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert (run_dir / "metrics.json").read_bytes() == (tmp_path / "uninterrupted" / "metrics.json").read_bytes()
 
@@ -219,7 +215,7 @@ def test_a_signal_to_any_one_rank_stops_every_rank_at_that_step_and_the_run_resu
 def test_only_cpu_tensors_cross_all_gather_object(monkeypatch):
     """A rank's checkpoint part (its random state, the epoch's training sums) lives on its GPU; pickled on cuda:k
     it would be unpickled onto cuda:k by every rank. What all_gather_object is given holds CPU tensors only."""
-    module = CVAELitModule().to("cuda")
+    module = CVAELitModule(MLP()).to("cuda")
     module.train_nelbo.update(torch.ones(4, device="cuda"))
     sent = []
 

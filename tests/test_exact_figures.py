@@ -15,7 +15,8 @@ from scipy import linalg
 from cvae.data.mnist import MNISTDataModule
 from cvae.metrics.classifier import load_reference_classifier
 from cvae.metrics.generation import balanced_labels
-from cvae.model.cvae import CVAE, importance_weighted_nll, negative_elbo
+from cvae.model.cvae import importance_weighted_nll, negative_elbo
+from cvae.model.mlp import MLP
 from cvae.model.module import CVAELitModule
 from cvae.run.checkpoints import load_module
 from cvae.sampling.prior import decode, prior_latents
@@ -32,7 +33,7 @@ def pixels(images: torch.Tensor) -> torch.Tensor:
     return images.view(-1, 784).double() / 255
 
 
-def log_marginal_by_quadrature(model: CVAE, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+def log_marginal_by_quadrature(model: MLP, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     """log p(x | y) = log of the integral of p(x | z, y) N(z; 0, 1) dz, on a fine grid (latent_dim 1)."""
     z = torch.linspace(-8, 8, 8001, dtype=torch.float64)  # step 0.002
     log_joint = []
@@ -47,7 +48,7 @@ def test_importance_weighted_bound_approaches_the_exact_likelihood(mnist):
     """A latent_dim 1 model trained briefly, so q is not the posterior: the ELBO (k = 1) sits above the exact
     -log p(x | y), and the k-sample bound closes the gap as k grows."""
     torch.manual_seed(0)
-    model = CVAE(latent_dim=1, hidden_dims=(128, 64))
+    model = MLP(latent_dim=1, hidden_dims=(128, 64))
     optimizer = torch.optim.Adam(model.parameters(), lr=3e-3)
     images, labels = mnist.splits["train"]
     for x, y in zip(pixels(images[:3200]).float().split(64), labels[:3200].split(64)):
@@ -84,7 +85,7 @@ def test_metrics_json_holds_the_fid_and_label_accuracy_of_the_best_checkpoint(tr
     5000 validation images."""
     run_dir, _ = trained_run
     logged = json.loads((run_dir / "metrics.json").read_text())
-    model = load_module(run_dir / logged["best_checkpoint"]).model
+    model = load_module(run_dir / logged["best_checkpoint"]).net
     classifier = load_reference_classifier()
     labels = balanced_labels(1000)
     fakes = decode(model, labels, prior_latents(1000, model.latent_dim, seed=0), batch_size=2000)
@@ -102,13 +103,13 @@ def test_metrics_json_holds_the_fid_and_label_accuracy_of_the_best_checkpoint(tr
 
 class RecordSteps(pl.Callback):
     """Before each training step: the weights, the random state and the KL weight in use; after it, the batch and
-    the loss the step trained on (a training_step that takes the batch iterator fetches its batch itself)."""
+    the loss the step trained on."""
 
     def __init__(self):
         self.steps = []
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
-        weights = {name: tensor.clone() for name, tensor in pl_module.model.state_dict().items()}
+        weights = {name: tensor.clone() for name, tensor in pl_module.net.state_dict().items()}
         self.steps.append({"weights": weights, "random": torch.get_rng_state(), "kl_weight": pl_module.kl_weight()})
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
@@ -118,12 +119,11 @@ class RecordSteps(pl.Callback):
 def test_beta_warm_up_and_free_bits_shape_the_objective_while_train_nelbo_stays_the_true_elbo(mnist):
     beta, warmup_epochs, free_bits, batches = 4.0, 2, 0.5, 5
     module = CVAELitModule(
-        latent_dim=4,
+        MLP(latent_dim=4),
         beta=beta,
         kl_warmup_epochs=warmup_epochs,
         free_bits=free_bits,
         optimizer=lambda params: torch.optim.Adam(params, lr=1e-3),
-        steps_per_call=1,  # a call per step, for RecordSteps' hooks; tests/test_steps_per_call.py: 8 is the same
     )
     recorder = RecordSteps()
     trainer = pl.Trainer(
@@ -142,7 +142,7 @@ def test_beta_warm_up_and_free_bits_shape_the_objective_while_train_nelbo_stays_
     # the weight ramps linearly, step by step, from 0 to beta over the first two epochs (10 steps), then stays
     expected_weights = [beta * min(1.0, step / (warmup_epochs * batches)) for step in range(3 * batches)]
     assert [step["kl_weight"] for step in recorder.steps] == pytest.approx(expected_weights)
-    model, nelbos, clamped = CVAE(latent_dim=4), [], 0
+    model, nelbos, clamped = MLP(latent_dim=4), [], 0
     for step, weight in zip(recorder.steps, expected_weights):
         model.load_state_dict(step["weights"])
         with torch.random.fork_rng():

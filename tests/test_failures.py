@@ -43,13 +43,11 @@ def expect_one_line_exit(capsys, task, cfg, rules) -> str:
         ("lr=0", "lr=0"),
         ("lr=-0.001", "lr=-0.001"),
         ("trainer.max_epochs=0", "trainer.max_epochs=0"),
-        ("model.hidden_dims=[512,0]", "model.hidden_dims=[512, 0]"),
-        ("model.hidden_dims=[]", "model.hidden_dims=[]"),
-        ("model.steps_per_call=0", "model.steps_per_call=0"),
-        # the model makes its optimizer steps itself, several per Lightning call: Lightning would clip or
-        # accumulate nothing
-        ("+trainer.gradient_clip_val=1.0", "trainer.gradient_clip_val=1.0"),
-        ("+trainer.accumulate_grad_batches=2", "trainer.accumulate_grad_batches=2"),
+        # checked by the network's own constructor (cvae/model/network.py), before any work
+        ("model.net.hidden_dims=[512,0]", "model.net.hidden_dims=[512, 0]"),
+        ("model.net.hidden_dims=[]", "model.net.hidden_dims=[]"),
+        ("+trainer.gradient_clip_val=-1.0", "trainer.gradient_clip_val=-1.0"),
+        ("+trainer.accumulate_grad_batches=0", "trainer.accumulate_grad_batches=0"),
     ],
 )
 def test_bad_training_values_fail_before_any_work(override, named, tmp_path, capsys, data_dir):
@@ -194,7 +192,7 @@ def test_a_checkpoint_of_another_model_is_refused(trained_run, tmp_path, capsys,
     ckpt = trained_run[0] / "checkpoints" / "last.ckpt"  # latent_dim 3, hidden [512, 256]
     cfg = compose_config(
         "train",
-        [*QUICK_RUN, f"ckpt_path={ckpt}", "latent_dim=5", "model.hidden_dims=[64]", f"data.data_dir={data_dir}"],
+        [*QUICK_RUN, f"ckpt_path={ckpt}", "latent_dim=5", "model.net.hidden_dims=[64]", f"data.data_dir={data_dir}"],
         tmp_path,
     )
     line = expect_one_line_exit(capsys, train, cfg, TRAIN_RULES)
@@ -213,7 +211,7 @@ class PoisonWeightsAtEpoch(pl.Callback):
     def on_train_epoch_start(self, trainer, pl_module):
         if trainer.current_epoch == self.epoch:
             with torch.no_grad():
-                pl_module.model.decoder[-1].bias.fill_(float("nan"))
+                pl_module.net.decoder[-1].bias.fill_(float("nan"))
 
 
 def test_divergence_stops_the_run_keeps_the_last_good_checkpoint_and_says_where(tmp_path, capsys, data_dir):
@@ -273,8 +271,7 @@ def test_a_real_divergence_exits_non_zero_and_other_sweep_members_complete(tmp_p
 
 class SignalSelfAt(pl.Callback):
     """Sends this process a real signal in the middle of an epoch, as Ctrl-C or a scheduler would: just before
-    the optimizer step on batch `batch` of epoch `epoch`, so in the middle of a Lightning call when the model
-    makes several steps per call (model.steps_per_call)."""
+    the optimizer step on batch `batch` of epoch `epoch`, in the middle of that step."""
 
     def __init__(self, signal_number: int, epoch: int = 1, batch: int = 2):
         self.signal_number, self.epoch, self.batch = signal_number, epoch, batch
@@ -296,7 +293,6 @@ def interruptible_run(run_dir: Path, data_dir: str) -> list[str]:
         "train.py",
         *QUICK_RUN_ANY_CALLBACKS,
         "trainer.max_epochs=3",
-        "model.steps_per_call=2",  # the signal comes in the middle of a call: batches 2 and 3 of the 5
         "callbacks=model_checkpoint",
         "logger=csv",
         f"data.data_dir={data_dir}",

@@ -15,7 +15,7 @@ from cvae.data.mnist import MNISTDataModule
 from cvae.explore import anomaly, digits, export, latent
 from cvae.explore.figures import latent_map_images
 from cvae.files import atomic_path
-from cvae.model.cvae import posterior_means
+from cvae.model.cvae import posterior_means, sample
 from cvae.run.checkpoints import load_module
 from cvae.sampling.prior import prior_latents
 from cvae.validate import parse_digits
@@ -52,12 +52,12 @@ def run_2d(tmp_path_factory, data_dir):
 
 @pytest.fixture(scope="module")
 def model_2d(run_2d):
-    return load_module(run_2d / "checkpoints" / "best.ckpt").model
+    return load_module(run_2d / "checkpoints" / "best.ckpt").net
 
 
 @pytest.fixture(scope="module")
 def model_3d(trained_run):
-    return load_module(trained_run[0] / "checkpoints" / "best.ckpt").model
+    return load_module(trained_run[0] / "checkpoints" / "best.ckpt").net
 
 
 @pytest.fixture(scope="module")
@@ -122,7 +122,7 @@ def test_latent_map_of_a_2d_model_is_z_itself_plus_a_manifold_per_digit(model_2d
     grid = latent.manifold_grid(model_2d, 4, size=3)
     assert grid.shape == (9, 1, 28, 28)
     high = torch.distributions.Normal(0.0, 1.0).icdf(torch.tensor(5 / 6))
-    top_left = model_2d.sample(torch.tensor([4]), torch.tensor([[-high, high]]))
+    top_left = sample(model_2d, torch.tensor([4]), torch.tensor([[-high, high]]))
     assert torch.allclose(grid[0], top_left[0], atol=1e-6), "z1 grows to the right, z2 upwards"
 
 
@@ -139,13 +139,13 @@ def test_latent_map_above_2d_is_a_pca_projection(model_3d, test_split):
 def test_interpolations_start_and_end_where_they_should(model_3d):
     within = latent.interpolate_within_digit(model_3d, 5, steps=6, seed=4)
     assert within.shape == (6, 1, 28, 28)
-    ends = model_3d.sample(torch.tensor([5, 5]), prior_latents(2, 3, seed=4))
+    ends = sample(model_3d, torch.tensor([5, 5]), prior_latents(2, 3, seed=4))
     assert torch.allclose(within[[0, -1]], ends, atol=1e-6)
 
     across = latent.interpolate_across_digits(model_3d, 1, 7, steps=5, seed=4)
     assert across.shape == (5, 1, 28, 28)
     z = prior_latents(1, 3, seed=4).expand(2, -1)
-    assert torch.allclose(across[[0, -1]], model_3d.sample(torch.tensor([1, 7]), z), atol=1e-6)
+    assert torch.allclose(across[[0, -1]], sample(model_3d, torch.tensor([1, 7]), z), atol=1e-6)
 
 
 def test_style_transfer_draws_each_source_as_every_digit(model_3d, test_split):
@@ -156,7 +156,7 @@ def test_style_transfer_draws_each_source_as_every_digit(model_3d, test_split):
     assert transferred.shape == (10, 10, 1, 28, 28)
     mu = posterior_means(model_3d, images[sources], labels[sources])
     own_digit = transferred[torch.arange(10), labels[sources]]
-    reconstructions = model_3d.sample(labels[sources], mu)
+    reconstructions = sample(model_3d, labels[sources], mu)
     assert torch.allclose(own_digit, reconstructions, atol=1e-6), "drawn as its own digit: its reconstruction"
 
 

@@ -13,7 +13,7 @@ import torch
 
 from cvae.metrics.generation import InceptionFeatures
 from cvae.metrics.inception import INSTALL, packaged_weights, standard_inception, torchscript_conv_layers
-from cvae.model.cvae import CVAE
+from cvae.model.mlp import MLP
 from tests.conftest import QUICK_EVALUATION, compose_config
 
 pytest.importorskip("torch_fidelity")
@@ -72,7 +72,7 @@ def test_evaluate_and_the_callback_score_with_inception_offline(tmp_path, offlin
 
     overrides = [*QUICK_EVALUATION, "ckpt_path=unused", "quality.features=inception", "quality.num_samples=10"]
     cfg = compose_config("evaluate", [*overrides, "quality.iw_samples=2"], tmp_path)
-    model = CVAE(latent_dim=2)
+    model = MLP(latent_dim=2)
     images, labels = torch.rand(4, 784), torch.arange(4)  # few real digits: 299x299 Inception passes are slow on CPU
     report = quality_report(model, cfg, images, labels, PriorSampler())
     assert report["test/fid"] > 0 and torch.isfinite(torch.tensor(report["test/fid"]))

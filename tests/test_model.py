@@ -7,7 +7,9 @@ import torch
 from torch.distributions import Bernoulli, Normal, kl_divergence
 
 from cvae.data.mnist import MNISTDataModule
-from cvae.model.cvae import CVAE, kl_per_dim, negative_elbo, reconstruction_nll
+from cvae.model.conv import Conv
+from cvae.model.cvae import kl_per_dim, negative_elbo, reconstruction_nll, reparameterize, sample
+from cvae.model.mlp import MLP
 
 
 @pytest.fixture(scope="module")
@@ -18,7 +20,7 @@ def real_batch(data_dir):
 
 
 def test_layers_follow_the_reference_design():
-    model = CVAE(latent_dim=2)
+    model = MLP(latent_dim=2)
     encoder = [(m.in_features, m.out_features) for m in model.encoder if isinstance(m, torch.nn.Linear)]
     decoder = [(m.in_features, m.out_features) for m in model.decoder if isinstance(m, torch.nn.Linear)]
     assert encoder == [(794, 512), (512, 256), (256, 4)]
@@ -27,27 +29,27 @@ def test_layers_follow_the_reference_design():
 
 
 def test_hidden_sizes_are_configurable():
-    model = CVAE(latent_dim=5, hidden_dims=[64])
+    model = MLP(latent_dim=5, hidden_dims=[64])
     assert [m.out_features for m in model.encoder if isinstance(m, torch.nn.Linear)] == [64, 10]
     assert [m.out_features for m in model.decoder if isinstance(m, torch.nn.Linear)] == [64, 784]
 
 
 def test_shapes(real_batch):
     x, y = real_batch
-    model = CVAE(latent_dim=7)
+    model = MLP(latent_dim=7)
     mu, logvar = model.encode(x, y)
     assert mu.shape == logvar.shape == (64, 7)
-    z = model.reparameterize(mu, logvar)
+    z = reparameterize(mu, logvar)
     assert z.shape == (64, 7)
     assert model.decode(z, y).shape == (64, 784)
-    samples = model.sample(y)
+    samples = sample(model, y)
     assert samples.shape == (64, 1, 28, 28)
     assert samples.min() >= 0 and samples.max() <= 1
-    assert torch.equal(model.sample(y[:3], z[:3]), model.sample(y[:3], z[:3])), "given z, sampling is deterministic"
+    assert torch.equal(sample(model, y[:3], z[:3]), sample(model, y[:3], z[:3])), "given z, sampling is deterministic"
 
 
 def test_label_changes_the_output(real_batch):
-    model = CVAE(latent_dim=2)
+    model = MLP(latent_dim=2)
     z = torch.zeros(2, 2)
     assert not torch.allclose(model.decode(z, torch.tensor([0, 0])), model.decode(z, torch.tensor([0, 1])))
 
@@ -81,7 +83,7 @@ def test_reparameterized_samples_have_the_posterior_moments_and_carry_gradients(
     torch.manual_seed(0)
     mu = torch.tensor([[1.5, -2.0]], requires_grad=True)
     logvar = torch.tensor([[0.0, math.log(0.25)]], requires_grad=True)
-    z = CVAE(latent_dim=2).reparameterize(mu.expand(100_000, 2), logvar.expand(100_000, 2))
+    z = reparameterize(mu.expand(100_000, 2), logvar.expand(100_000, 2))
     torch.testing.assert_close(z.mean(0), torch.tensor([1.5, -2.0]), atol=0.02, rtol=0)
     torch.testing.assert_close(z.std(0), torch.tensor([1.0, 0.5]), atol=0.02, rtol=0)
     z.sum().backward()
@@ -91,7 +93,7 @@ def test_reparameterized_samples_have_the_posterior_moments_and_carry_gradients(
 def test_negative_elbo_is_recon_plus_kl_and_bounds_the_data_likelihood(real_batch):
     x, y = real_batch
     torch.manual_seed(0)
-    model = CVAE(latent_dim=4)
+    model = MLP(latent_dim=4)
     terms = negative_elbo(model, x, y)
     torch.testing.assert_close(terms["nelbo"], terms["recon"] + terms["kl"])
     torch.testing.assert_close(terms["kl"], terms["kl_dims"].sum(dim=1))
@@ -105,7 +107,7 @@ def test_importance_weighted_bound_is_tighter_than_the_elbo_and_tightens_with_k(
 
     x, y = real_batch
     torch.manual_seed(0)
-    model = CVAE(latent_dim=2)
+    model = MLP(latent_dim=2)
     with torch.no_grad():
         nelbo = torch.stack([negative_elbo(model, x, y)["nelbo"] for _ in range(50)]).mean(0)
         bounds = {k: importance_weighted_nll(model, x, y, k).mean().item() for k in (1, 10, 100)}
@@ -115,25 +117,25 @@ def test_importance_weighted_bound_is_tighter_than_the_elbo_and_tightens_with_k(
 
 def test_conv_model_has_the_same_interface_and_shapes(real_batch):
     x, y = real_batch
-    model = CVAE(latent_dim=7, hidden_dims=[32], architecture="conv", channels=[4, 8])
+    model = Conv(latent_dim=7, channels=[4, 8], hidden_dims=[32])
     mu, logvar = model.encode(x, y)
     assert mu.shape == logvar.shape == (64, 7)
-    assert model.decode(model.reparameterize(mu, logvar), y).shape == (64, 784)
-    assert model.sample(y).shape == (64, 1, 28, 28)
+    assert model.decode(reparameterize(mu, logvar), y).shape == (64, 784)
+    assert sample(model, y).shape == (64, 1, 28, 28)
     convs = [m for m in model.encoder.convs if isinstance(m, torch.nn.Conv2d)]
     assert [(m.in_channels, m.out_channels) for m in convs] == [(1, 4), (4, 8)]
     assert model.encoder.convs(x[:2].view(-1, 1, 28, 28)).shape == (2, 8 * 7 * 7), "28 -> 14 -> 7"
     terms = negative_elbo(model, x, y)
     torch.testing.assert_close(terms["nelbo"], terms["recon"] + terms["kl"])
-    with pytest.raises(ValueError, match=r"model.channels=\[4\] must name 2 widths"):
-        CVAE(architecture="conv", channels=[4])
-    with pytest.raises(ValueError, match=r"model.architecture='rnn' is unknown; choose one of mlp, conv"):
-        CVAE(architecture="rnn")
+    with pytest.raises(ValueError, match=r"model.net.channels=\[4\] must name 2 widths"):
+        Conv(channels=[4])
+    with pytest.raises(ValueError, match=r"model.net.hidden_dims=\[\] is not allowed: it must be a non-empty list"):
+        MLP(hidden_dims=[])
 
 
-def learned_prior_model(latent_dim: int = 3) -> CVAE:
+def learned_prior_model(latent_dim: int = 3) -> MLP:
     torch.manual_seed(1)
-    model = CVAE(latent_dim=latent_dim, learned_prior=True)
+    model = MLP(latent_dim=latent_dim, learned_prior=True)
     with torch.no_grad():
         model.prior_mu.normal_()
         model.prior_logvar.normal_(0, 0.5)
@@ -156,8 +158,8 @@ def test_kl_to_the_learned_prior_matches_torch_distributions_and_monte_carlo(rea
 def test_the_learned_prior_starts_as_the_reference_prior_and_receives_gradients(real_batch):
     x, y = real_batch
     torch.manual_seed(0)
-    reference = CVAE(latent_dim=4)
-    learned = CVAE(latent_dim=4, learned_prior=True)
+    reference = MLP(latent_dim=4)
+    learned = MLP(latent_dim=4, learned_prior=True)
     learned.load_state_dict(reference.state_dict(), strict=False)
     torch.manual_seed(1)
     kl_reference = negative_elbo(reference, x, y)["kl"]

@@ -48,7 +48,7 @@ def test_training_puts_the_validation_posterior_means_into_the_projector(trained
     datamodule = MNISTDataModule(data_dir=data_dir)
     datamodule.setup("fit")
     images, labels = next(iter(datamodule.val_dataloader()))  # the first 1000 validation images
-    model = load_module(output_dir / "checkpoints" / "last.ckpt").model
+    model = load_module(output_dir / "checkpoints" / "last.ckpt").net
     assert_projector_shows(embeddings["latent/posterior_mean:00010"], model, images, labels)
 
 
@@ -63,16 +63,16 @@ def test_evaluate_writes_the_projector_of_the_first_test_images(trained_run, dat
     datamodule.setup("test")
     images, labels = next(iter(datamodule.test_dataloader()))
     (embedding,) = read_projector(tmp_path).values()
-    assert_projector_shows(embedding, load_module(checkpoint).model, images[:50], labels[:50])
+    assert_projector_shows(embedding, load_module(checkpoint).net, images[:50], labels[:50])
 
 
 def test_a_2d_latent_opens_in_the_projector_default_3d_pca(tmp_path):
     """TensorBoard's Projector opens on PCA components 1-3: a 2-D latent is written with a zero third coordinate,
     so the third component exists and every point has finite coordinates (a 2-D one showed "NaN%" and nothing)."""
     from cvae.explore.projector import write_projector
-    from cvae.model.cvae import CVAE
+    from cvae.model.mlp import MLP
 
-    model = CVAE(latent_dim=2).eval()
+    model = MLP(latent_dim=2).eval()
     images, labels = torch.rand(40, 784), torch.arange(40) % 10
     write_projector(model, images, labels, tmp_path)
     ((vectors, _, _),) = read_projector(tmp_path).values()

@@ -14,7 +14,8 @@ from cvae.callbacks.quality import GenerationQuality
 from cvae.data.mnist import MNISTDataModule, split_tensors
 from cvae.explore.figures import digit_rows, image_grid
 from cvae.metrics.generation import balanced_labels, conditional_generation_metrics
-from cvae.model.cvae import CVAE, NUM_CLASSES
+from cvae.model.mlp import MLP
+from cvae.model.network import NUM_CLASSES
 from cvae.run.checkpoints import load_module
 from cvae.sampling.gmm import GaussianMixtureSampler, fit_gaussian_mixture
 from cvae.sampling.prior import PriorSampler, decode
@@ -33,7 +34,7 @@ def train_slice(data_dir):
 @pytest.fixture(scope="module")
 def model():
     torch.manual_seed(0)
-    return CVAE(latent_dim=3).eval()
+    return MLP(latent_dim=3).eval()
 
 
 @pytest.fixture(scope="module")
@@ -109,14 +110,14 @@ def test_the_fit_is_saved_beside_the_checkpoint_and_reused_only_when_it_matches(
     assert torch.equal(reused.mixture["means"], sampler.mixture["means"])
 
     ckpt.write_bytes(b"checkpoint two")  # e.g. last.ckpt, overwritten by more training
-    GaussianMixtureSampler(components=2).fit_for_checkpoint(CVAE(latent_dim=3), *train_slice, ckpt)
+    GaussianMixtureSampler(components=2).fit_for_checkpoint(MLP(latent_dim=3), *train_slice, ckpt)
     assert "refitting" in capsys.readouterr().out
     assert not torch.equal(torch.load(path, weights_only=True)["mixture"]["means"], sampler.mixture["means"])
     assert (tmp_path / "best.ckpt.gmm3_diag_seed0.pt").exists() is False, "other settings get a file of their own"
 
 
 def test_prior_sampler_draws_from_the_learned_prior():
-    model = CVAE(latent_dim=2, learned_prior=True)
+    model = MLP(latent_dim=2, learned_prior=True)
     with torch.no_grad():
         model.prior_mu[3] = torch.tensor([4.0, -2.0])
         model.prior_logvar[3] = torch.tensor([0.0, 2 * torch.log(torch.tensor(0.5))])
@@ -138,7 +139,7 @@ def test_evaluate_draws_every_sample_from_the_chosen_sampler(trained_run, data_d
     saved = torch.load(tmp_path / "model.ckpt.gmm2_diag_seed0.pt", weights_only=True)
     sampler = GaussianMixtureSampler(components=2, covariance="diag")
     sampler.mixture = saved["mixture"]
-    model = load_module(ckpt).model
+    model = load_module(ckpt).net
     save_image(digit_rows(model, sampler.grid_latents(model, 10, seed=42)), tmp_path / "expected.png")
     assert (tmp_path / "gmm" / "samples.png").read_bytes() == (tmp_path / "expected.png").read_bytes()
     digit = decode(model, torch.full((8,), 4), sampler.latents(model, torch.full((8,), 4), seed=42))

@@ -59,7 +59,7 @@ def test_tensorboard_has_scalars_images_and_hparams(trained_run):
 def test_checkpoint_alone_rebuilds_the_model(trained_run):
     output_dir, _ = trained_run
     module = load_module(output_dir / "checkpoints" / "best.ckpt")
-    assert module.model.latent_dim == 3 and module.hparams.hidden_dims == [512, 256]
+    assert module.net.latent_dim == 3 and module.hparams.net["hidden_dims"] == [512, 256]
 
 
 def test_logged_means_weight_every_image_equally(trained_run, data_dir):
@@ -74,7 +74,7 @@ def test_logged_means_weight_every_image_equally(trained_run, data_dir):
     logged = trainer.validate(module, datamodule=datamodule, verbose=False)[0]["val/kl"]
     x, y = datamodule.splits["val"]
     with torch.no_grad():
-        exact = negative_elbo(module.model, x.view(-1, 784).float() / 255, y)["kl"].mean().item()
+        exact = negative_elbo(module.net, x.view(-1, 784).float() / 255, y)["kl"].mean().item()
     assert logged == pytest.approx(exact, rel=1e-5)
 
 
@@ -129,7 +129,7 @@ def test_multirun_gives_one_complete_run_per_member(tmp_path, data_dir):
         assert (member / "checkpoints" / "best.ckpt").is_file()
         assert list(member.glob("events.out.tfevents.*"))
         assert "test/nelbo" in json.loads((member / "metrics.json").read_text())
-        assert load_module(member / "checkpoints" / "best.ckpt").model.latent_dim == latent_dim
+        assert load_module(member / "checkpoints" / "best.ckpt").net.latent_dim == latent_dim
     assert sorted(p.name for p in sweep_dir.iterdir() if p.is_dir()) == ["0", "1"]
 
 

@@ -13,7 +13,7 @@ import torch
 
 from cvae.errors import CheckpointError, DataError
 from cvae.metrics.inception import standard_inception
-from cvae.model.cvae import CVAE
+from cvae.model.mlp import MLP
 from cvae.run.checkpoints import load_module, read_checkpoint
 from cvae.run.checks import EVALUATE_RULES, TRAIN_RULES
 from cvae.run.evaluate import evaluate
@@ -34,9 +34,13 @@ class Payload:
         return (os.system, (f"touch {self.proof}",))
 
 
-def with_hyperparameters(good: Path, path: Path, **changes) -> Path:
+def with_hyperparameters(good: Path, path: Path, changes: dict) -> Path:
+    """A copy of a good checkpoint with some hyperparameters changed: "net.<key>" changes the network's config."""
     checkpoint = torch.load(good, weights_only=True)
-    torch.save({**checkpoint, "hyper_parameters": {**checkpoint["hyper_parameters"], **changes}}, path)
+    hparams = checkpoint["hyper_parameters"]
+    net = {**hparams["net"], **{key[4:]: value for key, value in changes.items() if key.startswith("net.")}}
+    changes = {key: value for key, value in changes.items() if not key.startswith("net.")}
+    torch.save({**checkpoint, "hyper_parameters": {**hparams, "net": net, **changes}}, path)
     return path
 
 
@@ -44,15 +48,18 @@ def with_hyperparameters(good: Path, path: Path, **changes) -> Path:
     ("changes", "said"),
     [
         ({"dropout": 0.5}, "holds hyperparameters this version of cvae does not know (dropout)"),
-        ({"latent_dim": -1}, "holds a bad hyperparameter: latent_dim=-1 is not allowed"),
-        ({"latent_dim": "abc"}, "holds a bad hyperparameter: latent_dim='abc' is not allowed"),
-        ({"hidden_dims": [2_000_000_000]}, "describes a model of about 3.2e+12 parameters"),
-        ({"hidden_dims": "abc"}, "holds a bad hyperparameter: hidden_dims='abc' is not allowed"),
-        ({"architecture": "rnn"}, "holds a bad hyperparameter: architecture='rnn' is unknown"),
+        ({"net.latent_dim": -1}, "holds a bad hyperparameter: net.latent_dim=-1 is not allowed"),
+        ({"net.latent_dim": "abc"}, "holds a bad hyperparameter: net.latent_dim='abc' is not allowed"),
+        ({"net.hidden_dims": [2_000_000_000]}, "describes a model of about 3.2e+12 parameters"),
+        ({"net.hidden_dims": "abc"}, "holds a bad hyperparameter: model.net.hidden_dims='abc' is not allowed"),
+        ({"net.depth": 3}, "holds hyperparameters that build no network"),
+        ({"net._target_": "cvae.model.rnn.RNN"}, "holds hyperparameters that build no network"),
+        ({"net._target_": "os.system"}, "holds a bad hyperparameter: "),
+        ({"beta": -1}, "holds a bad hyperparameter: beta=-1 is not allowed"),
     ],
 )
 def test_checkpoint_hyperparameters_are_checked_before_a_model_is_built(changes, said, trained_run, tmp_path, capsys):
-    ckpt = with_hyperparameters(trained_run[0] / "checkpoints" / "best.ckpt", tmp_path / "crafted.ckpt", **changes)
+    ckpt = with_hyperparameters(trained_run[0] / "checkpoints" / "best.ckpt", tmp_path / "crafted.ckpt", changes)
     with pytest.raises(CheckpointError, match=said.replace("(", r"\(").replace(")", r"\)").replace("+", r"\+")):
         load_module(ckpt)  # no allocation of terabytes: it would not come back
     evaluation = compose_config("evaluate", [f"ckpt_path={ckpt}", *QUICK_EVALUATION], tmp_path / "evaluation")
@@ -77,7 +84,7 @@ def small_fit_inputs():
     """A 3-d model and 200 images (20 per digit): enough for a 2-component fit in a moment."""
     torch.manual_seed(0)
     images = torch.randint(0, 256, (200, 28, 28), dtype=torch.uint8)
-    return CVAE(latent_dim=3).eval(), images, torch.arange(10).repeat(20)
+    return MLP(latent_dim=3).eval(), images, torch.arange(10).repeat(20)
 
 
 def fit_path(ckpt: Path) -> Path:
@@ -208,11 +215,14 @@ def test_a_payload_in_any_file_a_user_passes_never_runs(trained_run, small_fit_i
 @pytest.mark.parametrize(
     ("changes", "said"),
     [
-        ({"hidden_dims": [1] * 1_000_000}, "hidden_dims has 1000000 entries, more than the 100 layers"),
-        ({"architecture": "conv", "channels": [2_000_000_000, 32], "hidden_dims": [8]}, "describes a model of about"),
+        ({"net.hidden_dims": [1] * 1_000_000}, "hidden_dims has 1000000 entries, more than the 100 layers"),
+        (
+            {"net._target_": "cvae.model.conv.Conv", "net.channels": [2_000_000_000, 32], "net.hidden_dims": [8]},
+            "describes a model of about",
+        ),
     ],
 )
 def test_a_checkpoint_asking_for_a_huge_model_is_refused_at_once(changes, said, trained_run, tmp_path):
-    ckpt = with_hyperparameters(trained_run[0] / "checkpoints" / "best.ckpt", tmp_path / "huge.ckpt", **changes)
+    ckpt = with_hyperparameters(trained_run[0] / "checkpoints" / "best.ckpt", tmp_path / "huge.ckpt", changes)
     with pytest.raises(CheckpointError, match=re.escape(said)):
         load_module(ckpt)
