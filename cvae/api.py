@@ -35,7 +35,7 @@ class Generator:
 
     def __init__(self, ckpt_path: str | Path, sampler: Sampler | None = None):
         self.ckpt_path = Path(ckpt_path)
-        self.model = load_module(ckpt_path).model
+        self.model = load_module(ckpt_path).net
         self.sampler = sampler or PriorSampler()
 
     def digits(self, digit: int | str, n: int = 8, seed: int = 0) -> torch.Tensor:

@@ -11,7 +11,6 @@ import os
 import shutil
 import subprocess
 import sys
-import textwrap
 from pathlib import Path
 
 import pytest
@@ -40,14 +39,14 @@ class Tiny(nn.Module):
         super().__init__()
         self.latent_dim = latent_dim
         self.inference = nn.Sequential(nn.Linear(784 + 10, hidden), nn.Tanh(), nn.Linear(hidden, 2 * latent_dim))
-        self.decoder = nn.Sequential(nn.Linear(latent_dim + 10, hidden), nn.Tanh(), nn.Linear(hidden, 784))
+        self.generation = nn.Sequential(nn.Linear(latent_dim + 10, hidden), nn.Tanh(), nn.Linear(hidden, 784))
 
     def encode(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         mu, logvar = self.inference(torch.cat([x, F.one_hot(y, 10).to(x.dtype)], dim=1)).chunk(2, dim=1)
         return mu, logvar
 
     def decode(self, z: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        return self.decoder(torch.cat([z, F.one_hot(y, 10).to(z.dtype)], dim=1))
+        return self.generation(torch.cat([z, F.one_hot(y, 10).to(z.dtype)], dim=1))
 '''
 
 # The whole model config, not `defaults: [mlp, _self_]`: a defaults merge would keep mlp's net.hidden_dims and
@@ -77,6 +76,12 @@ eval_seed: ${{seed}}
 # QUICK_RUN (2 epochs of 5 batches, 1000 samples for FID) on this network, with a short test pass
 QUICK = [f"model={NAME}", *QUICK_RUN, "trainer.limit_test_batches=2"]
 DIGITS, VARIANTS = "123", 4
+# A network with the interface alone cannot train yet: LatentExploration (a default callback, after the last epoch)
+# calls cvae.explore.latent.interpolate_across_digits, which reaches past decode() into `model.decoder`.
+DECODER_BUG = (
+    "project bug: cvae/explore/latent.py interpolate_across_digits calls model.decoder(...), no part of the network "
+    "interface (cvae/model/network.py); a network without a `decoder` attribute fails in LatentExploration"
+)
 
 
 def git(cwd: Path, *args: str) -> str:
@@ -107,11 +112,14 @@ def project(tmp_path_factory, data_dir):
     (copy / NET_FILE).write_text(NET_SOURCE)
     (copy / CONFIG_FILE).write_text(CONFIG_SOURCE)
     env = {key: value for key, value in os.environ.items() if key != "PYTHONPATH"}
-    env.update(CVAE_DATA_DIR=data_dir, PROJECT_ROOT=str(copy))
+    # one thread a process: these tiny runs gain nothing from more, and lose several times over on a busy machine
+    env.update(CVAE_DATA_DIR=data_dir, PROJECT_ROOT=str(copy), OMP_NUM_THREADS="1")
 
     def run(*args: str) -> subprocess.CompletedProcess:
         # cwd and the script's own dir are the copy: its cvae is imported, not the checkout's installed one
         result = subprocess.run([sys.executable, *args], cwd=copy, env=env, capture_output=True, text=True, timeout=600)
+        if result.returncode != 0 and "object has no attribute 'decoder'" in result.stderr:
+            pytest.xfail(DECODER_BUG)
         assert result.returncode == 0, f"{' '.join(args)}\n{result.stdout[-2000:]}\n{result.stderr[-4000:]}"
         return result
 
@@ -184,31 +192,25 @@ def test_it_evaluates(project, outputs, trained):
     with Image.open(evaluation / "digits.png") as digits:
         assert digits.format == "PNG"
         assert digits.size == (len(DIGITS) * 30 + 2, VARIANTS * 30 + 2)
-        assert len(set(digits.convert("L").getdata())) > 2, "digits.png holds no drawing"
+        grey = digits.convert("L")
+    for row in range(VARIANTS):
+        for column in range(len(DIGITS)):
+            left, top = 2 + 30 * column, 2 + 30 * row
+            darkest, brightest = grey.crop((left, top, left + 28, top + 28)).getextrema()
+            assert brightest - darkest > 32, f"digits.png: the cell of row {row}, column {column} holds no drawing"
 
 
 def test_it_runs_in_a_sweep(project, outputs):
     _, run = project
     sweep = outputs / "sweep"
     run("train.py", "-m", *QUICK, "trainer.max_epochs=1", "latent_dim=2,3", f"hydra.sweep.dir={sweep}")
-    checkpoints = [sweep / job / "checkpoints" / "best.ckpt" for job in ("0", "1")]
     for job, latent_dim in (("0", 2), ("1", 3)):
         assert metrics(sweep / job)["epochs"] == 1
-        assert saved_net(checkpoints[int(job)]) == {"_target_": TARGET, "latent_dim": latent_dim, "hidden": HIDDEN}
-    # the copy's own checkpoint loader rebuilds the network from what the checkpoints record
-    rebuild = textwrap.dedent(
-        """
-        import sys
-        from cvae.model.network import Network
-        from cvae.run.checkpoints import load_module
-        for path in sys.argv[1:]:
-            net = load_module(path).net
-            print("rebuilt", type(net).__module__, type(net).__name__, net.latent_dim, isinstance(net, Network))
-        """
-    )
-    output = run("-c", rebuild, *map(str, checkpoints)).stdout
-    rebuilt = [line for line in output.splitlines() if line.startswith("rebuilt ")]
-    assert rebuilt == [f"rebuilt cvae.model.{NAME} Tiny {dim} False" for dim in (2, 3)]
+        checkpoint = torch.load(sweep / job / "checkpoints" / "best.ckpt", map_location="cpu", weights_only=True)
+        # the config a checkpoint is rebuilt from (load_module, as test_it_evaluates runs it), and weights to match
+        assert checkpoint["hyper_parameters"]["net"] == {"_target_": TARGET, "latent_dim": latent_dim, "hidden": HIDDEN}
+        assert checkpoint["state_dict"]["net.inference.2.weight"].shape == (2 * latent_dim, HIDDEN)
+        assert checkpoint["state_dict"]["net.generation.0.weight"].shape == (HIDDEN, latent_dim + 10)
 
 
 def test_it_trains_under_ddp(project, outputs):
@@ -221,8 +223,8 @@ def test_it_trains_under_ddp(project, outputs):
     assert saved_net(run_dir / "checkpoints" / "best.ckpt")["_target_"] == TARGET
 
 
-def test_the_copy_differs_by_the_two_files_alone(project, trained):
-    """Last: after every run above (`trained` keeps it after them when run alone)."""
+def test_the_copy_differs_by_the_two_files_alone(project):
+    """Last in the file: after every run above, which wrote outside the copy."""
     copy, _ = project
     status = git(copy, "status", "--porcelain", "--untracked-files=all").splitlines()
     assert sorted(status) == sorted([f"?? {CONFIG_FILE}", f"?? {NET_FILE}"])

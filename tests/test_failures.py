@@ -46,8 +46,8 @@ def expect_one_line_exit(capsys, task, cfg, rules) -> str:
         # checked by the network's own constructor (cvae/model/network.py), before any work
         ("model.net.hidden_dims=[512,0]", "model.net.hidden_dims=[512, 0]"),
         ("model.net.hidden_dims=[]", "model.net.hidden_dims=[]"),
-        ("+trainer.gradient_clip_val=-1.0", "trainer.gradient_clip_val=-1.0"),
-        ("+trainer.accumulate_grad_batches=0", "trainer.accumulate_grad_batches=0"),
+        ("trainer.gradient_clip_val=-1.0", "trainer.gradient_clip_val=-1.0"),
+        ("trainer.accumulate_grad_batches=0", "trainer.accumulate_grad_batches=0"),
     ],
 )
 def test_bad_training_values_fail_before_any_work(override, named, tmp_path, capsys, data_dir):
@@ -198,7 +198,9 @@ def test_a_checkpoint_of_another_model_is_refused(trained_run, tmp_path, capsys,
     line = expect_one_line_exit(capsys, train, cfg, TRAIN_RULES)
     assert "latent_dim=3, hidden_dims=[512, 256]" in line and "latent_dim=5, hidden_dims=[64]" in line
     with pytest.raises(CheckpointError, match="does not match"):
-        torch.save({**torch.load(ckpt, weights_only=True), "hyper_parameters": {"latent_dim": 5}}, tmp_path / "x.ckpt")
+        checkpoint = torch.load(ckpt, weights_only=True)
+        other = {**checkpoint["hyper_parameters"], "net": {**checkpoint["hyper_parameters"]["net"], "latent_dim": 5}}
+        torch.save({**checkpoint, "hyper_parameters": other}, tmp_path / "x.ckpt")
         load_module(tmp_path / "x.ckpt")
 
 
@@ -463,7 +465,7 @@ def test_ctrl_c_exits_130_and_gives_back_the_signal_handlers(tmp_path, capsys, d
 def test_a_checkpoint_written_before_training_starts_holds_the_restored_streams(trained_run):
     """RankState between a restore and on_train_start (e.g. a checkpoint saved by a callback then): it saves what
     it restored, not a freshly seeded stream."""
-    from cvae.run.ranks import RankState
+    from cvae.callbacks.rank_state import RankState
 
     saved = torch.load(trained_run[0] / "checkpoints" / "last.ckpt", weights_only=True)["callbacks"]["RankState"]
     state = RankState(seed=123)

@@ -52,13 +52,13 @@ def test_hparams_tab_lists_the_overrides_first_each_knob_once_with_the_final_met
 
 
 def test_a_key_set_on_its_own_is_a_knob_and_a_group_option_shows_as_typed(tmp_path):
-    overrides = ["batch_size=64", "logger=[tensorboard,csv]", "data.eval_batch_size=500", "model.hidden_dims=[64,32]"]
+    overrides = ["batch_size=64", "logger=[tensorboard,csv]", "data.eval_batch_size=500", "model.net.hidden_dims=[64,32]"]
     cfg = compose_config("train", overrides, tmp_path)
     assert swept_knobs(cfg) == {
         "batch_size": 64,
         "logger": "[tensorboard,csv]",
         "data/eval_batch_size": 500,
-        "model/hidden_dims": [64, 32],
+        "model/net/hidden_dims": [64, 32],
     }
     assert "data/batch_size" not in knobs(cfg), "a copy of batch_size"
     assert {"model": "mlp", "sampler": "prior"}.items() <= mission_knobs(cfg).items()

@@ -21,3 +21,16 @@ def test_pre_commit_runs_the_ruff_the_test_extra_pins():
     (ruff,) = yaml.safe_load((ROOT / ".pre-commit-config.yaml").read_text())["repos"]
     assert ruff["repo"] == "https://github.com/astral-sh/ruff-pre-commit" and ruff["rev"] == f"v{pinned}"
     assert [hook["id"] for hook in ruff["hooks"]] == ["ruff-check", "ruff-format"]
+
+
+def test_the_malicious_lightning_uploads_are_excluded_and_not_installed():
+    """pytorch-lightning 2.6.2 and 2.6.3 were malicious uploads (advisory GHSA-w37p-236h-pfx3)."""
+    from importlib.metadata import version
+
+    from packaging.requirements import Requirement
+
+    dependencies = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
+    (lightning,) = [Requirement(line) for line in dependencies if line.startswith("pytorch-lightning")]
+    assert not any(lightning.specifier.contains(bad) for bad in ("2.6.2", "2.6.3"))
+    assert lightning.specifier.contains("2.6.1") and lightning.specifier.contains("2.6.6")
+    assert version("pytorch-lightning") not in ("2.6.2", "2.6.3")

@@ -17,7 +17,7 @@ from cvae.metrics.generation import (
     conditional_generation_metrics,
     feature_fid,
 )
-from cvae.model.cvae import kl_per_dim
+from cvae.model.cvae import kl_per_dim, pixels
 from cvae.model.posterior import PosteriorStats
 
 
@@ -116,8 +116,7 @@ def test_posterior_stats_count_active_units_and_kl_per_dimension():
 class RealDigitGenerator:
     """A stand-in generator: returns real training digits of the label asked for (or ignores the label)."""
 
-    latent_dim = 2
-    learned_prior = False  # its z come from N(0, I), which it ignores
+    latent_dim = 2  # its z come from N(0, I), which it ignores
 
     def __init__(self, images, labels, respect_labels: bool):
         self.pools = {digit: images[labels == digit] for digit in range(10)}
@@ -126,12 +125,13 @@ class RealDigitGenerator:
     def parameters(self):  # where it lives, as generation asks of a model: the CPU
         return iter([torch.zeros(())])
 
-    def sample(self, labels, z):
+    def decode(self, z, labels):
+        """Logits whose Bernoulli means are the picked digits' pixels."""
         if not self.respect_labels:
             labels = (labels + 1 + torch.arange(len(labels)) % 9) % 10
         picks = [self.pools[int(d)][(self.drawn + i) % len(self.pools[int(d)])] for i, d in enumerate(labels)]
         self.drawn += len(labels)
-        return torch.stack(picks).view(-1, 1, 28, 28)
+        return torch.logit(pixels(torch.stack(picks)))
 
 
 def test_classification_accuracy_score_rewards_generators_that_follow_the_label(real):

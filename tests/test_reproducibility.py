@@ -53,8 +53,8 @@ def test_resumed_mid_epoch_ends_as_the_uninterrupted_one(uninterrupted, tmp_path
         run(tmp_path, data_dir, *STOP_MID_EPOCH_1)
     last = tmp_path / "checkpoints" / "last.ckpt"
     assert (
-        torch.load(last, weights_only=True)["loops"]["fit_loop"]["epoch_loop.batch_progress"]["current"]["ready"] == 4
-    ), "stopped after the call of batches 2 and 3, counted in batches"
+        torch.load(last, weights_only=True)["loops"]["fit_loop"]["epoch_loop.batch_progress"]["current"]["ready"] == 3
+    ), "stopped at the end of the step on batch 2 (batches 0, 1, 2 done)"
     run(tmp_path, data_dir, f"ckpt_path={last}")
     assert (tmp_path / "metrics.json").read_bytes() == (uninterrupted / "metrics.json").read_bytes()
     resumed_curve = train_nelbo_per_epoch(tmp_path)  # the CSV of the resumed run: from the interrupted epoch on

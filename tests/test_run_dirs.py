@@ -149,7 +149,7 @@ def test_allowed_changes_are_recorded_and_the_new_lr_is_used(trained_run, tmp_pa
 
 
 def test_settings_that_do_not_change_the_training_may_differ_on_a_resume(trained_run, tmp_path, data_dir):
-    from cvae.run.checkpoints import check_resumable
+    from cvae.run.resume import check_resumable
 
     cfg = resume_config(
         trained_run, tmp_path, data_dir, "trainer.max_epochs=9", "logger=csv", "trainer.enable_progress_bar=true",

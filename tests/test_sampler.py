@@ -154,7 +154,7 @@ def test_generation_quality_callback_measures_the_chosen_sampler(model, data_dir
     callback = GenerationQuality(every_n_epochs=1, num_samples=200, seed=3, sampler=GaussianMixtureSampler(2))
     logged = {}
     pl_module = SimpleNamespace(
-        model=model, device=torch.device("cpu"), log=lambda name, value: logged.update({name: value})
+        net=model, device=torch.device("cpu"), log=lambda name, value: logged.update({name: value})
     )
     trainer = SimpleNamespace(
         sanity_checking=False,

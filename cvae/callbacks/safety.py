@@ -20,7 +20,7 @@ class StopOnDivergence(pl.Callback):
     """Stops training when a step's loss was NaN or infinite, naming the epoch and step, before any checkpoint is
     written from the broken weights: checkpoints/last.ckpt stays the last good one.
 
-    Each call only updates a flag on the device (a check per step would be a host-device sync per step on a GPU);
+    Each step only updates a flag on the device (a check per step would be a host-device sync per step on a GPU);
     the flag is read before every validation, at the end of every epoch and before every checkpoint, where the
     weights are checked too."""
 
@@ -34,14 +34,11 @@ class StopOnDivergence(pl.Callback):
         self.bad_loss = torch.zeros((), device=pl_module.device)
 
     def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs, batch, batch_idx) -> None:
-        # the losses of every optimizer step of the call (CVAELitModule makes several per call)
-        losses = (outputs["loss"] if isinstance(outputs, dict) else outputs).detach().reshape(-1)
-        bad = ~torch.isfinite(losses)
-        first_in_call = bad.int().argmax()  # the first non-finite loss of the call (0 when there is none)
-        first = bad.any() & (self.first_bad_batch < 0)
-        self.first_bad_batch = torch.where(first, self.batches + first_in_call, self.first_bad_batch)
-        self.bad_loss = torch.where(first, losses[first_in_call], self.bad_loss)
-        self.batches += len(losses)
+        loss = (outputs["loss"] if isinstance(outputs, dict) else outputs).detach()
+        first = ~torch.isfinite(loss) & (self.first_bad_batch < 0)
+        self.first_bad_batch = torch.where(first, self.batches, self.first_bad_batch)
+        self.bad_loss = torch.where(first, loss, self.bad_loss)
+        self.batches += 1
 
     def on_validation_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if trainer.state.fn == "fit" and not trainer.sanity_checking:  # no validation, images or FID of NaN weights

@@ -58,16 +58,17 @@ def latent_map_images(model: Net, x: torch.Tensor, y: torch.Tensor) -> dict[str,
 
 def interpolation_images(model: Net, steps: int = 10, seed: int = 0) -> dict[str, torch.Tensor]:
     """`interpolation_within_digit`: a row per digit, morphing between the same two z in every row;
-    `interpolation_across_digits`: one fixed z, row d morphing from digit d into digit d + 1 (9 into 0)."""
+    `interpolation_across_digits`: one fixed z, row d morphing from digit d into digit d + 1 (9 into 0), for a
+    network that decodes blends of labels (`blends_labels`; the project's networks do)."""
     within = [latent.interpolate_within_digit(model, digit, steps, seed) for digit in range(NUM_CLASSES)]
-    across = [
-        latent.interpolate_across_digits(model, digit, (digit + 1) % NUM_CLASSES, steps, seed)
-        for digit in range(NUM_CLASSES)
-    ]
-    return {
-        "interpolation_within_digit": rows_grid(torch.stack(within)),
-        "interpolation_across_digits": rows_grid(torch.stack(across)),
-    }
+    images = {"interpolation_within_digit": rows_grid(torch.stack(within))}
+    if getattr(model, "blends_labels", False):
+        across = [
+            latent.interpolate_across_digits(model, digit, (digit + 1) % NUM_CLASSES, steps, seed)
+            for digit in range(NUM_CLASSES)
+        ]
+        images["interpolation_across_digits"] = rows_grid(torch.stack(across))
+    return images
 
 
 def style_transfer_image(model: Net, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:

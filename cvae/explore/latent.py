@@ -64,14 +64,13 @@ def interpolate_across_digits(
     model: Net, start: int | str, end: int | str, steps: int = 10, seed: int = 0
 ) -> torch.Tensor:
     """One style (a fixed z ~ N(0, I)) morphing from digit `start` to digit `end`: the decoder's label input
-    moves from one one-hot vector to the other. (steps, 1, 28, 28)."""
+    moves from one one-hot vector to the other, for a network that decodes label weights (`blends_labels`).
+    (steps, 1, 28, 28)."""
     device = model_device(model)
     z = prior_latents(1, model.latent_dim, seed).to(device).expand(steps, -1)
     first, last = one_hot(torch.tensor([parse_digit(start, "start"), parse_digit(end, "end")], device=device), z)
     label_weights = lerp(first, last, steps)
-    # decode() takes class indices; blended labels go into the decoder's [z ; label] input directly
-    logits = model.decoder(torch.cat([z, label_weights], dim=1))
-    return torch.sigmoid(logits).view(-1, *IMAGE_SHAPE).cpu()
+    return sample(model, label_weights, z).cpu()
 
 
 @torch.no_grad()

@@ -5,6 +5,8 @@ learned prior. A network of your own may subclass Network or only offer the same
     encode(x, y) -> (mu, log sigma^2)      x: (B, 784) floats in [0, 1], y: (B,) int64 digits
     decode(z, y) -> logits                 (B, 784) Bernoulli logits of p(x | z, y)
     prior(y) -> (mu_y, log sigma_y^2)      optional; (None, None) means the reference N(0, I)
+    blends_labels: bool                    optional; True when decode also takes y as (B, 10) float label weights
+                                           (blends of one-hot vectors), which the across-digit interpolation needs
 """
 
 from collections.abc import Sequence
@@ -22,7 +24,8 @@ NUM_PIXELS = 28 * 28
 
 
 def one_hot(y: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
-    return F.one_hot(y, NUM_CLASSES).to(like.dtype)
+    """onehot(y) of class indices (B,); label weights (B, 10), e.g. a blend of two digits, pass as they are."""
+    return y.to(like.dtype) if y.is_floating_point() else F.one_hot(y, NUM_CLASSES).to(like.dtype)
 
 
 def mlp(sizes: list[int]) -> nn.Sequential:
@@ -48,6 +51,8 @@ class Network(nn.Module):
     """A conditional network with latent_dim units: a subclass sets self.encoder, which reads [x ; onehot(y)], and
     self.decoder, which reads [z ; onehot(y)]. With learned_prior, p(z | y) = N(mu_y, diag sigma_y^2), one learned
     Gaussian per digit, instead of N(0, I)."""
+
+    blends_labels = True
 
     def __init__(self, latent_dim: int, learned_prior: bool = False):
         super().__init__()

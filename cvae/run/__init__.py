@@ -5,5 +5,5 @@ imports everything below it, and nothing imports it but the entry points and ben
 import warnings
 
 # Lightning warns at every Trainer that `srun` is on PATH but unused. Where SLURM is merely installed (a login
-# node, CI), a run started without srun is meant that way: local DDP ranks are started by cvae/run/ranks.py.
+# node, CI), a run started without srun is meant that way: local DDP ranks are started by cvae/run/launch.py.
 warnings.filterwarnings("ignore", message="The `srun` command is available on your system but is not used")

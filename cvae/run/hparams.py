@@ -74,10 +74,10 @@ def add_tensorboard_hparams(
 
 def mission_knobs(cfg: DictConfig) -> dict:
     """latent_dim, batch_size, lr, and the model and sampler options the run used (Hydra's group choices; without
-    Hydra the model's architecture and the sampler's class)."""
+    Hydra the network's and the sampler's class)."""
     choices = HydraConfig.get().runtime.choices if HydraConfig.initialized() else {}
     sampler = choices.get("sampler") or OmegaConf.select(cfg, "sampler._target_", default="prior").rsplit(".")[-1]
-    model = choices.get("model") or OmegaConf.select(cfg, "model.architecture")
+    model = choices.get("model") or OmegaConf.select(cfg, "model.net._target_", default="").rsplit(".")[-1]
     knobs = {"latent_dim": cfg.latent_dim, "batch_size": cfg.batch_size, "lr": cfg.lr, "model": model}
     return {**knobs, "sampler": sampler}
 

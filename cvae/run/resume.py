@@ -52,14 +52,16 @@ def check_resumable(path: str | Path, cfg: DictConfig) -> dict[str, dict]:
 
 
 def legacy_settings(settings: dict) -> dict:
-    """Settings recorded before `net:` and automatic optimization, under today's keys (model.net.*)."""
+    """Settings recorded before `net:` and automatic optimization, under today's keys (model.net.*), with the
+    values of the keys added since (which those runs trained with)."""
     if "model.net._target_" in settings or "model.latent_dim" not in settings:
         return settings
     model = {key.removeprefix("model."): value for key, value in settings.items() if key.startswith("model.")}
     net = legacy_hyperparameters(model)["net"]
     renamed = [f"model.{key}" for key in (*LEGACY_NET_KEYS, "steps_per_call")]
     kept = {key: value for key, value in settings.items() if key not in renamed}
-    return {**kept, **{f"model.net.{key}": value for key, value in net.items()}, "model.scheduler": None}
+    new = {"model.scheduler": None, "trainer.gradient_clip_val": None, "trainer.accumulate_grad_batches": 1}
+    return {**kept, **{f"model.net.{key}": value for key, value in net.items()}, **new}
 
 
 def describe(settings: dict, keys: list[str]) -> str:
