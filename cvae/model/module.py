@@ -59,7 +59,10 @@ class CVAELitModule(pl.LightningModule):
         warmup = self.hparams.kl_warmup_epochs
         if warmup <= 0:
             return self.hparams.beta
-        epochs_done = self.global_step / max(1, self.trainer.num_training_batches)
+        # optimizer steps over steps per epoch (several batches per step with gradient accumulation)
+        epochs_done = (
+            self.global_step * self.trainer.accumulate_grad_batches / max(1, self.trainer.num_training_batches)
+        )
         return self.hparams.beta * min(1.0, epochs_done / warmup)
 
     def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
