@@ -46,6 +46,7 @@ def log_final(loggers: list[Logger], cfg: DictConfig, metrics: dict, extra: dict
         else:
             logger.log_hyperparams(hparams)
             logger.log_metrics(final, step=step)
+            logger.save()  # after the trainer's last save: a CSVLogger writes its rows only when saved
 
 
 def add_tensorboard_hparams(
