@@ -292,16 +292,14 @@ def test_the_metric_is_logged_and_matches_the_checkpoint(project, trained, val_s
 
 def test_the_logger_gets_every_scalar_the_hparams_and_the_final_metrics(trained):
     logged, shown = csv_series(trained), tensorboard_series(trained)
-    assert {GRAD_NORM, RECON_MSE, "train/nelbo", "val/nelbo", "final/val/nelbo"} <= set(shown)
-    during = {name: series for name, series in shown.items() if not name.startswith("final/")}
-    assert set(during) <= set(logged)
-    for name, series in during.items():
+    assert {GRAD_NORM, RECON_MSE, "train/nelbo", "val/nelbo"} <= set(shown) <= set(logged)
+    for name, series in shown.items():
         assert [step for step, _ in logged[name]] == [step for step, _ in series], name
         assert [value for _, value in logged[name]] == pytest.approx([value for _, value in series], rel=1e-6), name
     hparams = yaml.safe_load((trained / CSV_DIR / "hparams.yaml").read_text())
     assert (hparams["latent_dim"], hparams["model"], hparams["global_batch_size"]) == (2, MODEL, 128)
-    final = sorted(name for name in shown if name.startswith("final/"))
-    assert set(final) <= set(logged), "the final metrics reach the CSV too"
+    final = sorted(name for name in logged if name.startswith("final/"))
+    assert "final/val/nelbo" in final, "the final metrics reach the CSV (TensorBoard: its `best` sub-run)"
     results = metrics(trained)
     for name in final:
         assert logged[name][-1][1] == pytest.approx(results[name.removeprefix("final/")], rel=1e-6), name

@@ -50,10 +50,11 @@ def test_tensorboard_has_scalars_images_and_hparams(trained_run):
         tag: HParamsPluginData.FromString(content) for tag, content in events.PluginTagToContent("hparams").items()
     }
     session = hparams["_hparams_/session_start_info"].session_start_info.hparams
-    assert session["latent_dim"].number_value == 3 and session["model/beta"].number_value == 1.0
+    assert session["latent_dim"].string_value == "3" and session["model/beta"].number_value == 1.0
     assert not any(key.rsplit("/", 1)[-1].startswith("_") for key in session), "no _target_ noise in HPARAMS"
     metric_names = {info.name.tag for info in hparams["_hparams_/experiment"].experiment.metric_infos}
-    assert {"final/val/nelbo", "final/test/nelbo"} <= metric_names <= scalars
+    best = EventAccumulator(str(output_dir / "best")).Reload()  # the final figures, under the curves' tags
+    assert {"val/nelbo", "test/nelbo"} <= metric_names == set(best.Tags()["scalars"]) <= scalars
 
 
 def test_checkpoint_alone_rebuilds_the_model(trained_run):
