@@ -52,25 +52,28 @@ def test_train_prints_its_dir_first_and_its_results_last_and_no_library_noise(tm
 
 
 def assert_tensorboard_opens_on_the_curves(run_dir) -> None:
-    """Scalars and Time Series sort their charts by tag: no `epoch` chart and no final/* charts before train/ and
-    val/; the final figures are points of the `best` sub-run on the charts of the curves, and HPARAMS reads them
-    there (the values of metrics.json); integers are shown as integers."""
+    """Time Series and Scalars sort their charts by tag and open the first two groups (the tag up to its first /):
+    train/ and val/, holding the -ELBO curves and their terms alone; no `epoch` or single-point charts. The final
+    figures are points of the `best` sub-run on the charts of the curves; HPARAMS reads them there (the values of
+    metrics.json); it shows integers as integers."""
     runs = EventMultiplexer().AddRunsFromDirectory(str(run_dir)).Reload()
     assert set(runs.Runs()) == {".", "best"}
-    main = runs.GetAccumulator(".")
-    tags = main.Tags()["scalars"]
-    assert "epoch" not in tags and not [tag for tag in tags if tag.startswith("final/")]
-    assert len(main.Scalars("val/nelbo")) == 2 and len(main.Scalars("train/nelbo")) == 2, "the curves, per epoch"
+    main, best = runs.GetAccumulator("."), runs.GetAccumulator("best")
+    tags = [*main.Tags()["scalars"], *main.Tags()["images"], *best.Tags()["scalars"]]
+    groups = sorted({tag.split("/")[0] for tag in tags})
+    assert groups[:2] == ["train", "val"], groups
+    opened = sorted(tag for tag in tags if tag.split("/")[0] in groups[:2])
+    assert opened == ["train/beta", "train/nelbo", "train/nelbo_step", "val/kl", "val/nelbo", "val/nelbo", "val/recon"]
+    assert all(len(main.Scalars(tag)) == 2 for tag in opened if tag in main.Tags()["scalars"]), "curves: per epoch"
     metrics = read_json(run_dir / "metrics.json")
-    best = runs.GetAccumulator("best")
-    for tag in best.Tags()["scalars"]:
-        assert best.Scalars(tag)[-1].value == np.float32(metrics[tag]), tag
     hparams = {
         tag: HParamsPluginData.FromString(content) for tag, content in main.PluginTagToContent("hparams").items()
     }
-    columns = [(info.name.group, info.name.tag) for info in hparams["_hparams_/experiment"].experiment.metric_infos]
-    assert columns == [("best", "val/nelbo"), ("best", "test/nelbo"), ("best", "val/fid"), ("best", "val/label_acc")]
-    assert set(best.Tags()["scalars"]) == {tag for _, tag in columns}
+    columns = hparams["_hparams_/experiment"].experiment.metric_infos
+    assert [info.display_name for info in columns] == ["val/nelbo", "val/fid", "val/label_acc"]
+    assert {info.name.group for info in columns} == {"best"}
+    for info in columns:
+        assert best.Scalars(info.name.tag)[-1].value == np.float32(metrics[info.display_name]), info.display_name
     shown = hparams["_hparams_/session_start_info"].session_start_info.hparams
     assert (shown["batch_size"].string_value, shown["latent_dim"].string_value) == ("128", "2")
     assert shown["lr"].number_value == 1e-3

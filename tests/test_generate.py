@@ -223,9 +223,9 @@ def test_anomaly_demo_tells_rotated_digits_from_real_ones(model_2d, test_split):
 
 def test_training_logs_the_latent_exploration_to_tensorboard(run_2d):
     events = EventAccumulator(str(run_2d), size_guidance={"images": 0}).Reload()
-    exploration = {tag for tag in events.Tags()["images"] if tag.startswith("exploration/")}
+    exploration = {tag for tag in events.Tags()["images"] if tag.startswith("visuals/exploration/")}
     assert exploration == {
-        f"exploration/{name}"
+        f"visuals/exploration/{name}"
         for name in (
             "latent_map",
             "latent_manifold",
@@ -234,7 +234,7 @@ def test_training_logs_the_latent_exploration_to_tensorboard(run_2d):
             "style_transfer",
         )
     }
-    style = events.Images("exploration/style_transfer")[-1]
+    style = events.Images("visuals/exploration/style_transfer")[-1]
     assert (style.width, style.height) == grid_size(11, 10)
 
 

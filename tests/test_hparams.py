@@ -46,11 +46,12 @@ def test_hparams_tab_lists_the_overrides_first_each_knob_once_with_the_final_met
     assert (values["model"].string_value, values["sampler"].string_value) == ("mlp", "prior")
     assert not any(value.string_value.startswith("..") for value in values.values()), "none climbs out"
     metrics = json.loads((output_dir / "metrics.json").read_text())
-    columns = [info.name.tag for info in summaries["_hparams_/experiment"].experiment.metric_infos]
-    assert columns == ["val/nelbo", "test/nelbo", "val/fid", "val/label_acc"]
+    columns = summaries["_hparams_/experiment"].experiment.metric_infos
+    assert [column.display_name for column in columns] == ["val/nelbo", "val/fid", "val/label_acc"]
     best = EventAccumulator(str(output_dir / "best")).Reload()  # the sub-run the columns read (their group)
     for column in columns:
-        assert best.Scalars(column)[-1].value == pytest.approx(metrics[column], rel=1e-6)
+        assert column.name.group == "best"
+        assert best.Scalars(column.name.tag)[-1].value == pytest.approx(metrics[column.display_name], rel=1e-6)
 
 
 def test_a_key_set_on_its_own_is_a_knob_and_a_group_option_shows_as_typed(tmp_path):

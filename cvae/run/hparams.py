@@ -26,6 +26,7 @@ from torch.utils.tensorboard.summary import hparams as hparams_summaries
 from torch.utils.tensorboard.writer import FileWriter, SummaryWriter
 
 from cvae.run.sweep import FINAL_METRICS
+from cvae.run.tensorboard_logger import tensorboard_tag
 
 KNOB_KEYS = ("latent_dim", "batch_size", "lr", "seed", "model", "data", "trainer")
 # a value that is nothing but a reference to another key, e.g. ${batch_size}: a copy, not a knob
@@ -33,7 +34,8 @@ COPY_OF_KEY = re.compile(r"^\$\{[\w.]+\}$")
 
 
 # TensorBoard's sub-run (a folder of the run dir) holding the final figures, under the tags of the curves: the best
-# checkpoint's val/nelbo is a point on the val/nelbo chart, not a chart of its own ahead of the curves
+# checkpoint's val/nelbo is a point on the val/nelbo chart, not a chart of its own ahead of the curves; HPARAMS's
+# metric columns read them there
 BEST_RUN = "best"
 
 
@@ -61,15 +63,18 @@ def add_tensorboard_hparams(
     ticks them (Lightning's log_hyperparams cannot mark them). Its metric columns read the final figures from
     the BEST_RUN sub-run."""
     logger.log_hyperparams(hparams)  # into hparams.yaml only: without metrics Lightning writes no summary
+    charted = {tensorboard_tag(name): (name, value) for name, value in final.items()}
+    charted.pop(None, None)  # test figures: not charted (metrics.json has them)
     experiment, session_start, session_end = hparams_summaries(
-        {key: tensorboard_value(value) for key, value in hparams.items()}, final
+        {key: tensorboard_value(value) for key, value in hparams.items()},
+        {tag: value for tag, (_, value) in charted.items()},
     )
     content = experiment.value[0].metadata.plugin_data
     plugin_data = HParamsPluginData.FromString(content.content)
     for info in plugin_data.experiment.hparam_infos:
         info.differs = info.name in marked
     for info in plugin_data.experiment.metric_infos:
-        info.name.group = BEST_RUN
+        info.name.group, info.display_name = BEST_RUN, charted[info.name.tag][0]
     content.content = plugin_data.SerializeToString()
     # a file writer of its own beside the logger's (TensorBoard reads every events file of the dir): the
     # SummaryWriter has no public call that takes a prebuilt summary
@@ -78,8 +83,8 @@ def add_tensorboard_hparams(
         writer.add_summary(summary)
     writer.close()
     with SummaryWriter(os.path.join(logger.log_dir, BEST_RUN)) as best:
-        for name, value in final.items():
-            best.add_scalar(name, value, step)
+        for tag, (_, value) in charted.items():
+            best.add_scalar(tag, value, step)
     logger.save()
 
 

@@ -1,25 +1,48 @@
 """Lightning's TensorBoardLogger, so that TensorBoard opens on the curves people look at (conf/logger/tensorboard.yaml).
 
-- No `epoch` scalar: Lightning adds one to every logged dict; TensorBoard's x axis is the step already, and as a
-  chart of its own (sorted first) it opened the Scalars and Time Series dashboards.
-- hparams.yaml holds the run's knobs (cvae/run/hparams.py gives them at the end of the run), never `{}`: Lightning
-  writes the file at its first save, which comes before any hyperparameters here.
+TensorBoard's Time Series and Scalars dashboards sort their charts by tag and open the first two groups (a group:
+the tag up to its first `/`). So that these are train/ and val/ with the -ELBO curves:
+
+- no `epoch` chart: Lightning adds `epoch` to every logged dict; the x axis is the step already;
+- no single-point `test/*` charts (they sorted first): the best checkpoint's test figures are in metrics.json;
+- the rest of validation in groups after val/: `val_generation/` (FID, label accuracy, overall and per digit),
+  `val_latent/` (active units, KL per latent dimension). Only TensorBoard's names move; metrics.json, the CSV,
+  MLflow and W&B keep the metric names;
+- hparams.yaml holds the run's knobs (cvae/run/hparams.py gives them at the end of the run), never `{}`:
+  Lightning writes the file at its first save, which comes before any hyperparameters here.
 """
 
 from pytorch_lightning import loggers
 from pytorch_lightning.utilities import rank_zero_only
 
-LIGHTNING_CONVENIENCE_KEYS = ("epoch",)
+NOT_CHARTED = ("epoch", "test/")  # names, or prefixes ending in /
+MOVED_AFTER_THE_CURVES = {
+    "val/fid": "val_generation/fid",
+    "val/label_acc": "val_generation/label_acc",
+    "val/active_units": "val_latent/active_units",
+    "val/kl_dim/": "val_latent/kl_dim/",
+}
+
+
+def tensorboard_tag(name: str) -> str | None:
+    """The tag TensorBoard charts a metric under, None for none."""
+    if name in NOT_CHARTED or name.startswith(tuple(prefix for prefix in NOT_CHARTED if prefix.endswith("/"))):
+        return None
+    for prefix, moved in MOVED_AFTER_THE_CURVES.items():
+        if name.startswith(prefix):
+            return moved + name.removeprefix(prefix)
+    return name
 
 
 class TensorBoardLogger(loggers.TensorBoardLogger):
-    """Lightning's, less the `epoch` chart and the empty hparams.yaml."""
+    """Lightning's, with the tags of tensorboard_tag and no empty hparams.yaml."""
 
     @rank_zero_only
     def log_metrics(self, metrics: dict, step: int | None = None) -> None:
-        shown = {name: value for name, value in metrics.items() if name not in LIGHTNING_CONVENIENCE_KEYS}
-        if shown:
-            super().log_metrics(shown, step)
+        charted = {tensorboard_tag(name): value for name, value in metrics.items()}
+        charted.pop(None, None)
+        if charted:
+            super().log_metrics(charted, step)
 
     @rank_zero_only
     def save(self) -> None:
