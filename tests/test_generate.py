@@ -228,7 +228,7 @@ def test_training_logs_the_latent_exploration_to_tensorboard(run_2d):
         f"visuals/exploration/{name}"
         for name in (
             "latent_map",
-            "latent_manifold",
+            *(f"latent_manifold/{digit}" for digit in range(10)),
             "interpolation_within_digit",
             "interpolation_across_digits",
             "style_transfer",

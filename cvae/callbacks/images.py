@@ -62,7 +62,7 @@ class LatentExploration(pl.Callback):
             return
         model, (x, y) = pl_module.net, self.real
         images = {
-            **latent_map_images(model, x, y),
+            **latent_map_images(model, x, y, one_per_digit=True),
             **interpolation_images(model, self.interpolation_steps, self.seed),
             "style_transfer": style_transfer_image(model, x[self.style_sources], y[self.style_sources]),
         }

@@ -64,9 +64,13 @@ def reconstruction_rows(model: Net, x: torch.Tensor, y: torch.Tensor) -> torch.T
     return image_grid(torch.cat([x.view(-1, *IMAGE_SHAPE), recon]), nrow=len(x))
 
 
-def latent_map_images(model: Net, x: torch.Tensor, y: torch.Tensor) -> dict[str, torch.Tensor]:
+def latent_map_images(
+    model: Net, x: torch.Tensor, y: torch.Tensor, one_per_digit: bool = False
+) -> dict[str, torch.Tensor]:
     """`latent_map`: the posterior means of real images coloured by digit (a PCA projection above 2 dims);
-    with latent_dim 2 also `latent_manifold`: a manifold grid per digit, digits 0-4 above 5-9."""
+    with latent_dim 2 also `latent_manifold`: a manifold grid per digit, digits 0-4 above 5-9, or with
+    `one_per_digit` each digit's grid on its own, `latent_manifold/<d>` (a TensorBoard card holds one at about
+    its own size: the ten together were too small there to read)."""
     points, axis_names = latent.project_2d(posterior_means(model, x, y))
     title = f"posterior means of {len(y)} images, latent_dim {model.latent_dim}"
     images = {"latent_map": figure_image(latent_scatter(points, y, axis_names, title))}
@@ -76,7 +80,10 @@ def latent_map_images(model: Net, x: torch.Tensor, y: torch.Tensor) -> dict[str,
             make_grid(latent.manifold_grid(model, digit), nrow=latent.MANIFOLD_SIZE, padding=0)
             for digit in range(NUM_CLASSES)
         ]
-        images["latent_manifold"] = make_grid(torch.stack(grids), nrow=5, padding=8, pad_value=1.0)
+        if one_per_digit:
+            images.update({f"latent_manifold/{digit}": grid for digit, grid in enumerate(grids)})
+        else:
+            images["latent_manifold"] = make_grid(torch.stack(grids), nrow=5, padding=8, pad_value=1.0)
     return images
 
 
