@@ -41,9 +41,9 @@ def test_tensorboard_has_scalars_images_and_hparams(trained_run):
     charted = {name for name in ELBO_METRICS if not name.startswith("test/")}  # test/*: metrics.json
     assert {"train/nelbo", "train/nelbo_step", "train/beta"} | charted <= scalars
     assert len(events.Scalars("val/nelbo")) == 2, "one value per epoch"
-    generation = {"val_generation/fid", "val_generation/label_acc", "val_generation/fid_digit/7"}
-    assert generation | {"val_generation/label_acc_digit/7", "val_latent/active_units"} <= scalars
-    assert len(events.Scalars("val_generation/fid")) == 1, "FID after the last epoch (every 5 otherwise)"
+    generation = {"validation/fid", "validation/label_acc", "validation/fid_digit/7"}
+    assert generation | {"validation/label_acc_digit/7", "validation/active_units"} <= scalars
+    assert len(events.Scalars("validation/fid")) == 1, "FID after the last epoch (every 5 otherwise)"
     images = events.Tags()["images"]
     assert {"visuals/samples/prior_by_digit", "visuals/samples/reconstructions"} <= set(images)
     grid = events.Images("visuals/samples/prior_by_digit")[-1]
@@ -56,7 +56,7 @@ def test_tensorboard_has_scalars_images_and_hparams(trained_run):
     assert not any(key.rsplit("/", 1)[-1].startswith("_") for key in session), "no _target_ noise in HPARAMS"
     metric_names = {info.name.tag for info in hparams["_hparams_/experiment"].experiment.metric_infos}
     best = EventAccumulator(str(output_dir / "best")).Reload()  # the final figures, under the curves' tags
-    assert {"val/nelbo", "val_generation/fid"} <= metric_names == set(best.Tags()["scalars"]) <= scalars
+    assert {"val/nelbo", "validation/fid"} <= metric_names == set(best.Tags()["scalars"]) <= scalars
 
 
 def test_checkpoint_alone_rebuilds_the_model(trained_run):

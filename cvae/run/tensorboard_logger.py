@@ -5,9 +5,9 @@ the tag up to its first `/`). So that these are train/ and val/ with the -ELBO c
 
 - no `epoch` chart: Lightning adds `epoch` to every logged dict; the x axis is the step already;
 - no single-point `test/*` charts (they sorted first): the best checkpoint's test figures are in metrics.json;
-- the rest of validation in groups after val/: `val_generation/` (FID, label accuracy, overall and per digit),
-  `val_latent/` (active units, KL per latent dimension). Only TensorBoard's names move; metrics.json, the CSV,
-  MLflow and W&B keep the metric names;
+- the rest of validation in a group after val/: `validation/` (FID and label accuracy, overall and per digit;
+  active units and the KL per latent dimension). Only TensorBoard's names move; metrics.json, the CSV, MLflow and
+  W&B keep the metric names;
 - hparams.yaml holds the run's knobs (cvae/run/hparams.py gives them at the end of the run), never `{}`:
   Lightning writes the file at its first save, which comes before any hyperparameters here.
 """
@@ -16,11 +16,11 @@ from pytorch_lightning import loggers
 from pytorch_lightning.utilities import rank_zero_only
 
 NOT_CHARTED = ("epoch", "test/")  # names, or prefixes ending in /
+# the rest of validation, under a group that sorts after val/ in both dashboards (Scalars sorts `_` as it sorts `/`:
+# val_generation/ came before val/ there)
 MOVED_AFTER_THE_CURVES = {
-    "val/fid": "val_generation/fid",
-    "val/label_acc": "val_generation/label_acc",
-    "val/active_units": "val_latent/active_units",
-    "val/kl_dim/": "val_latent/kl_dim/",
+    prefix: prefix.replace("val/", "validation/", 1)
+    for prefix in ("val/fid", "val/label_acc", "val/active_units", "val/kl_dim/")
 }
 
 
