@@ -40,13 +40,16 @@ def add_projector(writer: SummaryWriter, model: Net, x: torch.Tensor, y: torch.T
 
 
 def newest_first(config_path: Path) -> None:
-    """The Projector opens on the first embedding of its config, and the SummaryWriter appends each new one: the
-    config rewritten newest step first opens the Projector on the final epoch."""
+    """The Projector opens on the first of its tensors sorted by name, and names carry the step (`...:00120`), so
+    it opened on the earliest epoch. The config is rewritten with the newest step named so that it sorts first
+    (a space sorts before the colon) and listed first; the others keep their names."""
     written = text_format.Parse(config_path.read_text(), ProjectorConfig())
+    embeddings = sorted(written.embeddings, key=lambda info: int(Path(info.tensor_path).parts[0]), reverse=True)
     config = ProjectorConfig()
-    config.embeddings.extend(
-        sorted(written.embeddings, key=lambda info: int(info.tensor_name.rsplit(":", 1)[1]), reverse=True)
-    )
+    config.embeddings.extend(embeddings)
+    for position, embedding in enumerate(config.embeddings):
+        step = int(Path(embedding.tensor_path).parts[0])  # the step's folder, as SummaryWriter names it
+        embedding.tensor_name = f"{TAG} (newest, step {step})" if position == 0 else f"{TAG}:{step:05d}"
     with atomic_path(config_path) as temporary:
         temporary.write_text(text_format.MessageToString(config))
 
