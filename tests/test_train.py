@@ -49,7 +49,8 @@ def test_tensorboard_has_scalars_images_and_hparams(trained_run):
     grid = events.Images("visuals/samples/prior_by_digit")[-1]
     assert grid.height == 10 * 28 + 11 * 2, "one row per digit 0-9"
     hparams = {
-        tag: HParamsPluginData.FromString(content) for tag, content in events.PluginTagToContent("hparams").items()
+        tag: HParamsPluginData.FromString(content)
+        for tag, content in EventAccumulator(str(output_dir / "best")).Reload().PluginTagToContent("hparams").items()
     }
     session = hparams["_hparams_/session_start_info"].session_start_info.hparams
     assert session["latent_dim"].string_value == "3" and session["model/beta"].number_value == 1.0

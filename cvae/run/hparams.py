@@ -23,7 +23,7 @@ from pytorch_lightning.loggers import Logger, TensorBoardLogger
 from pytorch_lightning.utilities import rank_zero_only
 from tensorboard.plugins.hparams.plugin_data_pb2 import HParamsPluginData
 from torch.utils.tensorboard.summary import hparams as hparams_summaries
-from torch.utils.tensorboard.writer import FileWriter, SummaryWriter
+from torch.utils.tensorboard.writer import SummaryWriter
 
 from cvae.run.sweep import FINAL_METRICS
 from cvae.run.tensorboard_logger import tensorboard_tag
@@ -60,8 +60,9 @@ def add_tensorboard_hparams(
     logger: TensorBoardLogger, hparams: dict, final: dict, marked: Collection[str], step: int
 ) -> None:
     """The HPARAMS tab's three summaries, the `marked` knobs as differing: TensorBoard lists those first and
-    ticks them (Lightning's log_hyperparams cannot mark them). Its metric columns read the final figures from
-    the BEST_RUN sub-run."""
+    ticks them (Lightning's log_hyperparams cannot mark them). They and the final figures go into the BEST_RUN
+    sub-run, the session whose metric columns read them: a metric of another run (a MetricName group) is not found
+    when TensorBoard's logdir is the run dir itself (TensorBoard 2.21 looks for run `./best`, not `best`)."""
     logger.log_hyperparams(hparams)  # into hparams.yaml only: without metrics Lightning writes no summary
     charted = {tensorboard_tag(name): (name, value) for name, value in final.items()}
     charted.pop(None, None)  # test figures: not charted (metrics.json has them)
@@ -74,17 +75,14 @@ def add_tensorboard_hparams(
     for info in plugin_data.experiment.hparam_infos:
         info.differs = info.name in marked
     for info in plugin_data.experiment.metric_infos:
-        info.name.group, info.display_name = BEST_RUN, charted[info.name.tag][0]
+        info.display_name = charted[info.name.tag][0]
     content.content = plugin_data.SerializeToString()
-    # a file writer of its own beside the logger's (TensorBoard reads every events file of the dir): the
-    # SummaryWriter has no public call that takes a prebuilt summary
-    writer = FileWriter(logger.log_dir)
-    for summary in (experiment, session_start, session_end):
-        writer.add_summary(summary)
-    writer.close()
     with SummaryWriter(os.path.join(logger.log_dir, BEST_RUN)) as best:
         for tag, (_, value) in charted.items():
             best.add_scalar(tag, value, step)
+        # the SummaryWriter has no public call that takes a prebuilt summary: its file writer does
+        for summary in (experiment, session_start, session_end):
+            best.file_writer.add_summary(summary)
     logger.save()
 
 
