@@ -223,18 +223,18 @@ def test_anomaly_demo_tells_rotated_digits_from_real_ones(model_2d, test_split):
 
 def test_training_logs_the_latent_exploration_to_tensorboard(run_2d):
     events = EventAccumulator(str(run_2d), size_guidance={"images": 0}).Reload()
-    exploration = {tag for tag in events.Tags()["images"] if tag.startswith("exploration/")}
+    exploration = {tag for tag in events.Tags()["images"] if tag.startswith("visuals/exploration/")}
     assert exploration == {
-        f"exploration/{name}"
+        f"visuals/exploration/{name}"
         for name in (
             "latent_map",
-            "latent_manifold",
+            *(f"latent_manifold/{digit}" for digit in range(10)),
             "interpolation_within_digit",
             "interpolation_across_digits",
             "style_transfer",
         )
     }
-    style = events.Images("exploration/style_transfer")[-1]
+    style = events.Images("visuals/exploration/style_transfer")[-1]
     assert (style.width, style.height) == grid_size(11, 10)
 
 
@@ -266,9 +266,9 @@ def test_evaluate_writes_what_its_config_asks_for(run_2d, data_dir, tmp_path):
         "interpolation_within_digit": grid_size(6, 10),
         "interpolation_across_digits": grid_size(6, 10),
     }
-    for name, size in expected_sizes.items():
+    for name, (width, height) in expected_sizes.items():  # drawn 4x (picture_scale), a label column on the left
         with Image.open(tmp_path / f"{name}.png") as picture:
-            assert picture.size == size, name
+            assert picture.height == 4 * height and picture.width > 4 * width, name
     assert (tmp_path / "latent_map.png").is_file() and (tmp_path / "latent_manifold.png").is_file()
     assert torch.bincount(torch.load(tmp_path / "synthetic.pt", weights_only=True)["labels"]).tolist() == [3] * 10
     with open(tmp_path / "anomaly_scores.csv") as file:

@@ -19,6 +19,7 @@ import pytest
 from PIL import Image
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
+from cvae.callbacks.images import TENSORBOARD_PICTURES
 from cvae.errors import ConfigError
 from cvae.run.loggers import mlflow_logger, run_label, wandb_logged_in, wandb_logger, wandb_run_closed
 from tests.conftest import QUICK_RUN, compose_config
@@ -57,7 +58,7 @@ def tracked_run(tmp_path_factory, data_dir):
 def tensorboard_images(run_dir) -> dict[str, np.ndarray]:
     """The last image of each tag TensorBoard holds, as an array."""
     events = EventAccumulator(str(run_dir), size_guidance={"images": 0}).Reload()
-    return {tag: png_array(events.Images(tag)[-1].encoded_image_string) for tag in IMAGE_TAGS}
+    return {tag: png_array(events.Images(TENSORBOARD_PICTURES + tag)[-1].encoded_image_string) for tag in IMAGE_TAGS}
 
 
 def png_array(png: bytes) -> np.ndarray:

@@ -12,7 +12,7 @@ from torchvision.utils import save_image
 
 from cvae.callbacks.quality import GenerationQuality
 from cvae.data.mnist import MNISTDataModule, split_tensors
-from cvae.explore.figures import digit_rows, image_grid
+from cvae.explore.figures import digit_rows, for_people, image_grid
 from cvae.metrics.generation import balanced_labels, conditional_generation_metrics
 from cvae.model.mlp import MLP
 from cvae.model.network import NUM_CLASSES
@@ -140,10 +140,12 @@ def test_evaluate_draws_every_sample_from_the_chosen_sampler(trained_run, data_d
     sampler = GaussianMixtureSampler(components=2, covariance="diag")
     sampler.mixture = saved["mixture"]
     model = load_module(ckpt).net
-    save_image(digit_rows(model, sampler.grid_latents(model, 10, seed=42)), tmp_path / "expected.png")
+    # drawn for people (for_people: tests/test_first_hour.py checks it against np.kron): 4x, a digit label per row
+    samples = for_people(digit_rows(model, sampler.grid_latents(model, 10, seed=42)), [str(d) for d in range(10)])
+    save_image(samples, tmp_path / "expected.png")
     assert (tmp_path / "gmm" / "samples.png").read_bytes() == (tmp_path / "expected.png").read_bytes()
     digit = decode(model, torch.full((8,), 4), sampler.latents(model, torch.full((8,), 4), seed=42))
-    save_image(image_grid(digit), tmp_path / "expected_4.png")
+    save_image(for_people(image_grid(digit), ["4"]), tmp_path / "expected_4.png")
     assert (tmp_path / "gmm" / "digit_4.png").read_bytes() == (tmp_path / "expected_4.png").read_bytes()
 
 

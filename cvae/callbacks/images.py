@@ -62,7 +62,7 @@ class LatentExploration(pl.Callback):
             return
         model, (x, y) = pl_module.net, self.real
         images = {
-            **latent_map_images(model, x, y),
+            **latent_map_images(model, x, y, one_per_digit=True),
             **interpolation_images(model, self.interpolation_steps, self.seed),
             "style_transfer": style_transfer_image(model, x[self.style_sources], y[self.style_sources]),
         }
@@ -94,14 +94,21 @@ def logs_images_now(trainer: pl.Trainer) -> bool:
     return not trainer.sanity_checking and trainer.is_global_zero and trainer.state.fn == "fit"
 
 
+# TensorBoard's Time Series opens the first two groups of its tags, sorted by name: the pictures go in a group that
+# sorts after train/ and val/, whose -ELBO curves it opens on (cvae/run/tensorboard_logger.py)
+TENSORBOARD_PICTURES = "visuals/"
+
+
 def log_images(loggers: list[Logger], images: dict[str, torch.Tensor], step: int) -> None:
-    """Every logger that shows images gets them (C, H, W in [0, 1]) under their tag at this step, as the same
-    8-bit pixels (W&B would stretch a float tensor's own range to black and white)."""
+    """Every logger that shows images gets them (C, H, W in [0, 1]) under their tag at this step (TensorBoard's
+    in TENSORBOARD_PICTURES), as the same 8-bit pixels (W&B would stretch a float tensor's own range to black and
+    white)."""
     for tag, image in images.items():
         pixels = (image.detach().cpu() * 255).clamp(0, 255).to(torch.uint8).permute(1, 2, 0).numpy()
         for logger in loggers:
             if isinstance(logger, TensorBoardLogger):
-                logger.experiment.add_image(tag, pixels, global_step=step, dataformats="HWC")
+                shown = TENSORBOARD_PICTURES + tag
+                logger.experiment.add_image(shown, pixels, global_step=step, dataformats="HWC")
             elif isinstance(logger, MLFlowLogger):
                 logger.experiment.log_image(logger.run_id, pixels, key=tag, step=step)
             elif isinstance(logger, WandbLogger):

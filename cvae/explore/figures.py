@@ -1,22 +1,46 @@
 """What the project shows, as images (3, H, W) in [0, 1] for PNG files and every logger: grids of samples (a row
 per digit), reconstructions, the latent map (a matplotlib scatter rendered without a display), manifold grids,
-interpolations and style transfer."""
+interpolations and style transfer; and the same grids drawn for people (larger, a label per row) as PNG files."""
+
+from collections.abc import Sequence
 
 import numpy as np
 import torch
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
+from PIL import Image, ImageDraw, ImageFont
 from torchvision.utils import make_grid
 
 from cvae.explore import latent
 from cvae.model.cvae import Net, pixels, posterior_means, sample
 from cvae.model.network import IMAGE_SHAPE, NUM_CLASSES
 
+GRID_PADDING = 2  # pixels between the images of a grid (make_grid's default)
+# a 28-pixel digit is a smudge on a screen: PNG files show each pixel as scale x scale (evaluate.py's picture_scale)
+PICTURE_SCALE = 4
+
 
 def image_grid(images: torch.Tensor, nrow: int = 10) -> torch.Tensor:
     """Images (N, 1, 28, 28) as a grid of nrow columns, separated by grey lines."""
-    return make_grid(images.cpu(), nrow=nrow, pad_value=0.5)
+    return make_grid(images.cpu(), nrow=nrow, padding=GRID_PADDING, pad_value=0.5)
+
+
+def for_people(grid: torch.Tensor, row_labels: Sequence[str], scale: int = PICTURE_SCALE) -> torch.Tensor:
+    """A grid image (3, H, W) of image_grid, each pixel drawn as scale x scale (nearest neighbour: crisp), with
+    a label left of each of its rows in a white margin."""
+    large = grid.repeat_interleave(scale, dim=1).repeat_interleave(scale, dim=2)
+    font = ImageFont.load_default(size=7 * scale + 6)
+    margin = 2 * scale + 4
+    label_width = margin + max(int(font.getlength(label)) for label in row_labels) + margin
+    picture = Image.new("RGB", (label_width + large.shape[2], large.shape[1]), "white")
+    picture.paste(Image.fromarray((large * 255).round().byte().permute(1, 2, 0).numpy()), (label_width, 0))
+    row_height = (grid.shape[1] - GRID_PADDING) / len(row_labels) * scale
+    draw = ImageDraw.Draw(picture)
+    for row, label in enumerate(row_labels):
+        middle = GRID_PADDING * scale + row_height * row + (row_height - GRID_PADDING * scale) / 2
+        draw.text((label_width - margin, middle), label, fill="black", font=font, anchor="rm")
+    return torch.from_numpy(np.asarray(picture).copy()).permute(2, 0, 1).float() / 255
 
 
 def rows_grid(images: torch.Tensor) -> torch.Tensor:
@@ -40,9 +64,13 @@ def reconstruction_rows(model: Net, x: torch.Tensor, y: torch.Tensor) -> torch.T
     return image_grid(torch.cat([x.view(-1, *IMAGE_SHAPE), recon]), nrow=len(x))
 
 
-def latent_map_images(model: Net, x: torch.Tensor, y: torch.Tensor) -> dict[str, torch.Tensor]:
+def latent_map_images(
+    model: Net, x: torch.Tensor, y: torch.Tensor, one_per_digit: bool = False
+) -> dict[str, torch.Tensor]:
     """`latent_map`: the posterior means of real images coloured by digit (a PCA projection above 2 dims);
-    with latent_dim 2 also `latent_manifold`: a manifold grid per digit, digits 0-4 above 5-9."""
+    with latent_dim 2 also `latent_manifold`: a manifold grid per digit, digits 0-4 above 5-9, or with
+    `one_per_digit` each digit's grid on its own, `latent_manifold/<d>` (a TensorBoard card holds one at about
+    its own size: the ten together were too small there to read)."""
     points, axis_names = latent.project_2d(posterior_means(model, x, y))
     title = f"posterior means of {len(y)} images, latent_dim {model.latent_dim}"
     images = {"latent_map": figure_image(latent_scatter(points, y, axis_names, title))}
@@ -52,7 +80,10 @@ def latent_map_images(model: Net, x: torch.Tensor, y: torch.Tensor) -> dict[str,
             make_grid(latent.manifold_grid(model, digit), nrow=latent.MANIFOLD_SIZE, padding=0)
             for digit in range(NUM_CLASSES)
         ]
-        images["latent_manifold"] = make_grid(torch.stack(grids), nrow=5, padding=8, pad_value=1.0)
+        if one_per_digit:
+            images.update({f"latent_manifold/{digit}": grid for digit, grid in enumerate(grids)})
+        else:
+            images["latent_manifold"] = make_grid(torch.stack(grids), nrow=5, padding=8, pad_value=1.0)
     return images
 
 

@@ -16,6 +16,7 @@ from cvae.explore.digits import digit_strings, digit_variants
 from cvae.explore.export import load_image_set, synthetic_dataset, write_synthetic_dataset
 from cvae.explore.figures import (
     digit_rows,
+    for_people,
     image_grid,
     interpolation_images,
     latent_map_images,
@@ -27,14 +28,22 @@ from cvae.explore.projector import write_projector
 from cvae.files import atomic_path, write_json_atomic
 from cvae.metrics.generation import generator_report
 from cvae.model.cvae import Net, model_device, pixels
+from cvae.model.network import NUM_CLASSES
 from cvae.run.build import build
 from cvae.run.checkpoints import load_module
+from cvae.run.console import announce_run_dir, list_results, silence_library_noise
 from cvae.sampling.prior import Sampler
 from cvae.seeding import seeded_global_rng
-from cvae.validate import parse_digit
+from cvae.validate import check_count, parse_digit
+
+DIGIT_ROWS = [str(digit) for digit in range(NUM_CLASSES)]
 
 
 def evaluate(cfg: DictConfig) -> dict:
+    output_dir = Path(cfg.paths.output_dir)
+    silence_library_noise()
+    announce_run_dir("evaluate", output_dir)
+    check_count(cfg.picture_scale, "picture_scale")
     pl.seed_everything(cfg.seed, workers=True)
     module = load_module(cfg.ckpt_path)
     scored = scored_set(cfg)  # a bad file is said now, not after the test pass
@@ -43,13 +52,14 @@ def evaluate(cfg: DictConfig) -> dict:
     metrics = trainer.test(module, datamodule=datamodule, verbose=False)[0]
     module.to(trainer.strategy.root_device)  # Lightning moves it to the CPU after testing; the rest runs here
 
-    output_dir = Path(cfg.paths.output_dir)
     sampler = build(cfg.sampler).fit_for_checkpoint(module.net, *split_tensors(datamodule, "train"), cfg.ckpt_path)
     z = sampler.grid_latents(module.net, cfg.samples_per_digit, seed=cfg.seed)
-    save_png(digit_rows(module.net, z.to(model_device(module.net))), output_dir / "samples.png")
+    samples = digit_rows(module.net, z.to(model_device(module.net)))
+    save_png(for_people(samples, DIGIT_ROWS, cfg.picture_scale), output_dir / "samples.png")
     test_split = split_tensors(datamodule, "test")
     metrics.update(quality_report(module.net, cfg, *test_split, sampler))
-    for name, picture in requested_pictures(module.net, cfg, *test_split, sampler).items():
+    pictures = requested_pictures(module.net, cfg, *test_split, sampler)
+    for name, picture in pictures.items():
         save_png(picture, output_dir / f"{name}.png")
     if cfg.projector:
         write_projector(module.net, *(part[: cfg.projector_images] for part in test_split), output_dir)
@@ -58,6 +68,8 @@ def evaluate(cfg: DictConfig) -> dict:
     metrics.update(write_anomaly_outputs(module.net, cfg, *test_split, output_dir, scored))
     write_json_atomic(output_dir / "metrics.json", {**metrics, "ckpt_path": str(Path(cfg.ckpt_path).resolve())})
     print(format_table(dict(sorted(metrics.items(), key=lambda item: item[0].count("/")))))  # per-digit rows last
+    written = ["metrics.json", "samples.png", *(f"{name}.png" for name in pictures), "anomaly_demo.json"]
+    list_results(output_dir, written, tensorboard=bool(cfg.projector))
     return metrics
 
 
@@ -90,20 +102,30 @@ def quality_report(model: Net, cfg: DictConfig, x: torch.Tensor, y: torch.Tensor
 def requested_pictures(
     model: Net, cfg: DictConfig, x: torch.Tensor, y: torch.Tensor, sampler: Sampler
 ) -> dict[str, torch.Tensor]:
-    """The PNG images the config asks for, by file name (without .png)."""
-    pictures = {}
+    """The PNG images the config asks for, by file name (without .png): grids of digits drawn for people
+    (picture_scale times larger, a label per row), the latent map and manifold as they are."""
+    scale, pictures = cfg.picture_scale, {}
     if cfg.digits is not None:
-        pictures["digits"] = rows_grid(digit_strings(model, cfg.digits, cfg.variants, cfg.seed, sampler))
+        strings = digit_strings(model, cfg.digits, cfg.variants, cfg.seed, sampler)
+        styles = [f"style {row + 1}" for row in range(len(strings))]
+        pictures["digits"] = for_people(rows_grid(strings), styles, scale)
     if cfg.digit is not None:
-        variants = digit_variants(model, cfg.digit, cfg.variants, cfg.seed, sampler)
-        pictures[f"digit_{parse_digit(cfg.digit)}"] = image_grid(variants)
+        digit, variants = parse_digit(cfg.digit), digit_variants(model, cfg.digit, cfg.variants, cfg.seed, sampler)
+        rows = -(-len(variants) // 10)  # ten to a row
+        pictures[f"digit_{digit}"] = for_people(image_grid(variants), [str(digit)] * rows, scale)
     if cfg.latent_map:
         pictures.update(latent_map_images(model, x, y))
     if cfg.interpolate:
-        pictures.update(interpolation_images(model, cfg.interpolation_steps, cfg.seed))
+        rows = {
+            "interpolation_within_digit": DIGIT_ROWS,
+            "interpolation_across_digits": [f"{digit} to {(digit + 1) % NUM_CLASSES}" for digit in range(NUM_CLASSES)],
+        }
+        for name, image in interpolation_images(model, cfg.interpolation_steps, cfg.seed).items():
+            pictures[name] = for_people(image, rows[name], scale)
     if cfg.style_transfer:
         sources = first_of_each_digit(y)
-        pictures["style_transfer"] = style_transfer_image(model, x[sources], y[sources])
+        labels = [f"from {digit}" for digit in y[sources].tolist()]
+        pictures["style_transfer"] = for_people(style_transfer_image(model, x[sources], y[sources]), labels, scale)
     return pictures
 
 

@@ -23,13 +23,20 @@ from pytorch_lightning.loggers import Logger, TensorBoardLogger
 from pytorch_lightning.utilities import rank_zero_only
 from tensorboard.plugins.hparams.plugin_data_pb2 import HParamsPluginData
 from torch.utils.tensorboard.summary import hparams as hparams_summaries
-from torch.utils.tensorboard.writer import FileWriter
+from torch.utils.tensorboard.writer import SummaryWriter
 
 from cvae.run.sweep import FINAL_METRICS
+from cvae.run.tensorboard_logger import tensorboard_tag
 
 KNOB_KEYS = ("latent_dim", "batch_size", "lr", "seed", "model", "data", "trainer")
 # a value that is nothing but a reference to another key, e.g. ${batch_size}: a copy, not a knob
 COPY_OF_KEY = re.compile(r"^\$\{[\w.]+\}$")
+
+
+# TensorBoard's sub-run (a folder of the run dir) holding the final figures, under the tags of the curves: the best
+# checkpoint's val/nelbo is a point on the val/nelbo chart, not a chart of its own ahead of the curves; HPARAMS's
+# metric columns read them there
+BEST_RUN = "best"
 
 
 @rank_zero_only
@@ -39,13 +46,13 @@ def log_final(loggers: list[Logger], cfg: DictConfig, metrics: dict, extra: dict
     mission = mission_knobs(cfg)
     first = {**mission, **swept_knobs(cfg)}
     hparams = {**first, **{key: value for key, value in knobs(cfg).items() if key not in first}, **extra}
-    final = {f"final/{name}": metrics[name] for name in FINAL_METRICS if name in metrics}
+    final = {name: metrics[name] for name in FINAL_METRICS if name in metrics}
     for logger in loggers:
         if isinstance(logger, TensorBoardLogger):
             add_tensorboard_hparams(logger, hparams, final, mission.keys(), step)
         else:
             logger.log_hyperparams(hparams)
-            logger.log_metrics(final, step=step)
+            logger.log_metrics({f"final/{name}": value for name, value in final.items()}, step=step)
             logger.save()  # after the trainer's last save: a CSVLogger writes its rows only when saved
 
 
@@ -53,24 +60,38 @@ def add_tensorboard_hparams(
     logger: TensorBoardLogger, hparams: dict, final: dict, marked: Collection[str], step: int
 ) -> None:
     """The HPARAMS tab's three summaries, the `marked` knobs as differing: TensorBoard lists those first and
-    ticks them (Lightning's log_hyperparams cannot mark them)."""
-    values = {
-        key: value if isinstance(value, int | float | str | bool) else str(value) for key, value in hparams.items()
-    }
-    experiment, session_start, session_end = hparams_summaries(values, final)
+    ticks them (Lightning's log_hyperparams cannot mark them). They and the final figures go into the BEST_RUN
+    sub-run, the session whose metric columns read them: a metric of another run (a MetricName group) is not found
+    when TensorBoard's logdir is the run dir itself (TensorBoard 2.21 looks for run `./best`, not `best`)."""
+    logger.log_hyperparams(hparams)  # into hparams.yaml only: without metrics Lightning writes no summary
+    charted = {tensorboard_tag(name): (name, value) for name, value in final.items()}
+    charted.pop(None, None)  # test figures: not charted (metrics.json has them)
+    experiment, session_start, session_end = hparams_summaries(
+        {key: tensorboard_value(value) for key, value in hparams.items()},
+        {tag: value for tag, (_, value) in charted.items()},
+    )
     content = experiment.value[0].metadata.plugin_data
     plugin_data = HParamsPluginData.FromString(content.content)
     for info in plugin_data.experiment.hparam_infos:
         info.differs = info.name in marked
+    for info in plugin_data.experiment.metric_infos:
+        info.display_name = charted[info.name.tag][0]
     content.content = plugin_data.SerializeToString()
-    # a file writer of its own beside the logger's (TensorBoard reads every events file of the dir): the
-    # SummaryWriter has no public call that takes a prebuilt summary
-    writer = FileWriter(logger.log_dir)
-    for summary in (experiment, session_start, session_end):
-        writer.add_summary(summary)
-    writer.close()
-    logger.log_metrics(final, step=step)
-    logger.experiment.flush()
+    with SummaryWriter(os.path.join(logger.log_dir, BEST_RUN)) as best:
+        for tag, (_, value) in charted.items():
+            best.add_scalar(tag, value, step)
+        # the SummaryWriter has no public call that takes a prebuilt summary: its file writer does
+        for summary in (experiment, session_start, session_end):
+            best.file_writer.add_summary(summary)
+    logger.save()
+
+
+def tensorboard_value(value):
+    """A knob as HPARAMS shows it: TensorBoard prints every number to 5 significant digits (batch_size 128.00),
+    so integers go as text; lists as text."""
+    if isinstance(value, bool | float | str):
+        return value
+    return str(value)
 
 
 def mission_knobs(cfg: DictConfig) -> dict:

@@ -16,6 +16,7 @@ import pytorch_lightning as pl
 import torch
 from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.callbacks import ModelCheckpoint, ProgressBar, TQDMProgressBar
+from pytorch_lightning.loggers import TensorBoardLogger
 from pytorch_lightning.utilities import rank_zero_only
 
 from cvae.callbacks.rank_state import RankState
@@ -25,6 +26,7 @@ from cvae.callbacks.signals import StopTogether
 from cvae.files import write_json_atomic
 from cvae.run.build import build, build_group, build_module
 from cvae.run.checkpoints import AtomicCheckpointIO
+from cvae.run.console import announce_run_dir, list_results, silence_library_noise
 from cvae.run.devices import member_devices
 from cvae.run.hparams import log_final
 from cvae.run.launch import JOB_CONFIG_VARIABLE, launch_local_ranks
@@ -46,6 +48,8 @@ PACKAGES = (
 def train(cfg: DictConfig) -> dict:
     started = time.perf_counter()
     output_dir = Path(cfg.paths.output_dir)
+    silence_library_noise()
+    announce_run_dir("train", output_dir)
     # in the config the other local ranks are given
     cfg.ckpt_path, cfg.trainer.devices = requeued_checkpoint(cfg), member_devices(cfg.trainer)
     if cfg.ckpt_path:  # before anything is built: a resume of another run is refused in one line
@@ -68,6 +72,8 @@ def train(cfg: DictConfig) -> dict:
         write_json_atomic(output_dir / "metrics.json", summary)
         timing = {"fit_seconds": round(fit_seconds, 2), "wall_seconds": round(time.perf_counter() - started, 2)}
         write_json_atomic(output_dir / "timing.json", timing)
+    tensorboard = any(isinstance(logger, TensorBoardLogger) for logger in loggers)
+    list_results(output_dir, ["metrics.json", "checkpoints/best.ckpt", "checkpoints/last.ckpt"], tensorboard)
     return summary
 
 

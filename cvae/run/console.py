@@ -1,0 +1,62 @@
+"""What train.py and evaluate.py print for a person: the run dir when they start, the files to open next when they
+end, and none of the libraries' messages that say nothing about the run."""
+
+import logging
+import os
+import warnings
+from collections.abc import Iterable
+from pathlib import Path
+
+from pytorch_lightning.utilities import rank_zero_only
+
+# Lightning's rank-zero messages that are not about this run, dropped where Lightning logs them
+LIGHTNING_NOISE = (
+    # an advert, printed by every Trainer that has no LitLogger
+    "💡 Tip: For seamless cloud logging",
+)
+
+
+class DropMessages(logging.Filter):
+    """Drops the log records that start with one of `prefixes`."""
+
+    def __init__(self, prefixes: tuple[str, ...]):
+        super().__init__()
+        self.prefixes = prefixes
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith(self.prefixes)
+
+
+def silence_library_noise() -> None:
+    """Warnings and tips the user can do nothing about. (The `limit_*_batches=1.0 was configured` lines are
+    silenced at their source: conf/trainer/default.yaml leaves those limits unset.)"""
+    # Lightning 2.6's CombinedLoader builds torch's LeafSpec, deprecated in torch 2.10+: once per fit, about
+    # Lightning's code, not this project's
+    warnings.filterwarnings(
+        "ignore", message=r"`isinstance\(treespec, LeafSpec\)` is deprecated", category=FutureWarning
+    )
+    rank_zero_log = logging.getLogger("pytorch_lightning.utilities.rank_zero")
+    if not any(isinstance(existing, DropMessages) for existing in rank_zero_log.filters):
+        rank_zero_log.addFilter(DropMessages(LIGHTNING_NOISE))
+
+
+def shown(path: str | Path) -> str:
+    """A path as the user would type it: relative to the current dir inside it, absolute outside."""
+    relative = os.path.relpath(path)
+    return str(path) if relative.startswith(os.pardir) else relative
+
+
+@rank_zero_only
+def announce_run_dir(task: str, output_dir: str | Path) -> None:
+    print(f"{task}: writing to {shown(output_dir)}/", flush=True)
+
+
+@rank_zero_only
+def list_results(output_dir: str | Path, names: Iterable[str], tensorboard: bool) -> None:
+    """The files a user opens next (those that were written), and the TensorBoard command for the dir."""
+    output_dir = Path(output_dir)
+    lines = [f"results in {shown(output_dir)}/:"]
+    lines += [f"  {shown(output_dir / name)}" for name in names if (output_dir / name).exists()]
+    if tensorboard:
+        lines.append(f"  tensorboard --logdir {shown(output_dir)}   # curves, pictures, HPARAMS, Projector")
+    print("\n".join(lines), flush=True)
