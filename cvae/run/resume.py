@@ -61,6 +61,8 @@ def legacy_settings(settings: dict) -> dict:
     renamed = [f"model.{key}" for key in (*LEGACY_NET_KEYS, "steps_per_call")]
     kept = {key: value for key, value in settings.items() if key not in renamed}
     new = {"model.scheduler": None, "trainer.gradient_clip_val": None, "trainer.accumulate_grad_batches": 1}
+    if kept.get("trainer.limit_train_batches") == 1.0:  # every batch, now written null (Lightning's default)
+        kept["trainer.limit_train_batches"] = None
     return {**kept, **{f"model.net.{key}": value for key, value in net.items()}, **new}
 
 
