@@ -121,11 +121,12 @@ class RunDirCheck(Callback):
         try:
             check_launch(config, RULES.get(config.get("task_name"), {}))
             check_output_dir(config)
+            may_write(config, directory)  # a refusal writes nothing, not even the lock
             self.create(directory, "hydra.run.dir")
             if launched_rank() != 0:  # torchrun's or srun's other ranks of rank 0's run: they write nothing here
                 return
             self.lock = claim(directory)
-            may_write(config, directory)
+            may_write(config, directory)  # again, now that no other launch can change the dir
             keep_history(config, directory)
         except UsageError as error:
             print(f"error: {error}", file=sys.stderr)
@@ -139,6 +140,7 @@ class RunDirCheck(Callback):
             check_launch(config, {})
             check_output_dir(config)
             check_subdir(config)
+            may_sweep(directory)
             self.create(directory, "hydra.sweep.dir")
             self.lock = claim(directory, "hydra.sweep.dir")
             may_sweep(directory)
@@ -197,6 +199,8 @@ def may_write(config: DictConfig, directory: Path) -> str:
 
 def may_sweep(directory: Path) -> None:
     """A sweep dir holding an earlier sweep, or runs of its own, is not written over."""
+    if not directory.is_dir():
+        return
     if (directory / "multirun.yaml").exists():
         raise RunDirError(f"hydra.sweep.dir={directory} already holds a sweep; choose a new dir")
     runs = sorted(str(child.name) for child in directory.iterdir() if child.is_dir() and holds_results(child))
