@@ -114,7 +114,9 @@ CASES = {
     "evaluate_digits_underscore": ("evaluate.py", ["digits=1_000"], "digits='1_000' has '_'"),
 }
 # evaluate's cases need a checkpoint path that exists (the file's content is never read: the checks come first)
-NEEDS_CHECKPOINT = {name for name, (script, _, _) in CASES.items() if script == "evaluate.py" and name != "evaluate_bare"}
+NEEDS_CHECKPOINT = {
+    name for name, (script, _, _) in CASES.items() if script == "evaluate.py" and name != "evaluate_bare"
+}
 # the payload routes, each fed the same pickle (their overrides are made in the fixture, from its files)
 PAYLOAD_CASES = ("payload_experiment", "payload_group", "payload_sampler")
 
@@ -146,7 +148,9 @@ def launches(tmp_path_factory) -> dict[str, dict]:
     )
     assert result.returncode == 0, result.stderr[-3000:]
     reports = dict(zip(cases, json.loads(result.stdout.strip().splitlines()[-1])))
-    return {name: {**reports[name], "said": said, "dir": root / name, "root": root} for name, (_, _, said) in cases.items()}
+    return {
+        name: {**reports[name], "said": said, "dir": root / name, "root": root} for name, (_, _, said) in cases.items()
+    }
 
 
 @pytest.mark.parametrize("name", [*CASES, *PAYLOAD_CASES])

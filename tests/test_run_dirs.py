@@ -199,7 +199,11 @@ def test_a_launch_that_left_no_results_does_not_block_the_dir_and_its_record_is_
     assert one_error_line(refused).startswith("error: latent_dim=-1 is not allowed")
     assert not (run_dir / ".hydra" / "launch2").exists(), "a launch refused by the checks writes nothing"
     again = run_script(  # e.g. a requeue, or a retry
-        "train.py", f"data.data_dir={tmp_path / 'no_mnist'}", "data.download=false", "seed=7", f"hydra.run.dir={run_dir}"
+        "train.py",
+        f"data.data_dir={tmp_path / 'no_mnist'}",
+        "data.download=false",
+        "seed=7",
+        f"hydra.run.dir={run_dir}",
     )
     assert "MNIST" in one_error_line(again)
     assert (run_dir / ".hydra" / "overrides.yaml").read_text() == first

@@ -287,6 +287,8 @@ def test_a_loader_in_what_hydra_builds_itself_never_runs(route, tmp_path):
         ],
         "job_logging": [files["searchpath"], "hydra/job_logging=evil"],
     }[route]
-    result = run_script("train.py", *overrides, f"hydra.run.dir={tmp_path / 'run'}", env_extra={"CVAE_TRUSTED_TARGETS": ""})
+    result = run_script(
+        "train.py", *overrides, f"hydra.run.dir={tmp_path / 'run'}", env_extra={"CVAE_TRUSTED_TARGETS": ""}
+    )
     assert LOADER in one_error_line(result)
     assert not (tmp_path / "code_ran").exists(), "the payload ran"

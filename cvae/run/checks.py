@@ -84,6 +84,7 @@ def at_most(maximum: int, multiple_of: int = 1) -> tuple[Callable[[object], bool
 
 
 BOOLEAN = (lambda value: isinstance(value, bool), "true or false")
+NON_NEGATIVE = (lambda value: positive_int(value) or (value == 0 and not isinstance(value, bool)), "an integer >= 0")
 EVERY_N = (positive_int, "a positive integer (every n epochs; 0 would divide by zero)")
 
 
@@ -197,10 +198,10 @@ TRAIN_RULES: dict[str, Rule] = {
     "model.compile": BOOLEAN,
     "model.beta": finite(0),
     "model.free_bits": (finite(0)[0], "a finite number >= 0 (nats)"),
-    "model.kl_warmup_epochs": (lambda value: positive_int(value) or value == 0, "an integer >= 0"),
+    "model.kl_warmup_epochs": NON_NEGATIVE,
     "data.eval_batch_size": (positive_int, "a positive integer"),
     "data.loader": choice(("memory", "dataloader")),
-    "data.num_workers": (lambda value: positive_int(value) or value == 0, "an integer >= 0"),
+    "data.num_workers": NON_NEGATIVE,
     "data.download": BOOLEAN,
     "trainer.gradient_clip_val": (
         lambda value: value is None or finite(0, above=True)[0](value),
@@ -298,13 +299,16 @@ def first_line(error: Exception) -> str:
     return str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
 
 
-def check_launch(config: DictConfig, rules: dict[str, Rule]) -> None:
+def check_launch(config: DictConfig, rules: dict[str, Rule] | None) -> None:
     """What Hydra composed, checked before Hydra writes anything or imports the task: keys a `+` added that nothing
-    reads, interpolations that expand beyond reason, environment variables a config may not set, keys left
-    mandatory, every value by `rules`, and digit strings as they were typed."""
+    reads, interpolations that expand beyond reason, environment variables a config may not set; then, for a
+    single run (`rules`; a sweep's members are checked as each starts), keys left mandatory, `_target_`s by name,
+    every value by `rules`, and digit strings as they were typed."""
     check_added_keys(config)
     check_expansion(config)
     check_env_set(config)
+    if rules is None:
+        return
     task = OmegaConf.masked_copy(config, [key for key in config if key != "hydra"])
     check_mandatory(task)
     check_targets(task, imports=False)

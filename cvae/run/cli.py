@@ -121,10 +121,11 @@ class RunDirCheck(Callback):
         try:
             check_launch(config, RULES.get(config.get("task_name"), {}))
             check_output_dir(config)
+            if launched_rank() != 0:  # torchrun's or srun's other ranks of rank 0's run: they write nothing here
+                self.create(directory, "hydra.run.dir")
+                return
             may_write(config, directory)  # a refusal writes nothing, not even the lock
             self.create(directory, "hydra.run.dir")
-            if launched_rank() != 0:  # torchrun's or srun's other ranks of rank 0's run: they write nothing here
-                return
             self.lock = claim(directory)
             may_write(config, directory)  # again, now that no other launch can change the dir
             keep_history(config, directory)
@@ -137,7 +138,7 @@ class RunDirCheck(Callback):
         is claimed, new, and its members' dirs inside it. (Each member's values are checked as it starts.)"""
         directory = Path(config.hydra.sweep.dir)
         try:
-            check_launch(config, {})
+            check_launch(config, None)
             check_output_dir(config)
             check_subdir(config)
             may_sweep(directory)
