@@ -20,7 +20,6 @@ from tests.conftest import ROOT
 DRIVER = r"""
 import contextlib, io, json, runpy, sys
 from hydra.core.global_hydra import GlobalHydra
-mains = {script: runpy.run_path(script)["main"] for script in ("train.py", "evaluate.py")}
 results = []
 for script, args in json.loads(sys.argv[1]):
     sys.argv = [script, *args]
@@ -28,7 +27,7 @@ for script, args in json.loads(sys.argv[1]):
     code = 0
     with contextlib.redirect_stderr(stderr):
         try:
-            mains[script]()
+            runpy.run_path(script, run_name="__main__")
         except SystemExit as exit_:
             code = exit_.code
         except BaseException as error:
@@ -103,7 +102,7 @@ CASES = {
         "train.py",
         ["+data.bomb0=xxxxxxxxxx"]
         + [f"+data.bomb{level}=" + "".join(f"${{data.bomb{level - 1}}}" for _ in range(10)) for level in range(1, 9)],
-        "expands to about 1e+09 characters",
+        "expands to about",
     ),
     "loader_in_callbacks": ("train.py", [f"+callbacks.evil._target_={LOADER}"], f"_target_={LOADER} is not on"),
     "evaluate_bare": ("evaluate.py", [], "ckpt_path is required"),
@@ -130,7 +129,7 @@ def launches(tmp_path_factory) -> dict[str, dict]:
     loader_args = [f"+sampler.checkpoint_path={files['pickled']}", "+sampler.weights_only=false"]
     cases = {
         **CASES,
-        "payload_experiment": ("train.py", [files["searchpath"], "+experiment=evil"], f"_target_={LOADER} is not"),
+        "payload_experiment": ("train.py", [files["searchpath"], "experiment=evil"], f"_target_={LOADER} is not"),
         "payload_group": ("train.py", [files["searchpath"], "callbacks=evil"], f"_target_={LOADER} is not"),
         "payload_sampler": (
             "evaluate.py",

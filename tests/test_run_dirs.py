@@ -246,7 +246,7 @@ def test_a_sweep_never_writes_into_an_existing_run_or_sweep(finished_run, tmp_pa
     (other / "multirun.yaml").write_text("hydra: {}\n")  # another sweep, its member 0 still running
     again = run_script("train.py", "-m", "latent_dim=2", f"hydra.sweep.dir={other}")
     assert "already holds a sweep" in one_error_line(again)
-    assert sorted(path.name for path in other.rglob("*")) == ["0", ".hydra", "multirun.yaml"], "nothing written there"
+    assert sorted(path.name for path in other.rglob("*")) == [".hydra", "0", "multirun.yaml"], "nothing written there"
 
 
 def test_paths_output_dir_cannot_point_a_run_past_the_guard(finished_run):

@@ -19,7 +19,7 @@ from omegaconf.errors import OmegaConfBaseException
 from cvae.errors import ConfigError
 from cvae.explore import IMAGE_SET_SUFFIXES, SCORES
 from cvae.metrics import FEATURE_EXTRACTORS
-from cvae.run.build import check_targets
+from cvae.run.build import HYDRA_TARGETS, check_targets
 from cvae.sampling import COVARIANCES
 from cvae.validate import check_choice, parse_digit, parse_digits, positive_int
 
@@ -148,7 +148,8 @@ def devices(value, key: str) -> None:
     if value in ("auto", -1) or positive_int(value):
         return
     indices = str(value).rstrip(",").split(",") if isinstance(value, str) else value
-    indices = [str(index).strip() for index in indices] if not isinstance(value, (int, float)) else []
+    listed = isinstance(value, (str, list, tuple)) or OmegaConf.is_list(value)
+    indices = [str(index).strip() for index in indices] if listed else []
     if indices and all(index.isdigit() for index in indices) and len(set(map(int, indices))) == len(indices):
         return
     raise ConfigError(
@@ -307,6 +308,7 @@ def check_launch(config: DictConfig, rules: dict[str, Rule] | None) -> None:
     check_added_keys(config)
     check_expansion(config)
     check_env_set(config)
+    check_job_logging(config)
     if rules is None:
         return
     task = OmegaConf.masked_copy(config, [key for key in config if key != "hydra"])
@@ -316,11 +318,17 @@ def check_launch(config: DictConfig, rules: dict[str, Rule] | None) -> None:
     check_typed_digits(config)
 
 
+def typed_overrides(config: DictConfig) -> list[str]:
+    """The overrides as typed (not resolved: `lr=${oc.env:X}` is text here)."""
+    overrides = OmegaConf.select(config, "hydra.overrides", default=None)
+    return OmegaConf.to_container(overrides, resolve=False).get("task", []) if overrides is not None else []
+
+
 def check_added_keys(config: DictConfig) -> None:
     """A top-level key that a `+key=value` added, which no code reads (`+latentdim=3` would train at latent_dim 2,
     as Hydra's own hint for a misspelt key leads to): refused, naming the nearest key this config knows."""
     groups = set(OmegaConf.select(config, "hydra.runtime.choices", default={}) or {})
-    for override in OmegaConf.select(config, "hydra.overrides.task", default=[]) or []:
+    for override in typed_overrides(config):
         if not override.startswith("+"):
             continue
         key = override.lstrip("+").partition("=")[0]
@@ -395,9 +403,29 @@ def check_env_set(config: DictConfig) -> None:
         )
 
 
+def check_job_logging(config: DictConfig) -> None:
+    """hydra.job_logging, which Hydra hands to logging.config.dictConfig when the job starts: a handler's `class`
+    or a factory's `()` may name the logging package's classes and Hydra's list, nothing else (a method there
+    would run with the file's arguments)."""
+    logging_config = OmegaConf.select(config, "hydra.job_logging", default=None)
+    if logging_config is None:
+        return
+    plain = OmegaConf.to_container(logging_config, resolve=False)
+    for key in leaves(plain):
+        if key.rpartition(".")[2] in ("()", "class"):
+            target = str(lookup(plain, key))
+            if not target.startswith("logging.") and target not in HYDRA_TARGETS:
+                raise ConfigError(
+                    f"hydra.job_logging.{key}={target} is not on the execution whitelist: a logging config may name "
+                    f"the logging package's classes only (docs/trust.md)"
+                )
+
+
 def check_mandatory(cfg: DictConfig) -> None:
-    """Keys the config leaves for the command line (??? in the YAML) that it did not get."""
-    missing = OmegaConf.missing_keys(cfg)
+    """Keys the config leaves for the command line (??? in the YAML) that it did not get. Read from the config as
+    written (OmegaConf.missing_keys would resolve every interpolation first: minutes for a crafted one)."""
+    plain = OmegaConf.to_container(cfg, resolve=False)
+    missing = [key for key in leaves(plain) if lookup(plain, key) == "???"]
     if missing:
         key = sorted(missing)[0]
         raise ConfigError(f"{key} is required: pass {key}={MANDATORY_EXAMPLES.get(key, '<value>')}")
@@ -405,7 +433,7 @@ def check_mandatory(cfg: DictConfig) -> None:
 
 def check_typed_digits(config: DictConfig) -> None:
     """digits and digit as typed: Hydra reads digits=1_000 as the number 1000, drawing "1000"."""
-    for override in OmegaConf.select(config, "hydra.overrides.task", default=[]) or []:
+    for override in typed_overrides(config):
         key, _, value = override.lstrip("+~").partition("=")
         if key in ("digits", "digit") and value and value != "null":
             (parse_digits if key == "digits" else parse_digit)(value.strip("'\""), key)

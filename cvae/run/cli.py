@@ -22,9 +22,18 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.experimental.callback import Callback
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf, open_dict, read_write
+from omegaconf.errors import OmegaConfBaseException
 
 from cvae.errors import ConfigError, RunDirError, UsageError
-from cvae.run.checks import EVALUATE_RULES, TRAIN_RULES, check_config, check_hardware, check_launch, check_mandatory
+from cvae.run.checks import (
+    EVALUATE_RULES,
+    TRAIN_RULES,
+    check_config,
+    check_hardware,
+    check_launch,
+    check_mandatory,
+    first_line,
+)
 from cvae.run.resolvers import launched_rank
 
 log = logging.getLogger(__name__)
@@ -129,9 +138,8 @@ class RunDirCheck(Callback):
             self.lock = claim(directory)
             may_write(config, directory)  # again, now that no other launch can change the dir
             keep_history(config, directory)
-        except UsageError as error:
-            print(f"error: {error}", file=sys.stderr)
-            sys.exit(1)
+        except (UsageError, OmegaConfBaseException) as error:  # Hydra would only warn of an exception here
+            refuse(error)
 
     def on_multirun_start(self, config: DictConfig, **kwargs) -> None:
         """Before the sweeper writes multirun.yaml (and SweepSummary, listed after this, its table): the sweep dir
@@ -145,9 +153,8 @@ class RunDirCheck(Callback):
             self.create(directory, "hydra.sweep.dir")
             self.lock = claim(directory, "hydra.sweep.dir")
             may_sweep(directory)
-        except UsageError as error:
-            print(f"error: {error}", file=sys.stderr)
-            sys.exit(1)
+        except (UsageError, OmegaConfBaseException) as error:
+            refuse(error)
 
     def on_job_start(self, config: DictConfig, **kwargs) -> None:
         """A sweep member's dir, as a single run's: locked for this member alone and written only as `may_write`
@@ -176,6 +183,14 @@ class RunDirCheck(Callback):
             raise RunDirError(
                 f"{key}={directory} cannot be created ({error.strerror}); choose a writable folder"
             ) from None
+
+
+def refuse(error: Exception) -> None:
+    """One line and exit 1, from a Hydra callback (SystemExit: Hydra turns an exception there into a warning)."""
+    if isinstance(error, OmegaConfBaseException):
+        error = ConfigError(f"the config cannot be resolved ({first_line(error)}); fix or remove that value")
+    print(f"error: {error}", file=sys.stderr)
+    sys.exit(1)
 
 
 def may_write(config: DictConfig, directory: Path) -> str:
