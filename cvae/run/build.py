@@ -84,7 +84,7 @@ def check_target(target: str, key: str, imports: bool = True) -> None:
     try:
         resolved = get_object(target)  # imports a module of a trusted package only
     except Exception:
-        raise ConfigError(f"{key}={target} names nothing that can be imported; check its spelling") from None
+        return  # nothing to run: instantiate says what it cannot find
     if not inspect.isclass(resolved):
         raise untrusted(f"{key}={target} is not a class: a config may name a trusted package's classes, no function")
 
