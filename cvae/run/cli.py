@@ -15,6 +15,7 @@ import os
 import signal
 import stat
 import sys
+import traceback
 from collections.abc import Callable
 from pathlib import Path
 
@@ -187,6 +188,8 @@ class RunDirCheck(Callback):
 
 def refuse(error: Exception) -> None:
     """One line and exit 1, from a Hydra callback (SystemExit: Hydra turns an exception there into a warning)."""
+    if os.environ.get("HYDRA_FULL_ERROR") == "1":
+        traceback.print_exception(error)
     if isinstance(error, OmegaConfBaseException):
         error = ConfigError(f"the config cannot be resolved ({first_line(error)}); fix or remove that value")
     print(f"error: {error}", file=sys.stderr)
