@@ -8,6 +8,7 @@ its callbacks, launchers, sweepers and logging handlers. Your own classes, e.g.
 change: `export CVAE_TRUSTED_TARGETS=mypkg.*` (comma-separated patterns ending in `.*`, each trusting that
 package's classes, or full names, each trusting that one callable)."""
 
+import importlib.util
 import inspect
 import os
 
@@ -79,6 +80,12 @@ def check_target(target: str, key: str, imports: bool = True) -> None:
     prefixes = [pattern[:-1] for pattern in TRUSTED_TARGETS if pattern.endswith(".*")]
     if not any(target.startswith(prefix) for prefix in prefixes):
         raise untrusted(f"{key}={target} is not on the execution whitelist")
+    package = target.partition(".")[0]
+    if importlib.util.find_spec(package) is None:  # e.g. lightning.pytorch.* where only pytorch_lightning is
+        raise ConfigError(
+            f"{key}={target} needs the {package} package, which is not installed: install it, or name a class of "
+            f"an installed package (pytorch_lightning.* for lightning.pytorch.*)"
+        )
     if not imports:
         return
     try:
