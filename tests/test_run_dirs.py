@@ -259,4 +259,6 @@ def test_paths_output_dir_cannot_point_a_run_past_the_guard(finished_run):
 def test_an_existing_read_only_sweep_dir_is_one_line(tmp_path):
     with mounted_tmpfs(tmp_path / "readonly", "ro,size=1m") as sweep_dir:
         line = one_error_line(run_script("train.py", "-m", "latent_dim=2,3", f"hydra.sweep.dir={sweep_dir}"))
-    assert line == f"error: hydra.sweep.dir={sweep_dir} is not writable (Read-only file system); choose a writable folder"
+    assert (
+        line == f"error: hydra.sweep.dir={sweep_dir} is not writable (Read-only file system); choose a writable folder"
+    )
