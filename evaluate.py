@@ -6,12 +6,12 @@ from pathlib import Path
 import hydra
 from omegaconf import DictConfig
 
-from cvae.run.build import TRUSTED_TARGETS
+from cvae.run.build import HYDRA_TARGETS
 
 os.environ.setdefault("PROJECT_ROOT", str(Path(__file__).resolve().parent))
 
 
-@hydra.main(config_path="conf", config_name="evaluate", execution_whitelist=TRUSTED_TARGETS)
+@hydra.main(config_path="conf", config_name="evaluate", execution_whitelist=HYDRA_TARGETS)
 def main(cfg: DictConfig) -> None:
     # the evaluation code (torch, Lightning: seconds) is imported only after the config checks passed
     from cvae.run.checks import EVALUATE_RULES

@@ -6,12 +6,12 @@ from pathlib import Path
 import hydra
 from omegaconf import DictConfig
 
-from cvae.run.build import TRUSTED_TARGETS
+from cvae.run.build import HYDRA_TARGETS
 
 os.environ.setdefault("PROJECT_ROOT", str(Path(__file__).resolve().parent))
 
 
-@hydra.main(config_path="conf", config_name="train", execution_whitelist=TRUSTED_TARGETS)
+@hydra.main(config_path="conf", config_name="train", execution_whitelist=HYDRA_TARGETS)
 def main(cfg: DictConfig) -> float:
     # imported here so that `--help` and Hydra's own config errors come back fast; the training code (torch,
     # Lightning: seconds) only after the config checks passed, so that a bad value is said in about a second

@@ -195,7 +195,70 @@ def test_a_launch_that_left_no_results_does_not_block_the_dir_and_its_record_is_
     )
     assert "MNIST" in one_error_line(failed) and (run_dir / ".hydra" / "overrides.yaml").is_file()
     first = (run_dir / ".hydra" / "overrides.yaml").read_text()
-    again = run_script("train.py", "latent_dim=-1", f"hydra.run.dir={run_dir}")  # e.g. a requeue, or a retry
-    assert one_error_line(again).startswith("error: latent_dim=-1 is not allowed")
+    refused = run_script("train.py", "latent_dim=-1", f"hydra.run.dir={run_dir}")  # refused before any work
+    assert one_error_line(refused).startswith("error: latent_dim=-1 is not allowed")
+    assert not (run_dir / ".hydra" / "launch2").exists(), "a launch refused by the checks writes nothing"
+    again = run_script(  # e.g. a requeue, or a retry
+        "train.py",
+        f"data.data_dir={tmp_path / 'no_mnist'}",
+        "data.download=false",
+        "seed=7",
+        f"hydra.run.dir={run_dir}",
+    )
+    assert "MNIST" in one_error_line(again)
     assert (run_dir / ".hydra" / "overrides.yaml").read_text() == first
-    assert "latent_dim=-1" in (run_dir / ".hydra" / "launch2" / "overrides.yaml").read_text()
+    assert "seed=7" in (run_dir / ".hydra" / "launch2" / "overrides.yaml").read_text()
+
+
+def test_a_planted_link_in_a_run_dir_is_refused_and_its_target_never_written(tmp_path):
+    """A .lock or a hparams.yaml that is a symbolic link (or a .lock hard-linked to another file): the launch is
+    refused in one line and the file it points to keeps its bytes."""
+    victim = tmp_path / "victim.txt"
+    victim.write_text("precious\n")
+    for name, plant in (
+        (".lock", lambda path: path.symlink_to(victim)),
+        ("hparams.yaml", lambda path: path.symlink_to(victim)),
+        (".lock", lambda path: os.link(victim, path)),
+    ):
+        run_dir = tmp_path / f"run_{len(list(tmp_path.iterdir()))}"
+        run_dir.mkdir()
+        plant(run_dir / name)
+        line = one_error_line(run_script("train.py", f"hydra.run.dir={run_dir}"))
+        assert f"hydra.run.dir={run_dir}" in line and ("link" in line), line
+        assert victim.read_text() == "precious\n", f"the {name} planted in the run dir changed its target"
+        assert sorted(path.name for path in run_dir.iterdir()) == [name], "nothing else was written"
+
+
+def test_a_sweep_never_writes_into_an_existing_run_or_sweep(finished_run, tmp_path):
+    """A member dir outside the sweep dir, a sweep dir holding runs or an earlier sweep: refused in one line,
+    nothing in them changed, no summary written into another's dir."""
+    before = snapshot(finished_run)
+    outside = run_script(
+        "train.py", "-m", "latent_dim=2", f"hydra.sweep.dir={tmp_path / 'runs'}", f"hydra.sweep.subdir={finished_run}"
+    )
+    assert f"hydra.sweep.subdir={finished_run} is not allowed" in one_error_line(outside)
+    holding = run_script("train.py", "-m", "latent_dim=2,3", f"hydra.sweep.dir={finished_run.parent}")
+    assert f"hydra.sweep.dir={finished_run.parent} already holds a run (run)" in one_error_line(holding)
+    assert snapshot(finished_run) == before
+    assert not (finished_run.parent / "summary.csv").exists()
+    other = tmp_path / "other_sweep"
+    (other / "0" / ".hydra").mkdir(parents=True)
+    (other / "multirun.yaml").write_text("hydra: {}\n")  # another sweep, its member 0 still running
+    again = run_script("train.py", "-m", "latent_dim=2", f"hydra.sweep.dir={other}")
+    assert "already holds a sweep" in one_error_line(again)
+    assert sorted(path.name for path in other.rglob("*")) == [".hydra", "0", "multirun.yaml"], "nothing written there"
+
+
+def test_paths_output_dir_cannot_point_a_run_past_the_guard(finished_run):
+    before = snapshot(finished_run)
+    line = one_error_line(run_script("train.py", f"paths.output_dir={finished_run}"))
+    assert f"paths.output_dir={finished_run} is not allowed" in line and "hydra.run.dir=" in line
+    assert snapshot(finished_run) == before
+
+
+def test_an_existing_read_only_sweep_dir_is_one_line(tmp_path):
+    with mounted_tmpfs(tmp_path / "readonly", "ro,size=1m") as sweep_dir:
+        line = one_error_line(run_script("train.py", "-m", "latent_dim=2,3", f"hydra.sweep.dir={sweep_dir}"))
+    assert (
+        line == f"error: hydra.sweep.dir={sweep_dir} is not writable (Read-only file system); choose a writable folder"
+    )

@@ -226,3 +226,73 @@ def test_a_checkpoint_asking_for_a_huge_model_is_refused_at_once(changes, said, 
     ckpt = with_hyperparameters(trained_run[0] / "checkpoints" / "best.ckpt", tmp_path / "huge.ckpt", changes)
     with pytest.raises(CheckpointError, match=re.escape(said)):
         load_module(ckpt)
+
+
+def test_an_archive_part_declaring_more_than_the_file_is_refused_without_inflating_it(trained_run, tmp_path):
+    """torch stores a checkpoint's parts uncompressed: a part that declares gigabytes in a small file is a zip bomb,
+    refused from its header (testzip would inflate all of it to check its CRC)."""
+    import zipfile
+
+    bomb = tmp_path / "bomb.ckpt"
+    with zipfile.ZipFile(bomb, "w", compression=zipfile.ZIP_DEFLATED) as archive:
+        archive.writestr("archive/data.pkl", (trained_run[0] / "checkpoints" / "best.ckpt").read_bytes()[:100])
+        archive.writestr("archive/data/0", bytes(64 << 20))  # 64 MiB of zeros in about 64 KiB
+    assert bomb.stat().st_size < 1 << 20
+    with pytest.raises(CheckpointError, match=r"archive/data/0 declares 67,108,864 bytes, more than the whole file"):
+        read_checkpoint(bomb)
+
+
+def test_a_checkpoint_state_naming_files_outside_its_dir_is_refused(trained_run, tmp_path, capsys, data_dir):
+    """Lightning deletes the files a restored ModelCheckpoint state names when better epochs replace them: a crafted
+    `../` path would delete a file outside the run. The checkpoint is refused before any resume."""
+    good = trained_run[0] / "checkpoints" / "last.ckpt"
+    checkpoint = torch.load(good, weights_only=True)
+    (state_key,) = [key for key in checkpoint["callbacks"] if key.startswith("ModelCheckpoint")]
+    state = checkpoint["callbacks"][state_key]
+    outside = os.path.join(state["dirpath"], "..", "..", "victim.txt")
+    state["best_k_models"] = {outside: torch.tensor(1e9)}
+    crafted = tmp_path / "crafted.ckpt"
+    torch.save(checkpoint, crafted)
+    with pytest.raises(CheckpointError, match=r"its ModelCheckpoint state names .*victim.txt, outside its checkpoints"):
+        read_checkpoint(crafted)
+    resume = compose_config(
+        "train", [*QUICK_RUN, "latent_dim=3", f"ckpt_path={crafted}", f"data.data_dir={data_dir}"], tmp_path / "run"
+    )
+    assert "outside its checkpoints dir" in expect_one_line_exit(capsys, train, resume, TRAIN_RULES)
+    assert read_checkpoint(good)["callbacks"][state_key]["dirpath"] == state["dirpath"], "a run's own state passes"
+
+
+def test_an_unreachable_tracking_server_is_one_line_at_once():
+    from cvae.errors import ConfigError
+    from cvae.run.loggers import mlflow_logger
+
+    with pytest.raises(ConfigError, match=r"logger.mlflow.tracking_uri=http://127.0.0.1:9 does not answer"):
+        mlflow_logger("outputs/x", tracking_uri="http://127.0.0.1:9")
+
+
+@pytest.mark.parametrize("route", ["hydra_callbacks", "job_logging"])
+def test_a_loader_in_what_hydra_builds_itself_never_runs(route, tmp_path):
+    """Hydra instantiates its callbacks and logging handlers from the config: its list (HYDRA_TARGETS) names
+    classes in full, so a trusted package's loader method is refused there too, in one line."""
+    from tests.test_launch_checks import LOADER, payload_files
+    from tests.test_run_dirs import one_error_line
+    from tests.test_train import run_script
+
+    files = payload_files(tmp_path)
+    overrides = {
+        "hydra_callbacks": [
+            f"+hydra.callbacks.evil._target_={LOADER}",
+            f"+hydra.callbacks.evil.checkpoint_path={files['pickled']}",
+            "+hydra.callbacks.evil.weights_only=false",
+        ],
+        "job_logging": [files["searchpath"], "hydra/job_logging=evil"],
+    }[route]
+    result = run_script(
+        "train.py", *overrides, f"hydra.run.dir={tmp_path / 'run'}", env_extra={"CVAE_TRUSTED_TARGETS": ""}
+    )
+    if route == "job_logging":  # checked with the config, before Hydra starts the job
+        assert LOADER in one_error_line(result)
+    else:  # Hydra builds its callbacks before any of the project's code runs: its own report, with a traceback
+        assert result.returncode == 1 and f"Target '{LOADER}' is not in the Hydra execution whitelist" in result.stderr
+    assert not (tmp_path / "code_ran").exists(), "the payload ran"
+    assert not (tmp_path / "run").exists()

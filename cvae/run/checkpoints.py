@@ -3,6 +3,7 @@ is a cvae checkpoint with sane hyperparameters, its network rebuilt from the con
 trusted instantiate as a run's config) on torch's meta device before anything is allocated; and checkpoint writes
 that are never seen half-done. Whether a launch may resume a checkpoint is resume.py's concern."""
 
+import os
 import pickle
 import re
 import zipfile
@@ -16,12 +17,11 @@ from cvae.errors import CheckpointError, ConfigError
 from cvae.files import atomic_path
 from cvae.model.module import CVAELitModule
 from cvae.run.build import build
-from cvae.run.checks import CHECKPOINT_RULES, MAX_LAYERS, check_config
+from cvae.run.checks import CHECKPOINT_RULES, MAX_LAYERS, MAX_PARAMETERS, check_config
 
 ZIP_MAGIC = b"PK\x03\x04"  # torch.save writes a zip archive
-# Far above any model of this project (the reference MLP has about a million): a checkpoint asking for more is
-# refused before anything is allocated (hidden_dims=[2000000000] would ask for terabytes).
-MAX_PARAMETERS = 2**30
+# Lightning's ModelCheckpoint state: the files it names, which it deletes when a better epoch replaces them
+CHECKPOINT_STATE_FILES = ("best_model_path", "kth_best_model_path", "last_model_path")
 # The module's hyperparameters in a checkpoint: `net`, the network's config (_target_ and arguments), and the
 # objective's knobs. The optimizer and scheduler are no part of it: they do not change what the weights mean.
 MODULE_HPARAMS = ("net", "beta", "kl_warmup_epochs", "free_bits", "compile", "eval_seed")
@@ -57,6 +57,7 @@ def read_checkpoint(path: str | Path) -> dict:
     if not isinstance(checkpoint, dict) or not {"state_dict", "hyper_parameters"} <= checkpoint.keys():
         raise CheckpointError(f"{path} is not a cvae checkpoint: it lacks 'state_dict' and 'hyper_parameters'")
     checkpoint["hyper_parameters"] = check_hyperparameters(checkpoint["hyper_parameters"], path)
+    check_callback_files(checkpoint, path)
     return checkpoint
 
 
@@ -65,10 +66,32 @@ def archive_damage(path: Path) -> str | None:
     so a flipped byte in the weights would load as other weights) or an incomplete archive; None if whole."""
     try:
         with zipfile.ZipFile(path) as archive:
+            size = path.stat().st_size
+            inflated = next((part for part in archive.infolist() if part.file_size > size), None)
+            if inflated is not None:  # torch stores its parts uncompressed: this one would inflate, maybe to GBs
+                return f"{inflated.filename} declares {inflated.file_size:,} bytes, more than the whole file"
             damaged = archive.testzip()
     except (zipfile.BadZipFile, OSError, EOFError, ValueError) as error:
         return f"not a complete archive: {first_sentence(error)}"
     return f"{damaged} fails its checksum" if damaged else None
+
+
+def check_callback_files(checkpoint: dict, path: Path) -> None:
+    """The files a ModelCheckpoint state names lie in its own checkpoints dir: Lightning restores the state on a
+    resume into that dir and deletes the files it names as better epochs replace them, so a crafted `../` path
+    would delete a file outside the run."""
+    states = checkpoint.get("callbacks") or {}
+    for state in states.values() if isinstance(states, dict) else ():
+        if not isinstance(state, dict) or "dirpath" not in state:
+            continue
+        dirpath = os.path.normpath(str(state["dirpath"]))
+        named = [*(state.get(key) for key in CHECKPOINT_STATE_FILES), *(state.get("best_k_models") or {})]
+        outside = [str(file) for file in named if file and os.path.dirname(os.path.normpath(str(file))) != dirpath]
+        if outside:
+            raise CheckpointError(
+                f"{path} is not a checkpoint of a cvae run: its ModelCheckpoint state names {outside[0]}, outside its "
+                f"checkpoints dir {dirpath}"
+            )
 
 
 def first_sentence(error: Exception) -> str:

@@ -8,6 +8,7 @@ MLflow and W&B are optional extras (`pip install -e ".[mlflow]"`, `".[wandb]"`);
 import importlib.util
 import netrc
 import os
+import socket
 import sys
 from contextlib import contextmanager
 from pathlib import Path
@@ -21,6 +22,7 @@ from cvae.errors import ConfigError
 def mlflow_logger(run_dir: str, run_name: str | None = None, tags: dict | None = None, **kwargs) -> MLFlowLogger:
     """Lightning's MLFlowLogger, the run named after its dir (MLflow's own names repeat across seeded runs) and
     the dir in its `run_dir` tag."""
+    check_reachable(kwargs.get("tracking_uri"), "logger.mlflow.tracking_uri")
     require_extra("mlflow")
     return MLFlowLogger(run_name=run_name or run_label(run_dir), tags={"run_dir": run_dir, **(tags or {})}, **kwargs)
 
@@ -32,6 +34,21 @@ def wandb_logger(save_dir: str, name: str | None = None, **kwargs) -> WandbLogge
     require_extra("wandb")
     mode = os.environ.get("WANDB_MODE") or ("online" if wandb_logged_in() else "offline")
     return WandbLogger(save_dir=save_dir, name=name or run_label(save_dir), mode=mode, **kwargs)
+
+
+def check_reachable(uri: str | None, key: str, seconds: float = 5.0) -> None:
+    """A tracking server that does not answer: one line within seconds (MLflow's client retries for minutes)."""
+    address = urlparse(uri or "")
+    if address.scheme not in ("http", "https") or not address.hostname:
+        return  # a local file store, or MLflow's default
+    port = address.port or (443 if address.scheme == "https" else 80)
+    try:
+        socket.create_connection((address.hostname, port), timeout=seconds).close()
+    except OSError as error:
+        raise ConfigError(
+            f"{key}={uri} does not answer ({error.strerror or error}); start the server, or leave out {key} to log "
+            f"into outputs/mlflow.db"
+        ) from None
 
 
 def run_label(run_dir: str) -> str:
