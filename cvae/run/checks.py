@@ -89,7 +89,9 @@ EVERY_N = (positive_int, "a positive integer (every n epochs; 0 would divide by 
 
 
 def batches(value, key: str) -> None:
-    """Lightning's limit_*_batches: a fraction in [0, 1] or a count of batches >= 0."""
+    """Lightning's limit_*_batches: null (every batch), a fraction in [0, 1] or a count of batches >= 0."""
+    if value is None:
+        return
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not (math.isfinite(value) and value >= 0):
         ok = False
     else:
