@@ -141,7 +141,7 @@ class RunDirCheck(Callback):
         directory = Path(config.hydra.sweep.dir)
         try:
             self.create(directory, "hydra.sweep.dir")
-            if (directory / "multirun.yaml").exists():
+            if (directory / "multirun.yaml").exists() and not resume_auto(config):  # auto: run it again to finish it
                 raise RunDirError(f"hydra.sweep.dir={directory} already holds a sweep; choose a new dir")
         except UsageError as error:
             print(f"error: {error}", file=sys.stderr)
@@ -188,10 +188,15 @@ def holds_results(directory: Path) -> list[str]:
 
 def resumes(config: DictConfig, directory: Path) -> bool:
     """Whether this launch resumes the run of `directory`: a training launch from a checkpoint inside it."""
-    ckpt_path = config.get("ckpt_path")
-    if config.get("task_name") not in RESUMABLE_TASKS or not ckpt_path:
+    if config.get("task_name") not in RESUMABLE_TASKS or not (config.get("ckpt_path") or resume_auto(config)):
         return False
-    return Path(str(ckpt_path)).resolve().is_relative_to(directory.resolve())
+    from cvae.run.resume import REFUSE, launch_decision  # torch: only for a launch that asks to resume
+
+    return launch_decision(directory, config).action != REFUSE
+
+
+def resume_auto(config: DictConfig) -> bool:
+    return bool(OmegaConf.select(config, "resume.auto", default=False))
 
 
 def resume_hint(config: DictConfig, directory: Path) -> str:

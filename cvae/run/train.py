@@ -22,14 +22,14 @@ from cvae.callbacks.rank_state import RankState
 from cvae.callbacks.record import RunRecord
 from cvae.callbacks.safety import CheckpointOnInterrupt, StopOnDivergence
 from cvae.callbacks.signals import StopTogether
-from cvae.files import write_json_atomic
+from cvae.files import read_json, write_json_atomic
 from cvae.run.build import build, build_group, build_module
 from cvae.run.checkpoints import AtomicCheckpointIO
 from cvae.run.devices import member_devices
 from cvae.run.hparams import log_final
 from cvae.run.launch import JOB_CONFIG_VARIABLE, launch_local_ranks
 from cvae.run.loggers import wandb_run_closed
-from cvae.run.resume import check_resumable, record_resume, requeued_checkpoint, training_settings
+from cvae.run.resume import FINISHED, check_resumable, launch_decision, record_resume, training_settings
 
 PACKAGES = (
     "torch",
@@ -46,8 +46,11 @@ PACKAGES = (
 def train(cfg: DictConfig) -> dict:
     started = time.perf_counter()
     output_dir = Path(cfg.paths.output_dir)
+    decision = launch_decision(output_dir, cfg)
+    if decision.action == FINISHED:
+        return finished_run(output_dir, cfg)
     # in the config the other local ranks are given
-    cfg.ckpt_path, cfg.trainer.devices = requeued_checkpoint(cfg), member_devices(cfg.trainer)
+    cfg.ckpt_path, cfg.trainer.devices = decision.ckpt_path, member_devices(cfg.trainer)
     if cfg.ckpt_path:  # before anything is built: a resume of another run is refused in one line
         record_resume(output_dir, cfg.ckpt_path, check_resumable(cfg.ckpt_path, cfg))
     torch.set_float32_matmul_precision(cfg.get("matmul_precision", "highest"))
@@ -69,6 +72,16 @@ def train(cfg: DictConfig) -> dict:
         timing = {"fit_seconds": round(fit_seconds, 2), "wall_seconds": round(time.perf_counter() - started, 2)}
         write_json_atomic(output_dir / "timing.json", timing)
     return summary
+
+
+def finished_run(output_dir: Path, cfg: DictConfig) -> dict:
+    """A launch with resume.auto=true into a finished run of its own (a crashed sweep run again): nothing is
+    trained or written, its metrics are returned as the run returned them."""
+    last = output_dir / "checkpoints" / "last.ckpt"
+    if last.is_file():  # another run's finished dir is refused as a resume of it would be
+        check_resumable(last, cfg)
+    print(f"{output_dir} holds this run, finished (metrics.json): kept as it is, nothing trained")
+    return read_json(output_dir / "metrics.json")
 
 
 def build_trainer(cfg: DictConfig, loggers: list) -> pl.Trainer:
