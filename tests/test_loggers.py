@@ -1,6 +1,7 @@
 """MLflow and W&B, offline with the real libraries: one short training run logs to TensorBoard, MLflow (a local
 SQLite store, read back with MLflow's client) and W&B (offline, its run file read back) at once, and each
-tracker holds the run's knobs, its final metrics (those of metrics.json) and the images TensorBoard got."""
+tracker holds the run's knobs, its final metrics (those of metrics.json) and the images TensorBoard got. A run
+crashed and resumed continues each tracker's run (against a real `mlflow server`), as a run never stopped."""
 
 import io
 import json

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 import pytorch_lightning as pl
+import yaml
 
 from cvae.errors import CheckpointError
 from cvae.run.resume import FINISHED, REFUSE, RESUME, START, launch_decision
@@ -156,3 +157,34 @@ def test_launch_decision_follows_what_the_dir_holds(tmp_path, trained_run, monke
     assert decide(tmp_path / "new", f"ckpt_path={last}") == (START, last)
     monkeypatch.setenv("SLURM_RESTART_COUNT", "1")
     assert decide(unfinished) == (RESUME, last) and decide(finished) == (FINISHED, None)
+
+
+def test_an_optuna_search_killed_midway_continues_its_study_in_the_sweep_dir_to_n_trials(tmp_path, data_dir):
+    """n_trials=3, killed (launcher and trial) in trial 1's second epoch: run again, the search continues the
+    study of the SQLite file in the sweep dir (the default storage) instead of starting 3 more trials."""
+    import optuna
+
+    sweep_dir = tmp_path / "search"
+    command = [
+        "train.py",
+        "-m",
+        "hparams_search=optuna",
+        "hydra.sweeper.n_trials=3",
+        *SWEEP_RUN,
+        f"data.data_dir={data_dir}",
+        "resume.auto=true",
+        f"hydra.sweep.dir={sweep_dir}",
+    ]
+    killed = run_script(*command, env_extra={"CVAE_TEST_KILL": "1:4"})
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-3000:]
+    again = run_script(*command)
+    assert again.returncode == 0, again.stderr[-3000:]
+    study = optuna.load_study(study_name="cvae", storage=f"sqlite:///{sweep_dir}/optuna.db")
+    states = [trial.state.name for trial in study.trials]
+    assert states == ["COMPLETE", "RUNNING", "COMPLETE", "COMPLETE"], "trial 1 was killed; 2 more finish the 3"
+    assert "holds 1 finished trials of 3: continuing it" in again.stdout
+    values = {trial.number: trial.value for trial in study.trials if trial.state.name == "COMPLETE"}
+    for number, value in values.items():
+        assert json.loads((sweep_dir / str(number) / "metrics.json").read_text())["val/nelbo"] == value
+    best = yaml.safe_load((sweep_dir / "optimization_results.yaml").read_text())
+    assert best["best_value"] == min(values.values())
