@@ -32,17 +32,23 @@ wandb_proto = pytest.importorskip(
 IMAGE_TAGS = ("samples/prior_by_digit", "samples/reconstructions", "exploration/latent_map")
 
 
+@contextmanager
+def machine_never_logged_in_to_wandb(root):
+    with pytest.MonkeyPatch.context() as env:
+        for variable in ("WANDB_MODE", "WANDB_API_KEY"):
+            env.delenv(variable, raising=False)
+        env.setenv("NETRC", str(root / "no_netrc"))
+        env.setenv("WANDB_SILENT", "true")
+        yield
+
+
 @pytest.fixture(scope="module")
 def tracked_run(tmp_path_factory, data_dir):
     """A two-epoch run with logger=[tensorboard,mlflow,wandb], W&B on a machine that never logged in."""
     from cvae.run.train import train
 
     root = tmp_path_factory.mktemp("tracked")
-    with pytest.MonkeyPatch.context() as env:
-        for variable in ("WANDB_MODE", "WANDB_API_KEY"):
-            env.delenv(variable, raising=False)
-        env.setenv("NETRC", str(root / "no_netrc"))
-        env.setenv("WANDB_SILENT", "true")
+    with machine_never_logged_in_to_wandb(root):
         overrides = [
             *QUICK_RUN,
             f"data.data_dir={data_dir}",
@@ -270,16 +276,12 @@ class CrashAt(pl.Callback):
 @pytest.fixture(scope="module")
 def resumed_trackers(tmp_path_factory, data_dir):
     """Against a real MLflow server: one run trained straight through, and the same run crashed in its second
-    epoch (after logging 2 of its batches) and resumed with resume.auto=true; TensorBoard, CSV, MLflow and W&B
+    epoch (after logging some of its batches) and resumed with resume.auto=true; TensorBoard, CSV, MLflow and W&B
     (offline) log both."""
     from cvae.run.train import train
 
     root = tmp_path_factory.mktemp("resumed_trackers")
-    with pytest.MonkeyPatch.context() as env, mlflow_server(f"sqlite:///{root}/mlflow.db", str(root / "art")) as url:
-        for variable in ("WANDB_MODE", "WANDB_API_KEY"):
-            env.delenv(variable, raising=False)
-        env.setenv("NETRC", str(root / "no_netrc"))
-        env.setenv("WANDB_SILENT", "true")
+    with machine_never_logged_in_to_wandb(root), mlflow_server(f"sqlite:///{root}/mlflow.db", str(root / "art")) as url:
         overrides = [
             *QUICK_RUN,
             f"data.data_dir={data_dir}",
@@ -289,7 +291,7 @@ def resumed_trackers(tmp_path_factory, data_dir):
         ]
         straight, resumed = (root / "outputs" / "multirun" / "day" / "time" / job for job in ("0", "1"))
         train(compose_config("train", overrides, straight))
-        crash = ["+callbacks.crash._target_=tests.test_loggers.CrashAt", "+callbacks.crash.step=7"]
+        crash = ["+callbacks.crash._target_=tests.test_loggers.CrashAt", "+callbacks.crash.step=8"]
         with pytest.raises(RuntimeError, match="power cut"):
             train(compose_config("train", [*overrides, *crash], resumed))
         assert (resumed / "checkpoints" / "last.ckpt").is_file() and not (resumed / "metrics.json").exists()

@@ -54,29 +54,33 @@ def files_of(directory: Path) -> dict[str, tuple[bytes, int]]:
     }
 
 
+def killed_and_run_again(sweep_dir: Path, data_dir: str, on_kill, *sweep: str):
+    """The sweep run with resume.auto=true and killed in member 1's second epoch (on_kill then checks what it left),
+    then the same command again: its result."""
+    command = ["train.py", "-m", *sweep, *SWEEP_RUN, f"data.data_dir={data_dir}", "resume.auto=true"]
+    command.append(f"hydra.sweep.dir={sweep_dir}")
+    killed = run_script(*command, env_extra={"CVAE_TEST_KILL": "1:4"})
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-3000:]
+    on_kill()
+    again = run_script(*command)
+    assert again.returncode == 0, again.stderr[-3000:]
+    return again
+
+
 def test_a_sweep_killed_midway_finishes_when_run_again_as_if_never_stopped(tmp_path, data_dir):
     """latent_dim=2,3,4 with the basic launcher: killed (launcher and member 1) in member 1's second epoch, so
     member 0 is finished, member 1 interrupted after its first epoch's checkpoint and member 2 never started. The
     same command again finishes it: member 0 untouched, 1 resumed, 2 started, each metrics.json byte-identical to
     a run never stopped."""
     sweep_dir = tmp_path / "sweep"
-    command = [
-        "train.py",
-        "-m",
-        "latent_dim=2,3,4",
-        *SWEEP_RUN,
-        f"data.data_dir={data_dir}",
-        "resume.auto=true",
-        f"hydra.sweep.dir={sweep_dir}",
-    ]
-    killed = run_script(*command, env_extra={"CVAE_TEST_KILL": "1:4"})
-    assert killed.returncode == -signal.SIGKILL, killed.stderr[-3000:]
-    assert (sweep_dir / "0" / "metrics.json").is_file() and not (sweep_dir / "1" / "metrics.json").exists()
-    assert (sweep_dir / "1" / "checkpoints" / "last.ckpt").is_file() and not (sweep_dir / "2").exists()
-    finished = files_of(sweep_dir / "0")
+    finished = {}
 
-    again = run_script(*command)
-    assert again.returncode == 0, again.stderr[-3000:]
+    def on_kill() -> None:
+        assert (sweep_dir / "0" / "metrics.json").is_file() and not (sweep_dir / "1" / "metrics.json").exists()
+        assert (sweep_dir / "1" / "checkpoints" / "last.ckpt").is_file() and not (sweep_dir / "2").exists()
+        finished.update(files_of(sweep_dir / "0"))
+
+    again = killed_and_run_again(sweep_dir, data_dir, on_kill, "latent_dim=2,3,4")
     assert files_of(sweep_dir / "0") == finished, "the finished member is kept as it was"
     assert f"{sweep_dir / '0'} holds this run, finished" in again.stdout
     resumes = json.loads((sweep_dir / "1" / "resumes.json").read_text())["resumes"]
@@ -165,20 +169,7 @@ def test_an_optuna_search_killed_midway_continues_its_study_in_the_sweep_dir_to_
     import optuna
 
     sweep_dir = tmp_path / "search"
-    command = [
-        "train.py",
-        "-m",
-        "hparams_search=optuna",
-        "hydra.sweeper.n_trials=3",
-        *SWEEP_RUN,
-        f"data.data_dir={data_dir}",
-        "resume.auto=true",
-        f"hydra.sweep.dir={sweep_dir}",
-    ]
-    killed = run_script(*command, env_extra={"CVAE_TEST_KILL": "1:4"})
-    assert killed.returncode == -signal.SIGKILL, killed.stderr[-3000:]
-    again = run_script(*command)
-    assert again.returncode == 0, again.stderr[-3000:]
+    again = killed_and_run_again(sweep_dir, data_dir, lambda: None, "hparams_search=optuna", "hydra.sweeper.n_trials=3")
     study = optuna.load_study(study_name="cvae", storage=f"sqlite:///{sweep_dir}/optuna.db")
     states = [trial.state.name for trial in study.trials]
     assert states == ["COMPLETE", "RUNNING", "COMPLETE", "COMPLETE"], "trial 1 was killed; 2 more finish the 3"
