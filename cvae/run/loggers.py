@@ -35,7 +35,8 @@ EARLIER_ROWS = ".metrics.before-resume.csv"
 def tensorboard_logger(save_dir: str, resume_from: str | None = None, **kwargs) -> TensorBoardLogger:
     """Lightning's TensorBoardLogger (a resume writes into the same dir: the config fixes name and version).
     Resuming, TensorBoard drops what the interrupted launch logged after the checkpoint: purge_step, from the step
-    after the checkpoint's on (the checkpoint's own step also holds its epoch's last points, logged after it)."""
+    after the checkpoint's on (TensorBoard purges by step alone, and the checkpoint's own step also holds the images
+    of its epoch's validation, which must stay; the first batch after it, logged at that step, may stay twice)."""
     if resume_from:
         kwargs.setdefault("purge_step", read_checkpoint(resume_from)["global_step"] + 1)
     return TensorBoardLogger(save_dir, **kwargs)
