@@ -5,14 +5,14 @@ more (the plugin counts only the trials of its own launch).
 
 A trial a killed launch left RUNNING stays so in the study: Optuna cannot tell it from a trial another process is
 running, so it is neither counted nor failed; its member folder stays, listed failed in the sweep summary.
+
+Hydra takes sweepers only from its plugin namespace: hydra_plugins/cvae_sweepers registers this one.
 """
 
-import optuna
 from hydra_plugins.hydra_optuna_sweeper.optuna_sweeper import OptunaSweeper
-from optuna.trial import TrialState
 
 # trials that count towards n_trials, as the plugin counts the ones it launches (failed ones too)
-DONE = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
+DONE = ("COMPLETE", "PRUNED", "FAIL")
 
 
 class ContinuedOptunaSweeper(OptunaSweeper):
@@ -21,7 +21,7 @@ class ContinuedOptunaSweeper(OptunaSweeper):
     def sweep(self, arguments: list[str]) -> None:
         search = self.sweeper  # the plugin's implementation: its public n_trials and job_idx drive its loop
         trials = earlier_trials(search.storage, search.study_name)
-        done = sum(trial.state in DONE for trial in trials)
+        done = sum(trial.state.name in DONE for trial in trials)
         if trials:
             print(f"study {search.study_name} holds {done} finished trials of {search.n_trials}: continuing it")
         search.n_trials = max(0, search.n_trials - done)
@@ -30,6 +30,8 @@ class ContinuedOptunaSweeper(OptunaSweeper):
 
 
 def earlier_trials(storage, study_name: str | None) -> list:
+    import optuna  # here: Hydra imports this module (hydra_plugins/cvae_sweepers) at every start-up
+
     if storage is None or study_name not in optuna.study.get_all_study_names(storage):
         return []
     return optuna.load_study(study_name=study_name, storage=storage).get_trials(deepcopy=False)
