@@ -64,7 +64,7 @@ def test_callbacks_and_loggers_instantiate(tmp_path):
         "LatentExploration",
         "LatentProjector",
         "TensorBoardLogger",
-        "CSVLogger",
+        "ContinuedCSVLogger",  # Lightning's CSVLogger that keeps a resumed run's rows
         "MLFlowLogger",
         "WandbLogger",
     }

@@ -1,6 +1,7 @@
 """MLflow and W&B, offline with the real libraries: one short training run logs to TensorBoard, MLflow (a local
 SQLite store, read back with MLflow's client) and W&B (offline, its run file read back) at once, and each
-tracker holds the run's knobs, its final metrics (those of metrics.json) and the images TensorBoard got."""
+tracker holds the run's knobs, its final metrics (those of metrics.json) and the images TensorBoard got. A run
+crashed and resumed continues each tracker's run (against a real `mlflow server`), as a run never stopped."""
 
 import io
 import json
@@ -12,17 +13,19 @@ import subprocess
 import sys
 import time
 import urllib.request
+from collections import Counter
 from contextlib import contextmanager
 
 import numpy as np
 import pytest
+import pytorch_lightning as pl
 from PIL import Image
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from cvae.callbacks.images import TENSORBOARD_PICTURES
 from cvae.errors import ConfigError
-from cvae.run.loggers import mlflow_logger, run_label, wandb_logged_in, wandb_logger, wandb_run_closed
-from tests.conftest import QUICK_RUN, compose_config
+from cvae.run.loggers import EARLIER_ROWS, mlflow_logger, run_label, wandb_logged_in, wandb_logger, wandb_run_closed
+from tests.conftest import QUICK_RUN, QUICK_RUN_ANY_CALLBACKS, compose_config
 
 mlflow = pytest.importorskip("mlflow", reason='MLflow is an extra: pip install -e ".[mlflow]" (".[test]" has it)')
 wandb_proto = pytest.importorskip(
@@ -31,17 +34,23 @@ wandb_proto = pytest.importorskip(
 IMAGE_TAGS = ("samples/prior_by_digit", "samples/reconstructions", "exploration/latent_map")
 
 
+@contextmanager
+def machine_never_logged_in_to_wandb(root):
+    with pytest.MonkeyPatch.context() as env:
+        for variable in ("WANDB_MODE", "WANDB_API_KEY"):
+            env.delenv(variable, raising=False)
+        env.setenv("NETRC", str(root / "no_netrc"))
+        env.setenv("WANDB_SILENT", "true")
+        yield
+
+
 @pytest.fixture(scope="module")
 def tracked_run(tmp_path_factory, data_dir):
     """A two-epoch run with logger=[tensorboard,mlflow,wandb], W&B on a machine that never logged in."""
     from cvae.run.train import train
 
     root = tmp_path_factory.mktemp("tracked")
-    with pytest.MonkeyPatch.context() as env:
-        for variable in ("WANDB_MODE", "WANDB_API_KEY"):
-            env.delenv(variable, raising=False)
-        env.setenv("NETRC", str(root / "no_netrc"))
-        env.setenv("WANDB_SILENT", "true")
+    with machine_never_logged_in_to_wandb(root):
         overrides = [
             *QUICK_RUN,
             f"data.data_dir={data_dir}",
@@ -252,3 +261,138 @@ def test_a_missing_extra_is_a_one_line_error_saying_what_to_install(monkeypatch)
 def test_runs_are_named_by_their_dir_below_outputs():
     assert run_label("/home/me/cvae/outputs/multirun/2026-11-21/06-14-44_123/3") == "multirun/2026-11-21/06-14-44_123/3"
     assert run_label("/elsewhere/run") == "/elsewhere/run"
+
+
+class CrashAt(pl.Callback):
+    """A hard failure in the middle of an epoch, after some of its batches were logged: the run ends without a
+    checkpoint of its own (as after SIGKILL or a power cut), last.ckpt is the previous epoch's."""
+
+    def __init__(self, step: int):
+        self.step = step
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        if trainer.global_step == self.step:
+            raise RuntimeError("power cut")
+
+
+@pytest.fixture(scope="module")
+def resumed_trackers(tmp_path_factory, data_dir):
+    """Against a real MLflow server: one run trained straight through, and the same run crashed in its second
+    epoch (after logging some of its batches) and resumed with resume.auto=true; TensorBoard, CSV, MLflow and W&B
+    (offline) log both."""
+    from cvae.run.train import train
+
+    root = tmp_path_factory.mktemp("resumed_trackers")
+    with machine_never_logged_in_to_wandb(root), mlflow_server(f"sqlite:///{root}/mlflow.db", str(root / "art")) as url:
+        overrides = [
+            *QUICK_RUN_ANY_CALLBACKS,
+            "callbacks=[model_checkpoint,sample_grids]",  # no FID: quicker
+            f"data.data_dir={data_dir}",
+            "latent_dim=3",
+            "logger=[tensorboard,csv,mlflow,wandb]",
+            f"logger.mlflow.tracking_uri={url}",
+        ]
+        straight, resumed = (root / "outputs" / "multirun" / "day" / "time" / job for job in ("0", "1"))
+        train(compose_config("train", overrides, straight))
+        crash = ["+callbacks.crash._target_=tests.test_loggers.CrashAt", "+callbacks.crash.step=8"]
+        with pytest.raises(RuntimeError, match="power cut"):
+            train(compose_config("train", [*overrides, *crash], resumed))
+        assert (resumed / "checkpoints" / "last.ckpt").is_file() and not (resumed / "metrics.json").exists()
+        train(compose_config("train", [*overrides, "resume.auto=true"], resumed))
+        experiment = http_json(f"{url}/api/2.0/mlflow/experiments/get-by-name?experiment_name=cvae")["experiment"]
+        runs = http_json(f"{url}/api/2.0/mlflow/runs/search", {"experiment_ids": [experiment["experiment_id"]]})
+        histories = {
+            tag_value(run, "run_dir"): {
+                key: [
+                    (point["step"], point["value"])
+                    for point in http_json(
+                        f"{url}/api/2.0/mlflow/metrics/get-history?run_id={run['info']['run_id']}&metric_key={key}"
+                    )["metrics"]
+                ]
+                for key in ("val/nelbo", "train/nelbo", "train/nelbo_step")
+            }
+            for run in runs["runs"]
+        }
+    return straight, resumed, runs["runs"], histories
+
+
+def tag_value(run: dict, key: str) -> str:
+    return next(tag["value"] for tag in run["data"]["tags"] if tag["key"] == key)
+
+
+def once_per_step(points: list) -> dict:
+    """{step: value}, checking that a step logged twice holds the same value both times (an exact resume)."""
+    steps = {}
+    for step, value in points:
+        assert steps.setdefault(step, value) == value, f"step {step} logged with two values"
+    return steps
+
+
+def test_a_resumed_run_appends_to_its_metrics_csv_as_if_never_stopped(resumed_trackers):
+    straight, resumed, _, _ = resumed_trackers
+    assert (resumed / "metrics.csv").read_bytes() == (straight / "metrics.csv").read_bytes()
+    assert not (resumed / EARLIER_ROWS).exists()
+
+
+def test_a_resumed_run_continues_tensorboard_in_the_same_dir_without_what_the_crash_logged_after_the_checkpoint(
+    resumed_trackers,
+):
+    straight, resumed, _, _ = resumed_trackers
+    expected, got = (EventAccumulator(str(run)).Reload() for run in (straight, resumed))
+    tags = expected.Tags()["scalars"]
+    assert set(got.Tags()["scalars"]) == set(tags) and "val/nelbo" in tags
+    for tag in tags:
+        points, reference = (Counter((e.step, e.value) for e in events.Scalars(tag)) for events in (got, expected))
+        assert not reference - points, f"{tag}: nothing lost"
+        # TensorBoard purges by step alone: the crashed launch's points at the checkpoint's own step (5, which also
+        # holds epoch 0's images) stay beside the resumed launch's; from step 6 on they are purged
+        assert {step for step, _ in points - reference} <= {5}, f"{tag}: logged twice after the checkpoint"
+    images, reference_images = (
+        EventAccumulator(str(run), size_guidance={"images": 0}).Reload() for run in (resumed, straight)
+    )
+    image_tags = reference_images.Tags()["images"]
+    steps, reference_steps = (
+        {tag: [e.step for e in i.Images(tag)] for tag in image_tags} for i in (images, reference_images)
+    )
+    # the sample grids of epoch 0 (step 5, the crashed launch's) and epoch 1 (step 10, the resume's)
+    assert steps == reference_steps and steps["samples/prior_by_digit"] == [5, 10]
+
+
+def test_a_resumed_run_continues_its_mlflow_run_read_back_over_rest(resumed_trackers):
+    straight, resumed, runs, histories = resumed_trackers
+    assert sorted(tag_value(run, "run_dir") for run in runs) == [str(straight), str(resumed)], "one run per run"
+    (run,) = [run for run in runs if tag_value(run, "run_dir") == str(resumed)]
+    assert run["info"]["status"] == "FINISHED"
+    got, expected = histories[str(resumed)], histories[str(straight)]
+    for key in ("val/nelbo", "train/nelbo"):
+        assert got[key] == expected[key], f"{key}: each epoch once"
+    assert len(got["val/nelbo"]) == 2
+    # MLflow cannot delete a point: the crashed launch's batches after the checkpoint are there twice
+    assert once_per_step(got["train/nelbo_step"]) == dict(expected["train/nelbo_step"])
+
+
+def test_a_resumed_run_resumes_its_wandb_run_offline(resumed_trackers):
+    straight, resumed, _, _ = resumed_trackers
+    launches = sorted((resumed / "wandb").glob("offline-run-*"))
+    assert len(launches) == 2, "the crashed launch and the resume"
+
+    def history(launch) -> tuple[str, list[dict]]:
+        records = wandb_records(next(launch.glob("run-*.wandb")))
+        (run,) = [record.run for record in records if record.HasField("run")]
+        rows = [
+            {item.key or "/".join(item.nested_key): json.loads(item.value_json) for item in record.history.item}
+            for record in records
+            if record.HasField("history")
+        ]
+        return run.run_id, rows
+
+    (first_id, first), (second_id, second) = (history(launch) for launch in launches)
+    (reference_launch,) = (straight / "wandb").glob("offline-run-*")
+    _, reference = history(reference_launch)
+    assert first_id == second_id, "the resume logs into the same W&B run"
+
+    def epochs(rows: list[dict], key: str) -> list:
+        return [(row["trainer/global_step"], row[key]) for row in rows if key in row]
+
+    for key in ("val/nelbo", "train/nelbo", "final/val/nelbo"):
+        assert epochs(first, key) + epochs(second, key) == epochs(reference, key), key

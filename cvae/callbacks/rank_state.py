@@ -30,6 +30,7 @@ class RankState(pl.Callback):
     def __init__(self, seed: int):
         self.seed = seed
         self.restored: list[dict] | None = None
+        self.epoch_ended = False
 
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         self.trainer, self.pl_module = trainer, pl_module
@@ -45,7 +46,11 @@ class RankState(pl.Callback):
         local = {
             # an evaluation pass holds the training stream aside (see CVAELitModule.evaluation_noise)
             "random": module.held_training_noise or random_state(device),
-            "metrics": {name: metric.metric_state for name, metric in training_metrics(module)},
+            # a checkpoint at the end of an epoch (ModelCheckpoint saves before Lightning resets the epoch's sums):
+            # the run resumes with the next epoch, which sums from nothing
+            "metrics": {}
+            if self.epoch_ended
+            else {name: metric.metric_state for name, metric in training_metrics(module)},
         }
         return {"ranks": gather(self.trainer, local)}
 
@@ -66,8 +71,16 @@ class RankState(pl.Callback):
         set_random_state(mine["random"], pl_module.device)
         for name, metric in training_metrics(pl_module):
             metric.reset()
-            metric.merge_state({key: value.to(pl_module.device) for key, value in mine["metrics"][name].items()})
+            if name in mine["metrics"]:
+                metric.merge_state({key: value.to(pl_module.device) for key, value in mine["metrics"][name].items()})
         self.restored = None
+
+    def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self.epoch_ended = False
+
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        # before the module logs the epoch's sums and before ModelCheckpoint (a monitoring callback, run after them)
+        self.epoch_ended = True
 
 
 def training_metrics(module: pl.LightningModule) -> list[tuple[str, Metric]]:

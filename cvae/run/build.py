@@ -30,7 +30,7 @@ TRUSTED_PACKAGES = (
 )
 TRUSTED_CLASSES = ("pytorch_lightning.Trainer", "lightning.pytorch.Trainer")
 # functions that build an object, each trusted by its full name (conf/logger/)
-FACTORIES = ("cvae.run.loggers.mlflow_logger", "cvae.run.loggers.wandb_logger")
+FACTORIES = ("cvae.run.loggers.tensorboard_logger", "cvae.run.loggers.mlflow_logger", "cvae.run.loggers.wandb_logger")
 USER_TARGETS = tuple(
     filter(None, (pattern.strip() for pattern in os.environ.get("CVAE_TRUSTED_TARGETS", "").split(",")))
 )

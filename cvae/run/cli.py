@@ -150,10 +150,10 @@ class RunDirCheck(Callback):
             check_launch(config, None)
             check_output_dir(config)
             check_subdir(config)
-            may_sweep(directory)
+            may_sweep(config, directory)
             self.create(directory, "hydra.sweep.dir")
             self.lock = claim(directory, "hydra.sweep.dir")
-            may_sweep(directory)
+            may_sweep(config, directory)
         except (UsageError, OmegaConfBaseException) as error:
             refuse(error)
 
@@ -216,9 +216,10 @@ def may_write(config: DictConfig, directory: Path) -> str:
     )
 
 
-def may_sweep(directory: Path) -> None:
-    """A sweep dir holding an earlier sweep, or runs of its own, is not written over."""
-    if not directory.is_dir():
+def may_sweep(config: DictConfig, directory: Path) -> None:
+    """A sweep dir holding an earlier sweep, or runs of its own, is not written over; with resume.auto=true the
+    same sweep run again may go on there (each member then passes `may_write`: kept, resumed, started or refused)."""
+    if not directory.is_dir() or resume_auto(config):
         return
     if (directory / "multirun.yaml").exists():
         raise RunDirError(f"hydra.sweep.dir={directory} already holds a sweep; choose a new dir")
@@ -298,10 +299,15 @@ def holds_results(directory: Path) -> list[str]:
 
 def resumes(config: DictConfig, directory: Path) -> bool:
     """Whether this launch resumes the run of `directory`: a training launch from a checkpoint inside it."""
-    ckpt_path = config.get("ckpt_path")
-    if config.get("task_name") not in RESUMABLE_TASKS or not ckpt_path:
+    if config.get("task_name") not in RESUMABLE_TASKS or not (config.get("ckpt_path") or resume_auto(config)):
         return False
-    return Path(str(ckpt_path)).resolve().is_relative_to(directory.resolve())
+    from cvae.run.resume import REFUSE, launch_decision  # torch: only for a launch that asks to resume
+
+    return launch_decision(directory, config).action != REFUSE
+
+
+def resume_auto(config: DictConfig) -> bool:
+    return bool(OmegaConf.select(config, "resume.auto", default=False))
 
 
 def resume_hint(config: DictConfig, directory: Path) -> str:

@@ -1,10 +1,17 @@
-"""The experiment trackers beyond Lightning's defaults: MLflow's and W&B's loggers named after the run dir, W&B
-offline unless this machine is logged in to it, and W&B's run closed after each job. (Images in the form each
-tracker takes: cvae/callbacks/images.py.)
+"""The experiment trackers as this project builds them: MLflow's and W&B's loggers named after the run dir, W&B
+offline unless this machine is logged in to it, W&B's run closed after each job, and every tracker continuing the
+run it holds when a run is resumed (`resume_from`, the checkpoint: the loggers' configs pass ${ckpt_path}) instead
+of opening a new one. (Images in the form each tracker takes: cvae/callbacks/images.py.)
+
+What an interrupted launch logged after its checkpoint is logged again by the resume: CSV drops the earlier
+copies (the rows from the resumed epoch and step on), TensorBoard hides them (purge_step: the steps after the
+checkpoint's); MLflow and W&B keep every point they were sent (neither can delete one), so after a hard kill
+the batches between the checkpoint and the kill appear twice there, with the same values on an exact resume.
 
 MLflow and W&B are optional extras (`pip install -e ".[mlflow]"`, `".[wandb]"`); nothing here imports them.
 """
 
+import csv
 import importlib.util
 import netrc
 import os
@@ -14,25 +21,124 @@ from contextlib import contextmanager
 from pathlib import Path
 from urllib.parse import urlparse
 
-from pytorch_lightning.loggers import MLFlowLogger, WandbLogger
+from pytorch_lightning.loggers import CSVLogger, MLFlowLogger, WandbLogger
+from pytorch_lightning.loggers.csv_logs import ExperimentWriter
+from pytorch_lightning.utilities import rank_zero_only
 
 from cvae.errors import ConfigError
+from cvae.run.checkpoints import read_checkpoint
+from cvae.run.tensorboard_logger import TensorBoardLogger
+
+# metrics.csv of the launches before a resume, moved aside until the resume has written them back with its own
+# rows: a resume killed before that finds them here
+EARLIER_ROWS = ".metrics.before-resume.csv"
 
 
-def mlflow_logger(run_dir: str, run_name: str | None = None, tags: dict | None = None, **kwargs) -> MLFlowLogger:
+def tensorboard_logger(save_dir: str, resume_from: str | None = None, **kwargs) -> TensorBoardLogger:
+    """The project's TensorBoardLogger (cvae/run/tensorboard_logger.py: the curves first); a resume writes into the
+    same dir (the config fixes name and version).
+    Resuming, TensorBoard drops what the interrupted launch logged after the checkpoint: purge_step, from the step
+    after the checkpoint's on (TensorBoard purges by step alone, and the checkpoint's own step also holds the images
+    of its epoch's validation, which must stay; the first batch after it, logged at that step, may stay twice)."""
+    if resume_from:
+        kwargs.setdefault("purge_step", read_checkpoint(resume_from)["global_step"] + 1)
+    return TensorBoardLogger(save_dir, **kwargs)
+
+
+class ContinuedCSVLogger(CSVLogger):
+    """Lightning's CSVLogger, which starts metrics.csv anew whenever it opens a dir; resuming (`resume_from`), the
+    earlier launches' rows are kept: written back before the resumed run's first row, less those the resumed run
+    logs again (from its first row's epoch and step on: what the interrupted launch logged after the checkpoint)."""
+
+    def __init__(self, save_dir: str, resume_from: str | None = None, **kwargs):
+        super().__init__(save_dir, **kwargs)
+        self.earlier = set_earlier_rows_aside(Path(self.log_dir)) if resume_from else None
+
+    @rank_zero_only
+    def log_metrics(self, metrics: dict, step: int | None = None) -> None:
+        if self.earlier:
+            for row in rows_before(self.earlier, metrics.get("epoch"), step):
+                super().log_metrics({key: value for key, value in row.items() if key != "step"}, step=row["step"])
+            self.earlier = []
+        super().log_metrics(metrics, step)
+
+    @rank_zero_only
+    def save(self) -> None:
+        super().save()
+        if self.earlier == []:  # written back: the copy set aside is no longer needed
+            (Path(self.log_dir) / EARLIER_ROWS).unlink(missing_ok=True)
+            self.earlier = None
+
+
+@rank_zero_only
+def set_earlier_rows_aside(log_dir: Path) -> list[dict]:
+    """The rows of metrics.csv (moved to EARLIER_ROWS, where Lightning's writer, which deletes metrics.csv, does
+    not look), values as numbers."""
+    current, aside = log_dir / ExperimentWriter.NAME_METRICS_FILE, log_dir / EARLIER_ROWS
+    if current.is_file() and not aside.is_file():
+        os.replace(current, aside)
+    if not aside.is_file():
+        return []
+    with open(aside, newline="") as file:
+        return [{key: number(value) for key, value in row.items() if value != ""} for row in csv.DictReader(file)]
+
+
+def number(text: str) -> int | float | str:
+    for kind in (int, float):
+        try:
+            return kind(text)
+        except ValueError:
+            continue
+    return text
+
+
+def rows_before(rows: list[dict], epoch: int | None, step: int | None) -> list[dict]:
+    """The rows a resume whose first row is at `epoch`, `step` does not log again: those of earlier steps, or of
+    earlier epochs (an epoch's last points share the step of the next epoch's first batch)."""
+    if epoch is None or step is None:  # not a training row: nothing is logged again
+        return rows
+    return [row for row in rows if row["step"] < step or row.get("epoch", epoch) < epoch]
+
+
+def mlflow_logger(
+    run_dir: str, run_name: str | None = None, tags: dict | None = None, resume_from: str | None = None, **kwargs
+) -> MLFlowLogger:
     """Lightning's MLFlowLogger, the run named after its dir (MLflow's own names repeat across seeded runs) and
-    the dir in its `run_dir` tag."""
+    the dir in its `run_dir` tag; resuming, the MLflow run that tag names continues (its run id)."""
     check_reachable(kwargs.get("tracking_uri"), "logger.mlflow.tracking_uri")
     require_extra("mlflow")
+    if resume_from and not kwargs.get("run_id"):
+        kwargs["run_id"] = mlflow_run_of(run_dir, kwargs.get("tracking_uri"), kwargs.get("experiment_name"))
     return MLFlowLogger(run_name=run_name or run_label(run_dir), tags={"run_dir": run_dir, **(tags or {})}, **kwargs)
 
 
-def wandb_logger(save_dir: str, name: str | None = None, **kwargs) -> WandbLogger:
+def mlflow_run_of(run_dir: str, tracking_uri: str | None, experiment_name: str | None) -> str | None:
+    """The id of the newest MLflow run tagged with this run dir, None if the store holds none."""
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri)
+    experiment = client.get_experiment_by_name(experiment_name or "lightning_logs")  # MLFlowLogger's default
+    if experiment is None:
+        return None
+    quote = '"' if "'" in run_dir else "'"
+    runs = client.search_runs(
+        [experiment.experiment_id],
+        filter_string=f"tags.run_dir = {quote}{run_dir}{quote}",
+        order_by=["attributes.start_time DESC"],
+        max_results=1,
+    )
+    return runs[0].info.run_id if runs else None
+
+
+def wandb_logger(save_dir: str, name: str | None = None, resume_from: str | None = None, **kwargs) -> WandbLogger:
     """Lightning's WandbLogger in the mode WANDB_MODE names, else online when this machine is logged in to W&B
     (an API key in WANDB_API_KEY or in the netrc file `wandb login` writes) and offline otherwise: a run never
-    stops to ask for a login, and `wandb sync <run dir>/wandb/offline-run-*` uploads an offline run later."""
+    stops to ask for a login, and `wandb sync <run dir>/wandb/offline-run-*` uploads an offline run later.
+    Resuming, the W&B run of this dir continues (same id; WandbLogger asks W&B for resume="allow")."""
     require_extra("wandb")
     mode = os.environ.get("WANDB_MODE") or ("online" if wandb_logged_in() else "offline")
+    if resume_from and not (kwargs.get("id") or kwargs.get("version")):
+        kwargs["id"] = wandb_run_of(save_dir)
     return WandbLogger(save_dir=save_dir, name=name or run_label(save_dir), mode=mode, **kwargs)
 
 
@@ -49,6 +155,13 @@ def check_reachable(uri: str | None, key: str, seconds: float = 5.0) -> None:
             f"{key}={uri} does not answer ({error.strerror or error}); start the server, or leave out {key} to log "
             f"into outputs/mlflow.db"
         ) from None
+
+
+def wandb_run_of(save_dir: str) -> str | None:
+    """The id of the newest W&B run in <save_dir>/wandb/: W&B names each launch's folder
+    `[offline-]run-<date>_<time>-<run id>` (it keeps no other record of the id on disk that is meant to be read)."""
+    launches = sorted(Path(save_dir, "wandb").glob("*run-*-*"), key=lambda path: path.name.split("run-", 1)[1])
+    return launches[-1].name.rsplit("-", 1)[1] if launches else None
 
 
 def run_label(run_dir: str) -> str:

@@ -1,9 +1,11 @@
-"""Resume policy: a launch continues a checkpoint only if it is the same run (the same network always; the same
-training settings unless resume.allow_changes), what it may change is recorded in the run dir's resumes.json, and
-a requeued SLURM job finds the checkpoint its previous run left."""
+"""Resume policy: what a training launch does with its run dir (start, resume it, leave a finished run as it is,
+or refuse another run's: launch_decision, for resume.auto=true, a requeued SLURM job and ckpt_path alike), a launch
+continues a checkpoint only if it is the same run (the same network always; the same training settings unless
+resume.allow_changes), and what it may change is recorded in the run dir's resumes.json."""
 
 import os
 from pathlib import Path
+from typing import NamedTuple
 
 from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.utilities import rank_zero_only
@@ -89,13 +91,36 @@ def training_settings(cfg: DictConfig) -> dict:
     return settings
 
 
-def requeued_checkpoint(cfg: DictConfig) -> str | None:
-    """What to resume from: ckpt_path, or, in a SLURM job that was requeued (preempted, `scontrol requeue`), the
-    last.ckpt its previous run saved in this same run dir when SLURM stopped it with SIGTERM."""
-    if cfg.get("ckpt_path") or not int(os.environ.get("SLURM_RESTART_COUNT") or 0):
-        return cfg.get("ckpt_path")
-    last = Path(cfg.paths.output_dir) / "checkpoints" / "last.ckpt"
-    return str(last) if last.is_file() else None
+START, RESUME, FINISHED, REFUSE = "start", "resume", "finished", "refuse"
+
+
+class Decision(NamedTuple):
+    action: str  # START, RESUME (from ckpt_path), FINISHED (keep the run as it is, do nothing) or REFUSE
+    ckpt_path: str | None  # what to train from: the checkpoint resumed, or one named to start a new run from
+
+
+def launch_decision(directory: str | Path, cfg: DictConfig) -> Decision:
+    """What a training launch does with its run dir, from the files in it (no checkpoint is read: the run-dir
+    guard asks before torch is imported; check_resumable then refuses, in one line, a checkpoint of another run):
+
+    - ckpt_path given: resume it when it lies inside the dir; from elsewhere, start this dir from it (an empty one);
+    - resume.auto=true, or a requeued SLURM job (SLURM_RESTART_COUNT: preempted, `scontrol requeue`): a dir with
+      metrics.json holds a finished run (FINISHED), one with checkpoints/last.ckpt an unfinished one (RESUME);
+    - otherwise a dir holding results (metrics.json, a checkpoint) is another run's (REFUSE), an empty one starts."""
+    directory = Path(directory)
+    ckpt_path = cfg.get("ckpt_path")
+    finished = (directory / "metrics.json").is_file()
+    last = directory / "checkpoints" / "last.ckpt"
+    holds_results = finished or any((directory / "checkpoints").glob("*"))
+    if ckpt_path:
+        inside = Path(str(ckpt_path)).resolve().is_relative_to(directory.resolve())
+        return Decision(RESUME if inside else REFUSE if holds_results else START, str(ckpt_path))
+    auto = OmegaConf.select(cfg, "resume.auto", default=False) or int(os.environ.get("SLURM_RESTART_COUNT") or 0)
+    if auto and finished:
+        return Decision(FINISHED, None)
+    if auto and last.is_file():
+        return Decision(RESUME, str(last))
+    return Decision(REFUSE if holds_results else START, None)
 
 
 @rank_zero_only

@@ -23,7 +23,7 @@ from cvae.callbacks.rank_state import RankState
 from cvae.callbacks.record import RunRecord
 from cvae.callbacks.safety import CheckpointOnInterrupt, StopOnDivergence
 from cvae.callbacks.signals import StopTogether
-from cvae.files import write_json_atomic
+from cvae.files import read_json, write_json_atomic
 from cvae.run.build import build, build_group, build_module
 from cvae.run.checkpoints import AtomicCheckpointIO
 from cvae.run.console import announce_run_dir, list_results, silence_library_noise
@@ -31,7 +31,7 @@ from cvae.run.devices import member_devices
 from cvae.run.hparams import log_final
 from cvae.run.launch import JOB_CONFIG_VARIABLE, launch_local_ranks
 from cvae.run.loggers import wandb_run_closed
-from cvae.run.resume import check_resumable, record_resume, requeued_checkpoint, training_settings
+from cvae.run.resume import FINISHED, check_resumable, launch_decision, record_resume, training_settings
 
 PACKAGES = (
     "torch",
@@ -50,8 +50,11 @@ def train(cfg: DictConfig) -> dict:
     output_dir = Path(cfg.paths.output_dir)
     silence_library_noise()
     announce_run_dir("train", output_dir)
+    decision = launch_decision(output_dir, cfg)
+    if decision.action == FINISHED:
+        return finished_run(output_dir, cfg)
     # in the config the other local ranks are given
-    cfg.ckpt_path, cfg.trainer.devices = requeued_checkpoint(cfg), member_devices(cfg.trainer)
+    cfg.ckpt_path, cfg.trainer.devices = decision.ckpt_path, member_devices(cfg.trainer)
     if cfg.ckpt_path:  # before anything is built: a resume of another run is refused in one line
         record_resume(output_dir, cfg.ckpt_path, check_resumable(cfg.ckpt_path, cfg))
     torch.set_float32_matmul_precision(cfg.get("matmul_precision", "highest"))
@@ -75,6 +78,16 @@ def train(cfg: DictConfig) -> dict:
     tensorboard = any(isinstance(logger, TensorBoardLogger) for logger in loggers)
     list_results(output_dir, ["metrics.json", "checkpoints/best.ckpt", "checkpoints/last.ckpt"], tensorboard)
     return summary
+
+
+def finished_run(output_dir: Path, cfg: DictConfig) -> dict:
+    """A launch with resume.auto=true into a finished run of its own (a crashed sweep run again): nothing is
+    trained or written, its metrics are returned as the run returned them."""
+    last = output_dir / "checkpoints" / "last.ckpt"
+    if last.is_file():  # another run's finished dir is refused as a resume of it would be
+        check_resumable(last, cfg)
+    print(f"{output_dir} holds this run, finished (metrics.json): kept as it is, nothing trained")
+    return read_json(output_dir / "metrics.json")
 
 
 def build_trainer(cfg: DictConfig, loggers: list) -> pl.Trainer:

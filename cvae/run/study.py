@@ -1,0 +1,37 @@
+"""Optuna searches whose study outlives the process: hydra-optuna-sweeper's sweeper with the study in a database
+(conf/hparams_search/optuna.yaml: a SQLite file in the sweep dir unless hydra.sweeper.storage names another, any
+SQLAlchemy URL), and a search run again into that study continuing it up to n_trials instead of adding n_trials
+more (the plugin counts only the trials of its own launch).
+
+A trial a killed launch left RUNNING stays so in the study: Optuna cannot tell it from a trial another process is
+running, so it is neither counted nor failed; its member folder stays, listed failed in the sweep summary.
+
+Hydra takes sweepers only from its plugin namespace: hydra_plugins/cvae_sweepers registers this one.
+"""
+
+from hydra_plugins.hydra_optuna_sweeper.optuna_sweeper import OptunaSweeper
+
+# trials that count towards n_trials, as the plugin counts the ones it launches (failed ones too)
+DONE = ("COMPLETE", "PRUNED", "FAIL")
+
+
+class ContinuedOptunaSweeper(OptunaSweeper):
+    """hydra-optuna-sweeper's OptunaSweeper, continuing the study its storage already holds."""
+
+    def sweep(self, arguments: list[str]) -> None:
+        search = self.sweeper  # the plugin's implementation: its public n_trials and job_idx drive its loop
+        trials = earlier_trials(search.storage, search.study_name)
+        done = sum(trial.state.name in DONE for trial in trials)
+        if trials:
+            print(f"study {search.study_name} holds {done} finished trials of {search.n_trials}: continuing it")
+        search.n_trials = max(0, search.n_trials - done)
+        search.job_idx = len(trials)  # member folders go on from the earlier launches', never into one of theirs
+        return super().sweep(arguments)
+
+
+def earlier_trials(storage, study_name: str | None) -> list:
+    import optuna  # here: Hydra imports this module (hydra_plugins/cvae_sweepers) at every start-up
+
+    if storage is None or study_name not in optuna.study.get_all_study_names(storage):
+        return []
+    return optuna.load_study(study_name=study_name, storage=storage).get_trials(deepcopy=False)
