@@ -355,7 +355,7 @@ def test_a_resumed_run_continues_tensorboard_in_the_same_dir_without_what_the_cr
         {tag: [e.step for e in i.Images(tag)] for tag in image_tags} for i in (images, reference_images)
     )
     # the sample grids of epoch 0 (step 5, the crashed launch's) and epoch 1 (step 10, the resume's)
-    assert steps == reference_steps and steps["samples/prior_by_digit"] == [5, 10]
+    assert steps == reference_steps and steps[f"{TENSORBOARD_PICTURES}samples/prior_by_digit"] == [5, 10]
 
 
 def test_a_resumed_run_continues_its_mlflow_run_read_back_over_rest(resumed_trackers):

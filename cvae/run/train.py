@@ -49,10 +49,10 @@ def train(cfg: DictConfig) -> dict:
     started = time.perf_counter()
     output_dir = Path(cfg.paths.output_dir)
     silence_library_noise()
-    announce_run_dir("train", output_dir)
     decision = launch_decision(output_dir, cfg)
     if decision.action == FINISHED:
         return finished_run(output_dir, cfg)
+    announce_run_dir("train", output_dir)
     # in the config the other local ranks are given
     cfg.ckpt_path, cfg.trainer.devices = decision.ckpt_path, member_devices(cfg.trainer)
     if cfg.ckpt_path:  # before anything is built: a resume of another run is refused in one line
