@@ -161,6 +161,18 @@ def test_mlflow_server_from_this_environment_serves_the_logged_run(tracked_run):
     assert final["final/val/nelbo"] == pytest.approx(metrics["val/nelbo"])
 
 
+def exit_codes(run_file, seconds: float = 30.0) -> list[int]:
+    """The exit codes recorded in an offline W&B run file. W&B's core process writes the file: on a loaded machine
+    the exit record can land a moment after wandb.finish() returned, so the file is read again until it shows one
+    (or `seconds` pass)."""
+    deadline = time.monotonic() + seconds
+    while True:
+        codes = [record.exit.exit_code for record in wandb_records(run_file) if record.HasField("exit")]
+        if codes or time.monotonic() > deadline:
+            return codes
+        time.sleep(0.2)
+
+
 def wandb_records(run_file) -> list:
     """The records of an offline W&B run file: a LevelDB-style log of protobuf records (W&B has no Python reader
     of its own any more: `wandb sync` hands the file to its Go core). Blocks of 32 KiB, each record in chunks
@@ -223,8 +235,7 @@ def test_a_failed_job_closes_its_wandb_run_as_failed(tmp_path, monkeypatch):
         wandb.init(mode="offline", dir=tmp_path, project="cvae")
         raise RuntimeError("diverged")
     assert wandb.run is None
-    records = wandb_records(next(tmp_path.glob("wandb/offline-run-*/run-*.wandb")))
-    assert [record.exit.exit_code for record in records if record.HasField("exit")] == [1]
+    assert exit_codes(next(tmp_path.glob("wandb/offline-run-*/run-*.wandb"))) == [1]
 
 
 def test_wandb_is_online_only_when_logged_in(tmp_path, monkeypatch):
