@@ -60,13 +60,15 @@ def launch_local_ranks(trainer: pl.Trainer, cfg: DictConfig):
     Lightning would re-run the script with its command line instead; inside a Hydra multirun that command is the
     whole sweep, so every child process would run every member in a sweep dir of its own. Afterwards this
     process is left as it was (no process group, no rank variables, its thread count), so the next member of a
-    multirun starts clean. Nothing happens when Lightning would start no processes: one device, another
-    strategy, or ranks already started by torchrun or SLURM.
+    multirun starts clean. When Lightning would start no processes (one device, another strategy, or ranks already
+    started by torchrun, SLURM or this launcher) none is started, and a job that ends normally ends its process
+    group too.
     """
     strategy = trainer.strategy
     if not lightning_would_start_processes(strategy):
         with exit_as_signalled(trainer):
             yield
+        end_process_group()
         return
     cluster = strategy.cluster_environment
     saved_variables = {name: os.environ.get(name) for name in DDP_VARIABLES}
@@ -102,8 +104,7 @@ def launch_local_ranks(trainer: pl.Trainer, cfg: DictConfig):
         for child in children.values():
             child.kill()  # a no-op for those that exited; the others would wait forever for this rank
             child.wait()
-        if torch.distributed.is_initialized():
-            torch.distributed.destroy_process_group()
+        end_process_group()
         restore_variables(saved_variables)
         torch.set_num_threads(saved_threads)
 
@@ -169,6 +170,14 @@ class RankWatchdog(threading.Thread):
                 time.sleep(2 * WATCH_PERIOD)  # Python delivers a pending interrupt_main at the next bytecode
         except KeyboardInterrupt:
             self.stopped.set()
+
+
+def end_process_group() -> None:
+    """Destroy the process group Lightning made (it leaves it to the script). A rank that exits holding one can
+    be killed by SIGABRT in the interpreter's shutdown while gloo's threads still hold tensors (pytorch#190489):
+    under torchrun its node's agent then fails, and the other node's agent waits out its exit barrier (300 s)."""
+    if torch.distributed.is_initialized():
+        torch.distributed.destroy_process_group()
 
 
 def lightning_would_start_processes(strategy) -> bool:
