@@ -6,7 +6,7 @@ from pathlib import Path
 import hydra
 from omegaconf import DictConfig
 
-from cvae.run.build import HYDRA_TARGETS
+from cvae.trust import HYDRA_TARGETS
 
 os.environ.setdefault("PROJECT_ROOT", str(Path(__file__).resolve().parent))
 

@@ -255,8 +255,9 @@ def lightning_run(loader: str, args, device: torch.device, floor: PlainLoop | No
     epoch preceded by one epoch of the plain loop `floor`. Returns the phase and the fitted module."""
     import pytorch_lightning as pl
 
-    from cvae.run.build import build, build_group, build_module
+    from cvae.model.checkpoint import build_module
     from cvae.run.train import build_trainer
+    from cvae.trust import instantiate, instantiate_group
 
     name = "b" if loader == "memory" else "c"
     label = f"({name}) Lightning, data.loader={loader}" + (" (default)" if loader == "memory" else "")
@@ -264,11 +265,11 @@ def lightning_run(loader: str, args, device: torch.device, floor: PlainLoop | No
         cfg = compose_train_config(lightning_overrides(loader, args, device), tmp)
         phase = Phase(name, label, images_in(TRAIN_SIZE - cfg.data.val_size, cfg.data.batch_size, args.limit))
         pl.seed_everything(cfg.seed, workers=True, verbose=False)
-        datamodule = build(cfg.data)
+        datamodule = instantiate(cfg.data)
         module = build_module(cfg.model)
         if args.compile:
             module.net.compile()
-        loggers = build_group(cfg.get("logger"))
+        loggers = instantiate_group(cfg.get("logger"))
         trainer = build_trainer(cfg, loggers)
         hook_seconds = time_epoch_end_hooks(trainer.callbacks, device)
         timer = epoch_timer(device, name, floor, timeline)

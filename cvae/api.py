@@ -1,5 +1,5 @@
 """The short Python API: a trained checkpoint as an object that draws digits and strings, encodes, reconstructs
-and maps the latent space, and a run's metrics. A thin layer over cvae/run/checkpoints.py, cvae/sampling/ and
+and maps the latent space, and a run's metrics. A thin layer over cvae/model/checkpoint.py, cvae/sampling/ and
 cvae/explore/; images come back as floats in [0, 1] on the CPU, (N, 1, 28, 28) or (rows, columns, 1, 28, 28).
 
     import cvae
@@ -20,9 +20,9 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from cvae.data.mnist import MNISTDataModule, split_tensors
 from cvae.explore.digits import digit_strings, digit_variants
 from cvae.explore.figures import image_grid, latent_map_images, rows_grid
+from cvae.model.checkpoint import load_module
 from cvae.model.cvae import pixels, posterior_means, sample
 from cvae.model.network import IMAGE_SHAPE
-from cvae.run.checkpoints import load_module
 from cvae.sampling.gmm import GaussianMixtureSampler
 from cvae.sampling.prior import PriorSampler, Sampler
 from cvae.validate import check_choice

@@ -2,6 +2,8 @@
 allowed. Pure Python (no torch), so the entry points run them before anything heavy is imported; the library
 functions that take the same values call the same checks."""
 
+import math
+
 from cvae.errors import ConfigError
 
 DIGIT_CHARACTERS = "0123456789"
@@ -46,4 +48,26 @@ def parse_digit(digit: int | str, key: str = "digit") -> int:
 def check_count(value: int, key: str, minimum: int = 1) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
         raise ConfigError(f"{key}={value!r} is not a count; expected a whole number >= {minimum}")
+    return value
+
+
+def check_finite(value, key: str, minimum: float = 0.0, above: bool = False) -> float:
+    """A finite number >= minimum (> with `above`): inf and nan pass no comparison a run relies on."""
+    number = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    if not number or value < minimum or (above and value == minimum):
+        relation = ">" if above else ">="
+        raise ConfigError(f"{key}={value!r} is not allowed: it must be a finite number {relation} {minimum:g}")
+    return value
+
+
+def check_flag(value, key: str) -> bool:
+    if not isinstance(value, bool):
+        raise ConfigError(f"{key}={value!r} is not allowed: it must be true or false")
+    return value
+
+
+def check_seed(value, key: str) -> int:
+    """numpy's and Lightning's range of seeds."""
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < 2**32:
+        raise ConfigError(f"{key}={value!r} is not allowed: it must be an integer in 0..4294967295, e.g. {key}=42")
     return value

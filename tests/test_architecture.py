@@ -15,6 +15,7 @@ LAYERS = {
     "files": 1,
     "seeding": 1,
     "validate": 1,
+    "trust": 1,  # what a config may build, what a file may hold (docs/trust.md)
     "model": 2,
     "data": 3,
     "sampling": 3,

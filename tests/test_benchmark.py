@@ -157,8 +157,9 @@ def fit_quick(data_dir, output_dir) -> tuple[list, list, list]:
     showed (its count and train/nelbo_step) each time it redrew, and the train/nelbo_step events the logger wrote."""
     import pytorch_lightning as pl
 
-    from cvae.run.build import build, build_group, build_module
+    from cvae.model.checkpoint import build_module
     from cvae.run.train import build_trainer
+    from cvae.trust import instantiate, instantiate_group
 
     overrides = [*QUICK_RUN_ANY_CALLBACKS, "callbacks=none", "trainer.limit_train_batches=12"]
     overrides += ["trainer.log_every_n_steps=3", "trainer.enable_progress_bar=true", f"data.data_dir={data_dir}"]
@@ -174,9 +175,9 @@ def fit_quick(data_dir, output_dir) -> tuple[list, list, list]:
                 shown.append((bar.train_progress_bar.n, value))
 
     pl.seed_everything(cfg.seed)
-    trainer = build_trainer(cfg, build_group(cfg.logger))
+    trainer = build_trainer(cfg, instantiate_group(cfg.logger))
     trainer.callbacks.append(BarWatcher())
-    trainer.fit(build_module(cfg.model), datamodule=build(cfg.data))
+    trainer.fit(build_module(cfg.model), datamodule=instantiate(cfg.data))
     events = EventAccumulator(str(output_dir), size_guidance={"scalars": 0}).Reload()
     return losses, shown, [(event.step, event.value) for event in events.Scalars("train/nelbo_step")]
 

@@ -50,7 +50,7 @@ def test_top_level_knobs_feed_model_data_and_optimizer(tmp_path, data_dir):
 
 
 def test_callbacks_and_loggers_instantiate(tmp_path):
-    from cvae.run.build import build_group
+    from cvae.trust import instantiate_group as build_group
 
     for extra in ("mlflow", "wandb"):  # many_loggers has MLflow and W&B
         pytest.importorskip(extra, reason=f'logger={extra} is an extra: pip install -e ".[{extra}]"')
@@ -90,8 +90,8 @@ def test_a_target_outside_the_trusted_code_is_refused_in_one_line_unless_the_env
 
     trusted = run_script(
         "-c",
-        "from omegaconf import OmegaConf; from cvae.run.build import build; "
-        "build(OmegaConf.create({'_target_': 'builtins.print', '_args_': ['built']}))",
+        "from omegaconf import OmegaConf; from cvae.trust import instantiate; "
+        "instantiate(OmegaConf.create({'_target_': 'builtins.print', '_args_': ['built']}))",
         env_extra={"CVAE_TRUSTED_TARGETS": "builtins.print"},
     )
     assert trusted.returncode == 0 and trusted.stdout.strip() == "built", trusted.stderr[-2000:]

@@ -17,9 +17,9 @@ from lightning_utilities.core.apply_func import apply_to_collection
 from cvae.callbacks.quality import GenerationQuality
 from cvae.callbacks.rank_state import RankState
 from cvae.data.mnist import MNISTDataModule
+from cvae.model.checkpoint import load_module
 from cvae.model.mlp import MLP
 from cvae.model.module import CVAELitModule
-from cvae.run.checkpoints import load_module
 from tests.test_reproducibility import ddp_run
 from tests.test_train import run_script
 

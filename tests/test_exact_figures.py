@@ -15,10 +15,10 @@ from scipy import linalg
 from cvae.data.mnist import MNISTDataModule
 from cvae.metrics.classifier import load_reference_classifier
 from cvae.metrics.generation import balanced_labels
+from cvae.model.checkpoint import load_module
 from cvae.model.cvae import importance_weighted_nll, negative_elbo
 from cvae.model.mlp import MLP
 from cvae.model.module import CVAELitModule
-from cvae.run.checkpoints import load_module
 from cvae.sampling.prior import decode, prior_latents
 
 

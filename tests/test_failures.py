@@ -16,7 +16,7 @@ import torch
 from cvae.callbacks.safety import StopOnDivergence
 from cvae.errors import CheckpointError, DivergenceError
 from cvae.files import write_json_atomic
-from cvae.run.checkpoints import AtomicCheckpointIO, load_module
+from cvae.model.checkpoint import AtomicCheckpointIO, load_module
 from cvae.run.checks import EVALUATE_RULES, TRAIN_RULES
 from cvae.run.cli import run_task
 from cvae.run.evaluate import evaluate

@@ -15,8 +15,8 @@ from cvae.data.mnist import MNISTDataModule
 from cvae.explore import anomaly, digits, export, latent
 from cvae.explore.figures import latent_map_images
 from cvae.files import atomic_path
+from cvae.model.checkpoint import load_module
 from cvae.model.cvae import posterior_means, sample
-from cvae.run.checkpoints import load_module
 from cvae.sampling.prior import prior_latents
 from cvae.validate import parse_digits
 from tests.conftest import QUICK_EVALUATION, QUICK_RUN, compose_config

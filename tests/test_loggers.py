@@ -24,7 +24,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 from cvae.callbacks.images import TENSORBOARD_PICTURES
 from cvae.errors import ConfigError
-from cvae.run.loggers import EARLIER_ROWS, mlflow_logger, run_label, wandb_logged_in, wandb_logger, wandb_run_closed
+from cvae.run.loggers import EARLIER_ROWS, MLFlowLogger, WandbLogger, run_label, wandb_logged_in, wandb_run_closed
 from tests.conftest import QUICK_RUN, QUICK_RUN_ANY_CALLBACKS, compose_config
 
 mlflow = pytest.importorskip("mlflow", reason='MLflow is an extra: pip install -e ".[mlflow]" (".[test]" has it)')
@@ -251,7 +251,7 @@ def test_wandb_is_online_only_when_logged_in(tmp_path, monkeypatch):
 
 def test_wandb_mode_is_what_wandb_mode_says_else_online_only_when_logged_in(tmp_path, monkeypatch):
     def mode() -> str:
-        return wandb_logger(save_dir=str(tmp_path))._wandb_init["mode"]  # what the logger hands to wandb.init
+        return WandbLogger(save_dir=str(tmp_path))._wandb_init["mode"]  # what the logger hands to wandb.init
 
     monkeypatch.delenv("WANDB_API_KEY", raising=False)
     monkeypatch.delenv("WANDB_MODE", raising=False)
@@ -266,7 +266,7 @@ def test_wandb_mode_is_what_wandb_mode_says_else_online_only_when_logged_in(tmp_
 def test_a_missing_extra_is_a_one_line_error_saying_what_to_install(monkeypatch):
     monkeypatch.setattr("importlib.util.find_spec", lambda name: None)
     with pytest.raises(ConfigError, match=r'logger=mlflow needs the mlflow package: pip install -e "\.\[mlflow\]"'):
-        mlflow_logger(run_dir="outputs/x")
+        MLFlowLogger(run_dir="outputs/x")
 
 
 def test_runs_are_named_by_their_dir_below_outputs():

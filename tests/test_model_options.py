@@ -1,16 +1,16 @@
 """Checkpoints of every network and option rebuild the model they hold from the `net` config they record, a resume
-with another network is refused, and checkpoints written before networks were injected (mlp and conv by name,
-parameters under `model.`) still load, as the same model."""
+with another network is refused, and a checkpoint's network config is plain values naming a network class."""
+
+import re
 
 import pytest
 import torch
 from omegaconf import OmegaConf
 
 from cvae.errors import CheckpointError
+from cvae.model.checkpoint import build_module, load_module
 from cvae.model.cvae import sample
 from cvae.model.module import CVAELitModule
-from cvae.run.build import build_module
-from cvae.run.checkpoints import load_module
 from cvae.run.resume import check_resumable
 
 CONV_LEARNED = {"_target_": "cvae.model.conv.Conv", "latent_dim": 3, "hidden_dims": [16], "channels": [4, 8]}
@@ -38,30 +38,32 @@ def test_a_conv_learned_prior_checkpoint_rebuilds_the_same_model(tmp_path):
     assert torch.equal(loaded.net.prior_mu, module.net.prior_mu)
 
 
-@pytest.mark.parametrize("architecture", ["mlp", "conv"])
-def test_a_checkpoint_from_before_net_configs_loads_as_the_same_model(tmp_path, architecture):
-    """The hyperparameters and parameter names fea1b2c wrote: the network by name, its weights under `model.`."""
-    module = (
-        conv_module()
-        if architecture == "conv"
-        else build_module(
-            OmegaConf.create(
-                {
-                    "_target_": "cvae.model.module.CVAELitModule",
-                    "net": {"_target_": "cvae.model.mlp.MLP", "latent_dim": 3, "hidden_dims": [512, 256]},
-                }
-            )
-        )
-    )
-    net = dict(module.hparams["net"])
-    old_hparams = {key: value for key, value in net.items() if key != "_target_"} | {"beta": 1.0, "eval_seed": 0}
-    old_hparams = {"architecture": architecture, "hidden_dims": [512, 256], **old_hparams}
-    old_weights = {key.replace("net.", "model.", 1): value for key, value in module.state_dict().items()}
-    old = save(module, tmp_path / "old.ckpt", old_hparams, old_weights)
-    loaded = load_module(old)
-    z, y = torch.randn(5, 3), torch.arange(5)
-    assert torch.equal(sample(loaded.net, y, z), sample(module.net, y, z))
-    check_resumable(old, OmegaConf.create({"model": {"net": net}}))
+@pytest.mark.parametrize(
+    ("net", "said"),
+    [
+        # a resolver would build the target it names when the config is resolved: never resolved, refused
+        (
+            {"latent_dim": "${oc.create:{_target_: cvae.files.write_json_atomic, path: PLANTED, data: {}}}"},
+            "holds an interpolation",
+        ),
+        ({"_target_": "${oc.env:HOME}"}, "holds an interpolation"),
+        # a class of the project that is no network, a function of the project, a loader of a trusted package
+        ({"_target_": "cvae.run.loggers.MLFlowLogger", "experiment_name": "x"}, "is not a network"),
+        ({"_target_": "cvae.files.write_json_atomic"}, "is not a class"),
+        ({"_target_": "pytorch_lightning.LightningModule.load_from_checkpoint"}, "is not on the execution whitelist"),
+        ({"extra": [0] * 20_000}, "is larger than 10,000 entries"),
+    ],
+)
+def test_a_checkpoint_network_config_is_plain_values_naming_a_network_class(tmp_path, net, said):
+    module = conv_module()
+    planted = tmp_path / "planted.json"
+    net = {
+        key: value.replace("PLANTED", str(planted)) if isinstance(value, str) else value for key, value in net.items()
+    }
+    hparams = {**dict(module.hparams), "net": {**CONV_LEARNED, **net}}
+    with pytest.raises(CheckpointError, match=re.escape(said)):
+        load_module(save(module, tmp_path / "crafted.ckpt", hparams))
+    assert not planted.exists(), "the resolver ran"
 
 
 @pytest.mark.parametrize(

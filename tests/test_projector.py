@@ -11,7 +11,7 @@ from PIL import Image
 from tensorboard.plugins.projector.projector_config_pb2 import ProjectorConfig
 
 from cvae.data.mnist import MNISTDataModule
-from cvae.run.checkpoints import load_module
+from cvae.model.checkpoint import load_module
 from tests.conftest import QUICK_EVALUATION, compose_config
 
 

@@ -14,9 +14,9 @@ from cvae.callbacks.quality import GenerationQuality
 from cvae.data.mnist import MNISTDataModule, split_tensors
 from cvae.explore.figures import digit_rows, for_people, image_grid
 from cvae.metrics.generation import balanced_labels, conditional_generation_metrics
+from cvae.model.checkpoint import load_module
 from cvae.model.mlp import MLP
 from cvae.model.network import NUM_CLASSES
-from cvae.run.checkpoints import load_module
 from cvae.sampling.gmm import GaussianMixtureSampler, fit_gaussian_mixture
 from cvae.sampling.prior import PriorSampler, decode
 from tests.conftest import QUICK_EVALUATION, compose_config

@@ -7,7 +7,7 @@ from pytorch_lightning.accelerators import AcceleratorRegistry
 from pytorch_lightning.callbacks import EarlyStopping, ModelCheckpoint
 from pytorch_lightning.profilers import SimpleProfiler
 
-from cvae.run.build import build_group
+from cvae.trust import instantiate_group as build_group
 from tests.conftest import QUICK_RUN_ANY_CALLBACKS, compose_config
 from tests.test_train import run_script
 

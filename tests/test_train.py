@@ -13,8 +13,8 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from tensorboard.plugins.hparams.plugin_data_pb2 import HParamsPluginData
 
 from cvae.data.mnist import MNISTDataModule
+from cvae.model.checkpoint import load_module
 from cvae.model.cvae import negative_elbo
-from cvae.run.checkpoints import load_module
 from tests.conftest import QUICK_EVALUATION, QUICK_RUN, QUICK_RUN_ANY_CALLBACKS, ROOT, compose_config
 
 ELBO_METRICS = {f"{stage}/{term}" for stage in ("val", "test") for term in ("nelbo", "recon", "kl")}

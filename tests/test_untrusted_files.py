@@ -13,8 +13,8 @@ import torch
 
 from cvae.errors import CheckpointError, DataError
 from cvae.metrics.inception import standard_inception
+from cvae.model.checkpoint import load_module, read_checkpoint
 from cvae.model.mlp import MLP
-from cvae.run.checkpoints import load_module, read_checkpoint
 from cvae.run.checks import EVALUATE_RULES, TRAIN_RULES
 from cvae.run.evaluate import evaluate
 from cvae.run.train import train
@@ -264,10 +264,10 @@ def test_a_checkpoint_state_naming_files_outside_its_dir_is_refused(trained_run,
 
 def test_an_unreachable_tracking_server_is_one_line_at_once():
     from cvae.errors import ConfigError
-    from cvae.run.loggers import mlflow_logger
+    from cvae.run.loggers import MLFlowLogger
 
     with pytest.raises(ConfigError, match=r"logger.mlflow.tracking_uri=http://127.0.0.1:9 does not answer"):
-        mlflow_logger("outputs/x", tracking_uri="http://127.0.0.1:9")
+        MLFlowLogger("outputs/x", tracking_uri="http://127.0.0.1:9")
 
 
 @pytest.mark.parametrize("route", ["hydra_callbacks", "job_logging"])

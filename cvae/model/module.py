@@ -13,6 +13,7 @@ from cvae.errors import ConfigError
 from cvae.model.cvae import negative_elbo, prior
 from cvae.model.posterior import PosteriorStats
 from cvae.seeding import random_state, set_random_state, stream_seed
+from cvae.validate import check_count, check_finite, check_flag, check_seed
 
 ELBO_TERMS = ("nelbo", "recon", "kl")
 EVAL_STAGES = ("val", "test")
@@ -33,8 +34,14 @@ class CVAELitModule(pl.LightningModule):
         """net: the encoder, decoder and optional prior (cvae/model/network.py's interface). optimizer: a partial
         taking the parameters; scheduler: Lightning's lr_scheduler dict whose `scheduler` is a partial taking the
         optimizer. Neither is a hyperparameter of the checkpoint, which keeps only what rebuilds the model and its
-        objective; the network's own config is recorded beside it (cvae/run/checkpoints.py)."""
+        objective; the network's own config is recorded beside it (cvae/model/checkpoint.py)."""
         super().__init__()
+        # its own arguments, checked here whoever builds it: a config, a checkpoint, a script
+        check_finite(beta, "model.beta")
+        check_finite(free_bits, "model.free_bits")
+        check_count(kl_warmup_epochs, "model.kl_warmup_epochs", minimum=0)
+        check_flag(compile, "model.compile")
+        check_seed(eval_seed, "model.eval_seed")
         # Not sent to the loggers: cvae.hparams gives them the whole run's knobs, each once.
         self.save_hyperparameters(ignore=["net", "optimizer", "scheduler"], logger=False)
         self.net = net
@@ -136,11 +143,3 @@ class CVAELitModule(pl.LightningModule):
         # Lightning's lr_scheduler dict: interval, frequency, monitor as configured (conf/scheduler/)
         scheduler = {**self.scheduler, "scheduler": self.scheduler["scheduler"](optimizer=optimizer)}
         return {"optimizer": optimizer, "lr_scheduler": scheduler}
-
-    def on_load_checkpoint(self, checkpoint: dict) -> None:
-        """Checkpoints written before networks were injected (`net:`) named the network `model`."""
-        checkpoint["state_dict"] = {rename_legacy(key): value for key, value in checkpoint["state_dict"].items()}
-
-
-def rename_legacy(key: str) -> str:
-    return f"net.{key.removeprefix('model.')}" if key.startswith("model.") else key

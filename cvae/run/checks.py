@@ -19,8 +19,8 @@ from omegaconf.errors import OmegaConfBaseException
 from cvae.errors import ConfigError
 from cvae.explore import IMAGE_SET_SUFFIXES, SCORES
 from cvae.metrics import FEATURE_EXTRACTORS
-from cvae.run.build import HYDRA_TARGETS, check_targets
 from cvae.sampling import COVARIANCES
+from cvae.trust import HYDRA_TARGETS, check_target_name, plain, targets_in
 from cvae.validate import check_choice, parse_digit, parse_digits, positive_int
 
 MAX_LAYERS = 100  # hidden layers a checkpoint may ask for (the reference has 2): a million would take minutes to build
@@ -223,16 +223,6 @@ TRAIN_RULES: dict[str, Rule] = {
     "resume.allow_changes": BOOLEAN,
     "ckpt_path": checkpoint_file,  # last: a bad value elsewhere is said before a missing file
 }
-# a checkpoint's hyper_parameters, checked before a model is built from them (keys as CVAELitModule takes them;
-# the network's arguments are checked by the network's own constructor)
-CHECKPOINT_RULES: dict[str, Rule] = {
-    "net.latent_dim": TRAIN_RULES["latent_dim"],
-    "compile": BOOLEAN,
-    "beta": TRAIN_RULES["model.beta"],
-    "free_bits": TRAIN_RULES["model.free_bits"],
-    "kl_warmup_epochs": TRAIN_RULES["model.kl_warmup_epochs"],
-    "eval_seed": seed,
-}
 EVALUATE_RULES: dict[str, Rule] = {
     "batch_size": TRAIN_RULES["batch_size"],
     **{key: TRAIN_RULES[key] for key in ("seed", "trainer.accelerator", "trainer.devices", "trainer.precision")},
@@ -315,9 +305,27 @@ def check_launch(config: DictConfig, rules: dict[str, Rule] | None) -> None:
         return
     task = OmegaConf.masked_copy(config, [key for key in config if key != "hydra"])
     check_mandatory(task)
-    check_targets(task, imports=False)
+    check_targets_by_name(task)
     check_config(task, rules)
     check_typed_digits(config)
+
+
+def check_targets_by_name(task: DictConfig) -> None:
+    """Every `_target_` of the config by name (cvae.trust.check_target_name), before torch: those written in it and
+    those a value's interpolation would produce (`${oc.create:{_target_: ...}}`); whether each is a class is
+    checked where it is built (cvae.trust.instantiate)."""
+    written = OmegaConf.to_container(task, resolve=False)
+    for key, target in targets_in(written):
+        resolved = OmegaConf.select(task, key, throw_on_resolution_failure=False) if "${" in target else target
+        check_target_name(str(resolved), key)
+    for key in leaves(written):
+        value = lookup(written, key)
+        if isinstance(value, str) and "${" in value:
+            made = OmegaConf.select(task, key, throw_on_resolution_failure=False)
+            if OmegaConf.is_config(made) or isinstance(made, dict | list):
+                made = OmegaConf.to_container(made, resolve=True) if OmegaConf.is_config(made) else made
+                for inner, target in targets_in(plain(made, key)):
+                    check_target_name(target, f"{key}.{inner}")
 
 
 def typed_overrides(config: DictConfig) -> list[str]:

@@ -27,13 +27,13 @@ from cvae.explore.latent import first_of_each_digit
 from cvae.explore.projector import write_projector
 from cvae.files import atomic_path, write_json_atomic
 from cvae.metrics.generation import generator_report
+from cvae.model.checkpoint import load_module
 from cvae.model.cvae import Net, model_device, pixels
 from cvae.model.network import NUM_CLASSES
-from cvae.run.build import build
-from cvae.run.checkpoints import load_module
 from cvae.run.console import announce_run_dir, list_results, silence_library_noise
 from cvae.sampling.prior import Sampler
 from cvae.seeding import seeded_global_rng
+from cvae.trust import instantiate
 from cvae.validate import check_count, parse_digit
 
 DIGIT_ROWS = [str(digit) for digit in range(NUM_CLASSES)]
@@ -47,12 +47,14 @@ def evaluate(cfg: DictConfig) -> dict:
     pl.seed_everything(cfg.seed, workers=True)
     module = load_module(cfg.ckpt_path)
     scored = scored_set(cfg)  # a bad file is said now, not after the test pass
-    datamodule = build(cfg.data)
-    trainer = build(cfg.trainer, logger=False, callbacks=[], enable_checkpointing=False)
+    datamodule = instantiate(cfg.data)
+    trainer = instantiate(cfg.trainer, logger=False, callbacks=[], enable_checkpointing=False)
     metrics = trainer.test(module, datamodule=datamodule, verbose=False)[0]
     module.to(trainer.strategy.root_device)  # Lightning moves it to the CPU after testing; the rest runs here
 
-    sampler = build(cfg.sampler).fit_for_checkpoint(module.net, *split_tensors(datamodule, "train"), cfg.ckpt_path)
+    sampler = instantiate(cfg.sampler).fit_for_checkpoint(
+        module.net, *split_tensors(datamodule, "train"), cfg.ckpt_path
+    )
     z = sampler.grid_latents(module.net, cfg.samples_per_digit, seed=cfg.seed)
     samples = digit_rows(module.net, z.to(model_device(module.net)))
     save_png(for_people(samples, DIGIT_ROWS, cfg.picture_scale), output_dir / "samples.png")

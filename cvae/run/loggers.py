@@ -21,31 +21,18 @@ from contextlib import contextmanager
 from pathlib import Path
 from urllib.parse import urlparse
 
-from pytorch_lightning.loggers import CSVLogger, MLFlowLogger, WandbLogger
+from pytorch_lightning import loggers
 from pytorch_lightning.loggers.csv_logs import ExperimentWriter
 from pytorch_lightning.utilities import rank_zero_only
 
 from cvae.errors import ConfigError
-from cvae.run.checkpoints import read_checkpoint
-from cvae.run.tensorboard_logger import TensorBoardLogger
 
 # metrics.csv of the launches before a resume, moved aside until the resume has written them back with its own
 # rows: a resume killed before that finds them here
 EARLIER_ROWS = ".metrics.before-resume.csv"
 
 
-def tensorboard_logger(save_dir: str, resume_from: str | None = None, **kwargs) -> TensorBoardLogger:
-    """The project's TensorBoardLogger (cvae/run/tensorboard_logger.py: the curves first); a resume writes into the
-    same dir (the config fixes name and version).
-    Resuming, TensorBoard drops what the interrupted launch logged after the checkpoint: purge_step, from the step
-    after the checkpoint's on (TensorBoard purges by step alone, and the checkpoint's own step also holds the images
-    of its epoch's validation, which must stay; the first batch after it, logged at that step, may stay twice)."""
-    if resume_from:
-        kwargs.setdefault("purge_step", read_checkpoint(resume_from)["global_step"] + 1)
-    return TensorBoardLogger(save_dir, **kwargs)
-
-
-class ContinuedCSVLogger(CSVLogger):
+class ContinuedCSVLogger(loggers.CSVLogger):
     """Lightning's CSVLogger, which starts metrics.csv anew whenever it opens a dir; resuming (`resume_from`), the
     earlier launches' rows are kept: written back before the resumed run's first row, less those the resumed run
     logs again (from its first row's epoch and step on: what the interrupted launch logged after the checkpoint)."""
@@ -100,16 +87,23 @@ def rows_before(rows: list[dict], epoch: int | None, step: int | None) -> list[d
     return [row for row in rows if row["step"] < step or row.get("epoch", epoch) < epoch]
 
 
-def mlflow_logger(
-    run_dir: str, run_name: str | None = None, tags: dict | None = None, resume_from: str | None = None, **kwargs
-) -> MLFlowLogger:
+class MLFlowLogger(loggers.MLFlowLogger):
     """Lightning's MLFlowLogger, the run named after its dir (MLflow's own names repeat across seeded runs) and
     the dir in its `run_dir` tag; resuming, the MLflow run that tag names continues (its run id)."""
-    check_reachable(kwargs.get("tracking_uri"), "logger.mlflow.tracking_uri")
-    require_extra("mlflow")
-    if resume_from and not kwargs.get("run_id"):
-        kwargs["run_id"] = mlflow_run_of(run_dir, kwargs.get("tracking_uri"), kwargs.get("experiment_name"))
-    return MLFlowLogger(run_name=run_name or run_label(run_dir), tags={"run_dir": run_dir, **(tags or {})}, **kwargs)
+
+    def __init__(
+        self,
+        run_dir: str,
+        run_name: str | None = None,
+        tags: dict | None = None,
+        resume_from: str | None = None,
+        **kwargs,
+    ):
+        check_reachable(kwargs.get("tracking_uri"), "logger.mlflow.tracking_uri")
+        require_extra("mlflow")
+        if resume_from and not kwargs.get("run_id"):
+            kwargs["run_id"] = mlflow_run_of(run_dir, kwargs.get("tracking_uri"), kwargs.get("experiment_name"))
+        super().__init__(run_name=run_name or run_label(run_dir), tags={"run_dir": run_dir, **(tags or {})}, **kwargs)
 
 
 def mlflow_run_of(run_dir: str, tracking_uri: str | None, experiment_name: str | None) -> str | None:
@@ -130,16 +124,18 @@ def mlflow_run_of(run_dir: str, tracking_uri: str | None, experiment_name: str |
     return runs[0].info.run_id if runs else None
 
 
-def wandb_logger(save_dir: str, name: str | None = None, resume_from: str | None = None, **kwargs) -> WandbLogger:
+class WandbLogger(loggers.WandbLogger):
     """Lightning's WandbLogger in the mode WANDB_MODE names, else online when this machine is logged in to W&B
     (an API key in WANDB_API_KEY or in the netrc file `wandb login` writes) and offline otherwise: a run never
     stops to ask for a login, and `wandb sync <run dir>/wandb/offline-run-*` uploads an offline run later.
     Resuming, the W&B run of this dir continues (same id; WandbLogger asks W&B for resume="allow")."""
-    require_extra("wandb")
-    mode = os.environ.get("WANDB_MODE") or ("online" if wandb_logged_in() else "offline")
-    if resume_from and not (kwargs.get("id") or kwargs.get("version")):
-        kwargs["id"] = wandb_run_of(save_dir)
-    return WandbLogger(save_dir=save_dir, name=name or run_label(save_dir), mode=mode, **kwargs)
+
+    def __init__(self, save_dir: str, name: str | None = None, resume_from: str | None = None, **kwargs):
+        require_extra("wandb")
+        mode = os.environ.get("WANDB_MODE") or ("online" if wandb_logged_in() else "offline")
+        if resume_from and not (kwargs.get("id") or kwargs.get("version")):
+            kwargs["id"] = wandb_run_of(save_dir)
+        super().__init__(save_dir=save_dir, name=name or run_label(save_dir), mode=mode, **kwargs)
 
 
 def check_reachable(uri: str | None, key: str, seconds: float = 5.0) -> None:

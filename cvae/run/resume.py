@@ -13,7 +13,7 @@ from pytorch_lightning.utilities import rank_zero_only
 from cvae.callbacks.record import RunRecord
 from cvae.errors import CheckpointError
 from cvae.files import read_json, write_json_atomic
-from cvae.run.checkpoints import LEGACY_NET_KEYS, legacy_hyperparameters, read_checkpoint
+from cvae.model.checkpoint import read_checkpoint
 
 # What may differ between a run and its resume: where things go and what is shown or measured, not what is
 # trained (max_epochs: a resume may train on for longer).
@@ -42,7 +42,7 @@ def check_resumable(path: str | Path, cfg: DictConfig) -> dict[str, dict]:
     recorded = callbacks.get(RunRecord.__qualname__) if isinstance(callbacks, dict) else None
     if not isinstance(recorded, dict) or not isinstance(recorded.get("settings"), dict):
         return {}  # written before runs recorded their settings: only the network can be compared
-    saved, asked = legacy_settings(recorded["settings"]), training_settings(cfg)
+    saved, asked = recorded["settings"], training_settings(cfg)
     changed = [key for key in sorted({**saved, **asked}) if saved.get(key, "<unset>") != asked.get(key, "<unset>")]
     if changed and not OmegaConf.select(cfg, "resume.allow_changes", default=False):
         raise CheckpointError(
@@ -51,21 +51,6 @@ def check_resumable(path: str | Path, cfg: DictConfig) -> dict[str, dict]:
             f"pass resume.allow_changes=true to continue it changed (recorded in the run dir's resumes.json)"
         )
     return {key: {"checkpoint": saved.get(key), "now": asked.get(key)} for key in changed}
-
-
-def legacy_settings(settings: dict) -> dict:
-    """Settings recorded before `net:` and automatic optimization, under today's keys (model.net.*), with the
-    values of the keys added since (which those runs trained with)."""
-    if "model.net._target_" in settings or "model.latent_dim" not in settings:
-        return settings
-    model = {key.removeprefix("model."): value for key, value in settings.items() if key.startswith("model.")}
-    net = legacy_hyperparameters(model)["net"]
-    renamed = [f"model.{key}" for key in (*LEGACY_NET_KEYS, "steps_per_call")]
-    kept = {key: value for key, value in settings.items() if key not in renamed}
-    new = {"model.scheduler": None, "trainer.gradient_clip_val": None, "trainer.accumulate_grad_batches": 1}
-    if kept.get("trainer.limit_train_batches") == 1.0:  # every batch, now written null (Lightning's default)
-        kept["trainer.limit_train_batches"] = None
-    return {**kept, **{f"model.net.{key}": value for key, value in net.items()}, **new}
 
 
 def describe(settings: dict, keys: list[str]) -> str:

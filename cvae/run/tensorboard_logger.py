@@ -15,6 +15,8 @@ the tag up to its first `/`). So that these are train/ and val/ with the -ELBO c
 from pytorch_lightning import loggers
 from pytorch_lightning.utilities import rank_zero_only
 
+from cvae.model.checkpoint import read_checkpoint
+
 NOT_CHARTED = ("epoch", "test/")  # names, or prefixes ending in /
 # the rest of validation, under a group that sorts after val/ in both dashboards (Scalars sorts `_` as it sorts `/`:
 # val_generation/ came before val/ there)
@@ -35,7 +37,16 @@ def tensorboard_tag(name: str) -> str | None:
 
 
 class TensorBoardLogger(loggers.TensorBoardLogger):
-    """Lightning's, with the tags of tensorboard_tag and no empty hparams.yaml."""
+    """Lightning's, with the tags of tensorboard_tag and no empty hparams.yaml; a resume (`resume_from`, the
+    checkpoint it continues) writes into the same dir (the config fixes name and version), and TensorBoard drops what
+    the interrupted launch logged after the checkpoint: purge_step, from the step after the checkpoint's on
+    (TensorBoard purges by step alone, and the checkpoint's own step also holds the images of its epoch's
+    validation, which must stay; the first batch after it, logged at that step, may stay twice)."""
+
+    def __init__(self, save_dir: str, resume_from: str | None = None, **kwargs):
+        if resume_from:
+            kwargs.setdefault("purge_step", read_checkpoint(resume_from)["global_step"] + 1)
+        super().__init__(save_dir, **kwargs)
 
     @rank_zero_only
     def log_metrics(self, metrics: dict, step: int | None = None) -> None:

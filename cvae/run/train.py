@@ -24,14 +24,14 @@ from cvae.callbacks.record import RunRecord
 from cvae.callbacks.safety import CheckpointOnInterrupt, StopOnDivergence
 from cvae.callbacks.signals import StopTogether
 from cvae.files import read_json, write_json_atomic
-from cvae.run.build import build, build_group, build_module
-from cvae.run.checkpoints import AtomicCheckpointIO
+from cvae.model.checkpoint import AtomicCheckpointIO, build_module
 from cvae.run.console import announce_run_dir, list_results, silence_library_noise
 from cvae.run.devices import member_devices
 from cvae.run.hparams import log_final
 from cvae.run.launch import JOB_CONFIG_VARIABLE, launch_local_ranks
 from cvae.run.loggers import wandb_run_closed
 from cvae.run.resume import FINISHED, check_resumable, launch_decision, record_resume, training_settings
+from cvae.trust import instantiate, instantiate_group
 
 PACKAGES = (
     "torch",
@@ -59,9 +59,9 @@ def train(cfg: DictConfig) -> dict:
         record_resume(output_dir, cfg.ckpt_path, check_resumable(cfg.ckpt_path, cfg))
     torch.set_float32_matmul_precision(cfg.get("matmul_precision", "highest"))
     pl.seed_everything(cfg.seed, workers=True)
-    datamodule = build(cfg.data)
+    datamodule = instantiate(cfg.data)
     model = build_module(cfg.model)
-    loggers = build_group(cfg.get("logger"))
+    loggers = instantiate_group(cfg.get("logger"))
     trainer = build_trainer(cfg, loggers)
     write_environment(output_dir / "environment.json", cfg.paths.root_dir)
 
@@ -103,10 +103,10 @@ def build_trainer(cfg: DictConfig, loggers: list) -> pl.Trainer:
         StopOnDivergence(),
         CheckpointOnInterrupt(),
     ]
-    callbacks = [*build_group(cfg.get("callbacks")), *safety]
+    callbacks = [*instantiate_group(cfg.get("callbacks")), *safety]
     if cfg.trainer.get("enable_progress_bar", True) and not any(isinstance(c, ProgressBar) for c in callbacks):
         callbacks.append(TQDMProgressBar(refresh_rate=10))
-    return build(
+    return instantiate(
         cfg.trainer,
         callbacks=callbacks,
         logger=loggers or False,

@@ -1,7 +1,7 @@
-"""Checkpoint files as data only: torch.load(weights_only=True) never runs code from the file; checks that a file
-is a cvae checkpoint with sane hyperparameters, its network rebuilt from the config it records (through the same
-trusted instantiate as a run's config) on torch's meta device before anything is allocated; and checkpoint writes
-that are never seen half-done. Whether a launch may resume a checkpoint is resume.py's concern."""
+"""Checkpoint files as data only (the trust boundary's second rule, cvae/trust.py, where a checkpoint is parsed):
+torch.load(weights_only=True) never runs code from the file; its recorded network config must be plain values whose
+`_target_` is a network class, built on torch's meta device before anything is allocated; and checkpoint writes are
+never seen half-done. Whether a launch may resume a checkpoint is cvae/run/resume.py's concern."""
 
 import os
 import pickle
@@ -10,14 +10,14 @@ import zipfile
 from pathlib import Path
 
 import torch
+from hydra.utils import get_object
 from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.plugins.io import TorchCheckpointIO
 
 from cvae.errors import CheckpointError, ConfigError
 from cvae.files import atomic_path
 from cvae.model.module import CVAELitModule
-from cvae.run.build import build
-from cvae.run.checks import CHECKPOINT_RULES, MAX_LAYERS, MAX_PARAMETERS, check_config
+from cvae.trust import check_target, instantiate, plain
 
 ZIP_MAGIC = b"PK\x03\x04"  # torch.save writes a zip archive
 # Lightning's ModelCheckpoint state: the files it names, which it deletes when a better epoch replaces them
@@ -25,9 +25,9 @@ CHECKPOINT_STATE_FILES = ("best_model_path", "kth_best_model_path", "last_model_
 # The module's hyperparameters in a checkpoint: `net`, the network's config (_target_ and arguments), and the
 # objective's knobs. The optimizer and scheduler are no part of it: they do not change what the weights mean.
 MODULE_HPARAMS = ("net", "beta", "kl_warmup_epochs", "free_bits", "compile", "eval_seed")
-# Checkpoints written before networks were injected named an architecture instead of holding a `net` config
-LEGACY_NETS = {"mlp": "cvae.model.mlp.MLP", "conv": "cvae.model.conv.Conv"}
-LEGACY_NET_KEYS = ("latent_dim", "hidden_dims", "architecture", "channels", "learned_prior")
+# Far above any model of this project (the reference MLP has about a million): a checkpoint asking for more is
+# refused before anything is allocated (hidden_dims=[2000000000] would ask for terabytes)
+MAX_PARAMETERS = 2**30
 
 
 def read_checkpoint(path: str | Path) -> dict:
@@ -98,51 +98,28 @@ def first_sentence(error: Exception) -> str:
     return str(error).split(". ")[0].splitlines()[0].strip() if str(error).strip() else type(error).__name__
 
 
-def legacy_hyperparameters(hparams: dict) -> dict:
-    """A checkpoint of before `net:` (the mlp or conv network by name) as a `net` config of today's classes."""
-    if "net" in hparams or not {"latent_dim", "hidden_dims"} <= hparams.keys():
-        return hparams
-    net = {key: hparams[key] for key in LEGACY_NET_KEYS if key in hparams}
-    architecture = net.pop("architecture", "mlp")
-    if architecture not in LEGACY_NETS:
-        raise ConfigError(f"architecture={architecture!r} is unknown; choose one of {', '.join(LEGACY_NETS)}")
-    if architecture == "mlp":
-        net.pop("channels", None)
-    rest = {key: value for key, value in hparams.items() if key not in LEGACY_NET_KEYS}
-    return {"net": {"_target_": LEGACY_NETS[architecture], **net}, **rest}
-
-
 def check_hyperparameters(hparams, path: Path) -> dict:
-    """Types, ranges and size of the model a checkpoint describes, before anything is built from it: the module's
-    knobs by CHECKPOINT_RULES, the network's arguments by its own constructor, run on torch's meta device (every
-    shape, no memory). Returns them in today's form (legacy_hyperparameters)."""
+    """The module's knobs and the network's config a checkpoint records, before anything is built from them: plain
+    values (cvae.trust.plain: no interpolation, bounded), only the knobs CVAELitModule takes, a `_target_` that is
+    a network class, and the network built on torch's meta device (every shape, no memory) within MAX_PARAMETERS.
+    The module and the network check their own arguments in their constructors."""
     if not isinstance(hparams, dict):
         raise CheckpointError(f"{path} is not a cvae checkpoint: its hyper_parameters are no mapping")
-    try:
-        hparams = legacy_hyperparameters(hparams)
-    except ConfigError as error:
-        raise CheckpointError(f"{path} holds a bad hyperparameter: {error}") from None
     unknown = sorted(set(map(str, hparams)) - set(MODULE_HPARAMS))
     if unknown or not isinstance(hparams.get("net"), dict):
         what = f"hyperparameters this version of cvae does not know ({', '.join(unknown)})" if unknown else "no net"
         raise CheckpointError(f"{path} holds {what}; it was written by another program or version")
-    entries = {**hparams, **hparams["net"]}
-    too_long = sorted(
-        key for key, value in entries.items() if isinstance(value, list | tuple) and len(value) > MAX_LAYERS
-    )
-    if too_long:  # said before OmegaConf reads it (a million entries take it minutes)
-        raise CheckpointError(
-            f"{path} holds a bad hyperparameter: {too_long[0]} has {len(entries[too_long[0]])} entries, more than the "
-            f"{MAX_LAYERS} layers this project allows"
-        )
     try:
-        check_config(OmegaConf.create(hparams), CHECKPOINT_RULES)
+        plain(hparams, "the checkpoint's hyper_parameters")
+        network_class(str(hparams["net"].get("_target_")))
         with torch.device("meta"):
-            parameters = sum(parameter.numel() for parameter in build_net(hparams["net"]).parameters())
+            net = build_net(hparams["net"])
+            CVAELitModule(net=net, **{key: value for key, value in hparams.items() if key != "net"})
     except ConfigError as error:
         raise CheckpointError(f"{path} holds a bad hyperparameter: {error}") from None
-    except Exception as error:  # values no config holds (a tensor, say), or arguments the network does not take
+    except Exception as error:  # arguments the network does not take
         raise CheckpointError(f"{path} holds hyperparameters that build no network ({first_sentence(error)})") from None
+    parameters = sum(parameter.numel() for parameter in net.parameters())
     if parameters > MAX_PARAMETERS:
         raise CheckpointError(
             f"{path} describes a model of about {parameters:.2g} parameters ({4 * parameters / 1e9:.3g} GB), beyond "
@@ -151,9 +128,26 @@ def check_hyperparameters(hparams, path: Path) -> dict:
     return hparams
 
 
+def network_class(target: str) -> type:
+    """A trusted class (cvae.trust.check_target) that is a network: an nn.Module with encode and decode."""
+    check_target(target, "net._target_")
+    cls = get_object(target)
+    if not (issubclass(cls, torch.nn.Module) and hasattr(cls, "encode") and hasattr(cls, "decode")):
+        raise ConfigError(f"net._target_={target} is not a network (an nn.Module with encode and decode)")
+    return cls
+
+
 def build_net(net: dict | DictConfig) -> torch.nn.Module:
     """The network of a `net` config, a checkpoint's or a run's, through the trusted instantiate."""
-    return build(OmegaConf.create(net) if isinstance(net, dict) else net, _convert_="all")
+    return instantiate(OmegaConf.create(net) if isinstance(net, dict) else net, _convert_="all")
+
+
+def build_module(model: DictConfig) -> CVAELitModule:
+    """The LightningModule of a model config, its network's config kept in its hyperparameters (resolved: plain
+    values), so that every checkpoint rebuilds the network it holds (load_module)."""
+    module = instantiate(model)
+    module.hparams["net"] = OmegaConf.to_container(model.net, resolve=True)
+    return module
 
 
 def load_module(path: str | Path) -> CVAELitModule:
@@ -161,8 +155,7 @@ def load_module(path: str | Path) -> CVAELitModule:
     checkpoint = read_checkpoint(path)
     hparams = dict(checkpoint["hyper_parameters"])
     module = CVAELitModule(net=build_net(hparams["net"]), **{key: hparams[key] for key in hparams if key != "net"})
-    module.hparams["net"] = hparams["net"]  # as in training (cvae.run.build.build_module): a re-save reloads
-    module.on_load_checkpoint(checkpoint)  # today's parameter names for a legacy checkpoint
+    module.hparams["net"] = hparams["net"]  # as in training (build_module): a re-save reloads
     try:
         module.load_state_dict(checkpoint["state_dict"])
     except RuntimeError as error:

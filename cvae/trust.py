@@ -1,0 +1,156 @@
+"""The trust boundary: what a config may build, and what a file may hold (docs/trust.md).
+
+Two rules, each enforced where every route passes:
+
+1. **Code runs only from classes.** `instantiate` is the one door through which the project builds objects from
+   a config. It resolves the node first (a resolver such as `${oc.create:...}`, a list, a `_partial_` or a nested
+   node cannot hide a target from the check), then checks every `_target_` of the resolved values: a class of
+   the project (`cvae.*`), of Lightning's trainer, callbacks, loggers and profilers, of `torch.optim`, or of what
+   `CVAE_TRUSTED_TARGETS` names; never a function or a method. Hydra then builds the plain values with exactly the
+   names checked as its whitelist. What Hydra builds itself (its callbacks, launcher, sweeper) gets the exact
+   list HYDRA_TARGETS.
+2. **A file holds plain values.** What is read from a file that might be someone else's (a checkpoint's recorded
+   network) must be `plain`: strings, numbers, booleans, null, lists and mappings of them, bounded in size, with
+   no interpolation at all (`${...}` is refused, never resolved).
+
+Torch-free: the entry points check the names of a config's targets (`check_target_name`) before they import torch.
+"""
+
+import fnmatch
+import importlib.util
+import inspect
+import os
+
+from hydra.errors import InstantiationException
+from hydra.utils import get_object
+from hydra.utils import instantiate as hydra_instantiate
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from cvae.errors import ConfigError
+
+# packages whose classes a config may name
+TRUSTED_PACKAGES = (
+    *("cvae.*", "torch.optim.*", "pytorch_lightning.Trainer", "lightning.pytorch.Trainer"),
+    *(
+        f"{lightning}.{part}.*"
+        for lightning in ("pytorch_lightning", "lightning.pytorch")
+        for part in ("callbacks", "loggers", "profilers")
+    ),
+)
+# the user's own code, named in the shell, which no config can change: `mypkg.*` or full names
+USER_TARGETS = tuple(
+    filter(None, (pattern.strip() for pattern in os.environ.get("CVAE_TRUSTED_TARGETS", "").split(",")))
+)
+# what Hydra builds itself (hydra.callbacks, hydra/launcher, hydra/sweeper and its sampler), by full name: Hydra
+# checks each name as it builds it, and cannot tell a class from a method, so no pattern here but the user's own
+HYDRA_TARGETS = [
+    *("cvae.run.resolvers.Resolvers", "cvae.run.sweep.SweepSummary", "cvae.run.cli.RunDirCheck"),
+    *(f"hydra_plugins.hydra_submitit_launcher.submitit_launcher.{kind}" for kind in ("SlurmLauncher", "LocalLauncher")),
+    "hydra_plugins.hydra_joblib_launcher.joblib_launcher.JoblibLauncher",
+    "hydra_plugins.hydra_optuna_sweeper.optuna_sweeper.OptunaSweeper",
+    *(f"optuna.samplers.{kind}" for kind in ("TPESampler", "RandomSampler", "GridSampler", "CmaEsSampler")),
+    *USER_TARGETS,
+]
+# a file's plain values: at most this many entries and characters (a recorded network has about ten)
+MAX_ENTRIES = 10_000
+MAX_CHARACTERS = 100_000
+
+
+def instantiate(node: DictConfig, **kwargs):
+    """hydra.utils.instantiate of the node's resolved, plain values, after every `_target_` in them passed
+    `check_target`; `kwargs` (objects the code passes, never config) go to the top-level target as they are."""
+    try:
+        values = OmegaConf.to_container(node, resolve=True) if OmegaConf.is_config(node) else node
+    except OmegaConfBaseException as error:
+        raise ConfigError(f"the config cannot be resolved ({first_line(error)}); fix or remove that value") from None
+    targets = sorted({check_target(target, key) for key, target in targets_in(plain(values, "config"))})
+    try:
+        return hydra_instantiate(values, _execution_whitelist_=targets or None, **kwargs)
+    except InstantiationException as error:
+        if "execution whitelist" not in str(error):
+            raise
+        raise untrusted(first_line(error)) from None
+
+
+def targets_in(values, key: str = ""):
+    """(key, target) of every `_target_` in plain values, at any depth."""
+    items = values.items() if isinstance(values, dict) else enumerate(values) if isinstance(values, list) else ()
+    for name, child in items:
+        if name == "_target_":
+            yield f"{key}_target_", str(child)
+        else:
+            yield from targets_in(child, f"{key}{name}.")
+
+
+def check_target_name(target: str, key: str) -> str:
+    """By name, without importing anything: a trusted pattern, and the package it names installed."""
+    if not any(fnmatch.fnmatchcase(target, pattern) for pattern in (*TRUSTED_PACKAGES, *USER_TARGETS)):
+        raise untrusted(f"{key}={target} is not on the execution whitelist")
+    package = target.partition(".")[0]
+    if importlib.util.find_spec(package) is None:  # e.g. lightning.pytorch.* where only pytorch_lightning is
+        raise ConfigError(
+            f"{key}={target} needs the {package} package, which is not installed: install it, or name a class of "
+            f"an installed package (pytorch_lightning.* for lightning.pytorch.*)"
+        )
+    return target
+
+
+def check_target(target: str, key: str) -> str:
+    """A trusted name (check_target_name) that is a class: importing it runs only the installed module that
+    defines it; a function or a method of a trusted package (a loader that unpickles a file) is refused."""
+    check_target_name(target, key)
+    try:
+        resolved = get_object(target)
+    except Exception:
+        raise ConfigError(f"{key}={target} cannot be found; check the spelling of the class's full name") from None
+    if not inspect.isclass(resolved) and target not in USER_TARGETS:  # a full name in the shell: that callable
+        raise untrusted(f"{key}={target} is not a class: a config may name a trusted package's classes, no function")
+    return target
+
+
+def untrusted(what: str) -> ConfigError:
+    return ConfigError(
+        f"{what} (trusted: classes of {', '.join(TRUSTED_PACKAGES)}); to use your own code, export "
+        f"CVAE_TRUSTED_TARGETS=<package>.* (docs/trust.md)"
+    )
+
+
+def plain(values, what: str):
+    """The values if they are plain (rule 2), else one ConfigError naming the first that is not. Also what every
+    config is once resolved: an interpolation that a resolver returned as text would be resolved again by Hydra."""
+    budget = {"entries": MAX_ENTRIES, "characters": MAX_CHARACTERS}
+
+    def visit(value, key: str) -> None:
+        budget["entries"] -= 1
+        if isinstance(value, str):
+            budget["characters"] -= len(value)
+            if "${" in value:
+                raise ConfigError(f"{what} {key}={value[:80]!r} holds an interpolation; {what} is read as plain values")
+        elif isinstance(value, dict):
+            for name, child in value.items():
+                if not isinstance(name, str):
+                    raise ConfigError(f"{what} {key} has a key {name!r} that is no string")
+                visit(name, key)
+                visit(child, f"{key}.{name}" if key else name)
+        elif isinstance(value, (list, tuple)):
+            for index, child in enumerate(value):
+                visit(child, f"{key}[{index}]")
+        elif value is not None and not isinstance(value, (bool, int, float)):
+            raise ConfigError(f"{what} {key} holds a {type(value).__name__}, not a plain value")
+        if budget["entries"] < 0 or budget["characters"] < 0:
+            raise ConfigError(f"{what} is larger than {MAX_ENTRIES:,} entries or {MAX_CHARACTERS:,} characters")
+
+    visit(values, "")
+    return values
+
+
+def first_line(error: Exception) -> str:
+    return str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+
+
+def instantiate_group(group: DictConfig | None) -> list:
+    """Objects of a config group whose entries each hold a `_target_` (callbacks, loggers)."""
+    if not group:
+        return []
+    return [instantiate(entry) for entry in group.values() if isinstance(entry, DictConfig) and "_target_" in entry]
