@@ -3,9 +3,14 @@
 Every file a run leaves (metrics, checkpoints, mixture fits, exports, summaries) is written to a hidden temporary
 beside its final path and renamed into place once complete: a reader, or a run killed halfway, never sees a
 half-written file under the real name, and a failed write leaves no temporary behind.
+
+The writer's half of the run-dir boundary (cvae/run/rundir.py checks the config's half before a run starts): while
+a run is `confined_to` its dir, `atomic_path` refuses a path outside it or through a symbolic link, and a folder is
+never put over an existing one.
 """
 
 import contextlib
+import contextvars
 import hashlib
 import json
 import os
@@ -16,6 +21,32 @@ from pathlib import Path
 
 from cvae.errors import StorageError
 
+# the run dir this context's writes are confined to; None: not inside a run (a script, the notebook)
+WRITE_ROOT: contextvars.ContextVar[Path | None] = contextvars.ContextVar("cvae_write_root", default=None)
+
+
+@contextlib.contextmanager
+def confined_to(root: str | Path) -> Iterator[None]:
+    """Writes through atomic_path stay inside `root` for the duration of the block."""
+    token = WRITE_ROOT.set(Path(os.path.realpath(root)))
+    try:
+        yield
+    finally:
+        WRITE_ROOT.reset(token)
+
+
+def check_inside_run_dir(path: Path) -> None:
+    """A path where the confined run may write: inside its dir once every link is followed, and no link itself."""
+    root = WRITE_ROOT.get()
+    if root is None:
+        return
+    real = Path(os.path.realpath(path))
+    if path.is_symlink() or not real.is_relative_to(root):
+        raise StorageError(
+            f"{path} lies outside this run's dir {root} (or is reached through a symbolic link): a run writes only "
+            f"inside its own dir; choose it with hydra.run.dir"
+        )
+
 
 @contextlib.contextmanager
 def atomic_path(path: str | Path, directory: bool = False) -> Iterator[Path]:
@@ -23,14 +54,15 @@ def atomic_path(path: str | Path, directory: bool = False) -> Iterator[Path]:
     the block succeeded. Unique per writer (pid and random token), so two writers never share a temporary. Named
     by hand rather than by tempfile, whose private 0600 permissions would follow the data into place."""
     path = Path(path)
+    check_inside_run_dir(path)
     temporary = path.parent / f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp"
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         if directory:
             temporary.mkdir()
         yield temporary
-        if directory and path.exists():
-            shutil.rmtree(path)  # os.replace cannot put a directory over a non-empty one
+        if directory and path.exists():  # never deleted to make room: it may hold what the run did not write
+            raise StorageError(f"{path} already exists; a folder is never written over: move it or choose a new dir")
         os.replace(temporary, path)
     except OSError as error:
         if isinstance(error, StorageError):

@@ -8,46 +8,20 @@ task ("cvae.run.train:train"), so that a rejected value costs about a second, no
 HYDRA_FULL_ERROR=1 shows the traceback instead. In a multirun the error is re-raised after its line, so that
 Hydra records the member as failed and the sweep goes on with the others."""
 
-import fcntl
 import importlib
 import logging
 import os
 import signal
-import stat
 import sys
-import traceback
 from collections.abc import Callable
-from pathlib import Path
 
-from hydra.core.hydra_config import HydraConfig
-from hydra.experimental.callback import Callback
-from hydra.types import RunMode
-from omegaconf import DictConfig, OmegaConf, open_dict, read_write
-from omegaconf.errors import OmegaConfBaseException
+from omegaconf import DictConfig
 
-from cvae.errors import ConfigError, RunDirError, UsageError
-from cvae.run.checks import (
-    EVALUATE_RULES,
-    TRAIN_RULES,
-    check_config,
-    check_hardware,
-    check_launch,
-    check_mandatory,
-    first_line,
-)
-from cvae.run.resolvers import launched_rank
+from cvae.errors import UsageError
+from cvae.run.checks import check_config, check_hardware, check_mandatory
+from cvae.run.rundir import in_multirun
 
 log = logging.getLogger(__name__)
-RULES = {"train": TRAIN_RULES, "evaluate": EVALUATE_RULES}  # each entry point's checks, by its task_name
-# where Hydra puts a run (conf/paths/default.yaml): another paths.output_dir would bypass the run dir's guard
-OUTPUT_DIR = "${hydra:runtime.output_dir}"
-# What a run leaves in its dir: a dir holding any of these is an earlier run's, never written over. (.hydra/
-# alone is a launch that left no results, refused or failed early: a new launch may use the dir, keeping it.)
-RUN_RESULTS = ("metrics.json", "checkpoints")
-LOCK_NAME = ".lock"  # held (flock) by the process writing the run dir; the OS releases it when that process ends
-# where a run writes, never through a symbolic link: a planted link would send the write to its target
-WRITTEN_FOLDERS = (".", ".hydra", "checkpoints")
-RESUMABLE_TASKS = ("train",)  # evaluate.py has no resume: its runs never share a dir
 STOPPING_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
 
@@ -58,10 +32,6 @@ def usage_error(error: BaseException) -> UsageError | None:
             return error
         error = error.__cause__ or error.__context__
     return None
-
-
-def in_multirun() -> bool:
-    return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
 
 
 def run_task(task: Callable[[DictConfig], object] | str, cfg: DictConfig, rules: dict):
@@ -118,214 +88,3 @@ def stop(signum: int, cause: BaseException) -> None:
     saved = f"; {notes[-1]}" if notes else ""  # CheckpointOnInterrupt notes where it saved the run
     print(f"error: stopped by {name}{saved}", file=sys.stderr, flush=True)
     sys.exit(128 + signum)
-
-
-class RunDirCheck(Callback):
-    """Hydra callback, before Hydra writes anything: the launch's config is checked (a refused launch leaves
-    nothing behind), then the dir is created (or said in one line why not), claimed by a lock for this process
-    alone, and written only as `may_write` allows. A later launch keeps the first launch's .hydra/ and puts its
-    own config and overrides in .hydra/launch<n>/, so the run dir keeps every launch's overrides."""
-
-    def on_run_start(self, config: DictConfig, **kwargs) -> None:
-        directory = Path(config.hydra.run.dir)
-        try:
-            check_launch(config, RULES.get(config.get("task_name"), {}))
-            check_output_dir(config)
-            if launched_rank() != 0:  # torchrun's or srun's other ranks of rank 0's run: they write nothing here
-                self.create(directory, "hydra.run.dir")
-                return
-            may_write(config, directory)  # a refusal writes nothing, not even the lock
-            self.create(directory, "hydra.run.dir")
-            self.lock = claim(directory)
-            may_write(config, directory)  # again, now that no other launch can change the dir
-            keep_history(config, directory)
-        except (UsageError, OmegaConfBaseException) as error:  # Hydra would only warn of an exception here
-            refuse(error)
-
-    def on_multirun_start(self, config: DictConfig, **kwargs) -> None:
-        """Before the sweeper writes multirun.yaml (and SweepSummary, listed after this, its table): the sweep dir
-        is claimed, new, and its members' dirs inside it. (Each member's values are checked as it starts.)"""
-        directory = Path(config.hydra.sweep.dir)
-        try:
-            check_launch(config, None)
-            check_output_dir(config)
-            check_subdir(config)
-            may_sweep(config, directory)
-            self.create(directory, "hydra.sweep.dir")
-            self.lock = claim(directory, "hydra.sweep.dir")
-            may_sweep(config, directory)
-        except (UsageError, OmegaConfBaseException) as error:
-            refuse(error)
-
-    def on_job_start(self, config: DictConfig, **kwargs) -> None:
-        """A sweep member's dir, as a single run's: locked for this member alone and written only as `may_write`
-        allows (in a new sweep dir that is "new"; the lock keeps a second launcher off it)."""
-        if not in_multirun() or launched_rank() != 0:
-            return
-        directory = Path(config.hydra.runtime.output_dir)
-        try:
-            self.member_lock = claim(directory)
-            may_write(config, directory)
-        except UsageError as error:
-            log.error(str(error))
-            raise
-
-    def on_job_end(self, config: DictConfig, **kwargs) -> None:
-        member_lock = getattr(self, "member_lock", None)
-        if member_lock is not None:
-            os.close(member_lock)  # the next member of this process takes its own
-            self.member_lock = None
-
-    @staticmethod
-    def create(directory: Path, key: str) -> None:
-        try:
-            directory.mkdir(parents=True, exist_ok=True)
-        except OSError as error:
-            raise RunDirError(
-                f"{key}={directory} cannot be created ({error.strerror}); choose a writable folder"
-            ) from None
-
-
-def refuse(error: Exception) -> None:
-    """One line and exit 1, from a Hydra callback (SystemExit: Hydra turns an exception there into a warning)."""
-    if os.environ.get("HYDRA_FULL_ERROR") == "1":
-        traceback.print_exception(error)
-    if isinstance(error, OmegaConfBaseException):
-        error = ConfigError(f"the config cannot be resolved ({first_line(error)}); fix or remove that value")
-    print(f"error: {error}", file=sys.stderr)
-    sys.exit(1)
-
-
-def may_write(config: DictConfig, directory: Path) -> str:
-    """May this launch write into `directory` (claimed by it), and how: "new" (nothing there but, perhaps, a
-    refused launch's .hydra/) or "resume" (a training launch from a checkpoint inside it). Anything else raises
-    RunDirError saying why not: a symbolic link where the run writes, or an earlier run's results."""
-    links = planted_links(directory)
-    if links:
-        raise RunDirError(
-            f"hydra.run.dir={directory} holds a symbolic link ({links[0]}) where a run writes; a run never writes "
-            f"through one: remove it or choose a new dir"
-        )
-    if not holds_results(directory):
-        return "new"
-    if resumes(config, directory):
-        return "resume"
-    raise RunDirError(
-        f"hydra.run.dir={directory} already holds a run ({', '.join(holds_results(directory))}); "
-        f"choose a new dir{resume_hint(config, directory)}"
-    )
-
-
-def may_sweep(config: DictConfig, directory: Path) -> None:
-    """A sweep dir holding an earlier sweep, or runs of its own, is not written over; with resume.auto=true the
-    same sweep run again may go on there (each member then passes `may_write`: kept, resumed, started or refused)."""
-    if not directory.is_dir() or resume_auto(config):
-        return
-    if (directory / "multirun.yaml").exists():
-        raise RunDirError(f"hydra.sweep.dir={directory} already holds a sweep; choose a new dir")
-    runs = sorted(str(child.name) for child in directory.iterdir() if child.is_dir() and holds_results(child))
-    if holds_results(directory) or runs:
-        held = runs[0] if runs else directory.name
-        raise RunDirError(f"hydra.sweep.dir={directory} already holds a run ({held}); choose a new dir")
-
-
-def check_output_dir(config: DictConfig) -> None:
-    """paths.output_dir is where Hydra puts this run: set elsewhere, the run would write past the guard."""
-    output_dir = OmegaConf.to_container(config.paths, resolve=False).get("output_dir") if "paths" in config else None
-    if output_dir not in (None, OUTPUT_DIR):
-        raise ConfigError(
-            f"paths.output_dir={output_dir} is not allowed: it is where Hydra puts the run; choose the run's dir with "
-            f"hydra.run.dir={output_dir} (a sweep's with hydra.sweep.dir=...)"
-        )
-
-
-def check_subdir(config: DictConfig) -> None:
-    """A sweep member's dir lies inside the sweep dir: an absolute or ../ subdir would land on any other dir."""
-    subdir = str(OmegaConf.to_container(config.hydra.sweep, resolve=False).get("subdir"))
-    if Path(subdir).is_absolute() or ".." in Path(subdir).parts:
-        raise ConfigError(
-            f"hydra.sweep.subdir={subdir} is not allowed: a member's dir must lie inside hydra.sweep.dir, e.g. "
-            f"hydra.sweep.subdir=${{hydra.job.num}}"
-        )
-
-
-def planted_links(directory: Path) -> list[str]:
-    """Symbolic links where a run writes: the run dir, its .hydra/ and checkpoints/."""
-    links = []
-    for folder in WRITTEN_FOLDERS:
-        path = directory / folder
-        if path.is_symlink():
-            links.append(folder)
-        elif path.is_dir():
-            links += [str(child.relative_to(directory)) for child in sorted(path.iterdir()) if child.is_symlink()]
-    return links
-
-
-def claim(directory: Path, key: str = "hydra.run.dir") -> int:
-    """A lock on the run dir held until this process ends: a second writer is refused, naming the first.
-    (flock, not a lock file's existence: a run killed with SIGKILL leaves no stale lock behind.) The lock file is
-    opened without following a link, and only a plain file of its own is written: a planted link or hard link to
-    another file never changes that file."""
-    lock = directory / LOCK_NAME
-    try:
-        descriptor = os.open(lock, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o644)
-    except OSError as error:
-        reason = "its .lock is a symbolic link" if lock.is_symlink() else error.strerror
-        raise RunDirError(f"{key}={directory} is not writable ({reason}); choose a writable folder") from None
-    status = os.fstat(descriptor)
-    if not stat.S_ISREG(status.st_mode) or status.st_nlink != 1:
-        os.close(descriptor)
-        raise RunDirError(
-            f"{key}={directory} holds a .lock that is not its own file (a link to another); remove it or choose "
-            f"another dir"
-        )
-    try:
-        fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        holder = os.read(descriptor, 32).decode(errors="replace").strip() or "unknown"
-        os.close(descriptor)
-        raise RunDirError(
-            f"{key}={directory} is in use by another run (pid {holder}); wait for it to end or choose another dir"
-        ) from None
-    os.ftruncate(descriptor, 0)
-    os.write(descriptor, f"{os.getpid()}\n".encode())
-    return descriptor
-
-
-def holds_results(directory: Path) -> list[str]:
-    """The results in the dir: metrics.json, a checkpoints folder with a file in it."""
-    return [name for name in RUN_RESULTS if (directory / name).is_file() or any((directory / name).glob("*"))]
-
-
-def resumes(config: DictConfig, directory: Path) -> bool:
-    """Whether this launch resumes the run of `directory`: a training launch from a checkpoint inside it."""
-    if config.get("task_name") not in RESUMABLE_TASKS or not (config.get("ckpt_path") or resume_auto(config)):
-        return False
-    from cvae.run.resume import REFUSE, launch_decision  # torch: only for a launch that asks to resume
-
-    return launch_decision(directory, config).action != REFUSE
-
-
-def resume_auto(config: DictConfig) -> bool:
-    return bool(OmegaConf.select(config, "resume.auto", default=False))
-
-
-def resume_hint(config: DictConfig, directory: Path) -> str:
-    last = directory / "checkpoints" / "last.ckpt"
-    if config.get("task_name") in RESUMABLE_TASKS and last.is_file():
-        return f", or resume that run with ckpt_path={last}"
-    return ""
-
-
-def keep_history(config: DictConfig, directory: Path) -> None:
-    """When the dir holds an earlier launch's .hydra/ (this launch resumes it, or it left no results), point
-    Hydra's output_subdir at .hydra/launch<n>/ for this launch (n = 2, 3, ...): the first launch's config and
-    overrides stay in .hydra/, each later one's beside them."""
-    subdir = config.hydra.output_subdir
-    if subdir is None or not (directory / subdir).exists():
-        return
-    launch = 2
-    while (directory / subdir / f"launch{launch}").exists():
-        launch += 1
-    with read_write(config.hydra), open_dict(config.hydra):
-        config.hydra.output_subdir = f"{subdir}/launch{launch}"

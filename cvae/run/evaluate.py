@@ -25,12 +25,13 @@ from cvae.explore.figures import (
 )
 from cvae.explore.latent import first_of_each_digit
 from cvae.explore.projector import write_projector
-from cvae.files import atomic_path, write_json_atomic
+from cvae.files import atomic_path, confined_to, write_json_atomic
 from cvae.metrics.generation import generator_report
 from cvae.model.checkpoint import load_module
 from cvae.model.cvae import Net, model_device, pixels
 from cvae.model.network import NUM_CLASSES
 from cvae.run.console import announce_run_dir, list_results, silence_library_noise
+from cvae.run.rundir import check_task_writes
 from cvae.sampling.prior import Sampler
 from cvae.seeding import seeded_global_rng
 from cvae.trust import instantiate
@@ -41,6 +42,12 @@ DIGIT_ROWS = [str(digit) for digit in range(NUM_CLASSES)]
 
 def evaluate(cfg: DictConfig) -> dict:
     output_dir = Path(cfg.paths.output_dir)
+    check_task_writes(cfg, output_dir)
+    with confined_to(output_dir):
+        return evaluate_in_run_dir(cfg, output_dir)
+
+
+def evaluate_in_run_dir(cfg: DictConfig, output_dir: Path) -> dict:
     silence_library_noise()
     announce_run_dir("evaluate", output_dir)
     check_count(cfg.picture_scale, "picture_scale")

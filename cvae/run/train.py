@@ -23,7 +23,7 @@ from cvae.callbacks.rank_state import RankState
 from cvae.callbacks.record import RunRecord
 from cvae.callbacks.safety import CheckpointOnInterrupt, StopOnDivergence
 from cvae.callbacks.signals import StopTogether
-from cvae.files import read_json, write_json_atomic
+from cvae.files import confined_to, read_json, write_json_atomic
 from cvae.model.checkpoint import AtomicCheckpointIO, build_module
 from cvae.run.console import announce_run_dir, list_results, silence_library_noise
 from cvae.run.devices import member_devices
@@ -31,6 +31,7 @@ from cvae.run.hparams import log_final
 from cvae.run.launch import JOB_CONFIG_VARIABLE, launch_local_ranks
 from cvae.run.loggers import wandb_run_closed
 from cvae.run.resume import FINISHED, check_resumable, launch_decision, record_resume, training_settings
+from cvae.run.rundir import check_task_writes
 from cvae.trust import instantiate, instantiate_group
 
 PACKAGES = (
@@ -46,8 +47,14 @@ PACKAGES = (
 
 
 def train(cfg: DictConfig) -> dict:
-    started = time.perf_counter()
     output_dir = Path(cfg.paths.output_dir)
+    check_task_writes(cfg, output_dir)
+    with confined_to(output_dir):
+        return train_in_run_dir(cfg, output_dir)
+
+
+def train_in_run_dir(cfg: DictConfig, output_dir: Path) -> dict:
+    started = time.perf_counter()
     silence_library_noise()
     decision = launch_decision(output_dir, cfg)
     if decision.action == FINISHED:
