@@ -13,11 +13,11 @@ os.environ.setdefault("PROJECT_ROOT", str(Path(__file__).resolve().parent))
 
 @hydra.main(config_path="conf", config_name="evaluate", execution_whitelist=HYDRA_TARGETS)
 def main(cfg: DictConfig) -> None:
-    # the evaluation code (torch, Lightning: seconds) is imported only after the config checks passed
-    from cvae.run.checks import EVALUATE_RULES
+    # the evaluation code (torch, Lightning: seconds) is imported once Hydra's RunDirCheck has checked the config
     from cvae.run.cli import run_task
+    from cvae.run.evaluate import evaluate
 
-    run_task("cvae.run.evaluate:evaluate", cfg, EVALUATE_RULES)
+    run_task(evaluate, cfg)
 
 
 if __name__ == "__main__":

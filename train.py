@@ -13,13 +13,12 @@ os.environ.setdefault("PROJECT_ROOT", str(Path(__file__).resolve().parent))
 
 @hydra.main(config_path="conf", config_name="train", execution_whitelist=HYDRA_TARGETS)
 def main(cfg: DictConfig) -> float:
-    # imported here so that `--help` and Hydra's own config errors come back fast; the training code (torch,
-    # Lightning: seconds) only after the config checks passed, so that a bad value is said in about a second
-    from cvae.run.checks import TRAIN_RULES
+    # imported here, once Hydra's RunDirCheck has checked the config: a bad value is said in about a second, before
+    # the training code's imports (torch, Lightning: seconds); --help and Hydra's own errors come back fast too
     from cvae.run.cli import run_task
+    from cvae.run.train import train
 
-    metrics = run_task("cvae.run.train:train", cfg, TRAIN_RULES)
-    return metrics[cfg.optimized_metric]
+    return run_task(train, cfg)[cfg.optimized_metric]
 
 
 if __name__ == "__main__":

@@ -13,13 +13,19 @@ Two rules, each enforced where every route passes:
    network) must be `plain`: strings, numbers, booleans, null, lists and mappings of them, bounded in size, with
    no interpolation at all (`${...}` is refused, never resolved).
 
-Torch-free: the entry points check the names of a config's targets (`check_target_name`) before they import torch.
+What a config file may ask of other processes, and how large it may be, is checked with it at launch
+(check_config_file), before Hydra writes or starts anything: the names of its targets (whether each is a class
+is checked where it is built), the variables `hydra.job.env_set` passes to every process the run starts, the
+classes of `hydra.job_logging`, and the size its interpolations expand to.
+
+Torch-free: the entry points run check_config_file before they import torch.
 """
 
 import fnmatch
 import importlib.util
 import inspect
 import os
+import re
 
 from hydra.errors import InstantiationException
 from hydra.utils import get_object
@@ -27,7 +33,7 @@ from hydra.utils import instantiate as hydra_instantiate
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from cvae.errors import ConfigError
+from cvae.errors import ConfigError, UsageError
 
 # packages whose classes a config may name
 TRUSTED_PACKAGES = (
@@ -55,6 +61,14 @@ HYDRA_TARGETS = [
 # a file's plain values: at most this many entries and characters (a recorded network has about ten)
 MAX_ENTRIES = 10_000
 MAX_CHARACTERS = 100_000
+MAX_EXPANDED = 1_000_000  # characters a config string may expand to through interpolations
+# the variables a config's hydra.job.env_set may set: what the project's code, torch and the trackers read. Nothing
+# else: GIT_CONFIG_*, LD_PRELOAD, PYTHON* ... would run code in every process the run starts.
+ENV_SET_ALLOWED = (
+    *("CUDA_VISIBLE_DEVICES", "OMP_NUM_THREADS", "MKL_NUM_THREADS", "PYTORCH_CUDA_ALLOC_CONF"),
+    *("NCCL_DEBUG", "WANDB_MODE", "WANDB_PROJECT", "MLFLOW_EXPERIMENT_NAME", "TORCH_HOME", "CVAE_DATA_DIR"),
+)
+REFERENCE = re.compile(r"\$\{([^${}:]+)\}")
 
 
 def instantiate(node: DictConfig, **kwargs):
@@ -67,10 +81,21 @@ def instantiate(node: DictConfig, **kwargs):
     targets = sorted({check_target(target, key) for key, target in targets_in(plain(values, "config"))})
     try:
         return hydra_instantiate(values, _execution_whitelist_=targets or None, **kwargs)
+    except UsageError:
+        raise
     except InstantiationException as error:
-        if "execution whitelist" not in str(error):
-            raise
-        raise untrusted(first_line(error)) from None
+        if "execution whitelist" in str(error):
+            raise untrusted(first_line(error)) from None
+        raise refused_arguments(values, error.__cause__ or error) from error
+    except Exception as error:  # a component's own check of its arguments (Lightning's, torch's): bad input
+        raise refused_arguments(values, error) from error
+
+
+def refused_arguments(values: dict, cause: BaseException) -> Exception:
+    """A component's refusal of its arguments as one line (HYDRA_FULL_ERROR=1 shows the traceback)."""
+    if isinstance(cause, UsageError):
+        return cause
+    return ConfigError(f"{values.get('_target_', 'the config')} refused its arguments: {first_line(cause)}")
 
 
 def targets_in(values, key: str = ""):
@@ -154,3 +179,84 @@ def instantiate_group(group: DictConfig | None) -> list:
     if not group:
         return []
     return [instantiate(entry) for entry in group.values() if isinstance(entry, DictConfig) and "_target_" in entry]
+
+
+def check_config_file(config: DictConfig) -> None:
+    """What a composed config (any file on the search path) asks for beyond values, before Hydra acts on it."""
+    plain_config = OmegaConf.to_container(config, resolve=False)
+    check_expansion({key: value for key, value in plain_config.items() if key != "hydra"})
+    check_env_set(plain_config.get("hydra") or {})
+    check_job_logging(plain_config.get("hydra") or {})
+    task = OmegaConf.masked_copy(config, [key for key in config if key != "hydra"])
+    check_targets_by_name(task)
+
+
+def check_targets_by_name(task: DictConfig) -> None:
+    """Every `_target_` by name (check_target_name): those written in the config and those an interpolation would
+    produce (`${oc.create:{_target_: ...}}`)."""
+    written = OmegaConf.to_container(task, resolve=False)
+    for key, value in leaves(written):
+        if not (isinstance(value, str) and "${" in value) and not key.endswith("_target_"):
+            continue
+        made = OmegaConf.select(task, key, throw_on_resolution_failure=False) if "${" in str(value) else value
+        if key.endswith("_target_"):
+            check_target_name(str(made), key)
+        elif OmegaConf.is_config(made) or isinstance(made, dict | list):
+            made = OmegaConf.to_container(made, resolve=True) if OmegaConf.is_config(made) else made
+            for inner, target in targets_in(plain(made, key)):
+                check_target_name(target, f"{key}.{inner}")
+
+
+def check_expansion(written: dict) -> None:
+    """Each string's length once its interpolations are expanded, counted without expanding them: nested
+    references multiply (nine lines of ten references each are 10^9 characters, minutes inside OmegaConf)."""
+    values, sizes = dict(leaves(written)), {}
+
+    def size(key: str, depth: int = 0) -> int:
+        if key in sizes or depth > 50:
+            return sizes.get(key, 0)
+        sizes[key] = 0  # a cycle counts nothing: OmegaConf names it
+        text = str(values.get(key, ""))
+        references = REFERENCE.findall(text) if isinstance(values.get(key), str) else []
+        sizes[key] = len(REFERENCE.sub("", text)) + sum(size(reference.strip(), depth + 1) for reference in references)
+        if sizes[key] > MAX_EXPANDED:
+            raise ConfigError(
+                f"{key} expands to about {sizes[key]:.2g} characters through its interpolations, beyond the "
+                f"{MAX_EXPANDED:,} allowed; simplify the interpolations"
+            )
+        return sizes[key]
+
+    for key in values:
+        size(key)
+
+
+def check_env_set(hydra: dict) -> None:
+    """hydra.job.env_set: only ENV_SET_ALLOWED (Hydra sets them for the job; git, DDP ranks and launchers inherit)."""
+    refused = sorted(str(name) for name in (hydra.get("job") or {}).get("env_set") or {} if name not in ENV_SET_ALLOWED)
+    if refused:
+        raise ConfigError(
+            f"hydra.job.env_set.{refused[0]} may not be set by a config (it could run code); set it in your shell, "
+            f"or use one of {', '.join(ENV_SET_ALLOWED)}"
+        )
+
+
+def check_job_logging(hydra: dict) -> None:
+    """hydra.job_logging, handed to logging.config.dictConfig when the job starts: a handler's `class` or a factory's
+    `()` may name the logging package's classes and HYDRA_TARGETS, nothing else (a method there would run)."""
+    for key, target in leaves(hydra.get("job_logging") or {}):
+        if key.rpartition(".")[2] in ("()", "class") and not str(target).startswith("logging."):
+            if target not in HYDRA_TARGETS:
+                raise ConfigError(
+                    f"hydra.job_logging.{key}={target} is not on the execution whitelist: a logging config may name "
+                    f"the logging package's classes only (docs/trust.md)"
+                )
+
+
+def leaves(node, prefix: str = ""):
+    """(dotted key, value) of every leaf of plain values."""
+    items = node.items() if isinstance(node, dict) else enumerate(node) if isinstance(node, list) else ()
+    for name, value in items:
+        if isinstance(value, (dict, list)):
+            yield from leaves(value, f"{prefix}{name}.")
+        else:
+            yield f"{prefix}{name}", value

@@ -71,3 +71,18 @@ def check_seed(value, key: str) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < 2**32:
         raise ConfigError(f"{key}={value!r} is not allowed: it must be an integer in 0..4294967295, e.g. {key}=42")
     return value
+
+
+# counts allocated at once (samples of an FID, images of a figure or an export): far above the defaults, far below a
+# memory error after minutes
+MAX_SAMPLES = 1_000_000
+MAX_IMAGES = 100_000
+
+
+def check_at_most(value, key: str, maximum: int, multiple_of: int = 1, minimum: int = 1) -> int:
+    """A whole number from `minimum` up to `maximum`, a multiple of `multiple_of`."""
+    check_count(value, key, minimum)
+    if value > maximum or value % multiple_of:
+        every = f"a multiple of {multiple_of} " if multiple_of > 1 else ""
+        raise ConfigError(f"{key}={value!r} is not allowed: it must be {every}from {minimum} up to {maximum:,}")
+    return value

@@ -279,9 +279,8 @@ def test_evaluate_writes_what_its_config_asks_for(run_2d, data_dir, tmp_path):
 
 def test_evaluate_refuses_a_bad_request_before_any_work(tmp_path, capsys):
     """The request is checked before the checkpoint is even looked for (it does not exist here)."""
-    from cvae.run.checks import EVALUATE_RULES
     from cvae.run.evaluate import evaluate
     from tests.test_failures import expect_one_line_exit
 
     cfg = compose_config("evaluate", ["ckpt_path=missing.ckpt", "digits=12a"], tmp_path)
-    assert expect_one_line_exit(capsys, evaluate, cfg, EVALUATE_RULES).startswith("error: digits='12a' has 'a'")
+    assert expect_one_line_exit(capsys, evaluate, cfg).startswith("error: digits='12a' has 'a'")

@@ -15,7 +15,7 @@ import yaml
 from cvae.errors import CheckpointError
 from cvae.run.resume import FINISHED, REFUSE, RESUME, START, launch_decision
 from tests.conftest import QUICK_RUN, QUICK_RUN_ANY_CALLBACKS, compose_config
-from tests.test_sweeps import read_summary
+from tests.test_sweeps import TINY_RUN, read_summary
 from tests.test_train import run_script
 
 # two short epochs: a member killed in its second one has the first's last.ckpt to resume from
@@ -179,3 +179,55 @@ def test_an_optuna_search_killed_midway_continues_its_study_in_the_sweep_dir_to_
         assert json.loads((sweep_dir / str(number) / "metrics.json").read_text())["val/nelbo"] == value
     best = yaml.safe_load((sweep_dir / "optimization_results.yaml").read_text())
     assert best["best_value"] == min(values.values())
+
+
+def test_a_sweep_run_again_otherwise_is_refused_before_anything_is_written(tmp_path, data_dir):
+    """resume.auto finishes the same sweep: with an override changed, multirun.yaml, the members' .hydra/ and the
+    summary would say the new value beside the old results. Refused in one line; the sweep dir as it was."""
+    from tests.test_rundir import one_error_line, snapshot
+
+    sweep_dir = tmp_path / "sweep"
+    sweep = ["train.py", "-m", "latent_dim=2,3", *TINY_RUN, f"data.data_dir={data_dir}", f"hydra.sweep.dir={sweep_dir}"]
+    assert run_script(*sweep).returncode == 0
+    before = snapshot(sweep_dir)
+    for changed in (["lr=0.01"], ["latent_dim=2,4"], ["+model.beta=2.0"]):
+        again = [*sweep, "resume.auto=true"]
+        again = (
+            [arg for arg in again if not arg.startswith("latent_dim=")] if changed[0].startswith("latent") else again
+        )
+        refused = run_script(*again, *changed)
+        assert "holds a sweep launched otherwise" in one_error_line(refused)
+        assert snapshot(sweep_dir) == before
+    assert run_script(*sweep, "resume.auto=true").returncode == 0, "the same command finishes (here: keeps) it"
+
+
+def test_a_finished_run_without_a_checkpoint_is_kept_only_for_its_own_settings(tmp_path, data_dir):
+    """callbacks=none: no checkpoint to compare; the run's .hydra/ record of its settings is compared instead."""
+    from tests.test_rundir import one_error_line, snapshot
+
+    run_dir = tmp_path / "run"
+    command = ["train.py", *TINY_RUN, "callbacks=none", f"data.data_dir={data_dir}", f"hydra.run.dir={run_dir}"]
+    assert run_script(*command).returncode == 0
+    before = snapshot(run_dir)
+    other = run_script(*command, "latent_dim=4", "resume.auto=true")
+    assert "latent_dim=2 but this launch asks for latent_dim=4" in one_error_line(other)
+    same = run_script(*command, "resume.auto=true")
+    assert same.returncode == 0 and "holds this run, finished" in same.stdout
+    assert {key: value for key, value in snapshot(run_dir).items() if not key.startswith(".hydra")} == {
+        key: value for key, value in before.items() if not key.startswith(".hydra")
+    }
+    more = run_script(*command, "trainer.max_epochs=2", "resume.auto=true")
+    assert "without a checkpoints/last.ckpt to train on from" in one_error_line(more)
+
+
+def test_a_finished_run_asked_for_more_epochs_continues_to_them_as_if_never_stopped(tmp_path, data_dir):
+    """1 epoch, then the same command with trainer.max_epochs=2 and resume.auto=true: it continues from its
+    last.ckpt, and ends byte-identical (metrics.json) to a run of 2 epochs never stopped."""
+    settings = [*TINY_RUN, f"data.data_dir={data_dir}"]
+    continued, straight = tmp_path / "continued", tmp_path / "straight"
+    assert run_script("train.py", *settings, f"hydra.run.dir={continued}").returncode == 0
+    again = run_script("train.py", *settings, "trainer.max_epochs=2", "resume.auto=true", f"hydra.run.dir={continued}")
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert run_script("train.py", *settings, "trainer.max_epochs=2", f"hydra.run.dir={straight}").returncode == 0
+    assert json.loads((continued / "metrics.json").read_text())["epochs"] == 2
+    assert (continued / "metrics.json").read_bytes() == (straight / "metrics.json").read_bytes()

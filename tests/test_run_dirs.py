@@ -11,7 +11,6 @@ from pathlib import Path
 import pytest
 import torch
 
-from cvae.run.checks import TRAIN_RULES
 from cvae.run.cli import run_task
 from cvae.run.train import train
 from tests.conftest import QUICK_RUN, QUICK_RUN_ANY_CALLBACKS, compose_config
@@ -130,7 +129,7 @@ def resume_config(trained_run, output_dir: Path, data_dir: str, *overrides: str)
 
 def test_a_resume_with_other_training_settings_is_refused_naming_them(trained_run, tmp_path, capsys, data_dir):
     cfg = resume_config(trained_run, tmp_path, data_dir, "seed=7", "batch_size=64", "lr=5e-2")
-    line = expect_one_line_exit(capsys, train, cfg, TRAIN_RULES)
+    line = expect_one_line_exit(capsys, train, cfg)
     assert "is of a run with batch_size=128, " in line and "but this launch asks for batch_size=64, " in line
     for changed in ("seed=7", "lr=0.05", "data.shuffle_seed=7", "model.eval_seed=7"):
         assert changed in line
@@ -140,7 +139,7 @@ def test_a_resume_with_other_training_settings_is_refused_naming_them(trained_ru
 
 def test_allowed_changes_are_recorded_and_the_new_lr_is_used(trained_run, tmp_path, data_dir):
     cfg = resume_config(trained_run, tmp_path, data_dir, "lr=5e-2", "resume.allow_changes=true", "trainer.max_epochs=3")
-    run_task(train, cfg, TRAIN_RULES)
+    run_task(train, cfg)
     changed = json.loads((tmp_path / "resumes.json").read_text())["resumes"][0]["changed"]
     assert changed["lr"] == {"checkpoint": 0.001, "now": 0.05}
     saved = torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=True)

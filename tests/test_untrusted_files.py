@@ -15,7 +15,6 @@ from cvae.errors import CheckpointError, DataError
 from cvae.metrics.inception import standard_inception
 from cvae.model.checkpoint import load_module, read_checkpoint
 from cvae.model.mlp import MLP
-from cvae.run.checks import EVALUATE_RULES, TRAIN_RULES
 from cvae.run.evaluate import evaluate
 from cvae.run.train import train
 from cvae.sampling.gmm import GaussianMixtureSampler, read_fit
@@ -63,7 +62,7 @@ def test_checkpoint_hyperparameters_are_checked_before_a_model_is_built(changes,
     with pytest.raises(CheckpointError, match=said.replace("(", r"\(").replace(")", r"\)").replace("+", r"\+")):
         load_module(ckpt)  # no allocation of terabytes: it would not come back
     evaluation = compose_config("evaluate", [f"ckpt_path={ckpt}", *QUICK_EVALUATION], tmp_path / "evaluation")
-    assert said in expect_one_line_exit(capsys, evaluate, evaluation, EVALUATE_RULES)
+    assert said in expect_one_line_exit(capsys, evaluate, evaluation)
 
 
 def test_flipped_bytes_in_a_checkpoint_are_called_corruption_not_code(trained_run, tmp_path, capsys, data_dir):
@@ -76,7 +75,7 @@ def test_flipped_bytes_in_a_checkpoint_are_called_corruption_not_code(trained_ru
     resume = compose_config(
         "train", [*QUICK_RUN, "latent_dim=3", f"ckpt_path={ckpt}", f"data.data_dir={data_dir}"], tmp_path / "run"
     )
-    assert "fails its checksum" in expect_one_line_exit(capsys, train, resume, TRAIN_RULES)
+    assert "fails its checksum" in expect_one_line_exit(capsys, train, resume)
 
 
 @pytest.fixture(scope="module")
@@ -174,7 +173,7 @@ def test_a_bad_anomaly_set_is_one_line_before_the_test_pass(
         "evaluate", [f"ckpt_path={ckpt}", *QUICK_EVALUATION, f"anomaly.scores_for={scored}"], tmp_path / "out"
     )
     monkeypatch.setattr(pl.Trainer, "test", lambda *args, **kwargs: pytest.fail("the test pass ran first"))
-    assert said in expect_one_line_exit(capsys, evaluate, cfg, EVALUATE_RULES)
+    assert said in expect_one_line_exit(capsys, evaluate, cfg)
     assert not (tmp_path / "code_ran").exists(), "reading the set ran code from it"
 
 
@@ -187,9 +186,9 @@ def test_a_payload_in_any_file_a_user_passes_never_runs(trained_run, small_fit_i
     ckpt = tmp_path / "crafted.ckpt"
     torch.save({**good, "hyper_parameters": {**good["hyper_parameters"], "hidden_dims": Payload(proof)}}, ckpt)
     evaluation = compose_config("evaluate", [f"ckpt_path={ckpt}", *QUICK_EVALUATION], tmp_path / "evaluation")
-    assert "never unpickled" in expect_one_line_exit(capsys, evaluate, evaluation, EVALUATE_RULES)
+    assert "never unpickled" in expect_one_line_exit(capsys, evaluate, evaluation)
     resume = compose_config("train", [*QUICK_RUN, f"ckpt_path={ckpt}", f"data.data_dir={data_dir}"], tmp_path / "run")
-    assert "never unpickled" in expect_one_line_exit(capsys, train, resume, TRAIN_RULES)
+    assert "never unpickled" in expect_one_line_exit(capsys, train, resume)
 
     model, images, labels = small_fit_inputs
     plain = tmp_path / "best.ckpt"
@@ -208,7 +207,7 @@ def test_a_payload_in_any_file_a_user_passes_never_runs(trained_run, small_fit_i
         cfg = compose_config(
             "evaluate", [f"ckpt_path={best}", *QUICK_EVALUATION, f"anomaly.scores_for={scored}"], tmp_path / suffix
         )
-        assert "cannot be read" in expect_one_line_exit(capsys, evaluate, cfg, EVALUATE_RULES)
+        assert "cannot be read" in expect_one_line_exit(capsys, evaluate, cfg)
     assert not proof.exists(), "a file's payload ran"
 
 
@@ -258,7 +257,7 @@ def test_a_checkpoint_state_naming_files_outside_its_dir_is_refused(trained_run,
     resume = compose_config(
         "train", [*QUICK_RUN, "latent_dim=3", f"ckpt_path={crafted}", f"data.data_dir={data_dir}"], tmp_path / "run"
     )
-    assert "outside its checkpoints dir" in expect_one_line_exit(capsys, train, resume, TRAIN_RULES)
+    assert "outside its checkpoints dir" in expect_one_line_exit(capsys, train, resume)
     assert read_checkpoint(good)["callbacks"][state_key]["dirpath"] == state["dirpath"], "a run's own state passes"
 
 

@@ -14,6 +14,7 @@ from cvae.explore.figures import (
 )
 from cvae.explore.latent import first_of_each_digit
 from cvae.sampling.prior import PriorSampler
+from cvae.validate import MAX_IMAGES, check_at_most, check_count
 
 
 class SampleGrids(pl.Callback):
@@ -21,6 +22,9 @@ class SampleGrids(pl.Callback):
     and reconstructions of fixed validation images, as TensorBoard images."""
 
     def __init__(self, samples_per_digit: int = 10, num_reconstructions: int = 10, every_n_epochs: int = 1):
+        check_count(every_n_epochs, "callbacks.sample_grids.every_n_epochs")
+        check_at_most(samples_per_digit, "callbacks.sample_grids.samples_per_digit", MAX_IMAGES)
+        check_at_most(num_reconstructions, "callbacks.sample_grids.num_reconstructions", MAX_IMAGES)
         self.samples_per_digit, self.num_reconstructions = samples_per_digit, num_reconstructions
         self.every_n_epochs = every_n_epochs
 
@@ -50,6 +54,9 @@ class LatentExploration(pl.Callback):
     transfer, as TensorBoard images under exploration/. A second or so of CPU work, hence not every epoch."""
 
     def __init__(self, every_n_epochs: int = 5, num_images: int = 1000, interpolation_steps: int = 10, seed: int = 0):
+        check_count(every_n_epochs, "callbacks.latent_exploration.every_n_epochs")
+        check_at_most(num_images, "callbacks.latent_exploration.num_images", MAX_IMAGES)
+        check_at_most(interpolation_steps, "callbacks.latent_exploration.interpolation_steps", MAX_IMAGES)
         self.every_n_epochs, self.num_images = every_n_epochs, num_images
         self.interpolation_steps, self.seed = interpolation_steps, seed
 

@@ -5,6 +5,7 @@ from pytorch_lightning.loggers import TensorBoardLogger
 
 from cvae.callbacks.images import epoch_is_due, first_validation_images, logs_images_now
 from cvae.explore.projector import add_projector
+from cvae.validate import MAX_IMAGES, check_at_most, check_count
 
 
 class LatentProjector(pl.Callback):
@@ -12,6 +13,8 @@ class LatentProjector(pl.Callback):
     TensorBoard logger (its step is the global step, so the Projector offers each epoch's map)."""
 
     def __init__(self, every_n_epochs: int = 5, num_images: int = 1000):
+        check_count(every_n_epochs, "callbacks.latent_projector.every_n_epochs")
+        check_at_most(num_images, "callbacks.latent_projector.num_images", MAX_IMAGES)
         self.every_n_epochs, self.num_images = every_n_epochs, num_images
 
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:

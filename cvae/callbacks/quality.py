@@ -5,9 +5,10 @@ import torch
 
 from cvae.callbacks.images import epoch_is_due
 from cvae.data.mnist import split_tensors
-from cvae.errors import ConfigError
+from cvae.metrics import FEATURE_EXTRACTORS
 from cvae.metrics.generation import balanced_labels, conditional_generation_metrics
 from cvae.sampling.prior import PriorSampler, Sampler, decode
+from cvae.validate import MAX_SAMPLES, check_at_most, check_choice, check_count
 
 
 class GenerationQuality(pl.Callback):
@@ -28,9 +29,9 @@ class GenerationQuality(pl.Callback):
         seed: int = 0,
         sampler: Sampler | None = None,
     ):
-        if every_n_epochs <= 0:
-            raise ConfigError(f"callbacks.generation_quality.every_n_epochs={every_n_epochs} must be positive")
-        balanced_labels(num_samples)  # refuse a bad count before training starts
+        check_count(every_n_epochs, "callbacks.generation_quality.every_n_epochs")
+        check_at_most(num_samples, "callbacks.generation_quality.num_samples", MAX_SAMPLES, multiple_of=10, minimum=10)
+        check_choice(features, FEATURE_EXTRACTORS, "callbacks.generation_quality.features")
         self.every_n_epochs, self.num_samples, self.seed = every_n_epochs, num_samples, seed
         self.features, self.inception_weights = features, inception_weights
         self.sampler = sampler or PriorSampler()

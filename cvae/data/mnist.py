@@ -14,10 +14,10 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Subset
 from torchvision import datasets, transforms
 
-from cvae.data.batches import EpochPermutation, TensorBatches, train_val_indices
+from cvae.data.batches import TRAIN_SIZE, EpochPermutation, TensorBatches, train_val_indices
 from cvae.errors import DataError
 from cvae.model.network import NUM_PIXELS
-from cvae.validate import check_choice
+from cvae.validate import check_at_most, check_choice, check_count, check_flag
 
 LOADERS = ("memory", "dataloader")
 # MD5 of the extracted IDX files, which torchvision reads without checking (it checks only the .gz it downloads)
@@ -60,6 +60,10 @@ class MNISTDataModule(pl.LightningDataModule):
     ):
         super().__init__()
         check_choice(loader, LOADERS, "data.loader")
+        check_count(eval_batch_size, "data.eval_batch_size")
+        check_at_most(val_size, "data.val_size", TRAIN_SIZE - 1)
+        check_count(num_workers, "data.num_workers", minimum=0)
+        check_flag(download, "data.download")
         self.data_dir = Path(data_dir).expanduser()
         self.batch_size, self.eval_batch_size = batch_size, eval_batch_size
         self.val_size, self.split_seed, self.shuffle_seed = val_size, split_seed, shuffle_seed

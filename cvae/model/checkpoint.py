@@ -113,19 +113,24 @@ def check_hyperparameters(hparams, path: Path) -> dict:
         plain(hparams, "the checkpoint's hyper_parameters")
         network_class(str(hparams["net"].get("_target_")))
         with torch.device("meta"):
-            net = build_net(hparams["net"])
+            net = check_size(build_net(hparams["net"]), "net")
             CVAELitModule(net=net, **{key: value for key, value in hparams.items() if key != "net"})
     except ConfigError as error:
         raise CheckpointError(f"{path} holds a bad hyperparameter: {error}") from None
     except Exception as error:  # arguments the network does not take
         raise CheckpointError(f"{path} holds hyperparameters that build no network ({first_sentence(error)})") from None
+    return hparams
+
+
+def check_size(net: torch.nn.Module, key: str) -> torch.nn.Module:
+    """A network within MAX_PARAMETERS (built on torch's meta device: every shape, no memory)."""
     parameters = sum(parameter.numel() for parameter in net.parameters())
     if parameters > MAX_PARAMETERS:
-        raise CheckpointError(
-            f"{path} describes a model of about {parameters:.2g} parameters ({4 * parameters / 1e9:.3g} GB), beyond "
-            f"the {MAX_PARAMETERS:.2g} this project allows; it is not a checkpoint of a cvae run"
+        raise ConfigError(
+            f"{key} describes a model of about {parameters:.2g} parameters ({4 * parameters / 1e9:.3g} GB), beyond "
+            f"the {MAX_PARAMETERS:.2g} this project allows; choose smaller widths"
         )
-    return hparams
+    return net
 
 
 def network_class(target: str) -> type:
@@ -144,7 +149,10 @@ def build_net(net: dict | DictConfig) -> torch.nn.Module:
 
 def build_module(model: DictConfig) -> CVAELitModule:
     """The LightningModule of a model config, its network's config kept in its hyperparameters (resolved: plain
-    values), so that every checkpoint rebuilds the network it holds (load_module)."""
+    values), so that every checkpoint rebuilds the network it holds (load_module). Its size is checked first, on
+    torch's meta device: hidden_dims=[2000000000] would otherwise ask for terabytes."""
+    with torch.device("meta"):
+        check_size(build_net(model.net), "model.net")
     module = instantiate(model)
     module.hparams["net"] = OmegaConf.to_container(model.net, resolve=True)
     return module

@@ -42,6 +42,11 @@ class CVAELitModule(pl.LightningModule):
         check_count(kl_warmup_epochs, "model.kl_warmup_epochs", minimum=0)
         check_flag(compile, "model.compile")
         check_seed(eval_seed, "model.eval_seed")
+        if optimizer is not None:  # built once now, so that its own check of its settings (lr=nan) comes first
+            try:
+                optimizer(params=list(net.parameters()))
+            except (ValueError, TypeError) as error:
+                raise ConfigError(f"model.optimizer is not allowed: {error}") from None
         # Not sent to the loggers: cvae.hparams gives them the whole run's knobs, each once.
         self.save_hyperparameters(ignore=["net", "optimizer", "scheduler"], logger=False)
         self.net = net

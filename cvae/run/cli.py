@@ -2,27 +2,57 @@
 claimed for this run alone, and bad input reported as one line ("error: <what was wrong and how to fix it>") with
 exit status 1, not a traceback; Ctrl-C and SIGTERM end with 130 and 143.
 
-No torch or Lightning at module level: the entry points import this, run the checks, and only then import the
-task ("cvae.run.train:train"), so that a rejected value costs about a second, not the 15 s of those imports.
+No torch or Lightning at module level: Hydra's RunDirCheck runs check_launch when the launch starts, before the
+entry point imports its task (torch, Lightning: seconds), so that a rejected value costs about a second.
 
 HYDRA_FULL_ERROR=1 shows the traceback instead. In a multirun the error is re-raised after its line, so that
 Hydra records the member as failed and the sweep goes on with the others."""
 
-import importlib
 import logging
 import os
 import signal
 import sys
 from collections.abc import Callable
 
-from omegaconf import DictConfig
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
+from omegaconf import DictConfig, OmegaConf
 
-from cvae.errors import UsageError
-from cvae.run.checks import check_config, check_hardware, check_mandatory
-from cvae.run.rundir import in_multirun
+from cvae.errors import ConfigError, UsageError
+from cvae.run.schema import check_added_keys, check_typed_digits, check_values
+from cvae.trust import check_config_file
 
 log = logging.getLogger(__name__)
 STOPPING_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
+def in_multirun() -> bool:
+    return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
+
+
+def check_launch(config: DictConfig, single_run: bool) -> None:
+    """What Hydra composed, checked before Hydra writes anything or imports the task: what the config file asks
+    beyond values (cvae.trust.check_config_file), keys a `+` added that nothing reads; then, for a single run (a
+    sweep's members are checked as each starts), every value by the entry point's schema and digit strings as
+    they were typed."""
+    check_config_file(config)
+    check_added_keys(config)
+    if single_run:
+        check_values(OmegaConf.masked_copy(config, [key for key in config if key != "hydra"]))
+        check_typed_digits(config)
+
+
+def check_hardware(cfg: DictConfig) -> None:
+    """A GPU asked for where torch sees none (imports torch: run after the value checks)."""
+    accelerator = OmegaConf.select(cfg, "trainer.accelerator")
+    if accelerator in ("gpu", "cuda"):
+        import torch
+
+        if not torch.cuda.is_available():
+            raise ConfigError(
+                f"trainer.accelerator={accelerator} but torch sees no CUDA GPU here; use trainer.accelerator=cpu "
+                f"(or auto), or run on a machine with a GPU"
+            )
 
 
 def usage_error(error: BaseException) -> UsageError | None:
@@ -34,15 +64,14 @@ def usage_error(error: BaseException) -> UsageError | None:
     return None
 
 
-def run_task(task: Callable[[DictConfig], object] | str, cfg: DictConfig, rules: dict):
-    """Check the config, then run the task: a function, or "module:function", imported only once the checks
-    passed. The signal handlers are put back afterwards (Lightning leaves SIGINT ignored after a Ctrl-C)."""
+def run_task(task: Callable[[DictConfig], object], cfg: DictConfig):
+    """Check the config's values (again for a launch, first for a DDP rank or a caller in Python), then run the
+    task. The signal handlers are put back afterwards (Lightning leaves SIGINT ignored after a Ctrl-C)."""
     handlers = {signum: signal.getsignal(signum) for signum in STOPPING_SIGNALS}
     try:
-        check_mandatory(cfg)
-        check_config(cfg, rules)
+        check_values(cfg)
         check_hardware(cfg)
-        return load_task(task)(cfg)
+        return task(cfg)
     except KeyboardInterrupt as interrupt:
         stop(signal.SIGINT, interrupt)
     except SystemExit as exit_:
@@ -62,13 +91,6 @@ def run_task(task: Callable[[DictConfig], object] | str, cfg: DictConfig, rules:
     finally:
         for signum, handler in handlers.items():
             signal.signal(signum, handler)
-
-
-def load_task(task: Callable[[DictConfig], object] | str) -> Callable[[DictConfig], object]:
-    if callable(task):
-        return task
-    module, _, function = task.partition(":")
-    return getattr(importlib.import_module(module), function)
 
 
 def stopped_by(exit_: SystemExit) -> tuple[int | None, BaseException]:

@@ -76,12 +76,70 @@ def training_settings(cfg: DictConfig) -> dict:
     return settings
 
 
+def recorded_config(directory: Path) -> dict | None:
+    """The task config of the dir's newest launch as Hydra saved it (.hydra/[launch<n>/]config.yaml), read as data:
+    its values as written, nothing resolved. None when the dir holds no record (a run not started by Hydra)."""
+    hydra = directory / ".hydra"
+    launches = [path for path in hydra.glob("launch*/config.yaml") if path.parent.name[6:].isdigit()]
+    launches.sort(key=lambda path: int(path.parent.name[6:]))
+    newest = launches[-1] if launches else hydra / "config.yaml"
+    return OmegaConf.to_container(OmegaConf.load(newest), resolve=False) if newest.is_file() else None
+
+
+def written_settings(config: dict) -> dict:
+    """Every setting of a config as written (interpolations unresolved), by dotted key, NOT_TRAINING left out."""
+    settings = {}
+
+    def visit(node: dict, prefix: str) -> None:
+        for key, value in node.items():
+            dotted = f"{prefix}{key}"
+            if dotted in NOT_TRAINING:
+                continue
+            if isinstance(value, dict):
+                visit(value, f"{dotted}.")
+            else:
+                settings[dotted] = value
+
+    visit(config, "")
+    return settings
+
+
+def check_same_run(directory: Path, cfg: DictConfig) -> None:
+    """A finished run without a checkpoint is kept only for a launch of its own settings (its .hydra/ record; with
+    a checkpoint, check_resumable compares the checkpoint's)."""
+    recorded = recorded_config(directory)
+    if recorded is None:
+        raise CheckpointError(
+            f"{directory} holds a finished run with neither a checkpoint nor a .hydra/ record of its settings; "
+            f"choose a new dir"
+        )
+    saved, asked = written_settings(recorded), written_settings(OmegaConf.to_container(cfg, resolve=False))
+    changed = [key for key in sorted({**saved, **asked}) if saved.get(key, "<unset>") != asked.get(key, "<unset>")]
+    if changed:
+        raise CheckpointError(
+            f"{directory} holds a finished run with {describe(saved, changed)} but this launch asks for "
+            f"{describe(asked, changed)}; run with the run's own overrides, or choose a new dir"
+        )
+
+
+def epochs_asked_beyond(directory: Path, cfg: DictConfig) -> bool:
+    """Whether this launch asks a finished run for more epochs than it was launched with (its .hydra/ record, else
+    the epochs its metrics.json says it trained)."""
+    recorded = recorded_config(directory) or {}
+    trained = (recorded.get("trainer") or {}).get("max_epochs") or (read_json(directory / "metrics.json") or {}).get(
+        "epochs"
+    )
+    asked = OmegaConf.select(cfg, "trainer.max_epochs", default=None)
+    return isinstance(asked, int) and isinstance(trained, int) and asked > trained
+
+
 START, RESUME, FINISHED, REFUSE = "start", "resume", "finished", "refuse"
 
 
 class Decision(NamedTuple):
     action: str  # START, RESUME (from ckpt_path), FINISHED (keep the run as it is, do nothing) or REFUSE
     ckpt_path: str | None  # what to train from: the checkpoint resumed, or one named to start a new run from
+    reason: str = ""  # why REFUSE, when the dir's contents alone do not say it
 
 
 def launch_decision(directory: str | Path, cfg: DictConfig) -> Decision:
@@ -90,7 +148,8 @@ def launch_decision(directory: str | Path, cfg: DictConfig) -> Decision:
 
     - ckpt_path given: resume it when it lies inside the dir; from elsewhere, start this dir from it (an empty one);
     - resume.auto=true, or a requeued SLURM job (SLURM_RESTART_COUNT: preempted, `scontrol requeue`): a dir with
-      metrics.json holds a finished run (FINISHED), one with checkpoints/last.ckpt an unfinished one (RESUME);
+      metrics.json holds a finished run (FINISHED; asked for more epochs than it trained, it continues from its
+      last.ckpt), one with checkpoints/last.ckpt an unfinished one (RESUME);
     - otherwise a dir holding results (metrics.json, a checkpoint) is another run's (REFUSE), an empty one starts."""
     directory = Path(directory)
     ckpt_path = cfg.get("ckpt_path")
@@ -101,6 +160,10 @@ def launch_decision(directory: str | Path, cfg: DictConfig) -> Decision:
         inside = Path(str(ckpt_path)).resolve().is_relative_to(directory.resolve())
         return Decision(RESUME if inside else REFUSE if holds_results else START, str(ckpt_path))
     auto = OmegaConf.select(cfg, "resume.auto", default=False) or int(os.environ.get("SLURM_RESTART_COUNT") or 0)
+    if auto and finished and epochs_asked_beyond(directory, cfg):
+        if last.is_file():
+            return Decision(RESUME, str(last))
+        return Decision(REFUSE, None, "it finished without a checkpoints/last.ckpt to train on from")
     if auto and finished:
         return Decision(FINISHED, None)
     if auto and last.is_file():

@@ -19,18 +19,16 @@ import sys
 import traceback
 from pathlib import Path
 
-from hydra.core.hydra_config import HydraConfig
 from hydra.experimental.callback import Callback
-from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 from omegaconf.errors import OmegaConfBaseException
 
 from cvae.errors import ConfigError, RunDirError, UsageError
-from cvae.run.checks import EVALUATE_RULES, TRAIN_RULES, check_launch, first_line, leaves, lookup
+from cvae.run.cli import check_launch, in_multirun
 from cvae.run.resolvers import launched_rank
+from cvae.trust import first_line, leaves
 
 log = logging.getLogger(__name__)
-RULES = {"train": TRAIN_RULES, "evaluate": EVALUATE_RULES}  # each entry point's checks, by its task_name
 # where Hydra puts a run (conf/paths/default.yaml): another paths.output_dir would bypass the run dir's guard
 OUTPUT_DIR = "${hydra:runtime.output_dir}"
 # What a run leaves in its dir: a dir holding any of these is an earlier run's, which only a resume may use
@@ -44,10 +42,6 @@ RESUMABLE_TASKS = ("train",)  # evaluate.py has no resume: its runs never share 
 WRITE_KEYS = ("dirpath", "save_dir", "default_root_dir", "log_dir", "run_dir", "output_dir")
 
 
-def in_multirun() -> bool:
-    return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
-
-
 def inside(path: str | Path, directory: str | Path) -> bool:
     """Whether `path` lies in `directory` once every symbolic link and `..` is followed (relative: to the cwd)."""
     return Path(os.path.realpath(path)).is_relative_to(os.path.realpath(directory))
@@ -55,9 +49,7 @@ def inside(path: str | Path, directory: str | Path) -> bool:
 
 def check_task_writes(cfg: DictConfig, output_dir: str | Path) -> None:
     """Every write destination of the task's resolved config (WRITE_KEYS, at any depth) inside the run dir."""
-    plain = OmegaConf.to_container(cfg, resolve=True)
-    for key in leaves(plain):
-        value = lookup(plain, key)
+    for key, value in leaves(OmegaConf.to_container(cfg, resolve=True)):
         if key.rpartition(".")[2] in WRITE_KEYS and isinstance(value, str) and not inside(value, output_dir):
             raise RunDirError(
                 f"{key}={value} lies outside this run's dir {output_dir}: a run writes only inside its own dir; "
@@ -94,7 +86,7 @@ class RunDirCheck(Callback):
     def on_run_start(self, config: DictConfig, **kwargs) -> None:
         directory = Path(config.hydra.run.dir)
         try:
-            check_launch(config, RULES.get(config.get("task_name"), {}))
+            check_launch(config, single_run=True)
             check_output_dir(config)
             check_hydra_writes(config, directory)
             if launched_rank() != 0:  # torchrun's or srun's other ranks of rank 0's run: they write nothing here
@@ -113,7 +105,7 @@ class RunDirCheck(Callback):
         is claimed, new, and its members' dirs inside it. (Each member's values are checked as it starts.)"""
         directory = Path(config.hydra.sweep.dir)
         try:
-            check_launch(config, None)
+            check_launch(config, single_run=False)
             check_output_dir(config)
             check_subdir(config)
             check_hydra_writes(config, directory / "member")  # each member's dir lies in the sweep dir
@@ -181,10 +173,11 @@ def may_write(config: DictConfig, directory: Path) -> str:
             f"hydra.run.dir={directory} holds files this launch did not write ({', '.join(others[:3])}); a run "
             f"never writes over them: choose a new dir"
         )
-    if resumes(config, directory):
+    reason = refusal(config, directory)
+    if reason is None:
         return "resume"
     raise RunDirError(
-        f"hydra.run.dir={directory} already holds a run ({', '.join(holds_results(directory))}); "
+        f"hydra.run.dir={directory} already holds a run ({reason or ', '.join(holds_results(directory))}); "
         f"choose a new dir{resume_hint(config, directory)}"
     )
 
@@ -202,7 +195,11 @@ def may_sweep(config: DictConfig, directory: Path) -> None:
     same sweep run again may go on there (each member then passes `may_write`: kept, resumed, started or refused)."""
     if directory.is_symlink():
         raise RunDirError(f"hydra.sweep.dir={directory} is a symbolic link; a sweep never writes through one")
-    if not directory.is_dir() or resume_auto(config):
+    if not directory.is_dir():
+        return
+    if resume_auto(config) and (directory / "multirun.yaml").is_file():
+        check_same_sweep(config, directory)
+    if resume_auto(config):
         return
     if (directory / "multirun.yaml").exists():
         raise RunDirError(f"hydra.sweep.dir={directory} already holds a sweep; choose a new dir")
@@ -210,6 +207,30 @@ def may_sweep(config: DictConfig, directory: Path) -> None:
     if holds_results(directory) or runs:
         held = runs[0] if runs else directory.name
         raise RunDirError(f"hydra.sweep.dir={directory} already holds a run ({held}); choose a new dir")
+
+
+def check_same_sweep(config: DictConfig, directory: Path) -> None:
+    """A sweep run again into its dir (resume.auto) finishes that sweep, so it must be that sweep: the same task
+    overrides (resume.auto aside) and search space as its multirun.yaml, read as data; refused before anything is
+    written (the sweeper rewrites multirun.yaml, each member its .hydra/)."""
+    saved, asked = (
+        sweep_definition(OmegaConf.to_container(node, resolve=False))
+        for node in (OmegaConf.load(directory / "multirun.yaml"), config)
+    )
+    if saved != asked:
+        differ = sorted(set(map(str, saved[0])) ^ set(map(str, asked[0]))) or ["hydra.sweeper.params"]
+        raise RunDirError(
+            f"hydra.sweep.dir={directory} holds a sweep launched otherwise ({', '.join(differ)} differ); run it again "
+            f"with its own overrides (its multirun.yaml) to finish it, or choose a new dir"
+        )
+
+
+def sweep_definition(config: dict) -> tuple[list, object]:
+    """A sweep's task overrides but resume.auto's, and its sweeper's search space."""
+    hydra = config.get("hydra") or {}
+    overrides = (hydra.get("overrides") or {}).get("task") or []
+    kept = sorted(str(override) for override in overrides if not str(override).lstrip("+~").startswith("resume.auto="))
+    return kept, (hydra.get("sweeper") or {}).get("params")
 
 
 def check_output_dir(config: DictConfig) -> None:
@@ -280,13 +301,15 @@ def holds_results(directory: Path) -> list[str]:
     return [name for name in RUN_RESULTS if (directory / name).is_file() or any((directory / name).glob("*"))]
 
 
-def resumes(config: DictConfig, directory: Path) -> bool:
-    """Whether this launch resumes the run of `directory`: a training launch from a checkpoint inside it."""
+def refusal(config: DictConfig, directory: Path) -> str | None:
+    """None when this launch resumes the run of `directory` (a training launch from a checkpoint inside it, or
+    resume.auto into its own run); else why not ("" when the results alone say it)."""
     if config.get("task_name") not in RESUMABLE_TASKS or not (config.get("ckpt_path") or resume_auto(config)):
-        return False
+        return ""
     from cvae.run.resume import REFUSE, launch_decision  # torch: only for a launch that asks to resume
 
-    return launch_decision(directory, config).action != REFUSE
+    decision = launch_decision(directory, config)
+    return decision.reason if decision.action == REFUSE else None
 
 
 def resume_auto(config: DictConfig) -> bool:

@@ -30,7 +30,7 @@ from cvae.run.devices import member_devices
 from cvae.run.hparams import log_final
 from cvae.run.launch import JOB_CONFIG_VARIABLE, launch_local_ranks
 from cvae.run.loggers import wandb_run_closed
-from cvae.run.resume import FINISHED, check_resumable, launch_decision, record_resume, training_settings
+from cvae.run.resume import FINISHED, check_resumable, check_same_run, launch_decision, record_resume, training_settings
 from cvae.run.rundir import check_task_writes
 from cvae.trust import instantiate, instantiate_group
 
@@ -93,6 +93,8 @@ def finished_run(output_dir: Path, cfg: DictConfig) -> dict:
     last = output_dir / "checkpoints" / "last.ckpt"
     if last.is_file():  # another run's finished dir is refused as a resume of it would be
         check_resumable(last, cfg)
+    else:
+        check_same_run(output_dir, cfg)
     print(f"{output_dir} holds this run, finished (metrics.json): kept as it is, nothing trained")
     return read_json(output_dir / "metrics.json")
 
@@ -197,7 +199,6 @@ def git_revision(project_root: str) -> dict | None:
 
 if __name__ == "__main__":
     # a DDP rank started by launch_local_ranks: its errors and interruptions end it as they end train.py
-    from cvae.run.checks import TRAIN_RULES
     from cvae.run.cli import run_task
 
-    run_task(train, OmegaConf.create(os.environ[JOB_CONFIG_VARIABLE]), TRAIN_RULES)
+    run_task(train, OmegaConf.create(os.environ[JOB_CONFIG_VARIABLE]))

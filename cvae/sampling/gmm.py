@@ -16,7 +16,7 @@ from cvae.model.cvae import Net, posterior_means
 from cvae.model.network import NUM_CLASSES
 from cvae.sampling import COVARIANCES
 from cvae.sampling.prior import grid_labels
-from cvae.validate import check_choice, positive_int
+from cvae.validate import MAX_IMAGES, check_at_most, check_choice, check_count
 
 FIT_FORMAT = 2  # bump when a saved fit's contents change meaning (2: fitted by scikit-learn)
 
@@ -27,9 +27,9 @@ class GaussianMixtureSampler:
     name = "gmm"
 
     def __init__(self, components: int = 10, covariance: str = "full", fit_seed: int = 0, max_iterations: int = 200):
-        if not positive_int(components):
-            raise ConfigError(f"sampler.components={components!r} must be a positive integer, e.g. 10")
+        check_at_most(components, "sampler.components", MAX_IMAGES)
         check_choice(covariance, COVARIANCES, "sampler.covariance")
+        check_count(max_iterations, "sampler.max_iterations")
         self.components, self.covariance = components, covariance
         self.fit_seed, self.max_iterations = fit_seed, max_iterations
         # weights (10, K), means (10, K, D), scale_tril (10, K, D, D)
