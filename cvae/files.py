@@ -35,16 +35,18 @@ def confined_to(root: str | Path) -> Iterator[None]:
         WRITE_ROOT.reset(token)
 
 
-def check_inside_run_dir(path: Path) -> None:
-    """A path where the confined run may write: inside its dir once every link is followed, and no link itself."""
+def may_write(path: Path) -> bool:
+    """Whether this context may write `path`: anywhere outside a run; inside a run, only inside its dir once every
+    link is followed, and never through a link itself."""
     root = WRITE_ROOT.get()
-    if root is None:
-        return
-    real = Path(os.path.realpath(path))
-    if path.is_symlink() or not real.is_relative_to(root):
+    return root is None or (not path.is_symlink() and Path(os.path.realpath(path)).is_relative_to(root))
+
+
+def check_inside_run_dir(path: Path) -> None:
+    if not may_write(path):
         raise StorageError(
-            f"{path} lies outside this run's dir {root} (or is reached through a symbolic link): a run writes only "
-            f"inside its own dir; choose it with hydra.run.dir"
+            f"{path} lies outside this run's dir {WRITE_ROOT.get()} (or is reached through a symbolic link): a run "
+            f"writes only inside its own dir; choose it with hydra.run.dir"
         )
 
 

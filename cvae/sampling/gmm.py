@@ -11,7 +11,7 @@ from pathlib import Path
 import torch
 
 from cvae.errors import ConfigError, StorageError
-from cvae.files import file_sha256, save_torch_atomic
+from cvae.files import file_sha256, may_write, save_torch_atomic
 from cvae.model.cvae import Net, posterior_means
 from cvae.model.network import NUM_CLASSES
 from cvae.sampling import COVARIANCES
@@ -76,6 +76,9 @@ class GaussianMixtureSampler:
             problem = problem or "was fitted with other settings or another checkpoint"
             print(f"ex-post mixture: {path} {problem}; refitting")
         self.fit(model, images, labels)
+        if not may_write(path):  # a run writes only inside its own dir: the checkpoint is another run's
+            print(f"ex-post mixture: fitted to {len(labels)} training images (kept for this run: not its folder)")
+            return self
         try:
             save_torch_atomic(path, {"settings": wanted, "mixture": self.mixture})
         except StorageError as error:  # a read-only checkpoint folder: the evaluation goes on, refitting next time
