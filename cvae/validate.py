@@ -47,7 +47,7 @@ def parse_digit(digit: int | str, key: str = "digit") -> int:
 
 def check_count(value: int, key: str, minimum: int = 1) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ConfigError(f"{key}={value!r} is not a count; expected a whole number >= {minimum}")
+        raise ConfigError(f"{key}={value!r} is not allowed: it must be a whole number >= {minimum}")
     return value
 
 

@@ -140,7 +140,8 @@ def test_auto_resume_refuses_another_runs_dir(tmp_path, trained_run, data_dir):
 
 
 def test_launch_decision_follows_what_the_dir_holds(tmp_path, trained_run, monkeypatch):
-    """start into an empty dir; resume an unfinished run from its last.ckpt; keep a finished one; refuse a dir
+    """start into an empty dir; resume an unfinished run from its last.ckpt; keep a finished one (continue it when
+    asked for more epochs than it trained); refuse a dir
     with results without resume.auto (as before) or with another run's checkpoint named by hand; a requeued SLURM
     job resumes as resume.auto=true does (the same code)."""
     finished, _ = trained_run
@@ -149,18 +150,20 @@ def test_launch_decision_follows_what_the_dir_holds(tmp_path, trained_run, monke
     (unfinished / "metrics.json").unlink()
 
     def decide(directory: Path, *overrides: str):
-        return tuple(launch_decision(directory, compose_config("train", list(overrides), directory)))
+        return tuple(launch_decision(directory, compose_config("train", list(overrides), directory)))[:2]
 
     last = str(unfinished / "checkpoints" / "last.ckpt")
     assert decide(tmp_path / "empty", "resume.auto=true") == (START, None)
     assert decide(unfinished, "resume.auto=true") == (RESUME, last)
-    assert decide(finished, "resume.auto=true") == (FINISHED, None)
+    assert decide(finished, "resume.auto=true", "trainer.max_epochs=2") == (FINISHED, None)  # as it was trained
+    finished_last = str(finished / "checkpoints" / "last.ckpt")
+    assert decide(finished, "resume.auto=true", "trainer.max_epochs=3") == (RESUME, finished_last)  # one epoch more
     assert decide(unfinished) == (REFUSE, None) and decide(finished) == (REFUSE, None)
     assert decide(unfinished, f"ckpt_path={last}") == (RESUME, last)
     assert decide(finished, f"ckpt_path={last}") == (REFUSE, last)
     assert decide(tmp_path / "new", f"ckpt_path={last}") == (START, last)
     monkeypatch.setenv("SLURM_RESTART_COUNT", "1")
-    assert decide(unfinished) == (RESUME, last) and decide(finished) == (FINISHED, None)
+    assert decide(unfinished) == (RESUME, last) and decide(finished, "trainer.max_epochs=2") == (FINISHED, None)
 
 
 def test_an_optuna_search_killed_midway_continues_its_study_in_the_sweep_dir_to_n_trials(tmp_path, data_dir):
@@ -190,7 +193,7 @@ def test_a_sweep_run_again_otherwise_is_refused_before_anything_is_written(tmp_p
     sweep = ["train.py", "-m", "latent_dim=2,3", *TINY_RUN, f"data.data_dir={data_dir}", f"hydra.sweep.dir={sweep_dir}"]
     assert run_script(*sweep).returncode == 0
     before = snapshot(sweep_dir)
-    for changed in (["lr=0.01"], ["latent_dim=2,4"], ["+model.beta=2.0"]):
+    for changed in (["lr=0.01"], ["latent_dim=2,4"], ["model.beta=2.0"]):
         again = [*sweep, "resume.auto=true"]
         again = (
             [arg for arg in again if not arg.startswith("latent_dim=")] if changed[0].startswith("latent") else again

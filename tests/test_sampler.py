@@ -10,6 +10,7 @@ import torch
 from torch.distributions import MultivariateNormal
 from torchvision.utils import save_image
 
+from cvae.api import mnist
 from cvae.callbacks.quality import GenerationQuality
 from cvae.data.mnist import MNISTDataModule, split_tensors
 from cvae.explore.figures import digit_rows, for_people, image_grid
@@ -129,17 +130,17 @@ def test_prior_sampler_draws_from_the_learned_prior():
 def test_evaluate_draws_every_sample_from_the_chosen_sampler(trained_run, data_dir, tmp_path):
     from cvae.run.evaluate import evaluate
 
-    ckpt = tmp_path / "model.ckpt"  # a copy: the fit lands beside it, not in the shared run
+    ckpt = tmp_path / "model.ckpt"  # a copy: the fit made below lands beside it, not in the shared run
     shutil.copy(trained_run[0] / "checkpoints" / "best.ckpt", ckpt)
     settings = ["sampler=gmm", "sampler.components=2", "sampler.covariance=diag"]
     overrides = [f"ckpt_path={ckpt}", f"data.data_dir={data_dir}", *QUICK_EVALUATION, *settings, "digit=4"]
     (tmp_path / "gmm").mkdir()
     evaluate(compose_config("evaluate", [*overrides, "trainer.limit_test_batches=1"], tmp_path / "gmm"))
 
-    saved = torch.load(tmp_path / "model.ckpt.gmm2_diag_seed0.pt", weights_only=True)
-    sampler = GaussianMixtureSampler(components=2, covariance="diag")
-    sampler.mixture = saved["mixture"]
+    assert not (tmp_path / "model.ckpt.gmm2_diag_seed0.pt").exists(), "evaluate wrote outside its run dir"
     model = load_module(ckpt).net
+    sampler = GaussianMixtureSampler(components=2, covariance="diag")
+    sampler.fit_for_checkpoint(model, *mnist("train", data_dir), ckpt)  # the fit evaluate made, made again
     # drawn for people (for_people: tests/test_first_hour.py checks it against np.kron): 4x, a digit label per row
     samples = for_people(digit_rows(model, sampler.grid_latents(model, 10, seed=42)), [str(d) for d in range(10)])
     save_image(samples, tmp_path / "expected.png")

@@ -77,13 +77,11 @@ def training_settings(cfg: DictConfig) -> dict:
 
 
 def recorded_config(directory: Path) -> dict | None:
-    """The task config of the dir's newest launch as Hydra saved it (.hydra/[launch<n>/]config.yaml), read as data:
-    its values as written, nothing resolved. None when the dir holds no record (a run not started by Hydra)."""
-    hydra = directory / ".hydra"
-    launches = [path for path in hydra.glob("launch*/config.yaml") if path.parent.name[6:].isdigit()]
-    launches.sort(key=lambda path: int(path.parent.name[6:]))
-    newest = launches[-1] if launches else hydra / "config.yaml"
-    return OmegaConf.to_container(OmegaConf.load(newest), resolve=False) if newest.is_file() else None
+    """The task config the run was started with, as Hydra saved it (.hydra/config.yaml; a later launch's is beside it
+    in .hydra/launch<n>/, refused ones too), read as data: its values as written, nothing resolved. None when the dir
+    holds no record (a run not started by Hydra)."""
+    record = directory / ".hydra" / "config.yaml"
+    return OmegaConf.to_container(OmegaConf.load(record), resolve=False) if record.is_file() else None
 
 
 def written_settings(config: dict) -> dict:
@@ -123,14 +121,13 @@ def check_same_run(directory: Path, cfg: DictConfig) -> None:
 
 
 def epochs_asked_beyond(directory: Path, cfg: DictConfig) -> bool:
-    """Whether this launch asks a finished run for more epochs than it was launched with (its .hydra/ record, else
-    the epochs its metrics.json says it trained)."""
-    recorded = recorded_config(directory) or {}
-    trained = (recorded.get("trainer") or {}).get("max_epochs") or (read_json(directory / "metrics.json") or {}).get(
-        "epochs"
-    )
+    """Whether this launch asks a finished run for more epochs than it trained (metrics.json) and than it was started
+    for (its record: a run early stopping ended is finished)."""
+    trained = (read_json(directory / "metrics.json") or {}).get("epochs")
+    started_for = ((recorded_config(directory) or {}).get("trainer") or {}).get("max_epochs")
     asked = OmegaConf.select(cfg, "trainer.max_epochs", default=None)
-    return isinstance(asked, int) and isinstance(trained, int) and asked > trained
+    known = [epochs for epochs in (trained, started_for) if isinstance(epochs, int)]
+    return isinstance(asked, int) and bool(known) and asked > max(known)
 
 
 START, RESUME, FINISHED, REFUSE = "start", "resume", "finished", "refuse"

@@ -138,10 +138,10 @@ class Train:
     lr: float = limit(positive)
     seed: int = limit(check_seed)
     matmul_precision: str = limit(one_of("highest", "high", "medium"))  # torch.set_float32_matmul_precision's
-    ckpt_path: Any = limit(optional(existing_file), None)
     resume: Resume = field(default_factory=Resume)
     optimized_metric: str = MISSING
     trainer: Trainer = field(default_factory=Trainer)
+    ckpt_path: Any = limit(optional(existing_file), None)  # last: a bad value elsewhere is said before a missing file
 
 
 @dataclass
@@ -171,7 +171,6 @@ class Anomaly:
 @dataclass
 class Evaluate:
     task_name: str = MISSING
-    ckpt_path: Any = limit(existing_file)
     seed: int = limit(check_seed)
     batch_size: int = limit(check_count)
     samples_per_digit: int = limit(at_most(MAX_IMAGES))
@@ -189,6 +188,7 @@ class Evaluate:
     export: Export = field(default_factory=Export)
     anomaly: Anomaly = field(default_factory=Anomaly)
     trainer: Trainer = field(default_factory=Trainer)
+    ckpt_path: Any = limit(existing_file)
 
 
 SCHEMAS = {"train": Train, "evaluate": Evaluate}
