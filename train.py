@@ -8,6 +8,13 @@ from omegaconf import DictConfig
 
 from cvae.run.build import HYDRA_TARGETS
 
+# A relative path means relative to where the command was typed: made absolute here, once, before Hydra may change
+# into the run dir, so that DDP ranks and launched jobs, which inherit this environment, read the same files.
+for variable in ("CVAE_DATA_DIR", "PROJECT_ROOT"):
+    if os.environ.get(variable):
+        os.environ[variable] = os.path.abspath(os.environ[variable])
+if os.environ.get("PYTHONPATH"):  # an empty entry means this folder too, as Python reads it
+    os.environ["PYTHONPATH"] = os.pathsep.join(map(os.path.abspath, os.environ["PYTHONPATH"].split(os.pathsep)))
 os.environ.setdefault("PROJECT_ROOT", str(Path(__file__).resolve().parent))
 
 

@@ -151,3 +151,18 @@ def test_a_rank_that_dies_at_start_ends_the_job_within_30_s_with_one_line(tmp_pa
     assert lines[-1].startswith("error: DDP rank 1") and "exited with code 3" in lines[-1], result.stderr[-3000:]
     assert sum(line.startswith("error: ") for line in lines) == 1, result.stderr[-3000:]
 
+
+def test_a_relative_data_dir_means_relative_to_where_the_command_was_typed(tmp_path, data_dir):
+    """README's `export CVAE_DATA_DIR=../shared/data`, then a run that changes into its run dir (as Hydra does with
+    hydra.job.chdir=true) and starts a DDP rank: every rank reads the MNIST the path named where it was typed."""
+    typed_here, run_dir = tmp_path, tmp_path / "deeper" / "than" / "the" / "cwd"  # `..` past / would stay at /
+    result = run_script(
+        str(ROOT / "train.py"),
+        *TINY_RUN,
+        "trainer=ddp_cpu",
+        f"hydra.run.dir={run_dir}",
+        "hydra.job.chdir=true",
+        cwd=typed_here,
+        env_extra={"CVAE_DATA_DIR": os.path.relpath(data_dir, typed_here)},
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
