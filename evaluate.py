@@ -4,7 +4,8 @@ import os
 from pathlib import Path
 
 import hydra
-from omegaconf import DictConfig
+from hydra.utils import to_absolute_path
+from omegaconf import DictConfig, OmegaConf
 
 from cvae.run.build import HYDRA_TARGETS
 
@@ -24,7 +25,22 @@ def main(cfg: DictConfig) -> None:
     from cvae.run.checks import EVALUATE_RULES
     from cvae.run.cli import run_task
 
+    resolve_from_where_typed(cfg, ("ckpt_path", "data.data_dir"))
+
     run_task("cvae.run.evaluate:evaluate", cfg, EVALUATE_RULES)
+
+
+def resolve_from_where_typed(cfg: DictConfig, keys: tuple[str, ...]) -> None:
+    """A relative path given for one of these keys means relative to where the command was typed, not the run dir
+    Hydra may have changed into (hydra.job.chdir=true); DDP ranks get it absolute. Interpolations and missing
+    values are left as they are, for the config checks."""
+    for key in keys:
+        parent_key, _, leaf = key.rpartition(".")
+        parent = OmegaConf.select(cfg, parent_key) if parent_key else cfg
+        if not isinstance(parent, DictConfig) or leaf not in parent or OmegaConf.is_missing(parent, leaf):
+            continue
+        if not OmegaConf.is_interpolation(parent, leaf) and isinstance(parent[leaf], str) and parent[leaf]:
+            parent[leaf] = to_absolute_path(parent[leaf])
 
 
 if __name__ == "__main__":

@@ -13,7 +13,7 @@ import pytest
 import pytorch_lightning as pl
 
 from cvae.run.launch import module_command, rank_python_path
-from tests.conftest import ROOT
+from tests.conftest import QUICK_EVALUATION, ROOT
 from tests.test_sweeps import TINY_RUN
 from tests.test_train import run_script
 
@@ -166,3 +166,21 @@ def test_a_relative_data_dir_means_relative_to_where_the_command_was_typed(tmp_p
         env_extra={"CVAE_DATA_DIR": os.path.relpath(data_dir, typed_here)},
     )
     assert result.returncode == 0, result.stderr[-3000:]
+
+
+def test_a_relative_ckpt_path_means_relative_to_where_the_command_was_typed(tmp_path, trained_run, data_dir):
+    """`python evaluate.py ckpt_path=<relative> hydra.job.chdir=true`: the checkpoint named from where the command
+    was typed is evaluated, not one looked for in the run dir."""
+    output_dir, _ = trained_run
+    run_dir = tmp_path / "deeper" / "than" / "the" / "cwd"
+    result = run_script(
+        str(ROOT / "evaluate.py"),
+        f"ckpt_path={os.path.relpath(output_dir / 'checkpoints' / 'best.ckpt', tmp_path)}",
+        *QUICK_EVALUATION,
+        f"data.data_dir={os.path.relpath(data_dir, tmp_path)}",
+        f"hydra.run.dir={run_dir}",
+        "hydra.job.chdir=true",
+        cwd=tmp_path,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert (run_dir / "samples.png").is_file()
