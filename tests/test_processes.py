@@ -1,6 +1,7 @@
 """Other processes are not the config's to choose (issue 33, item 3): git runs only on the project's own checkout
 with no hook or monitor, DDP ranks import only from the installed package or the checkout, and a rank that dies at
-start ends the job within 30 s with one line."""
+start ends the job within 30 s with one line. A relative path means relative to where the command was typed
+(item 7), for every rank, whatever folder Hydra changes into."""
 
 import json
 import os
