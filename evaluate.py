@@ -6,15 +6,16 @@ from pathlib import Path
 import hydra
 from omegaconf import DictConfig
 
+from cvae.run.cli import environment_from_where_typed, run_task
 from cvae.trust import HYDRA_TARGETS
 
+environment_from_where_typed()
 os.environ.setdefault("PROJECT_ROOT", str(Path(__file__).resolve().parent))
 
 
 @hydra.main(config_path="conf", config_name="evaluate", execution_whitelist=HYDRA_TARGETS)
 def main(cfg: DictConfig) -> None:
     # the evaluation code (torch, Lightning: seconds) is imported once Hydra's RunDirCheck has checked the config
-    from cvae.run.cli import run_task
     from cvae.run.evaluate import evaluate
 
     run_task(evaluate, cfg)

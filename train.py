@@ -6,8 +6,10 @@ from pathlib import Path
 import hydra
 from omegaconf import DictConfig
 
+from cvae.run.cli import environment_from_where_typed, run_task
 from cvae.trust import HYDRA_TARGETS
 
+environment_from_where_typed()
 os.environ.setdefault("PROJECT_ROOT", str(Path(__file__).resolve().parent))
 
 
@@ -15,7 +17,6 @@ os.environ.setdefault("PROJECT_ROOT", str(Path(__file__).resolve().parent))
 def main(cfg: DictConfig) -> float:
     # imported here, once Hydra's RunDirCheck has checked the config: a bad value is said in about a second, before
     # the training code's imports (torch, Lightning: seconds); --help and Hydra's own errors come back fast too
-    from cvae.run.cli import run_task
     from cvae.run.train import train
 
     return run_task(train, cfg)[cfg.optimized_metric]

@@ -14,6 +14,10 @@ CONF_DIR = ROOT / "conf"
 # the tests plant callbacks of their own (+callbacks.x._target_=tests.<module>.<class>), in train.py runs too:
 # trusted as a user trusts their own package (cvae/run/build.py)
 os.environ["CVAE_TRUSTED_TARGETS"] = "tests.*"
+# a relative CVAE_DATA_DIR (README's `export CVAE_DATA_DIR=../shared/data`) means relative to where pytest was typed,
+# as for train.py: made absolute once, here, for the tests that run commands in other folders
+if os.environ.get("CVAE_DATA_DIR"):
+    os.environ["CVAE_DATA_DIR"] = os.path.abspath(os.environ["CVAE_DATA_DIR"])
 
 # A few batches of each split: enough to exercise every part of a run on real data in seconds.
 QUICK_RUN = [

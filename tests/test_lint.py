@@ -23,14 +23,15 @@ def test_pre_commit_runs_the_ruff_the_test_extra_pins():
     assert [hook["id"] for hook in ruff["hooks"]] == ["ruff-check", "ruff-format"]
 
 
-def test_the_malicious_lightning_uploads_are_excluded_and_not_installed():
-    """pytorch-lightning 2.6.2 and 2.6.3 were malicious uploads (advisory GHSA-w37p-236h-pfx3)."""
+def test_the_malicious_and_the_unsafe_lightning_versions_are_excluded_and_not_installed():
+    """pytorch-lightning 2.6.2 and 2.6.3 were malicious uploads (advisory GHSA-w37p-236h-pfx3); up to 2.6.5,
+    load_from_checkpoint runs code a checkpoint's _instantiator names (GHSA-qqmf-gpg7-g8gw)."""
     from importlib.metadata import version
 
     from packaging.requirements import Requirement
 
     dependencies = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
     (lightning,) = [Requirement(line) for line in dependencies if line.startswith("pytorch-lightning")]
-    assert not any(lightning.specifier.contains(bad) for bad in ("2.6.2", "2.6.3"))
-    assert lightning.specifier.contains("2.6.1") and lightning.specifier.contains("2.6.6")
-    assert version("pytorch-lightning") not in ("2.6.2", "2.6.3")
+    assert not any(lightning.specifier.contains(bad) for bad in ("2.6.1", "2.6.2", "2.6.3", "2.6.5"))
+    assert lightning.specifier.contains("2.6.6")
+    assert lightning.specifier.contains(version("pytorch-lightning"))

@@ -16,6 +16,7 @@ from collections.abc import Callable
 
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
+from hydra.utils import to_absolute_path
 from omegaconf import DictConfig, OmegaConf
 
 from cvae.errors import ConfigError, UsageError
@@ -40,6 +41,35 @@ def check_launch(config: DictConfig, single_run: bool) -> None:
     if single_run:
         check_values(OmegaConf.masked_copy(config, [key for key in config if key != "hydra"]))
         check_typed_digits(config)
+
+
+# paths a user types, relative to where they typed the command (not to the run dir Hydra may change into)
+TYPED_PATH_VARIABLES = ("CVAE_DATA_DIR", "PROJECT_ROOT")
+TYPED_PATH_KEYS = ("ckpt_path", "data.data_dir")
+
+
+def environment_from_where_typed() -> None:
+    """Make the path variables and PYTHONPATH absolute, once, at launch: DDP ranks and launched jobs inherit them
+    and read the same files. (An empty PYTHONPATH entry means the current folder, as Python reads it.)"""
+    for variable in TYPED_PATH_VARIABLES:
+        if os.environ.get(variable):
+            os.environ[variable] = os.path.abspath(os.environ[variable])
+    if os.environ.get("PYTHONPATH"):
+        os.environ["PYTHONPATH"] = os.pathsep.join(map(os.path.abspath, os.environ["PYTHONPATH"].split(os.pathsep)))
+
+
+def config_from_where_typed(cfg: DictConfig) -> None:
+    """The typed path keys made absolute from Hydra's launch folder (hydra.job.chdir=true changes into the run dir
+    first); interpolations and missing values are left to the checks."""
+    if not HydraConfig.initialized():
+        return
+    for key in TYPED_PATH_KEYS:
+        parent_key, _, leaf = key.rpartition(".")
+        parent = OmegaConf.select(cfg, parent_key) if parent_key else cfg
+        if not isinstance(parent, DictConfig) or leaf not in parent or OmegaConf.is_missing(parent, leaf):
+            continue
+        if not OmegaConf.is_interpolation(parent, leaf) and isinstance(parent[leaf], str) and parent[leaf]:
+            parent[leaf] = to_absolute_path(parent[leaf])
 
 
 def check_hardware(cfg: DictConfig) -> None:
@@ -69,6 +99,7 @@ def run_task(task: Callable[[DictConfig], object], cfg: DictConfig):
     task. The signal handlers are put back afterwards (Lightning leaves SIGINT ignored after a Ctrl-C)."""
     handlers = {signum: signal.getsignal(signum) for signum in STOPPING_SIGNALS}
     try:
+        config_from_where_typed(cfg)
         check_values(cfg)
         check_hardware(cfg)
         return task(cfg)

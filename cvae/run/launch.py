@@ -4,11 +4,13 @@ of them dies, and how a job every rank stopped for a signal ends."""
 import _thread
 import os
 import signal
+import socket
 import subprocess
 import sys
 import threading
 import time
 from contextlib import contextmanager
+from datetime import timedelta
 from pathlib import Path
 
 import pytorch_lightning as pl
@@ -115,8 +117,10 @@ class RankWatchdog(threading.Thread):
     Written here rather than taken from Lightning: its child-process observer SIGKILLs the main process (a
     whole multirun with it) and names no rank. This one kills the other ranks and interrupts the main thread,
     which then raises RankError; if that thread is stuck in an NCCL collective or a CUDA sync after
-    GRACE_PERIOD, it aborts the process group, which ends the wait with an error (gloo ends it by itself).
-    Never os._exit: the rest of a multirun and its summary come after this member."""
+    GRACE_PERIOD, it aborts the process group, which ends the wait with an error (gloo ends it by itself), or,
+    stuck in the rendezvous, joins it for the dead ranks. Never os._exit while the main thread can be reached: the
+    rest of a multirun and its summary come after this member; one that nothing reaches ends the process, after
+    one line, rather than leaving the job to hang."""
 
     def __init__(self, children: dict[int, subprocess.Popen]):
         super().__init__(daemon=True, name="cvae-rank-watchdog")
@@ -134,10 +138,27 @@ class RankWatchdog(threading.Thread):
                         child.kill()
                     _thread.interrupt_main()
             if dead:
-                if not self.stopped.wait(GRACE_PERIOD) and torch.distributed.is_initialized():
-                    print(f"error: {self.failure}; aborting the process group", file=sys.stderr, flush=True)
-                    torch.distributed.distributed_c10d._abort_process_group()
+                self.reach_main_thread()
                 return
+
+    def reach_main_thread(self) -> None:
+        """The interrupt lands at the main thread's next bytecode. One still in C++ after GRACE_PERIOD waits for the
+        dead rank: in a collective (aborting the process group ends it with an error) or in the rendezvous, where
+        rank 0's TCPStore counts the ranks that joined and no interrupt or abort reaches it, for the store's
+        timeout (minutes). There stand-ins join for the dead ranks: the wait returns and the interrupt lands."""
+        if self.stopped.wait(GRACE_PERIOD):
+            return
+        if torch.distributed.is_initialized():
+            print(f"error: {self.failure}; aborting the process group", file=sys.stderr, flush=True)
+            torch.distributed.distributed_c10d._abort_process_group()
+        else:
+            # held until the process ends; joins counted past the world size do no harm
+            self.stand_ins = join_for_dead_ranks(len(self.children))
+        if self.stopped.wait(GRACE_PERIOD):
+            return
+        # nothing reached it: rather than a job that hangs, this process ends, the line said (a multirun with it)
+        print(f"error: {self.failure}", file=sys.stderr, flush=True)
+        os.kill(os.getpid(), signal.SIGKILL)
 
     def check(self, wait: float = 0.0) -> None:
         """Raise the failure seen, if any, or that of a rank that ended in error (waiting up to `wait` s for one)."""
@@ -172,6 +193,22 @@ class RankWatchdog(threading.Thread):
             self.stopped.set()
 
 
+def join_for_dead_ranks(count: int) -> list:
+    """Clients of this job's rendezvous store (torch.distributed.TCPStore), one per rank that will not join: a
+    client is counted as a joined rank as it connects, so rank 0's wait for the world size returns. None where no
+    store listens (the main thread waits elsewhere): a TCPStore client would retry for seconds and log tracebacks."""
+    address, port = os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"])
+    try:
+        socket.create_connection((address, port), timeout=1).close()
+    except OSError:
+        return []
+    world_size, timeout = int(os.environ["WORLD_SIZE"]), timedelta(seconds=5)
+    try:
+        return [torch.distributed.TCPStore(address, port, world_size, timeout=timeout) for _ in range(count)]
+    except RuntimeError:  # the store closed meanwhile: the main thread left the rendezvous
+        return []
+
+
 def end_process_group() -> None:
     """Destroy the process group Lightning made (it leaves it to the script). A rank that exits holding one can
     be killed by SIGABRT in the interpreter's shutdown while gloo's threads still hold tensors (pytorch#190489):
@@ -189,14 +226,31 @@ def lightning_would_start_processes(strategy) -> bool:
 
 
 def start_rank(local_rank: int, cfg: DictConfig) -> subprocess.Popen:
-    python_path = os.pathsep.join(filter(None, [str(PROJECT_ROOT), os.environ.get("PYTHONPATH")]))
     env = {
         **os.environ,
         "LOCAL_RANK": str(local_rank),
-        "PYTHONPATH": python_path,
+        "PYTHONPATH": rank_python_path(),
         JOB_CONFIG_VARIABLE: OmegaConf.to_yaml(cfg, resolve=True),
     }
-    return subprocess.Popen([sys.executable, "-m", "cvae.run.train"], env=env)
+    return subprocess.Popen(module_command("cvae.run.train"), env=env)
+
+
+def module_command(module: str, safe_path: bool = sys.version_info >= (3, 11)) -> list[str]:
+    """`python -m module` that imports only from the installed packages, this checkout and PYTHONPATH, never from
+    the folder it starts in (a run dir under hydra.job.chdir=true, else where the command was typed), which `-m`
+    puts first on sys.path: -P leaves it out. Python 3.10 has no -P, and -I would drop PYTHONPATH (the user's
+    trusted classes with it): there the process removes that first entry itself before the module runs."""
+    if safe_path:
+        return [sys.executable, "-P", "-m", module]
+    run = f"import runpy, sys; del sys.path[0]; runpy.run_module({module!r}, run_name='__main__', alter_sys=True)"
+    return [sys.executable, "-c", run]
+
+
+def rank_python_path() -> str:
+    """This checkout first, then the inherited entries that name a folder: a relative or empty entry would mean the
+    rank's working directory (train.py and evaluate.py made the user's relative entries absolute at launch)."""
+    inherited = os.environ.get("PYTHONPATH", "").split(os.pathsep)
+    return os.pathsep.join([str(PROJECT_ROOT), *(entry for entry in inherited if os.path.isabs(entry))])
 
 
 def wait_for(children, seconds: float) -> None:

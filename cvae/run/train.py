@@ -19,6 +19,7 @@ from pytorch_lightning.callbacks import ModelCheckpoint, ProgressBar, TQDMProgre
 from pytorch_lightning.loggers import TensorBoardLogger
 from pytorch_lightning.utilities import rank_zero_only
 
+import cvae
 from cvae.callbacks.rank_state import RankState
 from cvae.callbacks.record import RunRecord
 from cvae.callbacks.safety import CheckpointOnInterrupt, StopOnDivergence
@@ -34,6 +35,8 @@ from cvae.run.resume import FINISHED, check_resumable, check_same_run, launch_de
 from cvae.run.rundir import check_task_writes
 from cvae.trust import instantiate, instantiate_group
 
+# git runs no hook or file-system monitor, whatever a config says
+NEUTRAL_GIT = ("-c", "core.fsmonitor=false", "-c", "core.hooksPath=/dev/null")
 PACKAGES = (
     "torch",
     "torchvision",
@@ -70,7 +73,7 @@ def train_in_run_dir(cfg: DictConfig, output_dir: Path) -> dict:
     model = build_module(cfg.model)
     loggers = instantiate_group(cfg.get("logger"))
     trainer = build_trainer(cfg, loggers)
-    write_environment(output_dir / "environment.json", cfg.paths.root_dir)
+    write_environment(output_dir / "environment.json")
 
     with launch_local_ranks(trainer, cfg), wandb_run_closed():
         fit_started = time.perf_counter()
@@ -158,7 +161,7 @@ def within_run_dir(path: str, output_dir: str) -> str:
 
 
 @rank_zero_only
-def write_environment(path: Path, project_root: str) -> None:
+def write_environment(path: Path) -> None:
     """What this run ran on, beside the config and overrides Hydra keeps in .hydra/."""
     write_json_atomic(
         path,
@@ -167,7 +170,7 @@ def write_environment(path: Path, project_root: str) -> None:
             "platform": platform.platform(),
             "packages": installed_versions(),
             "cuda": torch.version.cuda,
-            "git": git_revision(project_root),
+            "git": git_revision(),
         },
     )
 
@@ -182,19 +185,30 @@ def installed_versions() -> dict:
     return versions
 
 
-def git_revision(project_root: str) -> dict | None:
-    """The commit checked out, and whether tracked files differ from it (then the commit alone does not re-run
-    the run); None outside a git checkout."""
+def git_revision() -> dict | None:
+    """The commit of the checkout this package runs from, and whether tracked files differ from it (then the commit
+    alone does not re-run the run); None when the package is no git checkout. Never the config's folder: `git
+    status` in another repo runs what that repo's config names (core.fsmonitor)."""
+    checkout = Path(cvae.__file__).resolve().parents[1]
+    if not (checkout / ".git").exists():  # a folder, or a file in a worktree
+        return None
 
     def git(*args: str) -> str:
-        return subprocess.run(
-            ["git", "-C", str(project_root), *args], capture_output=True, text=True, check=True
-        ).stdout.strip()
+        command = ["git", *NEUTRAL_GIT, "-C", str(checkout), *args]
+        return subprocess.run(command, capture_output=True, text=True, check=True, env=git_environment()).stdout.strip()
 
     try:
         return {"commit": git("rev-parse", "HEAD"), "dirty": bool(git("status", "--porcelain", "--untracked-files=no"))}
     except (OSError, subprocess.CalledProcessError):
         return None
+
+
+def git_environment() -> dict:
+    """This environment without git's variables (GIT_DIR, GIT_CONFIG_*: another repo, config or command) and with
+    no system or global config: only the checkout's own config is read, the user's, as in any git command there."""
+    env = {name: value for name, value in os.environ.items() if not name.startswith("GIT_")}
+    # GIT_OPTIONAL_LOCKS=0: `status` reads the index and leaves it as it is (no write into the checkout)
+    return {**env, "GIT_CONFIG_NOSYSTEM": "1", "GIT_CONFIG_GLOBAL": os.devnull, "GIT_OPTIONAL_LOCKS": "0"}
 
 
 if __name__ == "__main__":
