@@ -86,11 +86,14 @@ def test_a_ranks_python_path_is_the_checkout_then_absolute_entries(monkeypatch):
 @pytest.mark.parametrize("chdir", [True, False])
 def test_ddp_ranks_never_import_from_the_run_dir_or_the_cwd(tmp_path, data_dir, chdir):
     """A `cvae` package planted in the run dir and in the folder the command is typed in (it records its import,
-    then hands over to the real package, so that the run goes on) is imported by no rank."""
+    then hands over to the real package, so that the run goes on) is imported by no rank. (The run dir is one an
+    earlier launch of ours left, .hydra/ and no results: a run may use it; a dir holding only the planted package is
+    refused outright, tests/test_rundir.py.)"""
     cwd, run_dir, marker = tmp_path / "cwd", tmp_path / "run", tmp_path / "planted-cvae-imported"
     real = str(ROOT / "cvae")
     hand_over = f"__path__[:] = [{real!r}]\nexec((pathlib.Path({real!r}) / '__init__.py').read_text())\n"
     planted = PLANTED + hand_over
+    (run_dir / ".hydra").mkdir(parents=True)
     for folder in (cwd, run_dir):
         (folder / "cvae").mkdir(parents=True)
         (folder / "cvae" / "__init__.py").write_text(planted.format(marker=str(marker)))
