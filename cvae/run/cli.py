@@ -59,9 +59,9 @@ def environment_from_where_typed() -> None:
 
 
 def config_from_where_typed(cfg: DictConfig) -> None:
-    """The typed path keys made absolute from Hydra's launch folder (hydra.job.chdir=true changes into the run dir
-    first); interpolations and missing values are left to the checks."""
-    if not HydraConfig.initialized():
+    """The typed path keys made absolute from Hydra's launch folder once the job runs elsewhere (hydra.job.chdir=true
+    changes into the run dir); interpolations and missing values are left to the checks."""
+    if not HydraConfig.initialized() or os.getcwd() == HydraConfig.get().runtime.cwd:
         return
     for key in TYPED_PATH_KEYS:
         parent_key, _, leaf = key.rpartition(".")
