@@ -19,7 +19,8 @@ def main(cfg: DictConfig) -> float:
     # the training code's imports (torch, Lightning: seconds); --help and Hydra's own errors come back fast too
     from cvae.run.train import train
 
-    return run_task(train, cfg)[cfg.optimized_metric]
+    # nan: a sweep member that failed (Optuna records its trial failed)
+    return run_task(train, cfg).get(cfg.optimized_metric, float("nan"))
 
 
 if __name__ == "__main__":

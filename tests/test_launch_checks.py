@@ -83,6 +83,10 @@ CASES = {
     "limit_negative": ("train.py", ["trainer.limit_train_batches=-1"], "trainer.limit_train_batches=-1"),
     "limit_nan": ("train.py", ["trainer.limit_train_batches=nan"], "trainer.limit_train_batches=nan"),
     "limit_fraction_above_1": ("train.py", ["trainer.limit_val_batches=1.5"], "trainer.limit_val_batches=1.5"),
+    "no_validation": ("train.py", ["trainer.limit_val_batches=0"], "trainer.limit_val_batches=0 is not allowed"),
+    "no_training": ("train.py", ["trainer.limit_train_batches=0"], "trainer.limit_train_batches=0 is not allowed"),
+    "no_nodes": ("train.py", ["trainer.num_nodes=0"], "trainer.num_nodes=0 is not allowed"),
+    "auto_maybe": ("train.py", ["resume.auto=maybe"], "resume.auto='maybe' is not allowed: it must be true or false"),
     "devices_twice": ("train.py", ["trainer.devices=[0,0]"], "distinct device indices"),
     "unset_env": ("train.py", ["lr=${oc.env:UNSET_VARIABLE_OF_CVAE}"], "lr cannot be resolved"),
     "misspelt_key": ("train.py", ["+latentdim=3"], "latentdim is not a key of this config"),
@@ -108,6 +112,7 @@ CASES = {
     "evaluate_iw": ("evaluate.py", ["quality.iw_samples=1000000000"], "quality.iw_samples=1000000000"),
     "evaluate_per_digit": ("evaluate.py", ["samples_per_digit=1000000000"], "samples_per_digit=1000000000"),
     "evaluate_variants": ("evaluate.py", ["variants=1000000000"], "variants=1000000000"),
+    "evaluate_picture_scale": ("evaluate.py", ["picture_scale=100000"], "picture_scale=100000 is not allowed"),
     "evaluate_digits_underscore": ("evaluate.py", ["digits=1_000"], "digits='1_000' has '_'"),
 }
 # evaluate's cases need a checkpoint path that exists (the file's content is never read: the checks come first)

@@ -119,6 +119,16 @@ def test_a_dir_holding_a_users_files_is_refused_and_left_as_it_was(script, tmp_p
     assert snapshot(folder) == before
 
 
+def test_a_hydra_record_that_is_a_file_is_refused(tmp_path):
+    folder = tmp_path / "run"
+    folder.mkdir()
+    (folder / ".hydra").write_text("a file")
+    assert "holds files this launch did not write (.hydra)" in one_error_line(
+        run_script("train.py", f"hydra.run.dir={folder}")
+    )
+    assert (folder / ".hydra").read_text() == "a file"
+
+
 def test_evaluate_writes_nothing_into_another_dir_it_is_pointed_at(trained_run, other_run, tmp_path):
     ckpt = trained_run[0] / "checkpoints" / "best.ckpt"
     before = snapshot(other_run)

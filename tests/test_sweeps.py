@@ -13,7 +13,7 @@ import yaml
 from hydra import compose, initialize_config_dir
 
 from cvae.run.resolvers import register_resolvers
-from tests.conftest import CONF_DIR, QUICK_RUN_ANY_CALLBACKS
+from tests.conftest import CONF_DIR, QUICK_RUN_ANY_CALLBACKS, ROOT
 from tests.test_train import run_script
 
 # one short epoch, nothing a sweep test does not look at
@@ -75,7 +75,12 @@ def test_joblib_runs_members_in_parallel_and_the_summary_lists_the_failed_one(tm
         f"data.data_dir={data_dir}",
         f"hydra.sweep.dir={sweep_dir}",
     )
-    assert result.returncode != 0 and "lr=-1 is not allowed" in result.stderr
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
+    assert errors == [
+        "error: member 2: lr=-1 is not allowed: it must be a finite number > 0",
+        f"error: 1 of 3 sweep members failed (2); see {sweep_dir / 'summary.md'}",
+    ], result.stderr[-3000:]
     assert "Joblib.Parallel(n_jobs=2" in result.stdout + result.stderr
     rows = read_summary(sweep_dir)
     assert [(row["member"], row["status"]) for row in rows] == [("0", "ok"), ("1", "ok"), ("2", "failed")]
@@ -281,3 +286,26 @@ def test_summary_plot_draws_each_metric_against_each_swept_knob_a_line_per_other
     assert (tmp_path / "summary.png").read_bytes().startswith(b"\x89PNG")
     markdown = (tmp_path / "summary.md").read_text()
     assert "](summary.png)" in markdown and "| 6 | failed |" in markdown
+
+
+def test_a_storage_that_is_no_database_is_one_line(tmp_path):
+    sweep_dir = tmp_path / "search"
+    sweep_dir.mkdir()
+    (sweep_dir / "optuna.db").write_text("not a database")
+    result = run_script("train.py", "-m", "hparams_search=optuna", "resume.auto=true", f"hydra.sweep.dir={sweep_dir}")
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert result.stderr.strip().splitlines()[-1].startswith("error: hydra.sweeper.storage=sqlite:///"), result.stderr
+    assert (sweep_dir / "optuna.db").read_text() == "not a database"
+
+
+def test_a_crafted_multirun_yaml_is_read_as_data_at_once(tmp_path):
+    """Nested interpolations that would expand to 10^9 characters if resolved: the summary reads the file as it is."""
+    bombs = {"bomb0": "x" * 10, **{f"bomb{level}": f"${{hydra.bomb{level - 1}}}" * 10 for level in range(1, 10)}}
+    sweeper = {"_target_": "hydra._internal.core_plugins.basic_sweeper.BasicSweeper", "params": None}
+    config = {"hydra": {**bombs, "sweeper": sweeper, "overrides": {"task": ["latent_dim=2,3"]}}}
+    (tmp_path / "multirun.yaml").write_text(yaml.safe_dump(config))
+    result = subprocess.run(
+        [sys.executable, "-m", "cvae.run.sweep", str(tmp_path)], cwd=ROOT, capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert [row["overrides"] for row in read_summary(tmp_path)] == ["latent_dim=2", "latent_dim=3"]

@@ -96,7 +96,9 @@ def usage_error(error: BaseException) -> UsageError | None:
 
 def run_task(task: Callable[[DictConfig], object], cfg: DictConfig):
     """Check the config's values (again for a launch, first for a DDP rank or a caller in Python), then run the
-    task. The signal handlers are put back afterwards (Lightning leaves SIGINT ignored after a Ctrl-C)."""
+    task. A sweep member refused in one line returns no metrics ({}): Hydra would print a traceback of a raised
+    error, and the sweep's summary ends the sweep with its line (SweepSummary). The signal handlers are put back
+    afterwards (Lightning leaves SIGINT ignored after a Ctrl-C)."""
     handlers = {signum: signal.getsignal(signum) for signum in STOPPING_SIGNALS}
     try:
         config_from_where_typed(cfg)
@@ -114,9 +116,10 @@ def run_task(task: Callable[[DictConfig], object], cfg: DictConfig):
         cause = usage_error(error)
         if cause is None or os.environ.get("HYDRA_FULL_ERROR") == "1":
             raise
-        if in_multirun():
-            log.error(str(cause))  # into the member's log; Hydra marks it failed and runs the others
-            raise cause from None
+        if in_multirun():  # the sweep goes on: the member ends failed (no metrics), its line said; the sweep says it
+            log.error(str(cause))  # into the member's log
+            print(f"error: member {HydraConfig.get().job.num}: {cause}", file=sys.stderr, flush=True)
+            return {}
         print(f"error: {cause}", file=sys.stderr)
         sys.exit(1)
     finally:

@@ -9,6 +9,8 @@ running, so it is neither counted nor failed; its member folder stays, listed fa
 Hydra takes sweepers only from its plugin namespace: hydra_plugins/cvae_sweepers registers this one.
 """
 
+import sys
+
 from hydra_plugins.hydra_optuna_sweeper.optuna_sweeper import OptunaSweeper
 
 # trials that count towards n_trials, as the plugin counts the ones it launches (failed ones too)
@@ -20,7 +22,15 @@ class ContinuedOptunaSweeper(OptunaSweeper):
 
     def sweep(self, arguments: list[str]) -> None:
         search = self.sweeper  # the plugin's implementation: its public n_trials and job_idx drive its loop
-        trials = earlier_trials(search.storage, search.study_name)
+        try:
+            trials = earlier_trials(search.storage, search.study_name)
+        except Exception as error:  # a file that is no database, a server that refuses: said, not a traceback
+            reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+            print(
+                f"error: hydra.sweeper.storage={search.storage} holds no Optuna study it can read ({reason})",
+                file=sys.stderr,
+            )
+            sys.exit(1)
         done = sum(trial.state.name in DONE for trial in trials)
         if trials:
             print(f"study {search.study_name} holds {done} finished trials of {search.n_trials}: continuing it")

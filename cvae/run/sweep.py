@@ -51,12 +51,12 @@ def launched_jobs(sweep_dir: Path) -> list[list[str]]:
     saved = sweep_dir / "multirun.yaml"
     if not saved.is_file():
         return []
-    config = OmegaConf.load(saved)
-    sweeper = OmegaConf.select(config, "hydra.sweeper._target_", default="")
-    if sweeper != f"{BasicSweeper.__module__}.{BasicSweeper.__name__}":
+    hydra = OmegaConf.to_container(OmegaConf.load(saved), resolve=False).get("hydra") or {}  # as data: no resolving
+    sweeper = hydra.get("sweeper") or {}
+    if sweeper.get("_target_") != f"{BasicSweeper.__module__}.{BasicSweeper.__name__}":
         return []
-    params = [f"{key}={value}" for key, value in (config.hydra.sweeper.get("params") or {}).items()]
-    overrides = OverridesParser.create().parse_overrides([*params, *config.hydra.overrides.task])
+    params = [f"{key}={value}" for key, value in (sweeper.get("params") or {}).items()]
+    overrides = OverridesParser.create().parse_overrides([*params, *(hydra.get("overrides") or {}).get("task", [])])
     return [job for batch in BasicSweeper.split_arguments(overrides, None) for job in batch]
 
 
@@ -201,7 +201,18 @@ class SweepSummary(Callback):
         atexit.register(self.summarize_once)
 
     def on_multirun_end(self, config: DictConfig, **kwargs) -> None:
+        """The summary, then one line and exit status 1 if a member failed (each said its own line as it ended)."""
+        sweep_dir = self.sweep_dir
         self.summarize_once()
+        rows = summary_table(sweep_dir)[1] if sweep_dir else []
+        failed = [row["member"] for row in rows if row["status"] == "failed"]
+        if failed:
+            summary = sweep_dir / MARKDOWN_FILE
+            print(
+                f"error: {len(failed)} of {len(rows)} sweep members failed ({', '.join(failed)}); see {summary}",
+                file=sys.stderr,
+            )
+            sys.exit(1)
 
     def summarize_once(self) -> None:
         sweep_dir, self.sweep_dir = self.sweep_dir, None
