@@ -22,6 +22,7 @@ LAYERS = {
     "metrics": 4,
     "explore": 4,
     "callbacks": 5,
+    "loggers": 5,  # the trackers, beside the callbacks: neither imports the other
     "run": 6,
     "api": 7,  # the public Python API (cvae.load), over run, explore and sampling
 }

@@ -30,7 +30,7 @@ from PIL import Image
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from cvae.data.mnist import MNISTDataModule, split_tensors
-from cvae.run.tensorboard_logger import tensorboard_tag
+from cvae.loggers.tensorboard import tensorboard_tag
 from tests.conftest import QUICK_RUN, ROOT
 
 DOC = ROOT / "docs" / "contributing.md"
@@ -293,7 +293,7 @@ def test_the_metric_is_logged_and_matches_the_checkpoint(project, trained, val_s
 
 def test_the_logger_gets_every_scalar_the_hparams_and_the_final_metrics(trained):
     logged, shown = csv_series(trained), tensorboard_series(trained)
-    # TensorBoard's names of the metrics (cvae/run/tensorboard_logger.py: the -ELBO curves first)
+    # TensorBoard's names of the metrics (cvae/loggers/tensorboard.py: the -ELBO curves first)
     charted = {tensorboard_tag(name): name for name in logged if not name.startswith("final/")}
     charted.pop(None, None)
     assert {GRAD_NORM, RECON_MSE, "train/nelbo", "val/nelbo"} <= set(shown) <= set(charted)

@@ -9,7 +9,7 @@ import pytest
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from tensorboard.plugins.hparams.plugin_data_pb2 import HParamsPluginData
 
-from cvae.run.hparams import knobs, mission_knobs, project_path, swept_knobs
+from cvae.loggers.hparams import knobs, mission_knobs, project_path, swept_knobs
 from tests.conftest import QUICK_RUN, compose_config
 
 # keys that only repeat another key (${batch_size}, ${latent_dim}, ${lr}, ${seed}, ${paths.output_dir})

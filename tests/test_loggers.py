@@ -24,7 +24,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 from cvae.callbacks.images import TENSORBOARD_PICTURES
 from cvae.errors import ConfigError
-from cvae.run.loggers import EARLIER_ROWS, MLFlowLogger, WandbLogger, run_label, wandb_logged_in, wandb_run_closed
+from cvae.loggers.trackers import EARLIER_ROWS, MLFlowLogger, WandbLogger, run_label, wandb_logged_in, wandb_run_closed
 from tests.conftest import QUICK_RUN, QUICK_RUN_ANY_CALLBACKS, compose_config
 
 mlflow = pytest.importorskip("mlflow", reason='MLflow is an extra: pip install -e ".[mlflow]" (".[test]" has it)')

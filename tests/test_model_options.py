@@ -48,7 +48,7 @@ def test_a_conv_learned_prior_checkpoint_rebuilds_the_same_model(tmp_path):
         ),
         ({"_target_": "${oc.env:HOME}"}, "holds an interpolation"),
         # a class of the project that is no network, a function of the project, a loader of a trusted package
-        ({"_target_": "cvae.run.loggers.MLFlowLogger", "experiment_name": "x"}, "is not a network"),
+        ({"_target_": "cvae.loggers.trackers.MLFlowLogger", "experiment_name": "x"}, "is not a network"),
         ({"_target_": "cvae.files.write_json_atomic"}, "is not a class"),
         ({"_target_": "pytorch_lightning.LightningModule.load_from_checkpoint"}, "is not on the execution whitelist"),
         ({"extra": [0] * 20_000}, "is larger than 10,000 entries"),

@@ -57,7 +57,7 @@ def test_resumed_mid_epoch_ends_as_the_uninterrupted_one(uninterrupted, tmp_path
     ), "stopped at the end of the step on batch 2 (batches 0, 1, 2 done)"
     run(tmp_path, data_dir, f"ckpt_path={last}")
     assert (tmp_path / "metrics.json").read_bytes() == (uninterrupted / "metrics.json").read_bytes()
-    # the CSV of the resumed run goes on from the interrupted launch's rows (cvae.run.loggers.ContinuedCSVLogger)
+    # the CSV of the resumed run goes on from the interrupted launch's rows (cvae.loggers.trackers.ContinuedCSVLogger)
     assert train_nelbo_per_epoch(tmp_path) == train_nelbo_per_epoch(uninterrupted)
 
 

@@ -263,7 +263,7 @@ def test_a_checkpoint_state_naming_files_outside_its_dir_is_refused(trained_run,
 
 def test_an_unreachable_tracking_server_is_one_line_at_once():
     from cvae.errors import ConfigError
-    from cvae.run.loggers import MLFlowLogger
+    from cvae.loggers.trackers import MLFlowLogger
 
     with pytest.raises(ConfigError, match=r"logger.mlflow.tracking_uri=http://127.0.0.1:9 does not answer"):
         MLFlowLogger("outputs/x", tracking_uri="http://127.0.0.1:9")

@@ -102,7 +102,7 @@ def logs_images_now(trainer: pl.Trainer) -> bool:
 
 
 # TensorBoard's Time Series opens the first two groups of its tags, sorted by name: the pictures go in a group that
-# sorts after train/ and val/, whose -ELBO curves it opens on (cvae/run/tensorboard_logger.py)
+# sorts after train/ and val/, whose -ELBO curves it opens on (cvae/loggers/tensorboard.py)
 TENSORBOARD_PICTURES = "visuals/"
 
 

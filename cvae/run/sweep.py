@@ -23,11 +23,9 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
 from cvae.files import read_json, write_bytes_atomic
+from cvae.loggers import FINAL_METRICS
 
 SUMMARY_FILE, MARKDOWN_FILE, PLOT_FILE = "summary.csv", "summary.md", "summary.png"
-# the headline metrics of a run, in this order: the sweep's columns and plots, the loggers' final metrics
-# (cvae.run.hparams); those a member has
-FINAL_METRICS = ("val/nelbo", "test/nelbo", "val/fid", "test/fid", "val/label_acc", "test/label_acc")
 
 
 def member_dirs(sweep_dir: Path) -> list[Path]:

@@ -25,12 +25,12 @@ from cvae.callbacks.record import RunRecord
 from cvae.callbacks.safety import CheckpointOnInterrupt, StopOnDivergence
 from cvae.callbacks.signals import StopTogether
 from cvae.files import confined_to, read_json, write_json_atomic
+from cvae.loggers.hparams import log_final
+from cvae.loggers.trackers import wandb_run_closed
 from cvae.model.checkpoint import AtomicCheckpointIO, build_module
 from cvae.run.console import announce_run_dir, list_results, silence_library_noise
 from cvae.run.devices import member_devices
-from cvae.run.hparams import log_final
 from cvae.run.launch import JOB_CONFIG_VARIABLE, launch_local_ranks
-from cvae.run.loggers import wandb_run_closed
 from cvae.run.resume import FINISHED, check_resumable, check_same_run, launch_decision, record_resume, training_settings
 from cvae.run.rundir import check_task_writes
 from cvae.trust import instantiate, instantiate_group

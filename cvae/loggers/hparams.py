@@ -25,8 +25,8 @@ from tensorboard.plugins.hparams.plugin_data_pb2 import HParamsPluginData
 from torch.utils.tensorboard.summary import hparams as hparams_summaries
 from torch.utils.tensorboard.writer import SummaryWriter
 
-from cvae.run.sweep import FINAL_METRICS
-from cvae.run.tensorboard_logger import tensorboard_tag
+from cvae.loggers import FINAL_METRICS
+from cvae.loggers.tensorboard import tensorboard_tag
 
 KNOB_KEYS = ("latent_dim", "batch_size", "lr", "seed", "model", "data", "trainer")
 # a value that is nothing but a reference to another key, e.g. ${batch_size}: a copy, not a knob

@@ -8,7 +8,7 @@ the tag up to its first `/`). So that these are train/ and val/ with the -ELBO c
 - the rest of validation in a group after val/: `validation/` (FID and label accuracy, overall and per digit;
   active units and the KL per latent dimension). Only TensorBoard's names move; metrics.json, the CSV, MLflow and
   W&B keep the metric names;
-- hparams.yaml holds the run's knobs (cvae/run/hparams.py gives them at the end of the run), never `{}`:
+- hparams.yaml holds the run's knobs (cvae/loggers/hparams.py gives them at the end of the run), never `{}`:
   Lightning writes the file at its first save, which comes before any hyperparameters here.
 """
 
