@@ -13,10 +13,6 @@ def positive_int(value) -> bool:
     return isinstance(value, int) and not isinstance(value, bool) and value > 0
 
 
-def positive_number(value) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0
-
-
 def check_choice(value, choices: tuple[str, ...], key: str) -> str:
     if value not in choices:
         raise ConfigError(f"{key}={value!r} is unknown; choose one of {', '.join(map(str, choices))}")
