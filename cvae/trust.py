@@ -51,7 +51,7 @@ USER_TARGETS = tuple(
 # what Hydra builds itself (hydra.callbacks, hydra/launcher, hydra/sweeper and its sampler), by full name: Hydra
 # checks each name as it builds it, and cannot tell a class from a method, so no pattern here but the user's own
 HYDRA_TARGETS = [
-    *("cvae.run.resolvers.Resolvers", "cvae.run.sweep.SweepSummary", "cvae.run.rundir.RunDirCheck"),
+    *("cvae.run.resolvers.Resolvers", "cvae.run.sweep.SweepSummary", "cvae.run.cli.RunDirCheck"),
     *(f"hydra_plugins.hydra_submitit_launcher.submitit_launcher.{kind}" for kind in ("SlurmLauncher", "LocalLauncher")),
     "hydra_plugins.hydra_joblib_launcher.joblib_launcher.JoblibLauncher",
     "hydra_plugins.hydra_optuna_sweeper.optuna_sweeper.OptunaSweeper",

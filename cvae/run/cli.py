@@ -1,5 +1,6 @@
-"""What train.py and evaluate.py share around their work: config checks before anything starts, the run dir
-claimed for this run alone, and bad input reported as one line ("error: <what was wrong and how to fix it>") with
+"""What train.py and evaluate.py share around their work: the launch's checks before Hydra writes anything
+(RunDirCheck: the trust boundary's and the run-dir boundary's checks, the schema), the run dir claimed for this
+run alone, and bad input reported as one line ("error: <what was wrong and how to fix it>") with
 exit status 1, not a traceback; Ctrl-C and SIGTERM end with 130 and 143.
 
 No torch or Lightning at module level: Hydra's RunDirCheck runs check_launch when the launch starts, before the
@@ -12,16 +13,22 @@ import logging
 import os
 import signal
 import sys
+import traceback
 from collections.abc import Callable
+from pathlib import Path
 
 from hydra.core.hydra_config import HydraConfig
+from hydra.experimental.callback import Callback
 from hydra.types import RunMode
 from hydra.utils import to_absolute_path
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict, read_write
+from omegaconf.errors import OmegaConfBaseException
 
-from cvae.errors import ConfigError, UsageError
+from cvae.errors import ConfigError, RunDirError, UsageError
+from cvae.run.resolvers import launched_rank
+from cvae.run.rundir import check_hydra_writes, check_output_dir, check_subdir, claim, may_sweep, may_write
 from cvae.run.schema import check_added_keys, check_typed_digits, check_values
-from cvae.trust import check_config_file
+from cvae.trust import check_config_file, first_line
 
 log = logging.getLogger(__name__)
 STOPPING_SIGNALS = (signal.SIGINT, signal.SIGTERM)
@@ -144,3 +151,95 @@ def stop(signum: int, cause: BaseException) -> None:
     saved = f"; {notes[-1]}" if notes else ""  # CheckpointOnInterrupt notes where it saved the run
     print(f"error: stopped by {name}{saved}", file=sys.stderr, flush=True)
     sys.exit(128 + signum)
+
+
+class RunDirCheck(Callback):
+    """Hydra callback, before Hydra writes anything: the launch's config is checked (a refused launch leaves
+    nothing behind), then the dir is created (or said in one line why not), claimed by a lock for this process
+    alone, and written only as `may_write` allows. A later launch keeps the first launch's .hydra/ and puts its
+    own config and overrides in .hydra/launch<n>/, so the run dir keeps every launch's overrides."""
+
+    def on_run_start(self, config: DictConfig, **kwargs) -> None:
+        directory = Path(config.hydra.run.dir)
+        try:
+            check_launch(config, single_run=True)
+            check_output_dir(config)
+            check_hydra_writes(config, directory)
+            if launched_rank() != 0:  # torchrun's or srun's other ranks of rank 0's run: they write nothing here
+                self.create(directory, "hydra.run.dir")
+                return
+            may_write(config, directory)  # a refusal writes nothing, not even the lock
+            self.create(directory, "hydra.run.dir")
+            self.lock = claim(directory)
+            may_write(config, directory)  # again, now that no other launch can change the dir
+            keep_history(config, directory)
+        except (UsageError, OmegaConfBaseException) as error:  # Hydra would only warn of an exception here
+            refuse(error)
+
+    def on_multirun_start(self, config: DictConfig, **kwargs) -> None:
+        """Before the sweeper writes multirun.yaml (and SweepSummary, listed after this, its table): the sweep dir
+        is claimed, new, and its members' dirs inside it. (Each member's values are checked as it starts.)"""
+        directory = Path(config.hydra.sweep.dir)
+        try:
+            check_launch(config, single_run=False)
+            check_output_dir(config)
+            check_subdir(config)
+            check_hydra_writes(config, directory / "member")  # each member's dir lies in the sweep dir
+            may_sweep(config, directory)
+            self.create(directory, "hydra.sweep.dir")
+            self.lock = claim(directory, "hydra.sweep.dir")
+            may_sweep(config, directory)
+        except (UsageError, OmegaConfBaseException) as error:
+            refuse(error)
+
+    def on_job_start(self, config: DictConfig, **kwargs) -> None:
+        """A sweep member's dir, as a single run's: locked for this member alone and written only as `may_write`
+        allows (in a new sweep dir that is "new"; the lock keeps a second launcher off it)."""
+        if not in_multirun() or launched_rank() != 0:
+            return
+        directory = Path(config.hydra.runtime.output_dir)
+        try:
+            self.member_lock = claim(directory)
+            may_write(config, directory)
+        except UsageError as error:
+            log.error(str(error))
+            raise
+
+    def on_job_end(self, config: DictConfig, **kwargs) -> None:
+        member_lock = getattr(self, "member_lock", None)
+        if member_lock is not None:
+            os.close(member_lock)  # the next member of this process takes its own
+            self.member_lock = None
+
+    @staticmethod
+    def create(directory: Path, key: str) -> None:
+        try:
+            directory.mkdir(parents=True, exist_ok=True)
+        except OSError as error:
+            raise RunDirError(
+                f"{key}={directory} cannot be created ({error.strerror}); choose a writable folder"
+            ) from None
+
+
+def refuse(error: Exception) -> None:
+    """One line and exit 1, from a Hydra callback (SystemExit: Hydra turns an exception there into a warning)."""
+    if os.environ.get("HYDRA_FULL_ERROR") == "1":
+        traceback.print_exception(error)
+    if isinstance(error, OmegaConfBaseException):
+        error = ConfigError(f"the config cannot be resolved ({first_line(error)}); fix or remove that value")
+    print(f"error: {error}", file=sys.stderr)
+    sys.exit(1)
+
+
+def keep_history(config: DictConfig, directory: Path) -> None:
+    """When the dir holds an earlier launch's .hydra/ (this launch resumes it, or it left no results), point
+    Hydra's output_subdir at .hydra/launch<n>/ for this launch (n = 2, 3, ...): the first launch's config and
+    overrides stay in .hydra/, each later one's beside them."""
+    subdir = config.hydra.output_subdir
+    if subdir is None or not (directory / subdir).exists():
+        return
+    launch = 2
+    while (directory / subdir / f"launch{launch}").exists():
+        launch += 1
+    with read_write(config.hydra), open_dict(config.hydra):
+        config.hydra.output_subdir = f"{subdir}/launch{launch}"

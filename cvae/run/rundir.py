@@ -1,32 +1,27 @@
 """The run-dir boundary: a run writes only inside its own run dir, and never replaces what it did not write.
 
 - **Where:** every path a run will write is checked before the writing starts: Hydra's own files (its log
-  files, `output_subdir`) when the launch starts (RunDirCheck), every write destination of the task's config
-  (`dirpath`, `save_dir`, ... : WRITE_KEYS) when the task starts (check_task_writes); and while the task runs, the
-  writers themselves refuse a path outside it (cvae.files.confined_to).
+  files, `output_subdir`) when the launch starts (cvae.run.cli.RunDirCheck), every write destination of the
+  task's config (`dirpath`, `save_dir`, ... : WRITE_KEYS) when the task starts (check_task_writes); and while the
+  task runs, the writers themselves refuse a path outside it (cvae.files.confined_to).
 - **What is there:** a run dir is used only if it is new (empty, or an earlier launch of ours that failed before
   it had results) or holds the run this launch resumes; a sweep dir only if new (or, with
   resume.auto, the same sweep run again). No symbolic link where a run writes.
 - **Who:** a lock (flock) claims the dir for one process.
 
-Torch-free: Hydra builds RunDirCheck at start-up, before anything heavy is imported."""
+Torch-free: Hydra's RunDirCheck (cvae/run/cli.py), built at start-up, calls these before anything heavy is
+imported."""
 
 import fcntl
 import logging
 import os
 import stat
-import sys
-import traceback
 from pathlib import Path
 
-from hydra.experimental.callback import Callback
-from omegaconf import DictConfig, OmegaConf, open_dict, read_write
-from omegaconf.errors import OmegaConfBaseException
+from omegaconf import DictConfig, OmegaConf
 
-from cvae.errors import ConfigError, RunDirError, UsageError
-from cvae.run.cli import check_launch, in_multirun
-from cvae.run.resolvers import launched_rank
-from cvae.trust import first_line, leaves
+from cvae.errors import ConfigError, RunDirError
+from cvae.trust import leaves
 
 log = logging.getLogger(__name__)
 # where Hydra puts a run (conf/paths/default.yaml): another paths.output_dir would bypass the run dir's guard
@@ -75,84 +70,6 @@ def check_hydra_writes(config: DictConfig, member_dir: Path) -> None:
                 f"{key}={path} lies outside the run's dir {member_dir}: Hydra's files of a run stay in its dir; "
                 f"leave {key} at its default"
             )
-
-
-class RunDirCheck(Callback):
-    """Hydra callback, before Hydra writes anything: the launch's config is checked (a refused launch leaves
-    nothing behind), then the dir is created (or said in one line why not), claimed by a lock for this process
-    alone, and written only as `may_write` allows. A later launch keeps the first launch's .hydra/ and puts its
-    own config and overrides in .hydra/launch<n>/, so the run dir keeps every launch's overrides."""
-
-    def on_run_start(self, config: DictConfig, **kwargs) -> None:
-        directory = Path(config.hydra.run.dir)
-        try:
-            check_launch(config, single_run=True)
-            check_output_dir(config)
-            check_hydra_writes(config, directory)
-            if launched_rank() != 0:  # torchrun's or srun's other ranks of rank 0's run: they write nothing here
-                self.create(directory, "hydra.run.dir")
-                return
-            may_write(config, directory)  # a refusal writes nothing, not even the lock
-            self.create(directory, "hydra.run.dir")
-            self.lock = claim(directory)
-            may_write(config, directory)  # again, now that no other launch can change the dir
-            keep_history(config, directory)
-        except (UsageError, OmegaConfBaseException) as error:  # Hydra would only warn of an exception here
-            refuse(error)
-
-    def on_multirun_start(self, config: DictConfig, **kwargs) -> None:
-        """Before the sweeper writes multirun.yaml (and SweepSummary, listed after this, its table): the sweep dir
-        is claimed, new, and its members' dirs inside it. (Each member's values are checked as it starts.)"""
-        directory = Path(config.hydra.sweep.dir)
-        try:
-            check_launch(config, single_run=False)
-            check_output_dir(config)
-            check_subdir(config)
-            check_hydra_writes(config, directory / "member")  # each member's dir lies in the sweep dir
-            may_sweep(config, directory)
-            self.create(directory, "hydra.sweep.dir")
-            self.lock = claim(directory, "hydra.sweep.dir")
-            may_sweep(config, directory)
-        except (UsageError, OmegaConfBaseException) as error:
-            refuse(error)
-
-    def on_job_start(self, config: DictConfig, **kwargs) -> None:
-        """A sweep member's dir, as a single run's: locked for this member alone and written only as `may_write`
-        allows (in a new sweep dir that is "new"; the lock keeps a second launcher off it)."""
-        if not in_multirun() or launched_rank() != 0:
-            return
-        directory = Path(config.hydra.runtime.output_dir)
-        try:
-            self.member_lock = claim(directory)
-            may_write(config, directory)
-        except UsageError as error:
-            log.error(str(error))
-            raise
-
-    def on_job_end(self, config: DictConfig, **kwargs) -> None:
-        member_lock = getattr(self, "member_lock", None)
-        if member_lock is not None:
-            os.close(member_lock)  # the next member of this process takes its own
-            self.member_lock = None
-
-    @staticmethod
-    def create(directory: Path, key: str) -> None:
-        try:
-            directory.mkdir(parents=True, exist_ok=True)
-        except OSError as error:
-            raise RunDirError(
-                f"{key}={directory} cannot be created ({error.strerror}); choose a writable folder"
-            ) from None
-
-
-def refuse(error: Exception) -> None:
-    """One line and exit 1, from a Hydra callback (SystemExit: Hydra turns an exception there into a warning)."""
-    if os.environ.get("HYDRA_FULL_ERROR") == "1":
-        traceback.print_exception(error)
-    if isinstance(error, OmegaConfBaseException):
-        error = ConfigError(f"the config cannot be resolved ({first_line(error)}); fix or remove that value")
-    print(f"error: {error}", file=sys.stderr)
-    sys.exit(1)
 
 
 def may_write(config: DictConfig, directory: Path) -> str:
@@ -321,17 +238,3 @@ def resume_hint(config: DictConfig, directory: Path) -> str:
     if config.get("task_name") in RESUMABLE_TASKS and last.is_file():
         return f", or resume that run with ckpt_path={last}"
     return ""
-
-
-def keep_history(config: DictConfig, directory: Path) -> None:
-    """When the dir holds an earlier launch's .hydra/ (this launch resumes it, or it left no results), point
-    Hydra's output_subdir at .hydra/launch<n>/ for this launch (n = 2, 3, ...): the first launch's config and
-    overrides stay in .hydra/, each later one's beside them."""
-    subdir = config.hydra.output_subdir
-    if subdir is None or not (directory / subdir).exists():
-        return
-    launch = 2
-    while (directory / subdir / f"launch{launch}").exists():
-        launch += 1
-    with read_write(config.hydra), open_dict(config.hydra):
-        config.hydra.output_subdir = f"{subdir}/launch{launch}"
