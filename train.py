@@ -7,9 +7,10 @@ import hydra
 from omegaconf import DictConfig
 
 from cvae.run.cli import environment_from_where_typed, run_task
-from cvae.trust import HYDRA_TARGETS
+from cvae.trust import HYDRA_TARGETS, import_no_code_from_run_dirs
 
 environment_from_where_typed()
+import_no_code_from_run_dirs()  # a run dir is data: no pkg:// search path or planted module imports from it
 os.environ.setdefault("PROJECT_ROOT", str(Path(__file__).resolve().parent))
 
 

@@ -22,12 +22,16 @@ Torch-free: the entry points run check_config_file before they import torch.
 """
 
 import fnmatch
+import functools
+import importlib.machinery
 import importlib.util
 import inspect
 import os
 import re
+import sys
+from pathlib import Path
 
-from hydra.errors import InstantiationException
+from hydra.errors import CompactHydraException, InstantiationException
 from hydra.utils import get_object
 from hydra.utils import instantiate as hydra_instantiate
 from omegaconf import DictConfig, OmegaConf
@@ -260,3 +264,36 @@ def leaves(node, prefix: str = ""):
             yield from leaves(value, f"{prefix}{name}.")
         else:
             yield f"{prefix}{name}", value
+
+
+class RunDirImport(ImportError, CompactHydraException):
+    """Compact: Hydra, which imports a `pkg://` search path as it composes, reports it in one line."""
+
+
+class NoCodeFromRunDirs:
+    """A finder first on sys.meta_path that refuses a module whose file lies in a run or sweep dir (a folder holding
+    .hydra/ or multirun.yaml, or below one), whoever names it: a `pkg://` search path, a `cvae/__init__.py` planted
+    where a process starts. It finds nothing itself: the regular finders import what it lets through."""
+
+    def find_spec(self, name: str, path=None, target=None):
+        spec = importlib.machinery.PathFinder.find_spec(name, path)
+        folders = [] if spec is None else list(spec.submodule_search_locations or [])
+        if spec is not None and spec.has_location and spec.origin:
+            folders.append(os.path.dirname(spec.origin))
+        for folder in folders:
+            if in_run_dir(os.path.realpath(folder)):
+                raise RunDirImport(f"error: {name} lies in a run dir ({folder}): a run dir is data, never imported")
+        return None
+
+
+@functools.lru_cache(maxsize=4096)
+def in_run_dir(folder: str) -> bool:
+    if (Path(folder) / ".hydra").is_dir() or (Path(folder) / "multirun.yaml").is_file():
+        return True
+    parent = os.path.dirname(folder)
+    return parent != folder and in_run_dir(parent)
+
+
+def import_no_code_from_run_dirs() -> None:
+    if not any(isinstance(finder, NoCodeFromRunDirs) for finder in sys.meta_path):
+        sys.meta_path.insert(0, NoCodeFromRunDirs())

@@ -4,13 +4,15 @@ a target. Each route below plants the same function of the project (`cvae.files.
 package before this rule) that would write a file; the file never appears."""
 
 import json
+import os
+import shutil
 
 import pytest
 from omegaconf import OmegaConf
 
 from cvae.errors import ConfigError
 from cvae.trust import instantiate, instantiate_group
-from tests.conftest import QUICK_RUN, compose_config
+from tests.conftest import QUICK_RUN, ROOT, compose_config
 from tests.test_run_dirs import one_error_line
 from tests.test_train import run_script
 
@@ -71,3 +73,29 @@ def test_a_resolver_hiding_a_function_in_an_experiment_file_is_one_line_and_writ
     )
     assert f"{WRITER} is not a class" in one_error_line(result)
     assert not planted.exists(), "the planted function ran"
+
+
+@pytest.mark.parametrize("route", ["override", "primary_config"])
+def test_no_code_is_imported_from_a_run_dir(route, tmp_path):
+    """A search path naming a run dir as a package (pkg://outputs.<run>): Hydra imports its __init__.py while it
+    composes the config, before any check of the config could run. A run dir is data: no code is imported from it
+    (cvae.trust.NoCodeFromRunDirs, first on sys.meta_path in the entry points)."""
+    name = f"planted_{route}_{os.getpid()}"
+    planted, marker = ROOT / "outputs" / name, tmp_path / "imported"
+    (planted / ".hydra").mkdir(parents=True)
+    (planted / "__init__.py").write_text(f"open({str(marker)!r}, 'w').close()\n")
+    search = f"hydra.searchpath=[pkg://outputs.{name}]"
+    if route == "override":
+        args = [search]
+    else:
+        primary = tmp_path / "configs" / "primary.yaml"
+        primary.parent.mkdir()
+        primary.write_text(f"defaults:\n  - train\n  - _self_\nhydra:\n  searchpath: [pkg://outputs.{name}]\n")
+        args = ["--config-dir", str(primary.parent), "--config-name", "primary"]
+    try:
+        result = run_script("train.py", *args, f"hydra.run.dir={tmp_path / 'run'}")
+    finally:
+        shutil.rmtree(planted)
+    assert not marker.exists(), "code was imported from a run dir"
+    assert f"outputs.{name} lies in a run dir" in one_error_line(result)
+    assert not (tmp_path / "run").exists()

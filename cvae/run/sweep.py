@@ -15,6 +15,7 @@ import csv
 import io
 import itertools
 import sys
+import time
 from pathlib import Path
 
 from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
@@ -191,19 +192,21 @@ class SweepSummary(Callback):
 
     def __init__(self):
         self.sweep_dir: Path | None = None
+        self.started = 0.0
 
     def on_multirun_start(self, config: DictConfig, **kwargs) -> None:
-        self.sweep_dir = Path(config.hydra.sweep.dir)
+        self.sweep_dir, self.started = Path(config.hydra.sweep.dir), time.time()
         # When a member fails, Hydra's sweeper re-raises its error and skips on_multirun_end: the table, failed
         # members in it, is then written as the process exits.
         atexit.register(self.summarize_once)
 
     def on_multirun_end(self, config: DictConfig, **kwargs) -> None:
-        """The summary, then one line and exit status 1 if a member failed (each said its own line as it ended)."""
+        """The summary, then one line and exit status 1 if a member this launch ran failed (each said its own line
+        as it ended; a member an earlier, killed launch left unfinished is in the table, but not this launch's)."""
         sweep_dir = self.sweep_dir
         self.summarize_once()
         rows = summary_table(sweep_dir)[1] if sweep_dir else []
-        failed = [row["member"] for row in rows if row["status"] == "failed"]
+        failed = [row["member"] for row in rows if row["status"] == "failed" and self.ran(sweep_dir / row["member"])]
         if failed:
             summary = sweep_dir / MARKDOWN_FILE
             print(
@@ -211,6 +214,11 @@ class SweepSummary(Callback):
                 file=sys.stderr,
             )
             sys.exit(1)
+
+    def ran(self, member: Path) -> bool:
+        """Whether this launch ran the member (Hydra wrote its record after the launch started)."""
+        record = member / ".hydra"
+        return record.is_dir() and record.stat().st_mtime >= self.started
 
     def summarize_once(self) -> None:
         sweep_dir, self.sweep_dir = self.sweep_dir, None
