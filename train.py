@@ -1,6 +1,7 @@
 """Train the conditional VAE: python train.py [key=value ...] [-m for sweeps]. See conf/train.yaml."""
 
 import os
+import sys
 from pathlib import Path
 
 import hydra
@@ -26,3 +27,6 @@ def main(cfg: DictConfig) -> float:
 
 if __name__ == "__main__":
     main()
+    from cvae.run.sweep import FAILED_SWEEPS
+
+    sys.exit(1 if FAILED_SWEEPS else 0)  # a sweep a member of which failed (each said its line; Hydra went on)

@@ -187,6 +187,9 @@ def plot_metric(ax, rows: list[dict], metric: str, knob: str, others: list[str])
         ax.legend(fontsize="small")
 
 
+FAILED_SWEEPS: list[Path] = []  # sweeps of this process a member of which failed: train.py then exits with 1
+
+
 class SweepSummary(Callback):
     """Hydra callback: the summary of a multirun once its members are done, failed members included."""
 
@@ -201,8 +204,8 @@ class SweepSummary(Callback):
         atexit.register(self.summarize_once)
 
     def on_multirun_end(self, config: DictConfig, **kwargs) -> None:
-        """The summary, then one line and exit status 1 if a member this launch ran failed (each said its own line
-        as it ended; a member an earlier, killed launch left unfinished is in the table, but not this launch's)."""
+        """The summary, then one line if a member this launch ran failed (each said its own line as it ended; a member
+        an earlier, killed launch left unfinished is in the table, but not this launch's)."""
         sweep_dir = self.sweep_dir
         self.summarize_once()
         rows = summary_table(sweep_dir)[1] if sweep_dir else []
@@ -213,7 +216,7 @@ class SweepSummary(Callback):
                 f"error: {len(failed)} of {len(rows)} sweep members failed ({', '.join(failed)}); see {summary}",
                 file=sys.stderr,
             )
-            sys.exit(1)
+            FAILED_SWEEPS.append(sweep_dir)  # the entry point exits with 1 (here it would hide Hydra's own report)
 
     def ran(self, member: Path) -> bool:
         """Whether this launch ran the member (Hydra wrote its record after the launch started)."""
