@@ -137,3 +137,14 @@ def test_evaluate_writes_nothing_into_another_dir_it_is_pointed_at(trained_run, 
     with pytest.raises(RunDirError, match="lies outside this run's dir"):
         evaluate(cfg)
     assert snapshot(other_run) == before
+
+
+def test_a_destination_no_config_check_knows_is_refused_by_the_writer(other_run, tmp_path, data_dir):
+    """ModelCheckpoint's `filename` with `../` in it: no write key, so no check before the run names it; the
+    checkpoint writer (atomic_path) refuses it when the first checkpoint is saved, and the other run is untouched."""
+    before = snapshot(other_run)
+    escape = os.path.relpath(other_run / "checkpoints" / "best", tmp_path / "run" / "checkpoints")
+    overrides = [*QUICK_RUN, f"data.data_dir={data_dir}", f"callbacks.model_checkpoint.filename={escape}"]
+    with pytest.raises(StorageError, match="lies outside this run's dir"):
+        train(compose_config("train", overrides, tmp_path / "run"))
+    assert snapshot(other_run) == before
