@@ -35,11 +35,16 @@ def confined_to(root: str | Path) -> Iterator[None]:
         WRITE_ROOT.reset(token)
 
 
+def inside(path: str | Path, directory: str | Path) -> bool:
+    """Whether `path` lies in `directory` once every symbolic link and `..` is followed (relative: to the cwd)."""
+    return Path(os.path.realpath(path)).is_relative_to(os.path.realpath(directory))
+
+
 def may_write(path: Path) -> bool:
     """Whether this context may write `path`: anywhere outside a run; inside a run, only inside its dir once every
     link is followed, and never through a link itself."""
     root = WRITE_ROOT.get()
-    return root is None or (not path.is_symlink() and Path(os.path.realpath(path)).is_relative_to(root))
+    return root is None or (not path.is_symlink() and inside(path, root))
 
 
 def check_inside_run_dir(path: Path) -> None:

@@ -43,7 +43,7 @@ def check_resumable(path: str | Path, cfg: DictConfig) -> dict[str, dict]:
     if not isinstance(recorded, dict) or not isinstance(recorded.get("settings"), dict):
         return {}  # written before runs recorded their settings: only the network can be compared
     saved, asked = recorded["settings"], training_settings(cfg)
-    changed = [key for key in sorted({**saved, **asked}) if saved.get(key, "<unset>") != asked.get(key, "<unset>")]
+    changed = changed_settings(saved, asked)
     if changed and not OmegaConf.select(cfg, "resume.allow_changes", default=False):
         raise CheckpointError(
             f"{path} is of a run with {describe(saved, changed)} but this launch asks for "
@@ -53,26 +53,27 @@ def check_resumable(path: str | Path, cfg: DictConfig) -> dict[str, dict]:
     return {key: {"checkpoint": saved.get(key), "now": asked.get(key)} for key in changed}
 
 
+def changed_settings(saved: dict, asked: dict) -> list[str]:
+    return [key for key in sorted({**saved, **asked}) if saved.get(key, "<unset>") != asked.get(key, "<unset>")]
+
+
 def describe(settings: dict, keys: list[str]) -> str:
     return ", ".join(f"{key}={settings.get(key, '<unset>')}" for key in keys)
 
 
-def training_settings(cfg: DictConfig) -> dict:
-    """Every resolved setting that changes what is trained, by dotted key (NOT_TRAINING left out)."""
+def training_settings(node: DictConfig | dict, prefix: str = "") -> dict:
+    """Every setting that changes what is trained, by dotted key (NOT_TRAINING left out): a config's values
+    resolved, or a record's (a plain dict read from .hydra/) as written."""
     settings = {}
-
-    def visit(node: DictConfig, prefix: str) -> None:
-        for key in node:
-            dotted = f"{prefix}{key}"
-            if dotted in NOT_TRAINING:
-                continue
-            value = node[key]
-            if isinstance(value, DictConfig):
-                visit(value, f"{dotted}.")
-            else:
-                settings[dotted] = OmegaConf.to_container(value, resolve=True) if OmegaConf.is_list(value) else value
-
-    visit(cfg, "")
+    for key in node:
+        dotted = f"{prefix}{key}"
+        if dotted in NOT_TRAINING:
+            continue
+        value = node[key]
+        if isinstance(value, DictConfig | dict):
+            settings.update(training_settings(value, f"{dotted}."))
+        else:
+            settings[dotted] = OmegaConf.to_container(value, resolve=True) if OmegaConf.is_list(value) else value
     return settings
 
 
@@ -84,24 +85,6 @@ def recorded_config(directory: Path) -> dict | None:
     return OmegaConf.to_container(OmegaConf.load(record), resolve=False) if record.is_file() else None
 
 
-def written_settings(config: dict) -> dict:
-    """Every setting of a config as written (interpolations unresolved), by dotted key, NOT_TRAINING left out."""
-    settings = {}
-
-    def visit(node: dict, prefix: str) -> None:
-        for key, value in node.items():
-            dotted = f"{prefix}{key}"
-            if dotted in NOT_TRAINING:
-                continue
-            if isinstance(value, dict):
-                visit(value, f"{dotted}.")
-            else:
-                settings[dotted] = value
-
-    visit(config, "")
-    return settings
-
-
 def check_same_run(directory: Path, cfg: DictConfig) -> None:
     """A finished run without a checkpoint is kept only for a launch of its own settings (its .hydra/ record; with
     a checkpoint, check_resumable compares the checkpoint's)."""
@@ -111,8 +94,8 @@ def check_same_run(directory: Path, cfg: DictConfig) -> None:
             f"{directory} holds a finished run with neither a checkpoint nor a .hydra/ record of its settings; "
             f"choose a new dir"
         )
-    saved, asked = written_settings(recorded), written_settings(OmegaConf.to_container(cfg, resolve=False))
-    changed = [key for key in sorted({**saved, **asked}) if saved.get(key, "<unset>") != asked.get(key, "<unset>")]
+    saved, asked = training_settings(recorded), training_settings(OmegaConf.to_container(cfg, resolve=False))
+    changed = changed_settings(saved, asked)
     if changed:
         raise CheckpointError(
             f"{directory} holds a finished run with {describe(saved, changed)} but this launch asks for "

@@ -13,7 +13,6 @@ Torch-free: Hydra's RunDirCheck (cvae/run/cli.py), built at start-up, calls thes
 imported."""
 
 import fcntl
-import logging
 import os
 import stat
 from pathlib import Path
@@ -21,9 +20,9 @@ from pathlib import Path
 from omegaconf import DictConfig, OmegaConf
 
 from cvae.errors import ConfigError, RunDirError
+from cvae.files import inside
 from cvae.trust import leaves
 
-log = logging.getLogger(__name__)
 # where Hydra puts a run (conf/paths/default.yaml): another paths.output_dir would bypass the run dir's guard
 OUTPUT_DIR = "${hydra:runtime.output_dir}"
 # What a run leaves in its dir: a dir holding any of these is an earlier run's, which only a resume may use
@@ -35,11 +34,6 @@ RESUMABLE_TASKS = ("train",)  # evaluate.py has no resume: its runs never share 
 # the keys of a config that name where its object writes (Lightning's ModelCheckpoint, loggers, Trainer; the
 # project's loggers): whatever the object, such a path lies inside the run dir
 WRITE_KEYS = ("dirpath", "save_dir", "default_root_dir", "log_dir", "run_dir", "output_dir")
-
-
-def inside(path: str | Path, directory: str | Path) -> bool:
-    """Whether `path` lies in `directory` once every symbolic link and `..` is followed (relative: to the cwd)."""
-    return Path(os.path.realpath(path)).is_relative_to(os.path.realpath(directory))
 
 
 def check_task_writes(cfg: DictConfig, output_dir: str | Path) -> None:

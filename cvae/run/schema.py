@@ -21,7 +21,7 @@ from omegaconf.errors import OmegaConfBaseException
 from cvae.errors import ConfigError
 from cvae.explore import IMAGE_SET_SUFFIXES, SCORES
 from cvae.metrics import FEATURE_EXTRACTORS
-from cvae.trust import leaves
+from cvae.trust import first_line, leaves
 from cvae.validate import (
     MAX_IMAGES,
     MAX_SAMPLES,
@@ -259,7 +259,3 @@ def check_typed_digits(config: DictConfig) -> None:
         key, _, value = override.lstrip("+~").partition("=")
         if key in ("digits", "digit") and value and value != "null":
             (parse_digits if key == "digits" else parse_digit)(value.strip("'\""), key)
-
-
-def first_line(error: Exception) -> str:
-    return str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
