@@ -94,10 +94,10 @@ def read_recipes(text: str) -> dict[str, Recipe]:
 
 RECIPE_STEPS = read_recipes(DOC.read_text())
 NEW_FILES = sorted(path for recipe in RECIPE_STEPS.values() for path in recipe.files)
-# the network recipe's model config, e.g. conf/model/tiny.yaml: the name its command selects, its net config
-MODEL_FILE = next(path for path in RECIPE_STEPS["A network"].files if path.startswith("conf/model/"))
-MODEL = Path(MODEL_FILE).stem
-NET_CONFIG = yaml.safe_load(RECIPE_STEPS["A network"].files[MODEL_FILE])["net"]
+# the network recipe's config, e.g. conf/net/tiny.yaml: the name its command selects, the net config it holds
+NET_CONFIG_FILE = next(path for path in RECIPE_STEPS["A network"].files if path.startswith("conf/net/"))
+MODEL = Path(NET_CONFIG_FILE).stem
+NET_CONFIG = yaml.safe_load(RECIPE_STEPS["A network"].files[NET_CONFIG_FILE])
 NET_FILE = NET_CONFIG["_target_"].rsplit(".", 1)[0].replace(".", "/") + ".py"
 
 
@@ -237,7 +237,7 @@ def test_the_doc_gives_each_recipe_as_new_files_and_a_command():
         assert recipe.files and recipe.command, title
     assert len(NEW_FILES) == len(set(NEW_FILES))
     assert NET_FILE in RECIPE_STEPS["A network"].files
-    assert f"model={MODEL}" in NETWORK
+    assert f"net={MODEL}" in NETWORK
 
 
 @pytest.mark.parametrize("title", RECIPES)

@@ -430,7 +430,7 @@ def test_a_rejected_value_imports_neither_torch_nor_lightning(tmp_path):
         (["data.loader=foo"], "error: data.loader='foo' is unknown"),
         (["trainer.devices=-1"], "`devices` selected with `CPUAccelerator` should be an int > 0"),
         (["trainer.devices=[0]"], "`devices` selected with `CPUAccelerator` should be an int > 0"),
-        (["model=conv", "model.net.channels=[0,16]"], "error: model.net.channels=[0, 16] is not allowed"),
+        (["net=conv", "model.net.channels=[0,16]"], "error: model.net.channels=[0, 16] is not allowed"),
         (["model.net.hidden_dims=[60000,60000]"], "parameters (29.2 GB), beyond"),
         (["model.beta=inf"], "error: model.beta=inf is not allowed"),
         (["model.free_bits=nan"], "error: model.free_bits=nan is not allowed"),
