@@ -40,7 +40,6 @@ class Generator:
         """Posterior means E[z | x, y] of images (uint8 or [0, 1]): (N, latent_dim)."""
         return posterior_means(self.model, images, labels)
 
-    @torch.no_grad()
     def reconstruct(self, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         """Images decoded at their posterior means: (N, 1, 28, 28)."""
         z = self.encode(images, labels)

@@ -59,10 +59,9 @@ def atomic_path(path: str | Path, directory: bool = False) -> Iterator[Path]:
         if directory and path.exists():  # never deleted to make room: it may hold what the run did not write
             raise StorageError(f"{path} already exists; a folder is never written over: move it or choose a new dir")
         os.replace(temporary, path)
-    except OSError as error:
-        if isinstance(error, StorageError):
-            raise
-        # a full disk or an unwritable folder is the user's to fix: one line, and nothing half-written left
+    except StorageError:
+        raise
+    except OSError as error:  # a full disk or an unwritable folder is the user's to fix: one line, nothing left
         raise StorageError(
             f"{path} could not be written ({error.strerror or error}); free space there or choose a writable folder"
         ) from error

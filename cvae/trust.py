@@ -120,9 +120,8 @@ def untrusted(what: str) -> ConfigError:
 
 
 def plain(values, what: str):
-    """The values if they are plain (strings, numbers, booleans, null, lists and mappings of them, bounded, no
-    `${`), else a ConfigError naming the first that is not. Also every resolved config: Hydra would resolve an
-    interpolation that a resolver returned as text."""
+    """The values if plain (strings, numbers, booleans, null, lists and mappings of them, bounded, no `${`), else a
+    ConfigError naming the first that is not; also every resolved config, whose `${` text Hydra would resolve."""
     budget = {"entries": MAX_ENTRIES, "characters": MAX_CHARACTERS}
 
     def visit(value, key: str) -> None:
@@ -161,9 +160,8 @@ def instantiate_group(group: DictConfig | None) -> list:
 
 
 def check_config_file(config: DictConfig) -> None:
-    """What a composed config (any file on the search path) asks for beyond values, before Hydra acts on it: the
-    size its interpolations expand to, the variables hydra.job.env_set passes to every process the run starts, the
-    classes of hydra.job_logging, and the names of its targets (whether each is a class is checked as it is built)."""
+    """What a composed config (any file on the search path) asks of other processes, before Hydra acts on it: its
+    expanded size, hydra.job.env_set and job_logging, its targets by name (whether each is a class: as it is built)."""
     plain_config = OmegaConf.to_container(config, resolve=False)
     check_expansion({key: value for key, value in plain_config.items() if key != "hydra"})
     hydra = plain_config.get("hydra") or {}

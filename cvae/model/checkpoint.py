@@ -96,9 +96,8 @@ def first_sentence(error: Exception) -> str:
 
 
 def check_hyperparameters(hparams, path: Path) -> dict:
-    """The knobs and network config a checkpoint records, checked before anything is built from them: plain values,
-    only the knobs CVAELitModule takes, a `_target_` that is a network class, and the module built on torch's meta
-    device (the network and the module check their own arguments)."""
+    """The knobs and network config a checkpoint records, before anything is built from them: plain values, only the
+    knobs CVAELitModule takes, a network class, and the module built on torch's meta device, which checks the rest."""
     if not isinstance(hparams, dict):
         raise CheckpointError(f"{path} is not a cvae checkpoint: its hyper_parameters are no mapping")
     unknown = sorted(set(map(str, hparams)) - set(MODULE_HPARAMS))

@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from cvae.errors import ConfigError
-from cvae.validate import positive_int
+from cvae.validate import check_flag, positive_int
 
 NUM_CLASSES = 10
 IMAGE_SHAPE = (1, 28, 28)
@@ -50,9 +50,7 @@ class Network(nn.Module):
         super().__init__()
         if not positive_int(latent_dim):
             raise ConfigError(f"latent_dim={latent_dim!r} is not allowed: it must be a positive integer")
-        if not isinstance(learned_prior, bool):
-            raise ConfigError(f"model.net.learned_prior={learned_prior!r} is not allowed: it must be true or false")
-        self.latent_dim, self.learned_prior = int(latent_dim), learned_prior
+        self.latent_dim, self.learned_prior = int(latent_dim), check_flag(learned_prior, "model.net.learned_prior")
         if learned_prior:  # zeros start it at the reference N(0, I)
             self.prior_mu = nn.Parameter(torch.zeros(NUM_CLASSES, latent_dim))
             self.prior_logvar = nn.Parameter(torch.zeros(NUM_CLASSES, latent_dim))
