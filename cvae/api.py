@@ -1,13 +1,5 @@
-"""The short Python API: a trained checkpoint as an object that draws digits and strings, encodes, reconstructs
-and maps the latent space, and a run's metrics. A thin layer over cvae/model/checkpoint.py, cvae/sampling/ and
-cvae/explore/; images come back as floats in [0, 1] on the CPU, (N, 1, 28, 28) or (rows, columns, 1, 28, 28).
-
-    import cvae
-    model = cvae.load("outputs/<date>/<time>/checkpoints/best.ckpt")           # z from the prior
-    model = cvae.load(ckpt, sampler="gmm", data_dir="../shared/data")          # z from the ex-post mixture
-    sevens = model.digits(7, n=10)                                              # (10, 1, 28, 28)
-    plt.imshow(cvae.api.picture(model.string("2026", variants=4)))
-"""
+"""The short Python API (docs/evaluation.md): `cvae.load(ckpt)` draws digits and strings, encodes, reconstructs and
+maps the latent space; images come back on the CPU in [0, 1], (N, 1, 28, 28) or (rows, columns, 1, 28, 28)."""
 
 import json
 import os
@@ -26,8 +18,6 @@ from cvae.model.network import IMAGE_SHAPE
 from cvae.sampling.gmm import GaussianMixtureSampler
 from cvae.sampling.prior import PriorSampler, Sampler
 from cvae.validate import check_choice
-
-SAMPLERS = ("prior", "gmm")
 
 
 class Generator:
@@ -50,25 +40,26 @@ class Generator:
         """Posterior means E[z | x, y] of images (uint8 or [0, 1]): (N, latent_dim)."""
         return posterior_means(self.model, images, labels)
 
-    @torch.no_grad()
     def reconstruct(self, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         """Images decoded at their posterior means: (N, 1, 28, 28)."""
         z = self.encode(images, labels)
         return sample(self.model, labels, z).cpu().view(-1, *IMAGE_SHAPE)
 
     def latent_map(self, images: torch.Tensor, labels: torch.Tensor) -> np.ndarray:
-        """The posterior means coloured by digit (first two principal components above latent_dim 2), as a
-        picture for plt.imshow: (H, W, 3)."""
+        """The posterior means coloured by digit (above latent_dim 2: two principal components): (H, W, 3)."""
         return picture(latent_map_images(self.model, pixels(images), labels)["latent_map"])
 
 
 def load(ckpt_path: str | Path, sampler: str | Sampler = "prior", data_dir: str | None = None) -> Generator:
-    """A checkpoint (read with weights_only=True) ready to draw. sampler: "prior", "gmm" (the ex-post Gaussian
-    mixture per digit with evaluate.py's defaults) or a sampler object, e.g. GaussianMixtureSampler(components=20);
-    a mixture is fitted to the training images in data_dir (default: $CVAE_DATA_DIR, else data/), or its fit saved
-    beside the checkpoint is reused."""
+    """A checkpoint ready to draw. sampler: "prior", "gmm" (the ex-post mixture per digit, evaluate.py's defaults)
+    or a sampler object; a mixture is fitted to the training images in data_dir, or its fit beside the checkpoint
+    reused."""
     if isinstance(sampler, str):
-        sampler = PriorSampler() if check_choice(sampler, SAMPLERS, "sampler") == "prior" else GaussianMixtureSampler()
+        sampler = (
+            PriorSampler()
+            if check_choice(sampler, ("prior", "gmm"), "sampler") == "prior"
+            else GaussianMixtureSampler()
+        )
     generator = Generator(ckpt_path, sampler)
     if not isinstance(sampler, PriorSampler):  # the prior needs no data
         sampler.fit_for_checkpoint(generator.model, *mnist("train", data_dir), ckpt_path)
@@ -76,16 +67,15 @@ def load(ckpt_path: str | Path, sampler: str | Sampler = "prior", data_dir: str 
 
 
 def mnist(split: str = "test", data_dir: str | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """A split of MNIST as the project splits it ("train", "val", "test"): uint8 images (N, 28, 28), labels.
-    data_dir: a folder holding MNIST/raw/ (default: $CVAE_DATA_DIR, else data/)."""
+    """A split of MNIST as the project splits it: uint8 images (N, 28, 28), labels; data_dir holds MNIST/raw/."""
     datamodule = MNISTDataModule(data_dir=data_dir or os.environ.get("CVAE_DATA_DIR", "data"))
     datamodule.setup()
     return split_tensors(datamodule, split)
 
 
 def picture(images: torch.Tensor) -> np.ndarray:
-    """Images (N, 1, 28, 28) as a row-wrapped grid of ten, (rows, columns, 1, 28, 28) as its rows, or a (3, H, W)
-    image, as an (H, W, 3) array for plt.imshow."""
+    """Images (N, 1, 28, 28) in rows of ten, (rows, columns, 1, 28, 28) as rows, or a (3, H, W) image, for
+    plt.imshow: (H, W, 3)."""
     grid = {5: rows_grid, 4: image_grid}.get(images.dim(), lambda image: image)(images)
     return grid.permute(1, 2, 0).clamp(0, 1).numpy()
 

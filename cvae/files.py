@@ -1,17 +1,11 @@
-"""Files the project writes and reads by content: one atomic writer for every result, and SHA-256 digests.
-
-Every file a run leaves (metrics, checkpoints, mixture fits, exports, summaries) is written to a hidden temporary
-beside its final path and renamed into place once complete: a reader, or a run killed halfway, never sees a
-half-written file under the real name, and a failed write leaves no temporary behind.
-
-The writer's half of the run-dir boundary (cvae/run/rundir.py checks the config's half before a run starts): while
-a run is `confined_to` its dir, `atomic_path` refuses a path outside it or through a symbolic link, and a folder is
-never put over an existing one.
-"""
+"""Files the project writes and reads by content: one atomic writer for every result (a reader, or a run killed
+halfway, never sees a half-written file under the real name), confined to the run's dir while a run writes (the
+writer's half of the run-dir boundary: cvae/run/rundir.py checks the config's half), and SHA-256 digests."""
 
 import contextlib
 import contextvars
 import hashlib
+import io
 import json
 import os
 import secrets
@@ -41,27 +35,21 @@ def inside(path: str | Path, directory: str | Path) -> bool:
 
 
 def may_write(path: Path) -> bool:
-    """Whether this context may write `path`: anywhere outside a run; inside a run, only inside its dir once every
-    link is followed, and never through a link itself."""
+    """Anywhere outside a run; inside a run, only inside its dir once every link is followed, never through a link."""
     root = WRITE_ROOT.get()
     return root is None or (not path.is_symlink() and inside(path, root))
 
 
-def check_inside_run_dir(path: Path) -> None:
+@contextlib.contextmanager
+def atomic_path(path: str | Path, directory: bool = False) -> Iterator[Path]:
+    """A temporary path beside `path` (a directory with `directory`), renamed to `path` once the block succeeded.
+    Unique per writer (pid, random token); not from tempfile, whose 0600 permissions would follow the data."""
+    path = Path(path)
     if not may_write(path):
         raise StorageError(
             f"{path} lies outside this run's dir {WRITE_ROOT.get()} (or is reached through a symbolic link): a run "
             f"writes only inside its own dir; choose it with hydra.run.dir"
         )
-
-
-@contextlib.contextmanager
-def atomic_path(path: str | Path, directory: bool = False) -> Iterator[Path]:
-    """A temporary path beside `path` to write into (a directory with `directory`), renamed to `path` only once
-    the block succeeded. Unique per writer (pid and random token), so two writers never share a temporary. Named
-    by hand rather than by tempfile, whose private 0600 permissions would follow the data into place."""
-    path = Path(path)
-    check_inside_run_dir(path)
     temporary = path.parent / f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp"
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -71,10 +59,9 @@ def atomic_path(path: str | Path, directory: bool = False) -> Iterator[Path]:
         if directory and path.exists():  # never deleted to make room: it may hold what the run did not write
             raise StorageError(f"{path} already exists; a folder is never written over: move it or choose a new dir")
         os.replace(temporary, path)
-    except OSError as error:
-        if isinstance(error, StorageError):
-            raise
-        # a full disk or an unwritable folder is the user's to fix: one line, and nothing half-written left
+    except StorageError:
+        raise
+    except OSError as error:  # a full disk or an unwritable folder is the user's to fix: one line, nothing left
         raise StorageError(
             f"{path} could not be written ({error.strerror or error}); free space there or choose a writable folder"
         ) from error
@@ -96,8 +83,6 @@ def write_bytes_atomic(path: str | Path, content: bytes) -> None:
 def save_torch_atomic(path: str | Path, data) -> None:
     """torch.save of tensors and plain values, serialised in memory first: torch.save onto a full or read-only disk
     fails with an obscure RuntimeError, a plain write with an OSError that names the cause."""
-    import io
-
     import torch  # here: cvae.run.sweep uses this module and stays free of torch
 
     buffer = io.BytesIO()

@@ -1,8 +1,5 @@
-"""Random streams: each has its own seed, so that what one part of a run draws never shifts what another draws.
-
-Training noise comes from a stream seeded by (seed, rank), evaluation noise from one seeded by (eval_seed, rank),
-generation from generators seeded by the user's seed alone.
-"""
+"""Random streams, each with its own seed, so that what one part of a run draws never shifts what another draws:
+training noise is seeded by (seed, rank), evaluation noise by (eval_seed, rank), generation by the user's seed."""
 
 from collections.abc import Iterator
 from contextlib import contextmanager

@@ -1,25 +1,6 @@
-"""The trust boundary: what a config may build, and what a file may hold (docs/trust.md).
-
-Two rules, each enforced where every route passes:
-
-1. **Code runs only from classes.** `instantiate` is the one door through which the project builds objects from
-   a config. It resolves the node first (a resolver such as `${oc.create:...}`, a list, a `_partial_` or a nested
-   node cannot hide a target from the check), then checks every `_target_` of the resolved values: a class of
-   the project (`cvae.*`), of Lightning's trainer, callbacks, loggers and profilers, of `torch.optim`, or of what
-   `CVAE_TRUSTED_TARGETS` names; never a function or a method. Hydra then builds the plain values with exactly the
-   names checked as its whitelist. What Hydra builds itself (its callbacks, launcher, sweeper) gets the exact
-   list HYDRA_TARGETS.
-2. **A file holds plain values.** What is read from a file that might be someone else's (a checkpoint's recorded
-   network) must be `plain`: strings, numbers, booleans, null, lists and mappings of them, bounded in size, with
-   no interpolation at all (`${...}` is refused, never resolved).
-
-What a config file may ask of other processes, and how large it may be, is checked with it at launch
-(check_config_file), before Hydra writes or starts anything: the names of its targets (whether each is a class
-is checked where it is built), the variables `hydra.job.env_set` passes to every process the run starts, the
-classes of `hydra.job_logging`, and the size its interpolations expand to.
-
-Torch-free: the entry points run check_config_file before they import torch.
-"""
+"""The trust boundary (docs/trust.md): a config builds only classes of trusted packages (`instantiate`), a file
+holds only `plain` values, and a config file's demands on other processes are checked at launch (`check_config_file`).
+Torch-free: the entry points run check_config_file before they import torch."""
 
 import fnmatch
 import functools
@@ -43,15 +24,13 @@ from cvae.errors import ConfigError, UsageError
 TRUSTED_PACKAGES = (
     *("cvae.*", "torch.optim.*", "pytorch_lightning.Trainer", "lightning.pytorch.Trainer"),
     *(
-        f"{lightning}.{part}.*"
-        for lightning in ("pytorch_lightning", "lightning.pytorch")
+        f"{pl}.{part}.*"
+        for pl in ("pytorch_lightning", "lightning.pytorch")
         for part in ("callbacks", "loggers", "profilers")
     ),
 )
 # the user's own code, named in the shell, which no config can change: `mypkg.*` or full names
-USER_TARGETS = tuple(
-    filter(None, (pattern.strip() for pattern in os.environ.get("CVAE_TRUSTED_TARGETS", "").split(",")))
-)
+USER_TARGETS = tuple(name.strip() for name in os.environ.get("CVAE_TRUSTED_TARGETS", "").split(",") if name.strip())
 # what Hydra builds itself (hydra.callbacks, hydra/launcher, hydra/sweeper and its sampler), by full name: Hydra
 # checks each name as it builds it, and cannot tell a class from a method, so no pattern here but the user's own
 HYDRA_TARGETS = [
@@ -76,8 +55,8 @@ REFERENCE = re.compile(r"\$\{([^${}:]+)\}")
 
 
 def instantiate(node: DictConfig, **kwargs):
-    """hydra.utils.instantiate of the node's resolved, plain values, after every `_target_` in them passed
-    `check_target`; `kwargs` (objects the code passes, never config) go to the top-level target as they are."""
+    """hydra.utils.instantiate of the node's resolved, plain values, each `_target_` checked first (check_target);
+    `kwargs` (objects the code passes, never config) go to the top-level target as they are."""
     try:
         values = OmegaConf.to_container(node, resolve=True) if OmegaConf.is_config(node) else node
     except OmegaConfBaseException as error:
@@ -87,19 +66,14 @@ def instantiate(node: DictConfig, **kwargs):
         return hydra_instantiate(values, _execution_whitelist_=targets or None, **kwargs)
     except UsageError:
         raise
-    except InstantiationException as error:
-        if "execution whitelist" in str(error):
-            raise untrusted(first_line(error)) from None
-        raise refused_arguments(values, error.__cause__ or error) from error
     except Exception as error:  # a component's own check of its arguments (Lightning's, torch's): bad input
-        raise refused_arguments(values, error) from error
-
-
-def refused_arguments(values: dict, cause: BaseException) -> Exception:
-    """A component's refusal of its arguments as one line (HYDRA_FULL_ERROR=1 shows the traceback)."""
-    if isinstance(cause, UsageError):
-        return cause
-    return ConfigError(f"{values.get('_target_', 'the config')} refused its arguments: {first_line(cause)}")
+        if isinstance(error, InstantiationException) and "execution whitelist" in str(error):
+            raise untrusted(first_line(error)) from None
+        cause = (error.__cause__ or error) if isinstance(error, InstantiationException) else error
+        if isinstance(cause, UsageError):
+            raise cause from error
+        what = values.get("_target_", "the config")  # in one line; HYDRA_FULL_ERROR=1 shows the traceback
+        raise ConfigError(f"{what} refused its arguments: {first_line(cause)}") from error
 
 
 def targets_in(values, key: str = ""):
@@ -126,8 +100,8 @@ def check_target_name(target: str, key: str) -> str:
 
 
 def check_target(target: str, key: str) -> str:
-    """A trusted name (check_target_name) that is a class: importing it runs only the installed module that
-    defines it; a function or a method of a trusted package (a loader that unpickles a file) is refused."""
+    """A trusted name that is a class: a function or a method of a trusted package (a loader that unpickles a file)
+    is refused. Importing it runs only the installed module that defines it."""
     check_target_name(target, key)
     try:
         resolved = get_object(target)
@@ -146,8 +120,8 @@ def untrusted(what: str) -> ConfigError:
 
 
 def plain(values, what: str):
-    """The values if they are plain (rule 2), else one ConfigError naming the first that is not. Also what every
-    config is once resolved: an interpolation that a resolver returned as text would be resolved again by Hydra."""
+    """The values if plain (strings, numbers, booleans, null, lists and mappings of them, bounded, no `${`), else a
+    ConfigError naming the first that is not; also every resolved config, whose `${` text Hydra would resolve."""
     budget = {"entries": MAX_ENTRIES, "characters": MAX_CHARACTERS}
 
     def visit(value, key: str) -> None:
@@ -186,22 +160,34 @@ def instantiate_group(group: DictConfig | None) -> list:
 
 
 def check_config_file(config: DictConfig) -> None:
-    """What a composed config (any file on the search path) asks for beyond values, before Hydra acts on it."""
+    """What a composed config (any file on the search path) asks of other processes, before Hydra acts on it: its
+    expanded size, hydra.job.env_set and job_logging, its targets by name (whether each is a class: as it is built)."""
     plain_config = OmegaConf.to_container(config, resolve=False)
     check_expansion({key: value for key, value in plain_config.items() if key != "hydra"})
-    check_env_set(plain_config.get("hydra") or {})
-    check_job_logging(plain_config.get("hydra") or {})
-    task = OmegaConf.masked_copy(config, [key for key in config if key != "hydra"])
-    check_targets_by_name(task)
+    hydra = plain_config.get("hydra") or {}
+    # env_set: Hydra sets them for the job; git, DDP ranks and launchers inherit them
+    refused = sorted(str(name) for name in (hydra.get("job") or {}).get("env_set") or {} if name not in ENV_SET_ALLOWED)
+    if refused:
+        raise ConfigError(
+            f"hydra.job.env_set.{refused[0]} may not be set by a config (it could run code); set it in your shell, "
+            f"or use one of {', '.join(ENV_SET_ALLOWED)}"
+        )
+    # job_logging goes to logging.config.dictConfig: a handler's `class` or a factory's `()` naming a method would
+    # run it, so only the logging package's classes and HYDRA_TARGETS
+    for key, target in leaves(hydra.get("job_logging") or {}):
+        if key.rpartition(".")[2] in ("()", "class") and not str(target).startswith("logging."):
+            if target not in HYDRA_TARGETS:
+                raise ConfigError(
+                    f"hydra.job_logging.{key}={target} is not on the execution whitelist: a logging config may name "
+                    f"the logging package's classes only (docs/trust.md)"
+                )
+    check_targets_by_name(OmegaConf.masked_copy(config, [key for key in config if key != "hydra"]))
 
 
 def check_targets_by_name(task: DictConfig) -> None:
     """Every `_target_` by name (check_target_name): those written in the config and those an interpolation would
     produce (`${oc.create:{_target_: ...}}`)."""
-    written = OmegaConf.to_container(task, resolve=False)
-    for key, value in leaves(written):
-        if not (isinstance(value, str) and "${" in value) and not key.endswith("_target_"):
-            continue
+    for key, value in leaves(OmegaConf.to_container(task, resolve=False)):
         made = OmegaConf.select(task, key, throw_on_resolution_failure=False) if "${" in str(value) else value
         if key.endswith("_target_"):
             check_target_name(str(made), key)
@@ -234,28 +220,6 @@ def check_expansion(written: dict) -> None:
         size(key)
 
 
-def check_env_set(hydra: dict) -> None:
-    """hydra.job.env_set: only ENV_SET_ALLOWED (Hydra sets them for the job; git, DDP ranks and launchers inherit)."""
-    refused = sorted(str(name) for name in (hydra.get("job") or {}).get("env_set") or {} if name not in ENV_SET_ALLOWED)
-    if refused:
-        raise ConfigError(
-            f"hydra.job.env_set.{refused[0]} may not be set by a config (it could run code); set it in your shell, "
-            f"or use one of {', '.join(ENV_SET_ALLOWED)}"
-        )
-
-
-def check_job_logging(hydra: dict) -> None:
-    """hydra.job_logging, handed to logging.config.dictConfig when the job starts: a handler's `class` or a factory's
-    `()` may name the logging package's classes and HYDRA_TARGETS, nothing else (a method there would run)."""
-    for key, target in leaves(hydra.get("job_logging") or {}):
-        if key.rpartition(".")[2] in ("()", "class") and not str(target).startswith("logging."):
-            if target not in HYDRA_TARGETS:
-                raise ConfigError(
-                    f"hydra.job_logging.{key}={target} is not on the execution whitelist: a logging config may name "
-                    f"the logging package's classes only (docs/trust.md)"
-                )
-
-
 def leaves(node, prefix: str = ""):
     """(dotted key, value) of every leaf of plain values."""
     items = node.items() if isinstance(node, dict) else enumerate(node) if isinstance(node, list) else ()
@@ -271,9 +235,9 @@ class RunDirImport(ImportError, CompactHydraException):
 
 
 class NoCodeFromRunDirs:
-    """A finder first on sys.meta_path that refuses a module whose file lies in a run or sweep dir (a folder holding
-    .hydra/ or multirun.yaml, or below one), whoever names it: a `pkg://` search path, a `cvae/__init__.py` planted
-    where a process starts. It finds nothing itself: the regular finders import what it lets through."""
+    """First on sys.meta_path: refuses a module whose file lies in a run or sweep dir (a folder holding .hydra/ or
+    multirun.yaml, or below one), whoever names it: a `pkg://` search path, a `cvae/__init__.py` planted where a
+    process starts. It finds nothing itself: the regular finders import what it lets through."""
 
     def find_spec(self, name: str, path=None, target=None):
         spec = importlib.machinery.PathFinder.find_spec(name, path)

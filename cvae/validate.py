@@ -1,12 +1,9 @@
-"""Checks of single values, each raising a one-line ConfigError that names the key, the value and what is
-allowed. Pure Python (no torch), so the entry points run them before anything heavy is imported; the library
-functions that take the same values call the same checks."""
+"""Checks of single values, each a one-line ConfigError naming the key, the value and what is allowed. Torch-free:
+the entry points run them before anything heavy is imported."""
 
 import math
 
 from cvae.errors import ConfigError
-
-DIGIT_CHARACTERS = "0123456789"
 
 
 def positive_int(value) -> bool:
@@ -20,13 +17,12 @@ def check_choice(value, choices: tuple[str, ...], key: str) -> str:
 
 
 def parse_digits(digits: int | str, key: str = "digits") -> list[int]:
-    """The digits of a string such as "20261120" (an int is read as its decimal digits, as Hydra passes
-    digits=20261120). Anything but the characters 0-9 is refused, naming the key and the offending value."""
+    """The digits of a string such as "20261120", or of an int's decimal digits (Hydra passes digits=20261120)."""
     allowed = f"a non-empty string of the characters 0-9 (quote it on the command line: {key}=\"'007'\")"
     if isinstance(digits, bool) or not isinstance(digits, int | str):
         raise ConfigError(f"{key}={digits!r} is not a digit string; expected {allowed}")
     text = str(digits)
-    others = sorted(set(text) - set(DIGIT_CHARACTERS))
+    others = sorted(set(text) - set("0123456789"))
     if not text or others:
         found = f" has {', '.join(map(repr, others))}" if others else " is empty"
         raise ConfigError(f"{key}={digits!r}{found}; expected {allowed}")
@@ -34,7 +30,6 @@ def parse_digits(digits: int | str, key: str = "digits") -> list[int]:
 
 
 def parse_digit(digit: int | str, key: str = "digit") -> int:
-    """One digit 0-9, given as an int or a one-character string."""
     parsed = parse_digits(digit, key)
     if len(parsed) != 1:
         raise ConfigError(f"{key}={digit!r} is not a single digit; expected one of 0-9")
@@ -76,7 +71,6 @@ MAX_IMAGES = 100_000
 
 
 def check_at_most(value, key: str, maximum: int, multiple_of: int = 1, minimum: int = 1) -> int:
-    """A whole number from `minimum` up to `maximum`, a multiple of `multiple_of`."""
     check_count(value, key, minimum)
     if value > maximum or value % multiple_of:
         every = f"a multiple of {multiple_of} " if multiple_of > 1 else ""

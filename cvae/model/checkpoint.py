@@ -1,7 +1,6 @@
-"""Checkpoint files as data only (the trust boundary's second rule, cvae/trust.py, where a checkpoint is parsed):
-torch.load(weights_only=True) never runs code from the file; its recorded network config must be plain values whose
-`_target_` is a network class, built on torch's meta device before anything is allocated; and checkpoint writes are
-never seen half-done. Whether a launch may resume a checkpoint is cvae/run/resume.py's concern."""
+"""Checkpoint files as data only (docs/trust.md): read with torch.load(weights_only=True), their recorded network
+config plain values naming a network class, built on torch's meta device before anything is allocated, and written
+atomically. Whether a launch may resume a checkpoint is cvae/run/resume.py's concern."""
 
 import os
 import pickle
@@ -43,17 +42,15 @@ def read_checkpoint(path: str | Path) -> dict:
         raise CheckpointError(f"{path} is truncated or corrupted ({damage})")
     try:
         checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as error:
+    except Exception as error:  # torch names the part it could not read, or the object it refused
         refused = re.search(r"GLOBAL (\S+)|Unsupported global|Unsupported class", str(error))
-        if refused is None:  # damaged bytes, not a refused object: the file is broken, not dangerous
+        if refused is None or not isinstance(error, pickle.UnpicklingError):  # damaged bytes: broken, not dangerous
             raise CheckpointError(f"{path} is truncated or corrupted ({first_sentence(error)})") from None
         detail = f" (it refers to {refused.group(1)})" if refused.group(1) else ""
         raise CheckpointError(
             f"{path} is not a cvae checkpoint: it holds objects beyond tensors and plain values{detail}, which are "
             f"never unpickled because that could run code"
         ) from None
-    except Exception as error:  # truncated or corrupted: torch names the part it could not read
-        raise CheckpointError(f"{path} is truncated or corrupted ({first_sentence(error)})") from None
     if not isinstance(checkpoint, dict) or not {"state_dict", "hyper_parameters"} <= checkpoint.keys():
         raise CheckpointError(f"{path} is not a cvae checkpoint: it lacks 'state_dict' and 'hyper_parameters'")
     checkpoint["hyper_parameters"] = check_hyperparameters(checkpoint["hyper_parameters"], path)
@@ -99,10 +96,8 @@ def first_sentence(error: Exception) -> str:
 
 
 def check_hyperparameters(hparams, path: Path) -> dict:
-    """The module's knobs and the network's config a checkpoint records, before anything is built from them: plain
-    values (cvae.trust.plain: no interpolation, bounded), only the knobs CVAELitModule takes, a `_target_` that is
-    a network class, and the network built on torch's meta device (every shape, no memory) within MAX_PARAMETERS.
-    The module and the network check their own arguments in their constructors."""
+    """The knobs and network config a checkpoint records, before anything is built from them: plain values, only the
+    knobs CVAELitModule takes, a network class, and the module built on torch's meta device, which checks the rest."""
     if not isinstance(hparams, dict):
         raise CheckpointError(f"{path} is not a cvae checkpoint: its hyper_parameters are no mapping")
     unknown = sorted(set(map(str, hparams)) - set(MODULE_HPARAMS))
@@ -111,7 +106,10 @@ def check_hyperparameters(hparams, path: Path) -> dict:
         raise CheckpointError(f"{path} holds {what}; it was written by another program or version")
     try:
         plain(hparams, "the checkpoint's hyper_parameters")
-        network_class(str(hparams["net"].get("_target_")))
+        target = check_target(str(hparams["net"].get("_target_")), "net._target_")
+        network = get_object(target)
+        if not (issubclass(network, torch.nn.Module) and hasattr(network, "encode") and hasattr(network, "decode")):
+            raise ConfigError(f"net._target_={target} is not a network (an nn.Module with encode and decode)")
         with torch.device("meta"):
             net = check_size(build_net(hparams["net"]), "net")
             CVAELitModule(net=net, **{key: value for key, value in hparams.items() if key != "net"})
@@ -123,7 +121,6 @@ def check_hyperparameters(hparams, path: Path) -> dict:
 
 
 def check_size(net: torch.nn.Module, key: str) -> torch.nn.Module:
-    """A network within MAX_PARAMETERS (built on torch's meta device: every shape, no memory)."""
     parameters = sum(parameter.numel() for parameter in net.parameters())
     if parameters > MAX_PARAMETERS:
         raise ConfigError(
@@ -133,24 +130,14 @@ def check_size(net: torch.nn.Module, key: str) -> torch.nn.Module:
     return net
 
 
-def network_class(target: str) -> type:
-    """A trusted class (cvae.trust.check_target) that is a network: an nn.Module with encode and decode."""
-    check_target(target, "net._target_")
-    cls = get_object(target)
-    if not (issubclass(cls, torch.nn.Module) and hasattr(cls, "encode") and hasattr(cls, "decode")):
-        raise ConfigError(f"net._target_={target} is not a network (an nn.Module with encode and decode)")
-    return cls
-
-
 def build_net(net: dict | DictConfig) -> torch.nn.Module:
     """The network of a `net` config, a checkpoint's or a run's, through the trusted instantiate."""
     return instantiate(OmegaConf.create(net) if isinstance(net, dict) else net, _convert_="all")
 
 
 def build_module(model: DictConfig) -> CVAELitModule:
-    """The LightningModule of a model config, its network's config kept in its hyperparameters (resolved: plain
-    values), so that every checkpoint rebuilds the network it holds (load_module). Its size is checked first, on
-    torch's meta device: hidden_dims=[2000000000] would otherwise ask for terabytes."""
+    """The LightningModule of a model config, its size checked first on torch's meta device, its network's config
+    kept (resolved) in its hyperparameters, so that every checkpoint rebuilds the network it holds."""
     with torch.device("meta"):
         check_size(build_net(model.net), "model.net")
     module = instantiate(model)
@@ -172,8 +159,7 @@ def load_module(path: str | Path) -> CVAELitModule:
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
-    """Writes each checkpoint to a temporary file beside it, then renames it into place: a run killed while
-    saving leaves the previous checkpoint intact, never a truncated one under its name."""
+    """A run killed while saving leaves the previous checkpoint intact, never a truncated one under its name."""
 
     def save_checkpoint(self, checkpoint: dict, path, storage_options=None) -> None:
         with atomic_path(path) as temporary:

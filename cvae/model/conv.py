@@ -1,9 +1,8 @@
-"""A small CNN for encoder and decoder, the digit joined after the convolutions (encoder) and before them
-(decoder).
+"""A small CNN for encoder and decoder, the digit joined after the convolutions (encoder) and before them (decoder).
 
-    encoder  x: conv 1 -> c0 -> c1 channels (4x4, stride 2: 28 -> 14 -> 7); [c1*7*7 ; onehot(y)] -> hidden
-             -> (mu, log sigma^2)
-    decoder  [z ; onehot(y)] -> hidden -> c1*7*7 -> transposed convs c1 -> c0 -> 1 channel of logits (7 -> 14 -> 28)
+encoder  x: conv 1 -> c0 -> c1 channels (4x4, stride 2: 28 -> 14 -> 7); [c1*7*7 ; onehot(y)] -> hidden
+         -> (mu, log sigma^2)
+decoder  [z ; onehot(y)] -> hidden -> c1*7*7 -> transposed convs c1 -> c0 -> 1 channel of logits (7 -> 14 -> 28)
 """
 
 import torch

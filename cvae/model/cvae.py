@@ -1,5 +1,4 @@
-"""Conditional VAE for 28x28 digits: its ELBO, IW bound and samples, written to be read next to the math, over
-any network of the interface in network.py (encode, decode, optionally prior).
+"""Conditional VAE for 28x28 digits: the ELBO, the IW bound and samples, over any network of the Net interface.
 
 q(z | x, y) = N(mu, diag sigma^2)        net.encode(x, y)
 p(z | y)    = N(0, I)                     the reference prior, or net.prior(y) when the network learns one
@@ -53,8 +52,7 @@ def sample(net: Net, labels: torch.Tensor, z: torch.Tensor | None = None) -> tor
 
 
 def pixels(images: torch.Tensor) -> torch.Tensor:
-    """Model input x: (N, 784) floats in [0, 1], from uint8 images (N, 28, 28) as MNIST stores them, or from
-    floats already in [0, 1] of any shape with 784 values per image."""
+    """Model input x, (N, 784) floats in [0, 1], of uint8 images as MNIST stores them or of floats in [0, 1]."""
     x = images.reshape(len(images), NUM_PIXELS)
     return x.float().div_(255) if x.dtype == torch.uint8 else x.float()
 
@@ -65,8 +63,7 @@ def model_device(net: Net) -> torch.device:
 
 @torch.no_grad()
 def posterior_means(net: Net, images: torch.Tensor, labels: torch.Tensor, batch_size: int = 1000) -> torch.Tensor:
-    """E_q[z | x, y] of each image (uint8 or [0, 1] pixels, on any device), batch by batch: (N, latent_dim) on
-    the CPU."""
+    """E_q[z | x, y] of each image (uint8 or [0, 1] pixels), batch by batch: (N, latent_dim) on the CPU."""
     device = model_device(net)
     batches = zip(images.split(batch_size), labels.split(batch_size))
     return torch.cat([net.encode(pixels(x.to(device)), y.to(device))[0].cpu() for x, y in batches])
@@ -84,9 +81,7 @@ def kl_per_dim(
     prior_logvar: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """KL(N(mu, sigma^2) || N(mu_p, sigma_p^2)) for each latent dimension, in closed form, shape (B, latent_dim):
-
         1/2 [log sigma_p^2 - log sigma^2 + (sigma^2 + (mu - mu_p)^2) / sigma_p^2 - 1]
-
     With no prior given, N(0, 1): 1/2 [mu^2 + sigma^2 - 1 - log sigma^2] (the reference design's arithmetic)."""
     if prior_mu is None:
         return 0.5 * (mu.pow(2) + logvar.exp() - 1.0 - logvar)
@@ -104,12 +99,8 @@ def negative_elbo(net: Net, x: torch.Tensor, y: torch.Tensor) -> dict[str, torch
 
 
 def importance_weighted_nll(net: Net, x: torch.Tensor, y: torch.Tensor, k: int) -> torch.Tensor:
-    """-log p(x | y) estimated with k importance samples from q (Burda et al., 2016), per image:
-
-        log p(x | y) >= log (1/k) sum_i p(x | z_i, y) p(z_i | y) / q(z_i | x, y),   z_i ~ q(z | x, y)
-
-    k = 1 is the ELBO; the bound tightens as k grows.
-    """
+    """-log p(x | y) estimated with k importance samples from q (Burda et al., 2016), per image (k = 1: the ELBO):
+    log p(x | y) >= log (1/k) sum_i p(x | z_i, y) p(z_i | y) / q(z_i | x, y),   z_i ~ q(z | x, y)"""
     mu, logvar = net.encode(x, y)
     eps = torch.randn(k, *mu.shape, device=mu.device, dtype=mu.dtype)
     z = mu + torch.exp(0.5 * logvar) * eps  # (k, B, latent_dim)

@@ -1,6 +1,5 @@
-"""The LightningModule: a thin shell that trains a network (injected as `net`) on the ELBO of cvae.py and logs
-exact per-split means. A standard module: automatic optimization, so every Trainer option (gradient clipping and
-accumulation, learning-rate schedulers, callbacks per batch) works as Lightning documents it."""
+"""The LightningModule: trains a network (injected as `net`) on the ELBO of cvae.py and logs exact per-split means.
+Automatic optimization, so every Trainer option works as Lightning documents it."""
 
 from functools import partial
 
@@ -31,10 +30,8 @@ class CVAELitModule(pl.LightningModule):
         compile: bool = False,
         eval_seed: int = 0,
     ):
-        """net: the encoder, decoder and optional prior (cvae/model/network.py's interface). optimizer: a partial
-        taking the parameters; scheduler: Lightning's lr_scheduler dict whose `scheduler` is a partial taking the
-        optimizer. Neither is a hyperparameter of the checkpoint, which keeps only what rebuilds the model and its
-        objective; the network's own config is recorded beside it (cvae/model/checkpoint.py)."""
+        """optimizer: a partial taking the parameters; scheduler: Lightning's lr_scheduler dict whose `scheduler` is a
+        partial taking the optimizer. Neither is a hyperparameter: they do not change what the weights mean."""
         super().__init__()
         # its own arguments, checked here whoever builds it: a config, a checkpoint, a script
         check_finite(beta, "model.beta")
@@ -72,9 +69,8 @@ class CVAELitModule(pl.LightningModule):
         if warmup <= 0:
             return self.hparams.beta
         # optimizer steps over steps per epoch (several batches per step with gradient accumulation)
-        epochs_done = (
-            self.global_step * self.trainer.accumulate_grad_batches / max(1, self.trainer.num_training_batches)
-        )
+        trainer = self.trainer
+        epochs_done = self.global_step * trainer.accumulate_grad_batches / max(1, trainer.num_training_batches)
         return self.hparams.beta * min(1.0, epochs_done / warmup)
 
     def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
@@ -101,37 +97,30 @@ class CVAELitModule(pl.LightningModule):
             self.log(f"{stage}/{term}", mean, on_step=False, on_epoch=True, prog_bar=term == "nelbo")
         self.posterior_stats[stage].update(terms["mu"], terms["logvar"], *prior(self.net, y))
 
-    def log_posterior_stats(self, stage: str) -> None:
-        """Posterior-collapse diagnostics: how many latent units are in use, and the KL each one carries."""
-        stats = self.posterior_stats[stage].compute()  # already summed over DDP ranks: the same on every rank
-        self.log(f"{stage}/active_units", stats["active_units"].item())
-        self.log_dict({f"{stage}/kl_dim/{dim}": kl.item() for dim, kl in enumerate(stats["kl_per_dim"])})
-        self.posterior_stats[stage].reset()
-
-    def begin_evaluation_noise(self) -> None:
+    def begin_evaluation(self) -> None:
         """Evaluation noise (z of validation and test, and of the callbacks at their epoch end) comes from its own
         stream, seeded afresh by (eval_seed, rank) for every pass, while the training stream is set aside: how
         much or how often a run evaluates never changes the noise, hence the weights, of its training."""
         self.held_training_noise = random_state(self.device)
         torch.manual_seed(stream_seed(self.hparams.eval_seed, self.global_rank))
 
-    def end_evaluation_noise(self) -> None:
+    on_validation_epoch_start = on_test_epoch_start = begin_evaluation
+
+    def end_evaluation(self, stage: str) -> None:
+        """Posterior-collapse diagnostics (latent units in use, the KL each carries), then the training stream back.
+        Called after the callbacks' epoch-end hooks, which draw from the evaluation stream."""
+        stats = self.posterior_stats[stage].compute()  # already summed over DDP ranks: the same on every rank
+        self.log(f"{stage}/active_units", stats["active_units"].item())
+        self.log_dict({f"{stage}/kl_dim/{dim}": kl.item() for dim, kl in enumerate(stats["kl_per_dim"])})
+        self.posterior_stats[stage].reset()
         set_random_state(self.held_training_noise, self.device)
         self.held_training_noise = None
 
-    def on_validation_epoch_start(self):
-        self.begin_evaluation_noise()
-
-    def on_test_epoch_start(self):
-        self.begin_evaluation_noise()
-
-    def on_validation_epoch_end(self):  # after the callbacks' epoch-end hooks, which draw from the same stream
-        self.log_posterior_stats("val")
-        self.end_evaluation_noise()
+    def on_validation_epoch_end(self):
+        self.end_evaluation("val")
 
     def on_test_epoch_end(self):
-        self.log_posterior_stats("test")
-        self.end_evaluation_noise()
+        self.end_evaluation("test")
 
     def validation_step(self, batch, batch_idx):
         self.evaluation_step(batch, "val")

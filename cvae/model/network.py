@@ -1,13 +1,6 @@
-"""What every network of the project shares: the interface the ELBO needs (docs/contributing.md) and the optional
-learned prior. A network of your own may subclass Network or only offer the same methods.
-
-    latent_dim: int
-    encode(x, y) -> (mu, log sigma^2)      x: (B, 784) floats in [0, 1], y: (B,) int64 digits
-    decode(z, y) -> logits                 (B, 784) Bernoulli logits of p(x | z, y)
-    prior(y) -> (mu_y, log sigma_y^2)      optional; (None, None) means the reference N(0, I)
-    blends_labels: bool                    optional; True when decode also takes y as (B, 10) float label weights
-                                           (blends of one-hot vectors), which the across-digit interpolation needs
-"""
+"""What every network of the project shares: the interface the ELBO needs (Net, docs/contributing.md) and the
+optional learned prior. `blends_labels`: decode also takes y as (B, 10) float label weights (blends of one-hot
+vectors), which the across-digit interpolation needs."""
 
 from collections.abc import Sequence
 
@@ -16,7 +9,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from cvae.errors import ConfigError
-from cvae.validate import positive_int
+from cvae.validate import check_flag, positive_int
 
 NUM_CLASSES = 10
 IMAGE_SHAPE = (1, 28, 28)
@@ -48,9 +41,8 @@ def widths(values, key: str, count: int | None = None) -> list[int]:
 
 
 class Network(nn.Module):
-    """A conditional network with latent_dim units: a subclass sets self.encoder, which reads [x ; onehot(y)], and
-    self.decoder, which reads [z ; onehot(y)]. With learned_prior, p(z | y) = N(mu_y, diag sigma_y^2), one learned
-    Gaussian per digit, instead of N(0, I)."""
+    """A subclass sets self.encoder, which reads [x ; onehot(y)], and self.decoder, which reads [z ; onehot(y)].
+    With learned_prior, p(z | y) = N(mu_y, diag sigma_y^2), one learned Gaussian per digit, instead of N(0, I)."""
 
     blends_labels = True
 
@@ -58,23 +50,18 @@ class Network(nn.Module):
         super().__init__()
         if not positive_int(latent_dim):
             raise ConfigError(f"latent_dim={latent_dim!r} is not allowed: it must be a positive integer")
-        if not isinstance(learned_prior, bool):
-            raise ConfigError(f"model.net.learned_prior={learned_prior!r} is not allowed: it must be true or false")
-        self.latent_dim, self.learned_prior = int(latent_dim), learned_prior
+        self.latent_dim, self.learned_prior = int(latent_dim), check_flag(learned_prior, "model.net.learned_prior")
         if learned_prior:  # zeros start it at the reference N(0, I)
             self.prior_mu = nn.Parameter(torch.zeros(NUM_CLASSES, latent_dim))
             self.prior_logvar = nn.Parameter(torch.zeros(NUM_CLASSES, latent_dim))
 
     def prior(self, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | tuple[None, None]:
         """(mu_y, log sigma_y^2) of p(z | y), or (None, None) for the reference N(0, I)."""
-        if not self.learned_prior:
-            return None, None
-        return self.prior_mu[y], self.prior_logvar[y]
+        return (self.prior_mu[y], self.prior_logvar[y]) if self.learned_prior else (None, None)
 
     def encode(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Parameters (mu, log sigma^2) of q(z | x, y)."""
-        mu, logvar = self.encoder(torch.cat([x, one_hot(y, x)], dim=1)).chunk(2, dim=1)
-        return mu, logvar
+        """(mu, log sigma^2) of q(z | x, y)."""
+        return self.encoder(torch.cat([x, one_hot(y, x)], dim=1)).chunk(2, dim=1)
 
     def decode(self, z: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """Logits of p(x | z, y), shape (B, 784)."""

@@ -1,5 +1,4 @@
-"""Posterior-collapse diagnostics of the ELBO's own KL term: which latent units carry information, and how much
-KL each one holds. Logged by the LightningModule for every validation and test pass."""
+"""Posterior-collapse diagnostics of the ELBO's own KL term, logged for every validation and test pass."""
 
 import torch
 from torchmetrics import Metric
@@ -10,8 +9,8 @@ ACTIVE_UNIT_THRESHOLD = 0.01  # variance over inputs of a unit's posterior mean 
 
 
 class PosteriorStats(Metric):
-    """Posterior-collapse diagnostics over a split: per latent dimension, the variance over inputs of the
-    posterior mean (active when above 0.01) and the mean KL. Sums, so exact under DDP."""
+    """Per latent dimension, over a split: the variance over inputs of the posterior mean (a unit is active above
+    ACTIVE_UNIT_THRESHOLD) and the mean KL. Sums, so exact under DDP."""
 
     full_state_update = False
 
