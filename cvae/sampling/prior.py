@@ -71,12 +71,8 @@ def decode(
     device and left there; a progress bar when `progress` names it."""
     device = model_device(model)
     batches = list(zip(labels.split(batch_size), z.split(batch_size)))
-    return torch.cat(
-        [
-            sample(model, y.to(device), z_batch.to(device))
-            for y, z_batch in tqdm(batches, desc=progress, disable=progress is None, unit="batch")
-        ]
-    )
+    batches = tqdm(batches, desc=progress, disable=progress is None, unit="batch")
+    return torch.cat([sample(model, y.to(device), z_batch.to(device)) for y, z_batch in batches])
 
 
 def generate(
