@@ -1,6 +1,5 @@
-"""The latent space of a trained model: where real images land (posterior means, projected to the plane), what
-each region decodes to (manifold grids), paths through it (interpolation) and one image's style drawn as every
-digit (style transfer). Tensors in, tensors out (images (..., 1, 28, 28) in [0, 1] on the CPU); figures.py draws
+"""The latent space of a trained model: where real images land, what each region decodes to, paths through it and one
+image's style drawn as every digit. Tensors in, images (..., 1, 28, 28) in [0, 1] on the CPU out; figures.py draws
 them."""
 
 import torch
@@ -69,8 +68,7 @@ def interpolate_across_digits(
     device = model_device(model)
     z = prior_latents(1, model.latent_dim, seed).to(device).expand(steps, -1)
     first, last = one_hot(torch.tensor([parse_digit(start, "start"), parse_digit(end, "end")], device=device), z)
-    label_weights = lerp(first, last, steps)
-    return sample(model, label_weights, z).cpu()
+    return sample(model, lerp(first, last, steps), z).cpu()
 
 
 @torch.no_grad()
