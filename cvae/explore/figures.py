@@ -85,9 +85,8 @@ def latent_map_images(
 
 
 def interpolation_images(model: Net, steps: int = 10, seed: int = 0) -> dict[str, torch.Tensor]:
-    """`interpolation_within_digit`: a row per digit, morphing between the same two z in every row;
-    `interpolation_across_digits`: one fixed z, row d morphing from digit d into digit d + 1 (9 into 0), for a
-    network that decodes blends of labels (`blends_labels`; the project's networks do)."""
+    """`interpolation_within_digit`: a row per digit between the same two z; `interpolation_across_digits` (for
+    networks that `blends_labels`): one fixed z, row d morphing from digit d into d + 1 (9 into 0)."""
     within = [latent.interpolate_within_digit(model, digit, steps, seed) for digit in range(NUM_CLASSES)]
     images = {"interpolation_within_digit": rows_grid(torch.stack(within))}
     if getattr(model, "blends_labels", False):

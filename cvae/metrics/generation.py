@@ -1,6 +1,5 @@
 """How good a conditional generator is: FID (torchmetrics) on features of the reference MNIST classifier or of
-InceptionV3, label accuracy of generated digits, the importance-weighted NLL and the classification accuracy
-score (CAS). (The posterior-collapse diagnostics are the ELBO's own: cvae/model/posterior.py.)"""
+InceptionV3, label accuracy of generated digits, the importance-weighted NLL and the classification accuracy score."""
 
 import torch
 from torch import nn
@@ -58,9 +57,8 @@ def in_chunks(network: nn.Module, images: torch.Tensor) -> torch.Tensor:
 
 
 class ConditionalGenerationMetrics(nn.Module):
-    """FID and label accuracy, overall and per digit, of generated digits against real ones.
-
-    Every state is a torchmetrics state, so under DDP compute() gathers every rank's samples."""
+    """FID and label accuracy, overall and per digit, of generated digits against real ones. Every state is a
+    torchmetrics state, so under DDP compute() gathers every rank's samples."""
 
     def __init__(self, extractor: nn.Module, classifier: ReferenceClassifier):
         super().__init__()

