@@ -103,13 +103,10 @@ def balanced_labels(num_samples: int, device: torch.device | str = "cpu") -> tor
 
 
 @torch.no_grad()
-def mean_iw_nll(model: Net, images: torch.Tensor, labels: torch.Tensor, k: int, batch_size: int = 500) -> float:
+def mean_iw_nll(model: Net, images: torch.Tensor, labels: torch.Tensor, k: int) -> float:
     """Mean over images of the k-sample importance-weighted bound on -log p(x | y), in nats."""
-    total = sum(
-        importance_weighted_nll(model, x, y, k).sum().item()
-        for x, y in zip(images.split(batch_size), labels.split(batch_size))
-    )
-    return total / len(labels)
+    batches = zip(images.split(500), labels.split(500))
+    return sum(importance_weighted_nll(model, x, y, k).sum().item() for x, y in batches) / len(labels)
 
 
 def classification_accuracy_score(
