@@ -1,5 +1,5 @@
-"""Anomaly scores: how unlike a digit y an image is, in nats, from the model's ELBO or its importance-weighted
-bound; a CSV of them, and a demo whose AUROC tells real test digits from rotated ones."""
+"""Anomaly scores (how unlike a digit y an image is, in nats), a CSV of them, and a demo whose AUROC tells real test
+digits from rotated ones."""
 
 import csv
 from pathlib import Path
@@ -13,8 +13,6 @@ from cvae.model.cvae import Net, importance_weighted_nll, model_device, negative
 from cvae.model.network import IMAGE_SHAPE
 from cvae.seeding import seeded_global_rng
 from cvae.validate import check_choice, check_count
-
-CORRUPTION = "rotated by 90 degrees (counter-clockwise), true label kept"
 
 
 @torch.no_grad()
@@ -55,18 +53,14 @@ def write_scores_csv(path: str | Path, scores: torch.Tensor, labels: torch.Tenso
     return path
 
 
-def corrupt(images: torch.Tensor) -> torch.Tensor:
-    """The demo's anomalies: each image turned a quarter counter-clockwise, keeping its label. Rotation keeps
-    the amount of ink (unlike noise or inversion, which any pixel count would flag), so only a model of
-    what digits look like can tell; it also separated best in a comparison with wrong labels and
-    mirroring, on models trained from a few batches to 2 epochs."""
-    return torch.rot90(images.reshape(-1, *IMAGE_SHAPE[1:]), 1, dims=(1, 2))
-
-
 def anomaly_demo(model: Net, x: torch.Tensor, y: torch.Tensor, score="nelbo", k=10, seed=0, batch_size=1000) -> dict:
     """AUROC of the score at telling real images (negatives) from their corrupted copies (positives); the options
     are anomaly_scores'."""
-    real, rotated = (anomaly_scores(model, images, y, score, k, seed, batch_size) for images in (x, corrupt(x)))
+    # each digit turned a quarter counter-clockwise, label kept: rotation keeps the amount of ink (any pixel count
+    # would flag noise or inversion), so only a model of digits can tell; it also separated best against wrong
+    # labels and mirroring, on models trained from a few batches to 2 epochs
+    corrupted = torch.rot90(x.reshape(-1, *IMAGE_SHAPE[1:]), 1, dims=(1, 2))
+    real, rotated = (anomaly_scores(model, images, y, score, k, seed, batch_size) for images in (x, corrupted))
     scores = torch.cat([real, rotated]).double()
     # torchmetrics squashes scores outside [0, 1] with a sigmoid, which saturates at nats in the hundreds
     # into ties; a min-max rescale keeps their order
@@ -77,7 +71,7 @@ def anomaly_demo(model: Net, x: torch.Tensor, y: torch.Tensor, score="nelbo", k=
         "score": score,
         "k": k,
         "images": len(real),
-        "corruption": CORRUPTION,
+        "corruption": "rotated by 90 degrees (counter-clockwise), true label kept",
         "mean_score_real": real.mean().item(),
         "mean_score_corrupted": rotated.mean().item(),
     }

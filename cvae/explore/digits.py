@@ -1,11 +1,5 @@
-"""Digits on request: one digit in several styles, or a string of digits, each from its own z.
-
-    digit_variants(model, 7, variants=8)            (8, 1, 28, 28)
-    digit_strings(model, "20261120", variants=4)    (4, 8, 1, 28, 28)
-
-Images come back as floats in [0, 1] (Bernoulli means) on the CPU; every z comes from a sampler seeded by `seed`,
-so each output is a function of the model and the seed alone.
-"""
+"""Digits on request, each from its own z: one digit in several styles, or a string of digits. Images are Bernoulli
+means in [0, 1] on the CPU, a function of the model and the seed alone."""
 
 import torch
 

@@ -13,13 +13,9 @@ from cvae.explore import IMAGE_SET_SUFFIXES
 from cvae.files import atomic_path, save_torch_atomic
 from cvae.model.cvae import Net
 from cvae.model.network import IMAGE_SHAPE, NUM_CLASSES, NUM_PIXELS
-from cvae.sampling.prior import Sampler, generate
+from cvae.sampling.prior import Sampler, generate, grid_labels
+from cvae.trust import first_line
 from cvae.validate import check_count
-
-
-def to_uint8(images: torch.Tensor) -> torch.Tensor:
-    """Images in [0, 1] as uint8 (N, 28, 28), the layout of MNIST itself."""
-    return images.mul(255).round().to(torch.uint8).view(-1, *IMAGE_SHAPE[1:])
 
 
 def synthetic_dataset(
@@ -30,11 +26,11 @@ def synthetic_dataset(
     progress: bool = False,
     sampler: Sampler | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """per_digit samples of each digit, as MNIST stores them: uint8 images (N, 28, 28) and int64 labels (N,),
-    sorted by digit (shuffle them for training)."""
-    labels = torch.arange(NUM_CLASSES).repeat_interleave(check_count(per_digit, "export.per_digit"))
+    """per_digit samples of each digit as MNIST stores them, uint8 images (N, 28, 28) and int64 labels (N,), sorted
+    by digit (shuffle them for training)."""
+    labels = grid_labels(check_count(per_digit, "export.per_digit"))
     images = generate(model, labels, seed, sampler, batch_size, "synthetic digits" if progress else None).cpu()
-    return to_uint8(images), labels
+    return images.mul(255).round().to(torch.uint8).view(-1, *IMAGE_SHAPE[1:]), labels
 
 
 def write_synthetic_dataset(
@@ -48,29 +44,22 @@ def write_synthetic_dataset(
     """<name>.pt (torch.load(path, weights_only=True) gives {"images", "labels"}), <name>.npz (numpy.load gives
     the same arrays) and, if asked, <name>/<digit>/<index>.png. Returns the paths written."""
     output_dir = Path(output_dir)
-    arrays = {"images": images.cpu(), "labels": labels.cpu()}
-    torch_path, numpy_path = output_dir / f"{name}.pt", output_dir / f"{name}.npz"
-    save_torch_atomic(torch_path, arrays)
+    images, labels = images.cpu(), labels.cpu()
+    torch_path, numpy_path, folder = output_dir / f"{name}.pt", output_dir / f"{name}.npz", output_dir / name
+    save_torch_atomic(torch_path, {"images": images, "labels": labels})
     with atomic_path(numpy_path) as temporary, open(temporary, "wb") as file:  # a file object: no ".npz" added
-        np.savez(file, **{key: value.numpy() for key, value in arrays.items()})
-    written = [torch_path, numpy_path]
-    if image_folder:
-        written.append(write_image_folder(arrays["images"], arrays["labels"], output_dir / name, progress))
-    return written
-
-
-def write_image_folder(images: torch.Tensor, labels: torch.Tensor, folder: Path, progress: bool = False) -> Path:
-    """One subfolder per digit holding a PNG per image, numbered in order within the digit."""
+        np.savez(file, images=images.numpy(), labels=labels.numpy())
+    if not image_folder:
+        return [torch_path, numpy_path]
     with atomic_path(folder, directory=True) as temporary:
         for digit in range(NUM_CLASSES):
             (temporary / str(digit)).mkdir()
-        counts = [0] * NUM_CLASSES
-        for image, label in tqdm(
-            list(zip(images.numpy(), labels.tolist())), desc="PNG files", unit="image", disable=not progress
-        ):
+        counts = [0] * NUM_CLASSES  # PNG files numbered in order within their digit
+        pairs = list(zip(images.numpy(), labels.tolist()))
+        for image, label in tqdm(pairs, desc="PNG files", unit="image", disable=not progress):
             Image.fromarray(image).save(temporary / str(label) / f"{counts[label]:06d}.png")
             counts[label] += 1
-    return folder
+    return [torch_path, numpy_path, folder]
 
 
 def load_image_set(path: str | Path) -> tuple[torch.Tensor, torch.Tensor]:
@@ -79,10 +68,14 @@ def load_image_set(path: str | Path) -> tuple[torch.Tensor, torch.Tensor]:
     path = Path(path)
     if path.suffix not in IMAGE_SET_SUFFIXES:
         raise ConfigError(f"anomaly.scores_for={str(path)!r} is neither test, a .pt nor an .npz file")
-    try:
-        arrays = read_arrays(path)
+    try:  # as data only: torch's weights_only and numpy's allow_pickle=False never unpickle code
+        if path.suffix == ".pt":
+            arrays = torch.load(path, map_location="cpu", weights_only=True)
+        else:
+            with np.load(path, allow_pickle=False) as npz:
+                arrays = {key: torch.from_numpy(npz[key]) for key in npz.files}
     except Exception as error:  # damaged, or holding objects beyond arrays (refused unread: nothing in it runs)
-        detail = str(error).splitlines()[0][:200] if str(error).strip() else type(error).__name__
+        detail = first_line(error)[:200]
         raise ConfigError(f"anomaly.scores_for={path} cannot be read as images and labels ({detail})") from None
     if not isinstance(arrays, dict) or not {"images", "labels"} <= arrays.keys():
         raise ConfigError(f"{path} does not hold both 'images' and 'labels'")
@@ -96,11 +89,3 @@ def load_image_set(path: str | Path) -> tuple[torch.Tensor, torch.Tensor]:
     if labels.is_floating_point() or labels.is_complex() or ((labels < 0) | (labels >= NUM_CLASSES)).any():
         raise ConfigError(f"{path}: labels must be whole numbers 0-{NUM_CLASSES - 1}")
     return images, labels.long()
-
-
-def read_arrays(path: Path) -> dict:
-    """A .pt or .npz as data only: torch's weights_only and numpy's allow_pickle=False never unpickle code."""
-    if path.suffix == ".pt":
-        return torch.load(path, map_location="cpu", weights_only=True)
-    with np.load(path, allow_pickle=False) as npz:
-        return {key: torch.from_numpy(npz[key]) for key in npz.files}

@@ -1,6 +1,5 @@
-"""What the project shows, as images (3, H, W) in [0, 1] for PNG files and every logger: grids of samples (a row
-per digit), reconstructions, the latent map (a matplotlib scatter rendered without a display), manifold grids,
-interpolations and style transfer; and the same grids drawn for people (larger, a label per row) as PNG files."""
+"""What the project shows, as images (3, H, W) in [0, 1] for PNG files and every logger: sample grids, reconstructions,
+the latent map, interpolations and style transfer; and the same grids drawn for people (larger, a label per row)."""
 
 from collections.abc import Sequence
 
@@ -60,20 +59,18 @@ def digit_rows(model: Net, z: torch.Tensor) -> torch.Tensor:
 def reconstruction_rows(model: Net, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     """Originals above their reconstructions, decoded at the posterior mean."""
     mu, _ = model.encode(x, y)
-    recon = sample(model, y, mu)
-    return image_grid(torch.cat([x.view(-1, *IMAGE_SHAPE), recon]), nrow=len(x))
+    return image_grid(torch.cat([x.view(-1, *IMAGE_SHAPE), sample(model, y, mu)]), nrow=len(x))
 
 
 def latent_map_images(
     model: Net, x: torch.Tensor, y: torch.Tensor, one_per_digit: bool = False
 ) -> dict[str, torch.Tensor]:
-    """`latent_map`: the posterior means of real images coloured by digit (a PCA projection above 2 dims);
-    with latent_dim 2 also `latent_manifold`: a manifold grid per digit, digits 0-4 above 5-9, or with
-    `one_per_digit` each digit's grid on its own, `latent_manifold/<d>` (a TensorBoard card holds one at about
-    its own size: the ten together were too small there to read)."""
+    """`latent_map`: the posterior means of real images coloured by digit; with latent_dim 2 also `latent_manifold`,
+    a manifold grid per digit (0-4 above 5-9), or with `one_per_digit` `latent_manifold/<d>` each on its own (a
+    TensorBoard card holds one at about its own size: the ten together were too small there to read)."""
     points, axis_names = latent.project_2d(posterior_means(model, x, y))
     title = f"posterior means of {len(y)} images, latent_dim {model.latent_dim}"
-    images = {"latent_map": figure_image(latent_scatter(points, y, axis_names, title))}
+    images = {"latent_map": latent_scatter(points, y, axis_names, title)}
     if model.latent_dim == 2:
         # no lines inside a digit's grid, so it reads as one continuous surface
         grids = [
@@ -88,9 +85,8 @@ def latent_map_images(
 
 
 def interpolation_images(model: Net, steps: int = 10, seed: int = 0) -> dict[str, torch.Tensor]:
-    """`interpolation_within_digit`: a row per digit, morphing between the same two z in every row;
-    `interpolation_across_digits`: one fixed z, row d morphing from digit d into digit d + 1 (9 into 0), for a
-    network that decodes blends of labels (`blends_labels`; the project's networks do)."""
+    """`interpolation_within_digit`: a row per digit between the same two z; `interpolation_across_digits` (for
+    networks that `blends_labels`): one fixed z, row d morphing from digit d into d + 1 (9 into 0)."""
     within = [latent.interpolate_within_digit(model, digit, steps, seed) for digit in range(NUM_CLASSES)]
     images = {"interpolation_within_digit": rows_grid(torch.stack(within))}
     if getattr(model, "blends_labels", False):
@@ -108,11 +104,9 @@ def style_transfer_image(model: Net, x: torch.Tensor, y: torch.Tensor) -> torch.
     return rows_grid(torch.cat([sources, latent.style_transfer(model, x, y)], dim=1))
 
 
-def latent_scatter(
-    points: torch.Tensor, labels: torch.Tensor, axis_names: tuple[str, str], title: str = "posterior means"
-) -> Figure:
-    """A scatter of 2-D points coloured by digit, with a legend. A bare Figure (no pyplot): no global state,
-    no display needed."""
+def latent_scatter(points: torch.Tensor, labels: torch.Tensor, axis_names: tuple[str, str], title: str) -> torch.Tensor:
+    """A scatter of 2-D points coloured by digit, with a legend, rendered as an image. A bare Figure (no pyplot):
+    no global state, no display needed."""
     figure = Figure(figsize=(6, 6), dpi=100)
     FigureCanvasAgg(figure)
     axes = figure.add_subplot()
@@ -126,11 +120,6 @@ def latent_scatter(
     axes.legend(handles=legend, title="digit", loc="upper right", fontsize="small")
     axes.set(xlabel=axis_names[0], ylabel=axis_names[1], title=title)
     figure.tight_layout()
-    return figure
-
-
-def figure_image(figure: Figure) -> torch.Tensor:
-    """A rendered figure as a (3, H, W) float image in [0, 1], what TensorBoard's add_image takes."""
     figure.canvas.draw()
     rgba = torch.from_numpy(np.asarray(figure.canvas.buffer_rgba()).copy())
     return rgba[..., :3].permute(2, 0, 1).float() / 255

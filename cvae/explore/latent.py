@@ -1,6 +1,5 @@
-"""The latent space of a trained model: where real images land (posterior means, projected to the plane), what
-each region decodes to (manifold grids), paths through it (interpolation) and one image's style drawn as every
-digit (style transfer). Tensors in, tensors out (images (..., 1, 28, 28) in [0, 1] on the CPU); figures.py draws
+"""The latent space of a trained model: where real images land, what each region decodes to, paths through it and one
+image's style drawn as every digit. Tensors in, images (..., 1, 28, 28) in [0, 1] on the CPU out; figures.py draws
 them."""
 
 import torch
@@ -29,9 +28,8 @@ def project_2d(points: torch.Tensor) -> tuple[torch.Tensor, tuple[str, str]]:
 
 @torch.no_grad()
 def manifold_grid(model: Net, digit: int | str, size: int = MANIFOLD_SIZE) -> torch.Tensor:
-    """A (size x size) grid decoded at evenly spaced quantiles of N(0, 1) in each of the two latent axes
-    (latent_dim 2 only): (size * size, 1, 28, 28), z1 growing to the right and z2 growing upwards, as in
-    the scatter of latent_scatter."""
+    """(size * size, 1, 28, 28) decoded at evenly spaced quantiles of N(0, 1) on both axes of a 2-d latent, z1
+    growing to the right and z2 upwards, as in latent_scatter."""
     if model.latent_dim != 2:
         raise ConfigError(f"a manifold grid needs latent_dim 2; this model has latent_dim {model.latent_dim}")
     check_count(size, "size")
@@ -63,14 +61,12 @@ def interpolate_within_digit(model: Net, digit: int | str, steps: int = 10, seed
 def interpolate_across_digits(
     model: Net, start: int | str, end: int | str, steps: int = 10, seed: int = 0
 ) -> torch.Tensor:
-    """One style (a fixed z ~ N(0, I)) morphing from digit `start` to digit `end`: the decoder's label input
-    moves from one one-hot vector to the other, for a network that decodes label weights (`blends_labels`).
-    (steps, 1, 28, 28)."""
+    """One style (a fixed z ~ N(0, I)) morphing from digit `start` to `end`, the decoder's label input moving from
+    one one-hot vector to the other (for networks that `blends_labels`): (steps, 1, 28, 28)."""
     device = model_device(model)
     z = prior_latents(1, model.latent_dim, seed).to(device).expand(steps, -1)
     first, last = one_hot(torch.tensor([parse_digit(start, "start"), parse_digit(end, "end")], device=device), z)
-    label_weights = lerp(first, last, steps)
-    return sample(model, label_weights, z).cpu()
+    return sample(model, lerp(first, last, steps), z).cpu()
 
 
 @torch.no_grad()

@@ -1,8 +1,5 @@
-"""The latent space in TensorBoard's Projector: the posterior means of fixed images with their digit labels and
-thumbnails (a sprite), so a user can rotate it in 3-D, colour it by digit and run PCA, t-SNE or UMAP in the
-browser (`tensorboard --logdir <run dir>`, Projector tab). During training from fixed validation images every n
-epochs and after the last (cvae/callbacks/projector.py); from `python evaluate.py projector=true` for the first test
-images."""
+"""The latent space in TensorBoard's Projector: the posterior means of fixed images with their digits and thumbnails,
+to rotate in 3-D, colour by digit and run PCA, t-SNE or UMAP on in the browser (docs/outputs.md)."""
 
 from pathlib import Path
 
@@ -23,14 +20,11 @@ MIN_DIMS = 3
 CONFIG_NAME = "projector_config.pbtxt"  # what the Projector reads: one entry per logged step
 
 
-def projector_points(z: torch.Tensor) -> torch.Tensor:
-    return torch.nn.functional.pad(z, (0, max(0, MIN_DIMS - z.shape[1])))
-
-
 def add_projector(writer: SummaryWriter, model: Net, x: torch.Tensor, y: torch.Tensor, step: int) -> None:
     """One Projector checkpoint: a point per image, labelled with its digit, drawn as the image itself."""
+    z = posterior_means(model, x, y)
     writer.add_embedding(
-        projector_points(posterior_means(model, x, y)),
+        torch.nn.functional.pad(z, (0, max(0, MIN_DIMS - z.shape[1]))),
         metadata=y.tolist(),
         label_img=pixels(x).cpu().view(-1, *IMAGE_SHAPE),
         global_step=step,

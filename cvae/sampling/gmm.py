@@ -1,10 +1,6 @@
-"""The ex-post density estimate of Ghosh et al. (2020): a Gaussian mixture per digit fitted to the posterior
-means of the training images, which keeps samples where the decoder was trained instead of in the prior's holes:
-
-    z ~ sum_k pi_yk N(m_yk, S_yk),    fitted by EM (scikit-learn's GaussianMixture) to {E_q[z | x_i, y_i] : y_i = y}
-
-The fit is saved beside the checkpoint it came from and reused only for the same settings and the same file.
-"""
+"""The ex-post density estimate of Ghosh et al. (2020): z ~ sum_k pi_yk N(m_yk, S_yk), a Gaussian mixture per digit
+fitted by EM to the posterior means of its training images, which keeps samples where the decoder was trained instead
+of in the prior's holes. The fit is saved beside its checkpoint and reused only for the same settings and file."""
 
 from pathlib import Path
 
@@ -16,6 +12,7 @@ from cvae.model.cvae import Net, posterior_means
 from cvae.model.network import NUM_CLASSES
 from cvae.sampling import COVARIANCES
 from cvae.sampling.prior import grid_labels
+from cvae.trust import first_line
 from cvae.validate import MAX_IMAGES, check_at_most, check_choice, check_count
 
 FIT_FORMAT = 2  # bump when a saved fit's contents change meaning (2: fitted by scikit-learn)
@@ -34,15 +31,6 @@ class GaussianMixtureSampler:
         self.fit_seed, self.max_iterations = fit_seed, max_iterations
         # weights (10, K), means (10, K, D), scale_tril (10, K, D, D)
         self.mixture: dict[str, torch.Tensor] | None = None
-
-    def settings(self) -> dict:
-        return {
-            "format": FIT_FORMAT,
-            "components": self.components,
-            "covariance": self.covariance,
-            "fit_seed": self.fit_seed,
-            "max_iterations": self.max_iterations,
-        }
 
     def fit(self, model: Net, images: torch.Tensor, labels: torch.Tensor) -> "GaussianMixtureSampler":
         """Fit each digit's mixture to the posterior means of its images (uint8 (N, 28, 28) or floats in [0, 1])."""
@@ -65,8 +53,9 @@ class GaussianMixtureSampler:
         """Reuse the fit saved beside the checkpoint if it was made with these settings from this very file;
         otherwise fit, say so, and save it there (written to a temporary name, then renamed)."""
         ckpt_path = Path(ckpt_path)
-        path = self.fit_path(ckpt_path)
-        wanted = {**self.settings(), "checkpoint_sha256": file_sha256(ckpt_path)}
+        path = ckpt_path.with_name(f"{ckpt_path.name}.gmm{self.components}_{self.covariance}_seed{self.fit_seed}.pt")
+        settings = {key: getattr(self, key) for key in ("components", "covariance", "fit_seed", "max_iterations")}
+        wanted = {"format": FIT_FORMAT, **settings, "checkpoint_sha256": file_sha256(ckpt_path)}
         if path.is_file():
             saved, problem = read_fit(path, model.latent_dim, self.components)
             if problem is None and saved["settings"] == wanted:
@@ -86,9 +75,6 @@ class GaussianMixtureSampler:
             return self
         print(f"ex-post mixture: fitted to {len(labels)} training images, saved {path}")
         return self
-
-    def fit_path(self, ckpt_path: Path) -> Path:
-        return ckpt_path.with_name(f"{ckpt_path.name}.gmm{self.components}_{self.covariance}_seed{self.fit_seed}.pt")
 
     @torch.no_grad()
     def latents(self, model: Net, labels: torch.Tensor, seed: int) -> torch.Tensor:
@@ -113,14 +99,11 @@ def read_fit(path: Path, latent_dim: int, components: int) -> tuple[dict | None,
     try:
         saved = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # truncated, damaged, or holding objects beyond tensors (refused unread)
-        return None, f"cannot be read ({str(error).splitlines()[0][:200] or type(error).__name__})"
+        return None, f"cannot be read ({first_line(error)[:200]})"
     if not isinstance(saved, dict) or not isinstance(saved.get("mixture"), dict) or "settings" not in saved:
         return None, "is not a saved mixture fit (it lacks 'settings' and 'mixture')"
-    shapes = {
-        "weights": (NUM_CLASSES, components),
-        "means": (NUM_CLASSES, components, latent_dim),
-        "scale_tril": (NUM_CLASSES, components, latent_dim, latent_dim),
-    }
+    shape = (NUM_CLASSES, components)
+    shapes = {"weights": shape, "means": (*shape, latent_dim), "scale_tril": (*shape, latent_dim, latent_dim)}
     for key, shape in shapes.items():
         value = saved["mixture"].get(key)
         if not isinstance(value, torch.Tensor) or value.dtype != torch.float64 or tuple(value.shape) != shape:
@@ -134,17 +117,16 @@ def read_fit(path: Path, latent_dim: int, components: int) -> tuple[dict | None,
 
 
 def fit_gaussian_mixture(
-    points: torch.Tensor, components: int, covariance: str, seed: int, max_iterations: int = 200, tol: float = 1e-6
+    points: torch.Tensor, components: int, covariance: str, seed: int, max_iterations: int = 200
 ) -> dict[str, torch.Tensor]:
-    """Maximum-likelihood Gaussian mixture of float64 points by scikit-learn's EM, started from `components`
-    distinct points drawn with the seed, so the same points and seed give the same fit: weights (K,), means
-    (K, D) and the Cholesky factors of the covariances (K, D, D), float64."""
+    """scikit-learn's EM fit, started from `components` distinct points drawn with the seed (the same points and seed
+    give the same fit): float64 weights (K,), means (K, D) and Cholesky factors of the covariances (K, D, D)."""
     from sklearn.mixture import GaussianMixture  # here: scikit-learn takes a second to import
 
     mixture = GaussianMixture(
         components,
         covariance_type=covariance,
-        tol=tol,
+        tol=1e-6,
         reg_covar=1e-6,
         max_iter=max_iterations,
         init_params="random_from_data",

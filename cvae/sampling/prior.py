@@ -67,16 +67,11 @@ def from_prior(model: Net, labels: torch.Tensor, eps: torch.Tensor) -> torch.Ten
 def decode(
     model: Net, labels: torch.Tensor, z: torch.Tensor, batch_size: int = 1000, progress: str | None = None
 ) -> torch.Tensor:
-    """Images (N, 1, 28, 28) in [0, 1] of the labels at the given z, decoded batch by batch on the model's
-    device and left there; a progress bar when `progress` names it."""
+    """Images (N, 1, 28, 28) in [0, 1] of the labels at z, decoded on the model's device batch by batch."""
     device = model_device(model)
     batches = list(zip(labels.split(batch_size), z.split(batch_size)))
-    return torch.cat(
-        [
-            sample(model, y.to(device), z_batch.to(device))
-            for y, z_batch in tqdm(batches, desc=progress, disable=progress is None, unit="batch")
-        ]
-    )
+    batches = tqdm(batches, desc=progress, disable=progress is None, unit="batch")
+    return torch.cat([sample(model, y.to(device), z_batch.to(device)) for y, z_batch in batches])
 
 
 def generate(
@@ -87,7 +82,6 @@ def generate(
     batch_size: int = 1000,
     progress: str | None = None,
 ) -> torch.Tensor:
-    """One image per label, each from its own z drawn by the sampler (default: the prior p(z | y)), on the
-    model's device."""
+    """One image per label, each from its own z drawn by the sampler (default: the prior p(z | y))."""
     z = (sampler or PriorSampler()).latents(model, labels, seed)
     return decode(model, labels, z, batch_size, progress)
