@@ -1,5 +1,4 @@
-"""Each rank's random streams and training-metric sums in every checkpoint, given back to each rank on resuming:
-Lightning's checkpoints hold no random state, and torchmetrics states are per rank."""
+"""Each rank's random streams and training-metric sums in every checkpoint, given back to each rank on resuming."""
 
 import pytorch_lightning as pl
 import torch
@@ -42,10 +41,10 @@ class RankState(pl.Callback):
             # restored but not yet handed back (a checkpoint written before on_train_start): what this run goes on
             # from is the restored streams, not the freshly seeded ones
             return {"ranks": self.restored}
-        module, device = self.pl_module, self.pl_module.device
+        module = self.pl_module
         local = {
             # an evaluation pass holds the training stream aside (see CVAELitModule.evaluation_noise)
-            "random": module.held_training_noise or random_state(device),
+            "random": module.held_training_noise or random_state(module.device),
             # a checkpoint at the end of an epoch (ModelCheckpoint saves before Lightning resets the epoch's sums):
             # the run resumes with the next epoch, which sums from nothing
             "metrics": {}

@@ -1,15 +1,6 @@
-"""The experiment trackers as this project builds them: MLflow's and W&B's loggers named after the run dir, W&B
-offline unless this machine is logged in to it, W&B's run closed after each job, and every tracker continuing the
-run it holds when a run is resumed (`resume_from`, the checkpoint: the loggers' configs pass ${ckpt_path}) instead
-of opening a new one. (Images in the form each tracker takes: cvae/callbacks/images.py.)
-
-What an interrupted launch logged after its checkpoint is logged again by the resume: CSV drops the earlier
-copies (the rows from the resumed epoch and step on), TensorBoard hides them (purge_step: the steps after the
-checkpoint's); MLflow and W&B keep every point they were sent (neither can delete one), so after a hard kill
-the batches between the checkpoint and the kill appear twice there, with the same values on an exact resume.
-
-MLflow and W&B are optional extras (`pip install -e ".[mlflow]"`, `".[wandb]"`); nothing here imports them.
-"""
+"""CSV, MLflow and W&B as this project builds them: named after the run dir, W&B offline unless this machine is logged
+in, and each continuing the run it holds when a run is resumed (`resume_from`: the checkpoint); docs/outputs.md says
+what each keeps of an interrupted launch. MLflow and W&B are optional extras: nothing here imports them."""
 
 import csv
 import importlib.util
@@ -17,7 +8,7 @@ import netrc
 import os
 import socket
 import sys
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 from urllib.parse import urlparse
 
@@ -72,10 +63,8 @@ def set_earlier_rows_aside(log_dir: Path) -> list[dict]:
 
 def number(text: str) -> int | float | str:
     for kind in (int, float):
-        try:
+        with suppress(ValueError):
             return kind(text)
-        except ValueError:
-            continue
     return text
 
 
@@ -186,15 +175,11 @@ def require_extra(package: str) -> None:
 def wandb_run_closed():
     """Close the W&B run when the job ends, marked failed when it failed: W&B keeps one run per process, and the
     next job of a multirun would log into this one."""
+    exit_code = 1
     try:
         yield
-    except BaseException:
-        finish_wandb_run(exit_code=1)
-        raise
-    finish_wandb_run(exit_code=0)
-
-
-def finish_wandb_run(exit_code: int) -> None:
-    wandb = sys.modules.get("wandb")  # imported only when a WandbLogger started a run
-    if wandb is not None and wandb.run is not None:
-        wandb.finish(exit_code=exit_code)
+        exit_code = 0
+    finally:
+        wandb = sys.modules.get("wandb")  # imported only when a WandbLogger started a run
+        if wandb is not None and wandb.run is not None:
+            wandb.finish(exit_code=exit_code)
