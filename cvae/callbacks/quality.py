@@ -40,10 +40,8 @@ class GenerationQuality(pl.Callback):
             self.has_real_features = False
 
     def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        due = trainer.state.fn == "validate" or (
-            trainer.state.fn == "fit" and epoch_is_due(trainer, self.every_n_epochs)
-        )
-        if trainer.sanity_checking or not due:
+        due_epoch = trainer.state.fn == "fit" and epoch_is_due(trainer, self.every_n_epochs)
+        if trainer.sanity_checking or not (due_epoch or trainer.state.fn == "validate"):
             return
         device = pl_module.device
         if not self.has_real_features:  # this rank's shard, at once: features in chunks, whatever the batch size

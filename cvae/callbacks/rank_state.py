@@ -21,10 +21,9 @@ def gather(trainer: pl.Trainer, local: dict) -> list[dict]:
 
 
 class RankState(pl.Callback):
-    """Each rank's training noise, its own stream seeded by (seed, rank), and what it has summed so far of the
-    epoch's training metrics: gathered from every rank into every checkpoint, and given back to each rank when
-    the run resumes, so a run resumed at any step draws and sums what an uninterrupted one would have
-    (Lightning's checkpoints hold no random state, and torchmetrics states are per rank)."""
+    """Each rank's training noise (its own stream seeded by (seed, rank)) and epoch sums so far, so that a run resumed
+    at any step draws and sums what an uninterrupted one would have: Lightning's checkpoints hold no random state,
+    and torchmetrics states are per rank."""
 
     def __init__(self, seed: int):
         self.seed = seed

@@ -32,10 +32,8 @@ class EpochPermutation:
     def indices(self) -> torch.Tensor:
         if not self.shuffle:
             return torch.arange(self.rank, self.size, self.world_size)
-        generator = torch.Generator().manual_seed(self.seed + self.epoch)
-        order = torch.randperm(self.size, generator=generator)
-        order = order[: self.size - self.size % self.world_size]
-        return order[self.rank :: self.world_size]
+        order = torch.randperm(self.size, generator=torch.Generator().manual_seed(self.seed + self.epoch))
+        return order[: self.size - self.size % self.world_size][self.rank :: self.world_size]
 
     def __iter__(self):
         return iter(self.indices().tolist())
