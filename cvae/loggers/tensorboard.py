@@ -9,10 +9,7 @@ from cvae.model.checkpoint import read_checkpoint
 
 # the rest of validation (FID, label accuracy, active units, KL per dimension), under a group that sorts after val/ in
 # both dashboards (Scalars sorts `_` as it sorts `/`: val_generation/ came before val/ there)
-MOVED_AFTER_THE_CURVES = {
-    prefix: prefix.replace("val/", "validation/", 1)
-    for prefix in ("val/fid", "val/label_acc", "val/active_units", "val/kl_dim/")
-}
+MOVED_AFTER_THE_CURVES = ("val/fid", "val/label_acc", "val/active_units", "val/kl_dim/")
 
 
 def tensorboard_tag(name: str) -> str | None:
@@ -20,10 +17,7 @@ def tensorboard_tag(name: str) -> str | None:
     (the x axis is the step already), nor the single-point test/ charts, which sorted first (metrics.json has them)."""
     if name == "epoch" or name.startswith("test/"):
         return None
-    for prefix, moved in MOVED_AFTER_THE_CURVES.items():
-        if name.startswith(prefix):
-            return moved + name.removeprefix(prefix)
-    return name
+    return name.replace("val/", "validation/", 1) if name.startswith(MOVED_AFTER_THE_CURVES) else name
 
 
 class TensorBoardLogger(loggers.TensorBoardLogger):
