@@ -32,20 +32,15 @@ class SampleGrids(pl.Callback):
         self.real = first_validation_images(trainer, self.num_reconstructions, pl_module.device)
 
     def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if not (logs_images_now(trainer) and epoch_is_due(trainer, self.every_n_epochs)):
+        if not images_due(trainer, self.every_n_epochs):
             return
-        log_images(
-            trainer.loggers,
-            {
-                "samples/prior_by_digit": digit_rows(pl_module.net, self.prior_grid_latents(pl_module)),
-                "samples/reconstructions": reconstruction_rows(pl_module.net, *self.real),
-            },
-            trainer.global_step,
-        )
-
-    def prior_grid_latents(self, pl_module: pl.LightningModule) -> torch.Tensor:
-        """The same noise every epoch, through the prior as it is now (a learned prior moves)."""
-        return PriorSampler().grid_latents(pl_module.net, self.samples_per_digit).to(pl_module.device)
+        # the same noise every epoch, through the prior as it is now (a learned prior moves)
+        z = PriorSampler().grid_latents(pl_module.net, self.samples_per_digit).to(pl_module.device)
+        images = {
+            "prior_by_digit": digit_rows(pl_module.net, z),
+            "reconstructions": reconstruction_rows(pl_module.net, *self.real),
+        }
+        log_images(trainer.loggers, "samples/", images, trainer.global_step)
 
 
 class LatentExploration(pl.Callback):
@@ -65,7 +60,7 @@ class LatentExploration(pl.Callback):
         self.style_sources = first_of_each_digit(self.real[1])
 
     def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if not (logs_images_now(trainer) and epoch_is_due(trainer, self.every_n_epochs)):
+        if not images_due(trainer, self.every_n_epochs):
             return
         model, (x, y) = pl_module.net, self.real
         images = {
@@ -73,21 +68,18 @@ class LatentExploration(pl.Callback):
             **interpolation_images(model, self.interpolation_steps, self.seed),
             "style_transfer": style_transfer_image(model, x[self.style_sources], y[self.style_sources]),
         }
-        log_images(
-            trainer.loggers, {f"exploration/{name}": image for name, image in images.items()}, trainer.global_step
-        )
+        log_images(trainer.loggers, "exploration/", images, trainer.global_step)
 
 
 def first_validation_images(trainer: pl.Trainer, count: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
     """The first `count` validation images and labels (fewer if this rank's shard is smaller), on the device."""
-    images, labels, found = [], [], 0
+    images, labels = [], []
     for x, y in trainer.datamodule.val_dataloader():
-        images.append(x[: count - found])
-        labels.append(y[: count - found])
-        found += len(labels[-1])
-        if found == count:
+        images.append(x)
+        labels.append(y)
+        if sum(map(len, labels)) >= count:
             break
-    return torch.cat(images).to(device), torch.cat(labels).to(device)
+    return torch.cat(images)[:count].to(device), torch.cat(labels)[:count].to(device)
 
 
 def epoch_is_due(trainer: pl.Trainer, every_n_epochs: int) -> bool:
@@ -96,9 +88,10 @@ def epoch_is_due(trainer: pl.Trainer, every_n_epochs: int) -> bool:
     return epochs_done % every_n_epochs == 0 or epochs_done == trainer.max_epochs
 
 
-def logs_images_now(trainer: pl.Trainer) -> bool:
-    """True at the end of a real training epoch's validation, on the rank that writes the logs."""
-    return not trainer.sanity_checking and trainer.is_global_zero and trainer.state.fn == "fit"
+def images_due(trainer: pl.Trainer, every_n_epochs: int) -> bool:
+    """At the end of a due training epoch's validation (not the sanity check), on the rank that writes the logs."""
+    fitting = not trainer.sanity_checking and trainer.is_global_zero and trainer.state.fn == "fit"
+    return fitting and epoch_is_due(trainer, every_n_epochs)
 
 
 # TensorBoard's Time Series opens the first two groups of its tags, sorted by name: the pictures go in a group that
@@ -106,16 +99,15 @@ def logs_images_now(trainer: pl.Trainer) -> bool:
 TENSORBOARD_PICTURES = "visuals/"
 
 
-def log_images(loggers: list[Logger], images: dict[str, torch.Tensor], step: int) -> None:
-    """Every logger that shows images gets them (C, H, W in [0, 1]) under their tag at this step (TensorBoard's
-    in TENSORBOARD_PICTURES), as the same 8-bit pixels (W&B would stretch a float tensor's own range to black and
-    white)."""
-    for tag, image in images.items():
+def log_images(loggers: list[Logger], group: str, images: dict[str, torch.Tensor], step: int) -> None:
+    """Every logger that shows images gets them (C, H, W in [0, 1]) tagged `group` + name (TensorBoard's under
+    TENSORBOARD_PICTURES), as the same 8-bit pixels (W&B would stretch a float tensor's range to black and white)."""
+    for name, image in images.items():
+        tag = group + name
         pixels = (image.detach().cpu() * 255).clamp(0, 255).to(torch.uint8).permute(1, 2, 0).numpy()
         for logger in loggers:
             if isinstance(logger, TensorBoardLogger):
-                shown = TENSORBOARD_PICTURES + tag
-                logger.experiment.add_image(shown, pixels, global_step=step, dataformats="HWC")
+                logger.experiment.add_image(TENSORBOARD_PICTURES + tag, pixels, global_step=step, dataformats="HWC")
             elif isinstance(logger, MLFlowLogger):
                 logger.experiment.log_image(logger.run_id, pixels, key=tag, step=step)
             elif isinstance(logger, WandbLogger):

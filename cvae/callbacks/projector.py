@@ -3,7 +3,7 @@
 import pytorch_lightning as pl
 from pytorch_lightning.loggers import TensorBoardLogger
 
-from cvae.callbacks.images import epoch_is_due, first_validation_images, logs_images_now
+from cvae.callbacks.images import first_validation_images, images_due
 from cvae.explore.projector import add_projector
 from cvae.validate import MAX_IMAGES, check_at_most, check_count
 
@@ -21,7 +21,7 @@ class LatentProjector(pl.Callback):
         self.real = first_validation_images(trainer, self.num_images, pl_module.device)
 
     def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if not (logs_images_now(trainer) and epoch_is_due(trainer, self.every_n_epochs)):
+        if not images_due(trainer, self.every_n_epochs):
             return
         for logger in trainer.loggers:
             if isinstance(logger, TensorBoardLogger):

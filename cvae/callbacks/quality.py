@@ -15,10 +15,8 @@ class GenerationQuality(pl.Callback):
     """Every n epochs and after the last, and on trainer.validate (train.py's pass over the best checkpoint, for
     metrics.json), val/fid and val/label_acc (overall and per digit): class-balanced samples, the same noise each
     time, against the real validation images, whose features are extracted once. z comes from `sampler`: the
-    prior, or an ex-post mixture refitted to the training images each time.
-
-    Under DDP each rank generates its share of the samples and reads its shard of the validation images;
-    the torchmetrics states gather them all, so every rank logs the same figures."""
+    prior, or an ex-post mixture refitted to the training images each time. Under DDP each rank generates its share
+    and reads its shard; the torchmetrics states gather them all, so every rank logs the same figures."""
 
     def __init__(
         self,
@@ -42,11 +40,8 @@ class GenerationQuality(pl.Callback):
             self.has_real_features = False
 
     def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        # due epochs of training, and trainer.validate (train.py's pass over the best checkpoint for metrics.json)
-        due = trainer.state.fn == "validate" or (
-            trainer.state.fn == "fit" and epoch_is_due(trainer, self.every_n_epochs)
-        )
-        if trainer.sanity_checking or not due:
+        due_epoch = trainer.state.fn == "fit" and epoch_is_due(trainer, self.every_n_epochs)
+        if trainer.sanity_checking or not (due_epoch or trainer.state.fn == "validate"):
             return
         device = pl_module.device
         if not self.has_real_features:  # this rank's shard, at once: features in chunks, whatever the batch size

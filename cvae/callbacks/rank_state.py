@@ -1,5 +1,4 @@
-"""Each rank's random streams and training-metric sums in every checkpoint, given back to each rank on resuming:
-Lightning's checkpoints hold no random state, and torchmetrics states are per rank."""
+"""Each rank's random streams and training-metric sums in every checkpoint, given back to each rank on resuming."""
 
 import pytorch_lightning as pl
 import torch
@@ -22,10 +21,9 @@ def gather(trainer: pl.Trainer, local: dict) -> list[dict]:
 
 
 class RankState(pl.Callback):
-    """Each rank's training noise, its own stream seeded by (seed, rank), and what it has summed so far of the
-    epoch's training metrics: gathered from every rank into every checkpoint, and given back to each rank when
-    the run resumes, so a run resumed at any step draws and sums what an uninterrupted one would have
-    (Lightning's checkpoints hold no random state, and torchmetrics states are per rank)."""
+    """Each rank's training noise (its own stream seeded by (seed, rank)) and epoch sums so far, so that a run resumed
+    at any step draws and sums what an uninterrupted one would have: Lightning's checkpoints hold no random state,
+    and torchmetrics states are per rank."""
 
     def __init__(self, seed: int):
         self.seed = seed
@@ -42,10 +40,10 @@ class RankState(pl.Callback):
             # restored but not yet handed back (a checkpoint written before on_train_start): what this run goes on
             # from is the restored streams, not the freshly seeded ones
             return {"ranks": self.restored}
-        module, device = self.pl_module, self.pl_module.device
+        module = self.pl_module
         local = {
             # an evaluation pass holds the training stream aside (see CVAELitModule.evaluation_noise)
-            "random": module.held_training_noise or random_state(device),
+            "random": module.held_training_noise or random_state(module.device),
             # a checkpoint at the end of an epoch (ModelCheckpoint saves before Lightning resets the epoch's sums):
             # the run resumes with the next epoch, which sums from nothing
             "metrics": {}

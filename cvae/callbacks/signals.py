@@ -1,6 +1,5 @@
-"""Ctrl-C (SIGINT) and SIGTERM stop a run at the end of an optimizer step, on every rank the same one, so that the
-checkpoint written on the way out (CheckpointOnInterrupt) resumes exactly: Lightning stops there for SIGTERM, and
-this makes SIGINT, and any signal under DDP, go the same way."""
+"""Ctrl-C and SIGTERM stop a run at the end of an optimizer step, on every rank the same one, so that the checkpoint
+written on the way out (CheckpointOnInterrupt) resumes exactly (docs/ddp-and-clusters.md)."""
 
 import signal
 import threading
@@ -10,18 +9,14 @@ import torch
 
 
 class StopTogether(pl.Callback):
-    """Notes the signal this rank got and, at the end of the step, once one was noted (under DDP: on any rank,
-    agreed by a MAX over one integer after every step, as Lightning itself broadcasts one per step), delivers
-    SIGTERM to Lightning's own handler on every rank, which stops the run at the end of that step with its
-    SIGTERMException; `stopped_by` keeps which signal it was (cvae.run.launch.exit_as_signalled ends the process
-    as that signal asks).
+    """Notes the signal this rank got and, at the end of the step once one was noted (under DDP on any rank, agreed
+    by a MAX over one integer per step), delivers SIGTERM to Lightning's own handler on every rank, which stops the
+    run there; `stopped_by` keeps which signal it was (for cvae.run.launch.exit_as_signalled).
 
-    One process: SIGTERM is Lightning's alone; a Ctrl-C during a step is held to the step's end (otherwise its
-    KeyboardInterrupt would stop the run halfway through a step, which no checkpoint can resume exactly).
-    Under DDP both signals are noted from the start of training: Lightning's SIGTERM handler runs a collective
-    inside the handler, on the signalled rank alone (a deadlock when one rank is signalled mid-step), forwards the
-    signal only to ranks its own launcher started, and Lightning has no SIGINT handling under DDP. Delivered after
-    the agreement, on every rank at the same point, that collective is joined by all."""
+    One process: SIGTERM is Lightning's alone; a Ctrl-C is held to the step's end (its KeyboardInterrupt would stop
+    the run halfway through a step, which no checkpoint resumes exactly). Under DDP both are noted from the start:
+    Lightning's SIGTERM handler runs a collective on the signalled rank alone (a deadlock mid-step), forwards the
+    signal only to ranks its own launcher started, and Lightning has no SIGINT handling under DDP."""
 
     def __init__(self):
         self.received = 0  # the signal this rank got (SIGTERM outranks SIGINT)

@@ -16,13 +16,10 @@ def train_val_indices(val_size: int, split_seed: int) -> tuple[torch.Tensor, tor
 
 
 class EpochPermutation:
-    """Indices of one epoch: a permutation seeded by (seed, epoch), dealt into disjoint per-rank shards.
-
-    Every rank draws the same permutation, so the shards partition it. When shuffling (training), the tail
-    that does not divide by world_size is dropped so every rank runs the same number of steps (DDP would
-    hang otherwise); evaluation keeps every index, since metrics there are synced sums, not gradient steps.
-    The sampler of both data paths: Lightning's DistributedSampler would pad evaluation with repeated images.
-    """
+    """Indices of one epoch: a permutation seeded by (seed, epoch), the same on every rank, dealt into disjoint
+    per-rank shards. Training drops the tail that does not divide by world_size, so every rank runs the same number
+    of steps (DDP would hang otherwise); evaluation keeps every index, since its metrics are synced sums. The sampler
+    of both data paths: Lightning's DistributedSampler would pad evaluation with repeated images."""
 
     def __init__(self, size: int, shuffle: bool, seed: int = 0, rank: int = 0, world_size: int = 1):
         self.size, self.shuffle, self.seed = size, shuffle, seed
@@ -35,18 +32,14 @@ class EpochPermutation:
     def indices(self) -> torch.Tensor:
         if not self.shuffle:
             return torch.arange(self.rank, self.size, self.world_size)
-        generator = torch.Generator().manual_seed(self.seed + self.epoch)
-        order = torch.randperm(self.size, generator=generator)
-        order = order[: self.size - self.size % self.world_size]
-        return order[self.rank :: self.world_size]
+        order = torch.randperm(self.size, generator=torch.Generator().manual_seed(self.seed + self.epoch))
+        return order[: self.size - self.size % self.world_size][self.rank :: self.world_size]
 
     def __iter__(self):
         return iter(self.indices().tolist())
 
     def __len__(self) -> int:
-        if self.shuffle:
-            return self.size // self.world_size
-        return len(range(self.rank, self.size, self.world_size))
+        return self.size // self.world_size if self.shuffle else len(range(self.rank, self.size, self.world_size))
 
 
 class TensorBatches:

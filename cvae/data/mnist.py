@@ -1,22 +1,17 @@
-"""MNIST as a LightningDataModule: 55k/5k train/val from the training set, 10k test, pixels in [0, 1].
+"""MNIST as a LightningDataModule: 55k/5k train/val from the training set, 10k test, pixels in [0, 1]. By default
+each split is one uint8 tensor on the training device, batched by index slices: MNIST is so small that a classic
+DataLoader's per-item PIL round trip costs more than the model. `loader=dataloader` keeps that classic path."""
 
-torchvision parses (and, with network, downloads) the IDX files. By default each split then lives as one
-uint8 tensor on the training device and batches are index slices of a per-epoch permutation: MNIST is so
-small that the per-item PIL round trip of a classic DataLoader would cost more than the model itself.
-`loader=dataloader` keeps that classic path for users who add per-item transforms.
-"""
-
-import hashlib
 from pathlib import Path
 
 import pytorch_lightning as pl
 import torch
 from torch.utils.data import DataLoader, Dataset, Subset
 from torchvision import datasets, transforms
+from torchvision.datasets.utils import check_integrity
 
 from cvae.data.batches import TRAIN_SIZE, EpochPermutation, TensorBatches, train_val_indices
 from cvae.errors import DataError
-from cvae.model.network import NUM_PIXELS
 from cvae.validate import check_at_most, check_choice, check_count, check_flag
 
 LOADERS = ("memory", "dataloader")
@@ -34,15 +29,11 @@ def verify_mnist_files(raw_dir: Path) -> None:
     Missing files are left to torchvision, which downloads them where it can."""
     for name, expected in MNIST_MD5.items():
         path = raw_dir / name
-        if path.is_file() and hashlib.md5(path.read_bytes(), usedforsecurity=False).hexdigest() != expected:
+        if path.is_file() and not check_integrity(path, expected):
             raise DataError(
                 f"{path.resolve()} fails its checksum: it is truncated or corrupted. Replace it with "
                 f"the original (or delete it and its .gz to download MNIST again)"
             )
-
-
-def flatten(image: torch.Tensor) -> torch.Tensor:
-    return image.view(NUM_PIXELS)
 
 
 class MNISTDataModule(pl.LightningDataModule):
@@ -72,7 +63,7 @@ class MNISTDataModule(pl.LightningDataModule):
         self.verified = False
 
     def mnist(self, train: bool) -> datasets.MNIST:
-        transform = transforms.Compose([transforms.ToTensor(), flatten]) if self.loader == "dataloader" else None
+        transform = transforms.Compose([transforms.ToTensor(), torch.flatten]) if self.loader == "dataloader" else None
         raw_dir = self.data_dir / "MNIST" / "raw"
         if not self.verified:  # once per datamodule, not per stage and split: each check hashes all 55 MB
             verify_mnist_files(raw_dir)
@@ -81,9 +72,9 @@ class MNISTDataModule(pl.LightningDataModule):
             return datasets.MNIST(self.data_dir, train=train, download=self.download, transform=transform)
         except RuntimeError as error:
             raise DataError(
-                f"MNIST not found in {(self.data_dir / 'MNIST' / 'raw').resolve()} and could not be downloaded "
-                f"({error}). Point data.data_dir=PATH or CVAE_DATA_DIR at a folder holding MNIST/raw/ with the "
-                f"IDX files (train-images-idx3-ubyte, ...)."
+                f"MNIST not found in {raw_dir.resolve()} and could not be downloaded ({error}). Point "
+                f"data.data_dir=PATH or CVAE_DATA_DIR at a folder holding MNIST/raw/ with the IDX files "
+                f"(train-images-idx3-ubyte, ...)."
             ) from None
 
     def prepare_data(self) -> None:
@@ -98,16 +89,10 @@ class MNISTDataModule(pl.LightningDataModule):
             return
         train_set, test_set = self.mnist(train=True), self.mnist(train=False)
         train_idx, val_idx = self.train_val_indices()
-        if self.loader == "dataloader":
-            self.splits = {"train": Subset(train_set, train_idx), "val": Subset(train_set, val_idx), "test": test_set}
-            return
-        device = self.trainer.strategy.root_device if self.trainer is not None else torch.device("cpu")
-        images, labels = train_set.data.to(device), train_set.targets.to(device)
-        self.splits = {
-            "train": (images[train_idx.to(device)], labels[train_idx.to(device)]),
-            "val": (images[val_idx.to(device)], labels[val_idx.to(device)]),
-            "test": (test_set.data.to(device), test_set.targets.to(device)),
-        }
+        self.splits = {"train": Subset(train_set, train_idx), "val": Subset(train_set, val_idx), "test": test_set}
+        if self.loader == "memory":  # each split as (images, labels) tensors on the training device
+            device = self.trainer.strategy.root_device if self.trainer is not None else torch.device("cpu")
+            self.splits = {name: tuple(data.to(device) for data in split_tensors(self, name)) for name in self.splits}
 
     def batches(self, split: str) -> TensorBatches | DataLoader:
         shuffle = split == "train"

@@ -1,16 +1,6 @@
-"""A run's hyperparameters and final metrics as every logger gets them (TensorBoard's HPARAMS tab, MLflow's
-params and metrics, W&B's config, CSV's hparams.yaml), so a sweep reads at a glance:
-
-- the mission's knobs come first, always: latent_dim, batch_size, lr and which model and sampler (the config
-  group options, e.g. `mlp`, `prior`); then the knobs the run's overrides set; then the rest of the top-level
-  knobs, model, data and trainer. TensorBoard's HPARAMS tab sorts by name, lists the hparams marked as
-  differing first and ticks the first five of its list (seen in a browser): the five mission knobs alone are
-  marked, so they are the ticked columns of every run; the others are a tick away;
-- each knob once: a key that only repeats another (`data.batch_size: ${batch_size}`) is left out;
-- paths inside the project relative to its root; a path outside it (a shared data folder) as it is, with the
-  home dir as ~, never as `../../` climbing out of the project;
-- the final metrics of the best checkpoint (val and test nelbo, FID, label accuracy) as the metric columns.
-"""
+"""A run's hyperparameters and final metrics as every logger gets them, so that a sweep reads at a glance: the
+mission's knobs first, then the run's overrides, then the rest; each knob once; no path climbing out of the project
+(docs/outputs.md, HPARAMS)."""
 
 import os
 import re
@@ -33,16 +23,14 @@ KNOB_KEYS = ("latent_dim", "batch_size", "lr", "seed", "model", "data", "trainer
 COPY_OF_KEY = re.compile(r"^\$\{[\w.]+\}$")
 
 
-# TensorBoard's sub-run (a folder of the run dir) holding the final figures, under the tags of the curves: the best
-# checkpoint's val/nelbo is a point on the val/nelbo chart, not a chart of its own ahead of the curves; HPARAMS's
-# metric columns read them there
+# TensorBoard's sub-run holding the final figures under the tags of the curves (a point on the val/nelbo chart, not a
+# chart of its own ahead of the curves), where HPARAMS's metric columns read them
 BEST_RUN = "best"
 
 
 @rank_zero_only
 def log_final(loggers: list[Logger], cfg: DictConfig, metrics: dict, extra: dict, step: int) -> None:
-    """Give every logger the run's hyperparameters (with `extra`, e.g. figures known after the run) and its
-    final metrics (on the rank that writes the logs)."""
+    """Every logger gets the run's hyperparameters (with `extra`, figures known after the run) and final metrics."""
     mission = mission_knobs(cfg)
     first = {**mission, **swept_knobs(cfg)}
     hparams = {**first, **{key: value for key, value in knobs(cfg).items() if key not in first}, **extra}
@@ -64,39 +52,31 @@ def add_tensorboard_hparams(
     sub-run, the session whose metric columns read them: a metric of another run (a MetricName group) is not found
     when TensorBoard's logdir is the run dir itself (TensorBoard 2.21 looks for run `./best`, not `best`)."""
     logger.log_hyperparams(hparams)  # into hparams.yaml only: without metrics Lightning writes no summary
-    charted = {tensorboard_tag(name): (name, value) for name, value in final.items()}
+    charted = {tensorboard_tag(name): name for name in final}
     charted.pop(None, None)  # test figures: not charted (metrics.json has them)
-    experiment, session_start, session_end = hparams_summaries(
-        {key: tensorboard_value(value) for key, value in hparams.items()},
-        {tag: value for tag, (_, value) in charted.items()},
-    )
-    content = experiment.value[0].metadata.plugin_data
+    # TensorBoard prints every number to 5 significant digits (batch_size 128.00): integers and lists go as text
+    shown = {key: value if isinstance(value, bool | float | str) else str(value) for key, value in hparams.items()}
+    summaries = hparams_summaries(shown, {tag: final[name] for tag, name in charted.items()})
+    content = summaries[0].value[0].metadata.plugin_data  # the experiment's, of experiment, session start and end
     plugin_data = HParamsPluginData.FromString(content.content)
     for info in plugin_data.experiment.hparam_infos:
         info.differs = info.name in marked
     for info in plugin_data.experiment.metric_infos:
-        info.display_name = charted[info.name.tag][0]
+        info.display_name = charted[info.name.tag]
     content.content = plugin_data.SerializeToString()
     with SummaryWriter(os.path.join(logger.log_dir, BEST_RUN)) as best:
-        for tag, (_, value) in charted.items():
-            best.add_scalar(tag, value, step)
+        for tag, name in charted.items():
+            best.add_scalar(tag, final[name], step)
         # the SummaryWriter has no public call that takes a prebuilt summary: its file writer does
-        for summary in (experiment, session_start, session_end):
+        for summary in summaries:
             best.file_writer.add_summary(summary)
     logger.save()
 
 
-def tensorboard_value(value):
-    """A knob as HPARAMS shows it: TensorBoard prints every number to 5 significant digits (batch_size 128.00),
-    so integers go as text; lists as text."""
-    if isinstance(value, bool | float | str):
-        return value
-    return str(value)
-
-
 def mission_knobs(cfg: DictConfig) -> dict:
-    """latent_dim, batch_size, lr, and the model and sampler options the run used (Hydra's group choices; without
-    Hydra the network's and the sampler's class)."""
+    """latent_dim, batch_size, lr, and the model and sampler options (Hydra's group choices; without Hydra the
+    network's and the sampler's class). TensorBoard's HPARAMS tab ticks the first five hparams marked as differing
+    (seen in a browser): these five alone are marked, so they are the ticked columns of every run."""
     choices = HydraConfig.get().runtime.choices if HydraConfig.initialized() else {}
     sampler = choices.get("sampler") or OmegaConf.select(cfg, "sampler._target_", default="prior").rsplit(".")[-1]
     model = choices.get("model") or OmegaConf.select(cfg, "model.net._target_", default="").rsplit(".")[-1]

@@ -1,15 +1,6 @@
-"""The experiment trackers as this project builds them: MLflow's and W&B's loggers named after the run dir, W&B
-offline unless this machine is logged in to it, W&B's run closed after each job, and every tracker continuing the
-run it holds when a run is resumed (`resume_from`, the checkpoint: the loggers' configs pass ${ckpt_path}) instead
-of opening a new one. (Images in the form each tracker takes: cvae/callbacks/images.py.)
-
-What an interrupted launch logged after its checkpoint is logged again by the resume: CSV drops the earlier
-copies (the rows from the resumed epoch and step on), TensorBoard hides them (purge_step: the steps after the
-checkpoint's); MLflow and W&B keep every point they were sent (neither can delete one), so after a hard kill
-the batches between the checkpoint and the kill appear twice there, with the same values on an exact resume.
-
-MLflow and W&B are optional extras (`pip install -e ".[mlflow]"`, `".[wandb]"`); nothing here imports them.
-"""
+"""CSV, MLflow and W&B as this project builds them: named after the run dir, W&B offline unless this machine is logged
+in, and each continuing the run it holds when a run is resumed (`resume_from`: the checkpoint); docs/outputs.md says
+what each keeps of an interrupted launch. MLflow and W&B are optional extras: nothing here imports them."""
 
 import csv
 import importlib.util
@@ -17,7 +8,7 @@ import netrc
 import os
 import socket
 import sys
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 from urllib.parse import urlparse
 
@@ -44,8 +35,12 @@ class ContinuedCSVLogger(loggers.CSVLogger):
     @rank_zero_only
     def log_metrics(self, metrics: dict, step: int | None = None) -> None:
         if self.earlier:
-            for row in rows_before(self.earlier, metrics.get("epoch"), step):
-                super().log_metrics({key: value for key, value in row.items() if key != "step"}, step=row["step"])
+            # the rows this run does not log again: before a training row, those of earlier steps or of earlier epochs
+            # (an epoch's last points share the step of the next epoch's first batch); before any other row, all
+            epoch = metrics.get("epoch")
+            for row in self.earlier:
+                if epoch is None or step is None or row["step"] < step or row.get("epoch", epoch) < epoch:
+                    super().log_metrics({key: value for key, value in row.items() if key != "step"}, step=row["step"])
             self.earlier = []
         super().log_metrics(metrics, step)
 
@@ -72,19 +67,9 @@ def set_earlier_rows_aside(log_dir: Path) -> list[dict]:
 
 def number(text: str) -> int | float | str:
     for kind in (int, float):
-        try:
+        with suppress(ValueError):
             return kind(text)
-        except ValueError:
-            continue
     return text
-
-
-def rows_before(rows: list[dict], epoch: int | None, step: int | None) -> list[dict]:
-    """The rows a resume whose first row is at `epoch`, `step` does not log again: those of earlier steps, or of
-    earlier epochs (an epoch's last points share the step of the next epoch's first batch)."""
-    if epoch is None or step is None:  # not a training row: nothing is logged again
-        return rows
-    return [row for row in rows if row["step"] < step or row.get("epoch", epoch) < epoch]
 
 
 class MLFlowLogger(loggers.MLFlowLogger):
@@ -125,16 +110,18 @@ def mlflow_run_of(run_dir: str, tracking_uri: str | None, experiment_name: str |
 
 
 class WandbLogger(loggers.WandbLogger):
-    """Lightning's WandbLogger in the mode WANDB_MODE names, else online when this machine is logged in to W&B
-    (an API key in WANDB_API_KEY or in the netrc file `wandb login` writes) and offline otherwise: a run never
-    stops to ask for a login, and `wandb sync <run dir>/wandb/offline-run-*` uploads an offline run later.
-    Resuming, the W&B run of this dir continues (same id; WandbLogger asks W&B for resume="allow")."""
+    """Lightning's WandbLogger in the mode WANDB_MODE names, else online when this machine is logged in to W&B and
+    offline otherwise: a run never stops to ask for a login. Resuming, the W&B run of this dir continues (same id;
+    WandbLogger asks W&B for resume="allow")."""
 
     def __init__(self, save_dir: str, name: str | None = None, resume_from: str | None = None, **kwargs):
         require_extra("wandb")
         mode = os.environ.get("WANDB_MODE") or ("online" if wandb_logged_in() else "offline")
         if resume_from and not (kwargs.get("id") or kwargs.get("version")):
-            kwargs["id"] = wandb_run_of(save_dir)
+            # the newest launch's: W&B names each launch's folder `[offline-]run-<date>_<time>-<run id>` (it keeps no
+            # other record of the id on disk that is meant to be read)
+            launches = sorted(Path(save_dir, "wandb").glob("*run-*-*"), key=lambda path: path.name.split("run-", 1)[1])
+            kwargs["id"] = launches[-1].name.rsplit("-", 1)[1] if launches else None
         super().__init__(save_dir=save_dir, name=name or run_label(save_dir), mode=mode, **kwargs)
 
 
@@ -153,13 +140,6 @@ def check_reachable(uri: str | None, key: str, seconds: float = 5.0) -> None:
         ) from None
 
 
-def wandb_run_of(save_dir: str) -> str | None:
-    """The id of the newest W&B run in <save_dir>/wandb/: W&B names each launch's folder
-    `[offline-]run-<date>_<time>-<run id>` (it keeps no other record of the id on disk that is meant to be read)."""
-    launches = sorted(Path(save_dir, "wandb").glob("*run-*-*"), key=lambda path: path.name.split("run-", 1)[1])
-    return launches[-1].name.rsplit("-", 1)[1] if launches else None
-
-
 def run_label(run_dir: str) -> str:
     """A run's dir below outputs/ (`multirun/<date>/<time>/<job>`), else the whole dir."""
     parts = Path(run_dir).parts
@@ -167,6 +147,7 @@ def run_label(run_dir: str) -> str:
 
 
 def wandb_logged_in() -> bool:
+    """An API key in WANDB_API_KEY or in the netrc file `wandb login` writes."""
     if os.environ.get("WANDB_API_KEY"):
         return True
     host = urlparse(os.environ.get("WANDB_BASE_URL", "https://api.wandb.ai")).hostname
@@ -186,15 +167,11 @@ def require_extra(package: str) -> None:
 def wandb_run_closed():
     """Close the W&B run when the job ends, marked failed when it failed: W&B keeps one run per process, and the
     next job of a multirun would log into this one."""
+    exit_code = 1
     try:
         yield
-    except BaseException:
-        finish_wandb_run(exit_code=1)
-        raise
-    finish_wandb_run(exit_code=0)
-
-
-def finish_wandb_run(exit_code: int) -> None:
-    wandb = sys.modules.get("wandb")  # imported only when a WandbLogger started a run
-    if wandb is not None and wandb.run is not None:
-        wandb.finish(exit_code=exit_code)
+        exit_code = 0
+    finally:
+        wandb = sys.modules.get("wandb")  # imported only when a WandbLogger started a run
+        if wandb is not None and wandb.run is not None:
+            wandb.finish(exit_code=exit_code)
