@@ -302,7 +302,7 @@ def test_the_logger_gets_every_scalar_the_hparams_and_the_final_metrics(trained)
         assert [step for step, _ in logged[name]] == [step for step, _ in series], name
         assert [value for _, value in logged[name]] == pytest.approx([value for _, value in series], rel=1e-6), name
     hparams = yaml.safe_load((trained / CSV_DIR / "hparams.yaml").read_text())
-    assert (hparams["latent_dim"], hparams["model"], hparams["global_batch_size"]) == (2, MODEL, 128)
+    assert (hparams["latent_dim"], hparams["net"], hparams["global_batch_size"]) == (2, MODEL, 128)
     final = sorted(name for name in logged if name.startswith("final/"))
     assert "final/val/nelbo" in final, "the final metrics reach the CSV (TensorBoard: its `best` sub-run)"
     results = metrics(trained)

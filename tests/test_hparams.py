@@ -16,7 +16,7 @@ from tests.conftest import QUICK_RUN, compose_config
 COPIES = ("data/batch_size", "model/latent_dim", "model/optimizer/lr", "data/shuffle_seed", "trainer/default_root_dir")
 
 
-MISSION = ["latent_dim", "batch_size", "lr", "model", "sampler"]
+MISSION = ["latent_dim", "batch_size", "lr", "net", "sampler"]
 
 
 def as_shown(path: str) -> str:
@@ -43,7 +43,7 @@ def test_hparams_tab_lists_the_overrides_first_each_knob_once_with_the_final_met
     assert {"batch_size", "lr", "seed", "model/beta", "data/eval_batch_size", "global_batch_size"} <= set(names)
     values = summaries["_hparams_/session_start_info"].session_start_info.hparams
     assert values["data/data_dir"].string_value == as_shown(data_dir)
-    assert (values["model"].string_value, values["sampler"].string_value) == ("mlp", "prior")
+    assert (values["net"].string_value, values["sampler"].string_value) == ("mlp", "prior")
     assert not any(value.string_value.startswith("..") for value in values.values()), "none climbs out"
     metrics = json.loads((output_dir / "metrics.json").read_text())
     columns = summaries["_hparams_/experiment"].experiment.metric_infos
@@ -58,17 +58,19 @@ def test_a_key_set_on_its_own_is_a_knob_and_a_group_option_shows_as_typed(tmp_pa
         "batch_size=64",
         "logger=[tensorboard,csv]",
         "data.eval_batch_size=500",
+        "net=conv",
         "model.net.hidden_dims=[64,32]",
     ]
     cfg = compose_config("train", overrides, tmp_path)
     assert swept_knobs(cfg) == {
         "batch_size": 64,
         "logger": "[tensorboard,csv]",
+        "net": "conv",  # a group option whose config sits elsewhere (model.net)
         "data/eval_batch_size": 500,
         "model/net/hidden_dims": [64, 32],
     }
     assert "data/batch_size" not in knobs(cfg), "a copy of batch_size"
-    assert {"model": "mlp", "sampler": "prior"}.items() <= mission_knobs(cfg).items()
+    assert {"net": "conv", "sampler": "prior"}.items() <= mission_knobs(cfg).items()
     overridden = compose_config("train", ["data.batch_size=32"], tmp_path)
     assert knobs(overridden)["data/batch_size"] == 32 and knobs(overridden)["batch_size"] == 128, "no copy any more"
 

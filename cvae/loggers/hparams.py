@@ -74,13 +74,13 @@ def add_tensorboard_hparams(
 
 
 def mission_knobs(cfg: DictConfig) -> dict:
-    """latent_dim, batch_size, lr, and the model and sampler options (Hydra's group choices; without Hydra the
+    """latent_dim, batch_size, lr, and the net and sampler options (Hydra's group choices; without Hydra the
     network's and the sampler's class). TensorBoard's HPARAMS tab ticks the first five hparams marked as differing
     (seen in a browser): these five alone are marked, so they are the ticked columns of every run."""
     choices = HydraConfig.get().runtime.choices if HydraConfig.initialized() else {}
     sampler = choices.get("sampler") or OmegaConf.select(cfg, "sampler._target_", default="prior").rsplit(".")[-1]
-    model = choices.get("model") or OmegaConf.select(cfg, "model.net._target_", default="").rsplit(".")[-1]
-    knobs = {"latent_dim": cfg.latent_dim, "batch_size": cfg.batch_size, "lr": cfg.lr, "model": model}
+    net = choices.get("net") or OmegaConf.select(cfg, "model.net._target_", default="").rsplit(".")[-1]
+    knobs = {"latent_dim": cfg.latent_dim, "batch_size": cfg.batch_size, "lr": cfg.lr, "net": net}
     return {**knobs, "sampler": sampler}
 
 
@@ -89,12 +89,12 @@ def swept_knobs(cfg: DictConfig) -> dict:
     a whole config (a group option: `logger=many_loggers`, `logger=[tensorboard,mlflow]`) as it was typed."""
     if not HydraConfig.initialized():  # train() called without Hydra, e.g. from a script
         return {}
-    swept = {}
+    swept, choices = {}, HydraConfig.get().runtime.choices
     for override in OverridesParser.create().parse_overrides(list(HydraConfig.get().overrides.task)):
         key, value = override.key_or_group, OmegaConf.select(cfg, override.key_or_group)
-        if override.is_delete() or value is None:
+        if override.is_delete() or key.startswith("hydra") or (value is None and key not in choices):
             continue
-        if OmegaConf.is_dict(value):
+        if key in choices or OmegaConf.is_dict(value):  # a group option (net=conv: its config sits at model.net)
             swept[key] = override.get_value_element_as_str()
         else:
             swept.update(flatten(key.replace(".", "/"), plain(value), cfg.paths.root_dir))
