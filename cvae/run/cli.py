@@ -1,13 +1,6 @@
-"""What train.py and evaluate.py share around their work: the launch's checks before Hydra writes anything
-(RunDirCheck: the trust boundary's and the run-dir boundary's checks, the schema), the run dir claimed for this
-run alone, and bad input reported as one line ("error: <what was wrong and how to fix it>") with
-exit status 1, not a traceback; Ctrl-C and SIGTERM end with 130 and 143.
-
-No torch or Lightning at module level: Hydra's RunDirCheck runs check_launch when the launch starts, before the
-entry point imports its task (torch, Lightning: seconds), so that a rejected value costs about a second.
-
-HYDRA_FULL_ERROR=1 shows the traceback instead. In a multirun the error is re-raised after its line, so that
-Hydra records the member as failed and the sweep goes on with the others."""
+"""What train.py and evaluate.py share: the launch's checks before Hydra writes anything (RunDirCheck), the run dir
+claimed, and bad input said in one line ("error: ...", exit 1; HYDRA_FULL_ERROR=1 shows the traceback); Ctrl-C and
+SIGTERM end with 130 and 143. No torch at module level: a value refused at launch costs about a second."""
 
 import logging
 import os
@@ -39,10 +32,8 @@ def in_multirun() -> bool:
 
 
 def check_launch(config: DictConfig, single_run: bool) -> None:
-    """What Hydra composed, checked before Hydra writes anything or imports the task: what the config file asks
-    beyond values (cvae.trust.check_config_file), keys a `+` added that nothing reads; then, for a single run (a
-    sweep's members are checked as each starts), every value by the entry point's schema and digit strings as
-    they were typed."""
+    """What Hydra composed, before it writes anything; the values only for a single run (a sweep's members are
+    checked as each starts)."""
     check_config_file(config)
     check_added_keys(config)
     if single_run:
@@ -56,8 +47,7 @@ TYPED_PATH_KEYS = ("ckpt_path", "data.data_dir")
 
 
 def environment_from_where_typed() -> None:
-    """Make the path variables and PYTHONPATH absolute, once, at launch: DDP ranks and launched jobs inherit them
-    and read the same files. (An empty PYTHONPATH entry means the current folder, as Python reads it.)"""
+    """The path variables and PYTHONPATH made absolute at launch: DDP ranks and launched jobs inherit them."""
     for variable in TYPED_PATH_VARIABLES:
         if os.environ.get(variable):
             os.environ[variable] = os.path.abspath(os.environ[variable])
@@ -66,13 +56,12 @@ def environment_from_where_typed() -> None:
 
 
 def config_from_where_typed(cfg: DictConfig) -> None:
-    """The typed path keys made absolute from Hydra's launch folder once the job runs elsewhere (hydra.job.chdir=true
-    changes into the run dir); interpolations and missing values are left to the checks."""
+    """The typed path keys made absolute from Hydra's launch folder once the job runs elsewhere (hydra.job.chdir)."""
     if not HydraConfig.initialized() or os.getcwd() == HydraConfig.get().runtime.cwd:
         return
     for key in TYPED_PATH_KEYS:
         parent_key, _, leaf = key.rpartition(".")
-        parent = OmegaConf.select(cfg, parent_key) if parent_key else cfg
+        parent = OmegaConf.select(cfg, parent_key)  # the config itself for ""
         if not isinstance(parent, DictConfig) or leaf not in parent or OmegaConf.is_missing(parent, leaf):
             continue
         if not OmegaConf.is_interpolation(parent, leaf) and isinstance(parent[leaf], str) and parent[leaf]:
@@ -103,9 +92,8 @@ def usage_error(error: BaseException) -> UsageError | None:
 
 def run_task(task: Callable[[DictConfig], object], cfg: DictConfig):
     """Check the config's values (again for a launch, first for a DDP rank or a caller in Python), then run the
-    task. A sweep member refused in one line returns no metrics ({}): Hydra would print a traceback of a raised
-    error, and the sweep's summary ends the sweep with its line (SweepSummary). The signal handlers are put back
-    afterwards (Lightning leaves SIGINT ignored after a Ctrl-C)."""
+    task. A refused sweep member returns no metrics ({}): SweepSummary ends the sweep with its line. The signal
+    handlers are put back afterwards (Lightning leaves SIGINT ignored after a Ctrl-C)."""
     handlers = {signum: signal.getsignal(signum) for signum in STOPPING_SIGNALS}
     try:
         config_from_where_typed(cfg)
@@ -135,8 +123,7 @@ def run_task(task: Callable[[DictConfig], object], cfg: DictConfig):
 
 
 def stopped_by(exit_: SystemExit) -> tuple[int | None, BaseException]:
-    """The signal behind an exit: Lightning's SIGTERMException, or its sys.exit(1) after a Ctrl-C (which it
-    raises while handling the KeyboardInterrupt, so that is the exit's context)."""
+    """The signal behind an exit: Lightning's SIGTERMException, or its sys.exit(1) raised handling a Ctrl-C."""
     if type(exit_).__name__ == "SIGTERMException":  # by name: importing Lightning here would cost seconds
         return signal.SIGTERM, exit_
     if isinstance(exit_.__context__, KeyboardInterrupt):
@@ -154,10 +141,8 @@ def stop(signum: int, cause: BaseException) -> None:
 
 
 class RunDirCheck(Callback):
-    """Hydra callback, before Hydra writes anything: the launch's config is checked (a refused launch leaves
-    nothing behind), then the dir is created (or said in one line why not), claimed by a lock for this process
-    alone, and written only as `may_write` allows. A later launch keeps the first launch's .hydra/ and puts its
-    own config and overrides in .hydra/launch<n>/, so the run dir keeps every launch's overrides."""
+    """Hydra callback, before Hydra writes anything: the config checked (a refused launch leaves nothing behind),
+    then the dir created, locked for this process and written only as `may_write` allows."""
 
     def on_run_start(self, config: DictConfig, **kwargs) -> None:
         directory = Path(config.hydra.run.dir)
@@ -177,8 +162,7 @@ class RunDirCheck(Callback):
             refuse(error)
 
     def on_multirun_start(self, config: DictConfig, **kwargs) -> None:
-        """Before the sweeper writes multirun.yaml (and SweepSummary, listed after this, its table): the sweep dir
-        is claimed, new, and its members' dirs inside it. (Each member's values are checked as it starts.)"""
+        """Before the sweeper writes multirun.yaml: the sweep dir claimed, new, its members' dirs inside it."""
         directory = Path(config.hydra.sweep.dir)
         try:
             check_launch(config, single_run=False)
@@ -193,8 +177,7 @@ class RunDirCheck(Callback):
             refuse(error)
 
     def on_job_start(self, config: DictConfig, **kwargs) -> None:
-        """A sweep member's dir, as a single run's: locked for this member alone and written only as `may_write`
-        allows (in a new sweep dir that is "new"; the lock keeps a second launcher off it)."""
+        """A sweep member's dir, as a single run's: locked for this member and written only as `may_write` allows."""
         if not in_multirun() or launched_rank() != 0:
             return
         directory = Path(config.hydra.runtime.output_dir)
@@ -232,9 +215,8 @@ def refuse(error: Exception) -> None:
 
 
 def keep_history(config: DictConfig, directory: Path) -> None:
-    """When the dir holds an earlier launch's .hydra/ (this launch resumes it, or it left no results), point
-    Hydra's output_subdir at .hydra/launch<n>/ for this launch (n = 2, 3, ...): the first launch's config and
-    overrides stay in .hydra/, each later one's beside them."""
+    """A later launch into the dir writes its config and overrides to .hydra/launch<n>/ (n = 2, 3, ...): the run
+    dir keeps every launch's."""
     subdir = config.hydra.output_subdir
     if subdir is None or not (directory / subdir).exists():
         return

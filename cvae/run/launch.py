@@ -39,9 +39,8 @@ STOPPED = {128 + signal.SIGINT, 128 + signal.SIGTERM, -signal.SIGINT, -signal.SI
 
 @contextmanager
 def exit_as_signalled(trainer: pl.Trainer):
-    """A run every rank stopped for a signal ends as that signal asks: KeyboardInterrupt for SIGINT (exit 130),
-    SIGTERMException for SIGTERM (143). A rank started by launch_local_ranks exits with that code and no line of
-    its own: rank 0 says it."""
+    """A run every rank stopped for a signal ends as that signal asks (130 for SIGINT, 143 for SIGTERM); a rank
+    started by launch_local_ranks exits with that code and no line of its own: rank 0 says it."""
     try:
         yield
     except SIGTERMException:
@@ -56,15 +55,9 @@ def exit_as_signalled(trainer: pl.Trainer):
 
 @contextmanager
 def launch_local_ranks(trainer: pl.Trainer, cfg: DictConfig):
-    """Start the other DDP processes of this machine, each running exactly this job: `python -m cvae.run.train`
-    with the job's config, resolved, in JOB_CONFIG_VARIABLE, watched by a RankWatchdog.
-
-    Lightning would re-run the script with its command line instead; inside a Hydra multirun that command is the
-    whole sweep, so every child process would run every member in a sweep dir of its own. Afterwards this
-    process is left as it was (no process group, no rank variables, its thread count), so the next member of a
-    multirun starts clean. When Lightning would start no processes (one device, another strategy, or ranks already
-    started by torchrun, SLURM or this launcher) none is started, and a job that ends normally ends its process
-    group too.
+    """Start this machine's other DDP ranks, each running exactly this job (`python -m cvae.run.train`, its config
+    in JOB_CONFIG_VARIABLE), watched by a RankWatchdog (Lightning would re-run the command line: in a multirun, the
+    whole sweep). Afterwards this process is left as it was, so that the next member of a multirun starts clean.
     """
     strategy = trainer.strategy
     if not lightning_would_start_processes(strategy):
@@ -112,15 +105,9 @@ def launch_local_ranks(trainer: pl.Trainer, cfg: DictConfig):
 
 
 class RankWatchdog(threading.Thread):
-    """Ends the job within seconds when a rank this process started dies, naming the rank and its exit code.
-
-    Written here rather than taken from Lightning: its child-process observer SIGKILLs the main process (a
-    whole multirun with it) and names no rank. This one kills the other ranks and interrupts the main thread,
-    which then raises RankError; if that thread is stuck in an NCCL collective or a CUDA sync after
-    GRACE_PERIOD, it aborts the process group, which ends the wait with an error (gloo ends it by itself), or,
-    stuck in the rendezvous, joins it for the dead ranks. Never os._exit while the main thread can be reached: the
-    rest of a multirun and its summary come after this member; one that nothing reaches ends the process, after
-    one line, rather than leaving the job to hang."""
+    """Ends the job within seconds when a rank this process started dies, naming the rank and its exit code: kills
+    the other ranks and interrupts the main thread, which raises RankError. Not Lightning's child-process observer:
+    it SIGKILLs the main process (a whole multirun with it) and names no rank."""
 
     def __init__(self, children: dict[int, subprocess.Popen]):
         super().__init__(daemon=True, name="cvae-rank-watchdog")
@@ -143,9 +130,8 @@ class RankWatchdog(threading.Thread):
 
     def reach_main_thread(self) -> None:
         """The interrupt lands at the main thread's next bytecode. One still in C++ after GRACE_PERIOD waits for the
-        dead rank: in a collective (aborting the process group ends it with an error) or in the rendezvous, where
-        rank 0's TCPStore counts the ranks that joined and no interrupt or abort reaches it, for the store's
-        timeout (minutes). There stand-ins join for the dead ranks: the wait returns and the interrupt lands."""
+        dead rank: in a collective (aborting the process group ends it with an error) or in the rendezvous, which no
+        interrupt or abort reaches for the store's timeout (minutes): stand-ins join for the dead ranks there."""
         if self.stopped.wait(GRACE_PERIOD):
             return
         if torch.distributed.is_initialized():
@@ -156,12 +142,13 @@ class RankWatchdog(threading.Thread):
             self.stand_ins = join_for_dead_ranks(len(self.children))
         if self.stopped.wait(GRACE_PERIOD):
             return
-        # nothing reached it: rather than a job that hangs, this process ends, the line said (a multirun with it)
+        # nothing reached it: rather than a job that hangs, this process ends, the line said (a multirun with it;
+        # never before: the rest of a multirun and its summary come after this member)
         print(f"error: {self.failure}", file=sys.stderr, flush=True)
         os.kill(os.getpid(), signal.SIGKILL)
 
     def check(self, wait: float = 0.0) -> None:
-        """Raise the failure seen, if any, or that of a rank that ended in error (waiting up to `wait` s for one)."""
+        """Raise the failure seen, or that of a rank that ended in error (waiting up to `wait` s for one)."""
         deadline = time.monotonic() + wait
         while self.failure is None and not self.failed() and time.monotonic() < deadline:
             time.sleep(0.1)
@@ -171,7 +158,6 @@ class RankWatchdog(threading.Thread):
             raise self.failure from None
 
     def rank_error(self, failed: dict[int, int]) -> RankError:
-        """The error naming the lowest failed rank, its pid and exit code."""
         rank, code = min(failed.items())
         return RankError(
             f"DDP rank {rank} (pid {self.children[rank].pid}) exited with code {code}; the job was stopped. "
@@ -194,9 +180,8 @@ class RankWatchdog(threading.Thread):
 
 
 def join_for_dead_ranks(count: int) -> list:
-    """Clients of this job's rendezvous store (torch.distributed.TCPStore), one per rank that will not join: a
-    client is counted as a joined rank as it connects, so rank 0's wait for the world size returns. None where no
-    store listens (the main thread waits elsewhere): a TCPStore client would retry for seconds and log tracebacks."""
+    """Clients of this job's rendezvous store, one per rank that will not join: each counts as a joined rank, so
+    rank 0's wait returns. None where no store listens: a client would retry for seconds and log tracebacks."""
     address, port = os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"])
     try:
         socket.create_connection((address, port), timeout=1).close()
@@ -226,20 +211,15 @@ def lightning_would_start_processes(strategy) -> bool:
 
 
 def start_rank(local_rank: int, cfg: DictConfig) -> subprocess.Popen:
-    env = {
-        **os.environ,
-        "LOCAL_RANK": str(local_rank),
-        "PYTHONPATH": rank_python_path(),
-        JOB_CONFIG_VARIABLE: OmegaConf.to_yaml(cfg, resolve=True),
-    }
+    config = OmegaConf.to_yaml(cfg, resolve=True)
+    env = {**os.environ, "LOCAL_RANK": str(local_rank), "PYTHONPATH": rank_python_path(), JOB_CONFIG_VARIABLE: config}
     return subprocess.Popen(module_command("cvae.run.train"), env=env)
 
 
 def module_command(module: str, safe_path: bool = sys.version_info >= (3, 11)) -> list[str]:
-    """`python -m module` that imports only from the installed packages, this checkout and PYTHONPATH, never from
-    the folder it starts in (a run dir under hydra.job.chdir=true, else where the command was typed), which `-m`
-    puts first on sys.path: -P leaves it out. Python 3.10 has no -P, and -I would drop PYTHONPATH (the user's
-    trusted classes with it): there the process removes that first entry itself before the module runs."""
+    """`python -m module`, never importing from the folder it starts in (a run dir, or where the command was typed),
+    which `-m` puts first on sys.path. Python 3.10 has no -P, and -I would drop PYTHONPATH (the user's trusted
+    classes with it): there the process removes that entry itself."""
     if safe_path:
         return [sys.executable, "-P", "-m", module]
     run = f"import runpy, sys; del sys.path[0]; runpy.run_module({module!r}, run_name='__main__', alter_sys=True)"
@@ -247,8 +227,8 @@ def module_command(module: str, safe_path: bool = sys.version_info >= (3, 11)) -
 
 
 def rank_python_path() -> str:
-    """This checkout first, then the inherited entries that name a folder: a relative or empty entry would mean the
-    rank's working directory (train.py and evaluate.py made the user's relative entries absolute at launch)."""
+    """This checkout first, then the inherited absolute entries (a relative or empty one means the rank's working
+    directory; the entry points made the user's absolute at launch)."""
     inherited = os.environ.get("PYTHONPATH", "").split(os.pathsep)
     return os.pathsep.join([str(PROJECT_ROOT), *(entry for entry in inherited if os.path.isabs(entry))])
 

@@ -1,16 +1,6 @@
-"""The run-dir boundary: a run writes only inside its own run dir, and never replaces what it did not write.
-
-- **Where:** every path a run will write is checked before the writing starts: Hydra's own files (its log
-  files, `output_subdir`) when the launch starts (cvae.run.cli.RunDirCheck), every write destination of the
-  task's config (`dirpath`, `save_dir`, ... : WRITE_KEYS) when the task starts (check_task_writes); and while the
-  task runs, the writers themselves refuse a path outside it (cvae.files.confined_to).
-- **What is there:** a run dir is used only if it is new (empty, or an earlier launch of ours that failed before
-  it had results) or holds the run this launch resumes; a sweep dir only if new (or, with
-  resume.auto, the same sweep run again). No symbolic link where a run writes.
-- **Who:** a lock (flock) claims the dir for one process.
-
-Torch-free: Hydra's RunDirCheck (cvae/run/cli.py), built at start-up, calls these before anything heavy is
-imported."""
+"""The run-dir boundary: a run writes only inside its own run dir (checked before it writes; cvae.files confines
+the writers), which is new or holds the run it resumes, claimed by a lock for one process; it never replaces what
+it did not write. Torch-free: Hydra's RunDirCheck calls these at start-up."""
 
 import fcntl
 import os
@@ -47,8 +37,8 @@ def check_task_writes(cfg: DictConfig, output_dir: str | Path) -> None:
 
 
 def check_hydra_writes(config: DictConfig, member_dir: Path) -> None:
-    """Hydra's own files for the job whose dir is `member_dir` (its config in output_subdir, its log files), inside
-    that dir: resolved as Hydra will resolve them once the job's dir is known."""
+    """Hydra's own files of the job whose dir is `member_dir` (output_subdir, log files) inside that dir, resolved as
+    Hydra will once the job's dir is known."""
     probe = OmegaConf.create(OmegaConf.to_container(config, resolve=False))  # a copy free of Hydra's read-only flags
     probe.hydra.runtime.output_dir = os.path.abspath(member_dir)
     subdir = probe.hydra.output_subdir
@@ -67,9 +57,8 @@ def check_hydra_writes(config: DictConfig, member_dir: Path) -> None:
 
 
 def may_write(config: DictConfig, directory: Path) -> str:
-    """May this launch write into `directory` (claimed by it), and how: "new" (nothing there but, perhaps, a
-    refused launch's .hydra/) or "resume" (a training launch from a checkpoint inside it). Anything else raises
-    RunDirError saying why not: a symbolic link where the run writes, or an earlier run's results."""
+    """May this launch write into `directory`, and how: "new" or "resume" (a training launch from a checkpoint
+    inside it); else RunDirError saying why not."""
     links = planted_links(directory)
     if links:
         raise RunDirError(
@@ -94,8 +83,8 @@ def may_write(config: DictConfig, directory: Path) -> str:
 
 
 def foreign_files(directory: Path) -> list[str]:
-    """What a dir without results holds that no launch of ours wrote: a dir holding .hydra/ is an earlier launch's
-    that failed before it had results (a retry or a requeue may use it); any other dir must be empty."""
+    """What a dir without results holds that no launch of ours wrote: a dir with .hydra/ is a failed earlier launch's
+    (a retry or a requeue may use it); any other must be empty."""
     if not directory.is_dir() or (directory / ".hydra").is_dir():
         return []
     return sorted(child.name for child in directory.iterdir() if child.name != LOCK_NAME)
@@ -103,14 +92,14 @@ def foreign_files(directory: Path) -> list[str]:
 
 def may_sweep(config: DictConfig, directory: Path) -> None:
     """A sweep dir holding an earlier sweep, or runs of its own, is not written over; with resume.auto=true the
-    same sweep run again may go on there (each member then passes `may_write`: kept, resumed, started or refused)."""
+    same sweep run again may go on there (each member then passes `may_write`)."""
     if directory.is_symlink():
         raise RunDirError(f"hydra.sweep.dir={directory} is a symbolic link; a sweep never writes through one")
     if not directory.is_dir():
         return
-    if resume_auto(config) and (directory / "multirun.yaml").is_file():
-        check_same_sweep(config, directory)
     if resume_auto(config):
+        if (directory / "multirun.yaml").is_file():
+            check_same_sweep(config, directory)
         return
     if (directory / "multirun.yaml").exists():
         raise RunDirError(f"hydra.sweep.dir={directory} already holds a sweep; choose a new dir")
@@ -121,9 +110,8 @@ def may_sweep(config: DictConfig, directory: Path) -> None:
 
 
 def check_same_sweep(config: DictConfig, directory: Path) -> None:
-    """A sweep run again into its dir (resume.auto) finishes that sweep, so it must be that sweep: the same task
-    overrides (resume.auto aside) and search space as its multirun.yaml, read as data; refused before anything is
-    written (the sweeper rewrites multirun.yaml, each member its .hydra/)."""
+    """A sweep run again into its dir (resume.auto) must be that sweep: the same task overrides (resume.auto aside)
+    and search space as its multirun.yaml, read as data."""
     saved, asked = (
         sweep_definition(OmegaConf.to_container(node, resolve=False))
         for node in (OmegaConf.load(directory / "multirun.yaml"), config)
@@ -177,10 +165,9 @@ def planted_links(directory: Path) -> list[str]:
 
 
 def claim(directory: Path, key: str = "hydra.run.dir") -> int:
-    """A lock on the run dir held until this process ends: a second writer is refused, naming the first.
-    (flock, not a lock file's existence: a run killed with SIGKILL leaves no stale lock behind.) The lock file is
-    opened without following a link, and only a plain file of its own is written: a planted link or hard link to
-    another file never changes that file."""
+    """A lock on the run dir held until this process ends: a second writer is refused, naming the first. (flock: a
+    run killed with SIGKILL leaves no stale lock.) Only a plain file of its own is written: never a planted link's
+    or a hard link's target."""
     lock = directory / LOCK_NAME
     try:
         descriptor = os.open(lock, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o644)
@@ -213,8 +200,7 @@ def holds_results(directory: Path) -> list[str]:
 
 
 def refusal(config: DictConfig, directory: Path) -> str | None:
-    """None when this launch resumes the run of `directory` (a training launch from a checkpoint inside it, or
-    resume.auto into its own run); else why not ("" when the results alone say it)."""
+    """None when this launch resumes the run of `directory`; else why not ("" when the results alone say it)."""
     if config.get("task_name") not in RESUMABLE_TASKS or not (config.get("ckpt_path") or resume_auto(config)):
         return ""
     from cvae.run.resume import REFUSE, launch_decision  # torch: only for a launch that asks to resume

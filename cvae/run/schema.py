@@ -1,12 +1,6 @@
-"""The shape and types of the entry points' configs, in one typed schema beside the YAML (conf/train.yaml,
-conf/evaluate.yaml): Hydra structured configs (dataclasses) that the composed config is merged into, so that
-`latent_dim=abc` or `resume.auto=maybe` fails before anything starts, in one line naming the key. A limit a type
-cannot express sits next to its field (`limit(check)`). What a component takes (a network's widths, the data
-module's loader, a callback's counts) is no part of it: each component checks its own arguments when it is built.
-
-Why merged at launch rather than listed in the defaults: Hydra reports a composition error in several lines, with no
-hook to make it the one `error:` line every refusal is. Torch-free: it runs before the training code is imported.
-"""
+"""The types and limits of the entry points' config values (conf/train.yaml, conf/evaluate.yaml), as dataclasses
+checked at launch, so that `latent_dim=abc` fails in one line naming the key (not in Hydra's defaults: it reports a
+composition error in several lines). Components check their own arguments when built. Torch-free."""
 
 import dataclasses
 import difflib
@@ -64,8 +58,7 @@ def positive(value, key: str) -> None:
 
 
 def batches(value, key: str) -> None:
-    """Lightning's limit_*_batches: null (every batch), a fraction in (0, 1] or a count of batches >= 1 (0 would
-    train or measure nothing, and report it)."""
+    """Lightning's limit_*_batches: null, a fraction in (0, 1] or a count >= 1 (0 would train or measure nothing)."""
     number = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
     if value is not None and not (number and value > 0 and (isinstance(value, int) or value <= 1)):
         raise ConfigError(
@@ -195,9 +188,8 @@ SCHEMAS = {"train": Train, "evaluate": Evaluate}
 
 
 def check_values(task: DictConfig) -> None:
-    """The task config against its entry point's schema: every key it leaves mandatory given, then every field the
-    schema names, at any depth and in its order, of its type and within its limit: one ConfigError for the first
-    that is not. Only those keys are resolved (the rest may refer to what Hydra sets later)."""
+    """The task config against its entry point's schema: mandatory keys given, then every field the schema names of
+    its type and within its limit (only those resolved: the rest may refer to what Hydra sets later)."""
     check_mandatory(task)
     check_fields(SCHEMAS[task.task_name], task, "")
 
@@ -225,8 +217,8 @@ def check_fields(schema, node: DictConfig, prefix: str) -> None:
 
 
 def check_mandatory(task: DictConfig) -> None:
-    """Keys the config leaves for the command line (??? in the YAML) that it did not get. Read from the config as
-    written (OmegaConf.missing_keys would resolve every interpolation first: minutes for a crafted one)."""
+    """Keys left ??? in the YAML, read as written (OmegaConf.missing_keys would resolve every interpolation first:
+    minutes for a crafted one)."""
     missing = sorted(key for key, value in leaves(OmegaConf.to_container(task, resolve=False)) if value == "???")
     if missing:
         example = MANDATORY_EXAMPLES.get(missing[0], "<value>")
@@ -240,8 +232,8 @@ def typed_overrides(config: DictConfig) -> list[str]:
 
 
 def check_added_keys(config: DictConfig) -> None:
-    """A top-level key that a `+key=value` added, which no code reads (`+latentdim=3` would train at latent_dim 2,
-    as Hydra's own hint for a misspelt key leads to): refused, naming the nearest key this config knows."""
+    """A top-level key a `+key=value` added, which nothing reads (`+latentdim=3`, as Hydra's hint for a misspelt key
+    leads to, would train at latent_dim 2): refused, naming the nearest known key."""
     groups = set(OmegaConf.select(config, "hydra.runtime.choices", default={}) or {})
     for override in typed_overrides(config):
         key = override.lstrip("+").partition("=")[0]

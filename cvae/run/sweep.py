@@ -1,14 +1,6 @@
-"""Sweep summaries: one table of a multirun's members (overrides, final metrics, epochs, wall time), written to
-<sweep dir>/summary.csv and summary.md and printed as markdown, and summary.png: each final metric against each
-swept knob, one line per setting of the other knobs, linked from summary.md. The Hydra callback registered in
-conf/hydra/default.yaml writes them after every multirun; for any existing sweep dir (also one still running or
-one that failed):
-
-    python -m cvae.run.sweep outputs/multirun/<date>/<time>
-
-Kept free of torch (and matplotlib until a plot is drawn) so that Hydra, which builds its callbacks at start-up,
-stays quick to start.
-"""
+"""Sweep summaries (docs/sweeps.md): a table of a multirun's members in <sweep dir>/summary.csv and summary.md, and
+summary.png, written after every multirun by SweepSummary or for any sweep dir by
+`python -m cvae.run.sweep outputs/multirun/<date>/<time>`. Free of torch: Hydra builds its callbacks at start-up."""
 
 import atexit
 import csv
@@ -29,24 +21,13 @@ from cvae.loggers import FINAL_METRICS
 SUMMARY_FILE, MARKDOWN_FILE, PLOT_FILE = "summary.csv", "summary.md", "summary.png"
 
 
-def member_dirs(sweep_dir: Path) -> list[Path]:
-    """The sweep's members: subdirs Hydra started a job in (.hydra/) or that hold results, by job number."""
-    members = [
-        path
-        for path in sweep_dir.iterdir()
-        if path.is_dir() and ((path / ".hydra").is_dir() or (path / "metrics.json").is_file())
-    ]
-    return sorted(members, key=member_order)
-
-
 def member_order(path: Path) -> tuple:
     return (0, int(path.name)) if path.name.isdigit() else (1, path.name)
 
 
 def launched_jobs(sweep_dir: Path) -> list[list[str]]:
-    """Each job's overrides, by job number, as Hydra's basic sweeper expands the sweep it saved in multirun.yaml
-    just before launching: the members launched, also those that never got a folder (cancelled or lost before
-    they started). Empty for another sweeper (Optuna's trials are only known from their folders)."""
+    """Each job's overrides, by job number, as Hydra's basic sweeper expands the sweep saved in multirun.yaml: also
+    members that never got a folder (cancelled before they started). Empty for another sweeper (Optuna's)."""
     saved = sweep_dir / "multirun.yaml"
     if not saved.is_file():
         return []
@@ -60,8 +41,13 @@ def launched_jobs(sweep_dir: Path) -> list[list[str]]:
 
 
 def sweep_members(sweep_dir: Path) -> list[tuple[Path, list[str]]]:
-    """Every member the sweep launched, and any other member folder, with its overrides, by job number."""
-    members = {member: member_overrides(member) for member in member_dirs(sweep_dir)}
+    """Every member the sweep launched, and any other subdir Hydra started a job in (.hydra/) or that holds results,
+    with its overrides, by job number."""
+    members = {
+        path: member_overrides(path)
+        for path in sweep_dir.iterdir()
+        if path.is_dir() and ((path / ".hydra").is_dir() or (path / "metrics.json").is_file())
+    }
     for number, overrides in enumerate(launched_jobs(sweep_dir)):
         members.setdefault(sweep_dir / str(number), overrides)
     return sorted(members.items(), key=lambda item: member_order(item[0]))
@@ -94,9 +80,7 @@ def summary_table(sweep_dir: Path) -> tuple[list[str], list[dict]]:
 
 
 def shown(value) -> str:
-    if value is None:
-        return ""
-    return f"{value:.4f}" if isinstance(value, float) else str(value)
+    return "" if value is None else f"{value:.4f}" if isinstance(value, float) else str(value)
 
 
 def as_csv(columns: list[str], rows: list[dict]) -> str:
@@ -132,13 +116,6 @@ def write_summary(sweep_dir: str | Path) -> Path:
     return path
 
 
-def knobs_that_differ(rows: list[dict]) -> list[str]:
-    """The override keys whose values differ between the finished members, in command-line order."""
-    finished = [row["knobs"] for row in rows if row["status"] == "ok"]
-    keys = dict.fromkeys(key for knobs in finished for key in knobs)
-    return [key for key in keys if len({knobs.get(key) for knobs in finished}) > 1]
-
-
 def as_number(text: str | None) -> float | None:
     try:
         return float(text)
@@ -147,12 +124,14 @@ def as_number(text: str | None) -> float | None:
 
 
 def summary_figure(rows: list[dict]):
-    """A matplotlib Figure, a row per final metric and a column per swept knob: the metric against the knob, one
-    line per setting of the other swept knobs. None without a swept knob or a finished member."""
+    """A matplotlib Figure: each final metric (a row) against each swept knob (a column), one line per setting of the
+    other swept knobs. None without a swept knob or a finished member."""
     from matplotlib.figure import Figure  # here: the Hydra callback imports this module at every start-up
 
-    knobs = knobs_that_differ(rows)
     finished = [row for row in rows if row["status"] == "ok"]
+    # the swept knobs: override keys whose values differ between the finished members, in command-line order
+    keys = dict.fromkeys(key for row in finished for key in row["knobs"])
+    knobs = [key for key in keys if len({row["knobs"].get(key) for row in finished}) > 1]
     metrics = [name for name in FINAL_METRICS if any(name in row for row in finished)]
     if not knobs or not metrics:
         return None
@@ -193,9 +172,8 @@ FAILED_SWEEPS: list[Path] = []  # sweeps of this process a member of which faile
 class SweepSummary(Callback):
     """Hydra callback: the summary of a multirun once its members are done, failed members included."""
 
-    def __init__(self):
-        self.sweep_dir: Path | None = None
-        self.started = 0.0
+    sweep_dir: Path | None = None
+    started = 0.0
 
     def on_multirun_start(self, config: DictConfig, **kwargs) -> None:
         self.sweep_dir, self.started = Path(config.hydra.sweep.dir), time.time()

@@ -1,9 +1,6 @@
-"""What `python train.py` does: build everything from the config, fit, evaluate the best checkpoint on
-validation and test, give every logger the hparams and final metrics and write metrics.json.
-
-A run dir also gets environment.json (versions, platform, git commit: with .hydra/ what it takes to re-run the
-run) and timing.json (wall times, kept out of metrics.json so that equal runs have byte-identical metrics.json).
-"""
+"""What `python train.py` does: build everything from the config, fit, evaluate the best checkpoint, and write
+metrics.json, environment.json (what the run ran on) and timing.json (kept out of metrics.json, so that equal runs
+have byte-identical metrics.json)."""
 
 import os
 import platform
@@ -38,14 +35,8 @@ from cvae.trust import instantiate, instantiate_group
 # git runs no hook or file-system monitor, whatever a config says
 NEUTRAL_GIT = ("-c", "core.fsmonitor=false", "-c", "core.hooksPath=/dev/null")
 PACKAGES = (
-    "torch",
-    "torchvision",
-    "pytorch-lightning",
-    "lightning",
-    "torchmetrics",
-    "hydra-core",
-    "omegaconf",
-    "numpy",
+    *("torch", "torchvision", "pytorch-lightning", "lightning", "torchmetrics"),
+    *("hydra-core", "omegaconf", "numpy"),
 )
 
 
@@ -53,41 +44,37 @@ def train(cfg: DictConfig) -> dict:
     output_dir = Path(cfg.paths.output_dir)
     check_task_writes(cfg, output_dir)
     with confined_to(output_dir):
-        return train_in_run_dir(cfg, output_dir)
+        started = time.perf_counter()
+        silence_library_noise()
+        decision = launch_decision(output_dir, cfg)
+        if decision.action == FINISHED:
+            return finished_run(output_dir, cfg)
+        announce_run_dir("train", output_dir)
+        # in the config the other local ranks are given
+        cfg.ckpt_path, cfg.trainer.devices = decision.ckpt_path, member_devices(cfg.trainer)
+        if cfg.ckpt_path:  # before anything is built: a resume of another run is refused in one line
+            record_resume(output_dir, cfg.ckpt_path, check_resumable(cfg.ckpt_path, cfg))
+        torch.set_float32_matmul_precision(cfg.get("matmul_precision", "highest"))
+        pl.seed_everything(cfg.seed, workers=True)
+        datamodule = instantiate(cfg.data)
+        model = build_module(cfg.model)
+        loggers = instantiate_group(cfg.get("logger"))
+        trainer = build_trainer(cfg, loggers)
+        write_environment(output_dir / "environment.json")
 
+        with launch_local_ranks(trainer, cfg), wandb_run_closed():
+            fit_started = time.perf_counter()
+            trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.ckpt_path, weights_only=True)
+            fit_seconds = time.perf_counter() - fit_started
+            summary = evaluate_best(trainer, model, datamodule, loggers, cfg)
 
-def train_in_run_dir(cfg: DictConfig, output_dir: Path) -> dict:
-    started = time.perf_counter()
-    silence_library_noise()
-    decision = launch_decision(output_dir, cfg)
-    if decision.action == FINISHED:
-        return finished_run(output_dir, cfg)
-    announce_run_dir("train", output_dir)
-    # in the config the other local ranks are given
-    cfg.ckpt_path, cfg.trainer.devices = decision.ckpt_path, member_devices(cfg.trainer)
-    if cfg.ckpt_path:  # before anything is built: a resume of another run is refused in one line
-        record_resume(output_dir, cfg.ckpt_path, check_resumable(cfg.ckpt_path, cfg))
-    torch.set_float32_matmul_precision(cfg.get("matmul_precision", "highest"))
-    pl.seed_everything(cfg.seed, workers=True)
-    datamodule = instantiate(cfg.data)
-    model = build_module(cfg.model)
-    loggers = instantiate_group(cfg.get("logger"))
-    trainer = build_trainer(cfg, loggers)
-    write_environment(output_dir / "environment.json")
-
-    with launch_local_ranks(trainer, cfg), wandb_run_closed():
-        fit_started = time.perf_counter()
-        trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.ckpt_path, weights_only=True)
-        fit_seconds = time.perf_counter() - fit_started
-        summary = evaluate_best(trainer, model, datamodule, loggers, cfg)
-
-    if trainer.is_global_zero:
-        write_json_atomic(output_dir / "metrics.json", summary)
-        timing = {"fit_seconds": round(fit_seconds, 2), "wall_seconds": round(time.perf_counter() - started, 2)}
-        write_json_atomic(output_dir / "timing.json", timing)
-    tensorboard = any(isinstance(logger, TensorBoardLogger) for logger in loggers)
-    list_results(output_dir, ["metrics.json", "checkpoints/best.ckpt", "checkpoints/last.ckpt"], tensorboard)
-    return summary
+        if trainer.is_global_zero:
+            write_json_atomic(output_dir / "metrics.json", summary)
+            timing = {"fit_seconds": round(fit_seconds, 2), "wall_seconds": round(time.perf_counter() - started, 2)}
+            write_json_atomic(output_dir / "timing.json", timing)
+        tensorboard = any(isinstance(logger, TensorBoardLogger) for logger in loggers)
+        list_results(output_dir, ["metrics.json", "checkpoints/best.ckpt", "checkpoints/last.ckpt"], tensorboard)
+        return summary
 
 
 def finished_run(output_dir: Path, cfg: DictConfig) -> dict:
@@ -107,15 +94,9 @@ def build_trainer(cfg: DictConfig, loggers: list) -> pl.Trainer:
     and, when the trainer shows a progress bar and none is configured, tqdm redrawn every 10 batches (Lightning's
     default bar, Rich when installed, redraws and reads every logged metric after each batch: about 1 ms of a
     12 ms step on CPU, and a host-device sync per step on a GPU)."""
-    # always on, whatever the callbacks group: resumable runs, and no training on from NaN weights
-    safety = [
-        RankState(cfg.seed),
-        RunRecord(training_settings(cfg)),
-        StopTogether(),
-        StopOnDivergence(),
-        CheckpointOnInterrupt(),
-    ]
-    callbacks = [*instantiate_group(cfg.get("callbacks")), *safety]
+    # then those always on, whatever the callbacks group: resumable runs, and no training on from NaN weights
+    callbacks = [*instantiate_group(cfg.get("callbacks")), RankState(cfg.seed), RunRecord(training_settings(cfg))]
+    callbacks += [StopTogether(), StopOnDivergence(), CheckpointOnInterrupt()]
     if cfg.trainer.get("enable_progress_bar", True) and not any(isinstance(c, ProgressBar) for c in callbacks):
         callbacks.append(TQDMProgressBar(refresh_rate=10))
     return instantiate(
@@ -135,22 +116,16 @@ def evaluate_best(trainer: pl.Trainer, model, datamodule, loggers: list, cfg: Di
     the run's epochs and batch size; the metrics also go into every logger's hparams. The validation pass runs the
     callbacks' validation hooks, so GenerationQuality adds val/fid and val/label_acc of that checkpoint."""
     best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
-    evaluated = best or None
     trainer.loggers = []  # re-validating the best checkpoint is no new point on the val curves
-    best_weights = {"datamodule": datamodule, "ckpt_path": evaluated, "weights_only": True}  # data only: no pickle
+    best_weights = {"datamodule": datamodule, "ckpt_path": best or None, "weights_only": True}  # data only: no pickle
     val_metrics = trainer.validate(model, verbose=False, **best_weights)[0]
     trainer.loggers = loggers
     metrics = {**val_metrics, **trainer.test(model, **best_weights)[0]}
     # batch_size is per process: one optimizer step averages the gradients of this many images
     global_batch_size = cfg.batch_size * trainer.world_size * trainer.accumulate_grad_batches
     log_final(loggers, cfg, metrics, {"global_batch_size": global_batch_size}, trainer.global_step)
-    return {
-        **metrics,
-        "epochs": trainer.current_epoch,
-        "best_checkpoint": within_run_dir(best, cfg.paths.output_dir),
-        "world_size": trainer.world_size,
-        "global_batch_size": global_batch_size,
-    }
+    run = {"epochs": trainer.current_epoch, "best_checkpoint": within_run_dir(best, cfg.paths.output_dir)}
+    return {**metrics, **run, "world_size": trainer.world_size, "global_batch_size": global_batch_size}
 
 
 def within_run_dir(path: str, output_dir: str) -> str:
@@ -163,26 +138,14 @@ def within_run_dir(path: str, output_dir: str) -> str:
 @rank_zero_only
 def write_environment(path: Path) -> None:
     """What this run ran on, beside the config and overrides Hydra keeps in .hydra/."""
-    write_json_atomic(
-        path,
-        {
-            "python": platform.python_version(),
-            "platform": platform.platform(),
-            "packages": installed_versions(),
-            "cuda": torch.version.cuda,
-            "git": git_revision(),
-        },
-    )
-
-
-def installed_versions() -> dict:
     versions = {}
     for package in PACKAGES:
         try:
             versions[package] = metadata.version(package)
         except metadata.PackageNotFoundError:
             continue
-    return versions
+    environment = {"python": platform.python_version(), "platform": platform.platform(), "packages": versions}
+    write_json_atomic(path, {**environment, "cuda": torch.version.cuda, "git": git_revision()})
 
 
 def git_revision() -> dict | None:
