@@ -2,6 +2,7 @@
 claimed, and bad input said in one line ("error: ...", exit 1; HYDRA_FULL_ERROR=1 shows the traceback); Ctrl-C and
 SIGTERM end with 130 and 143. No torch at module level: a value refused at launch costs about a second."""
 
+import itertools
 import logging
 import os
 import signal
@@ -9,6 +10,7 @@ import sys
 import traceback
 from collections.abc import Callable
 from pathlib import Path
+from typing import NoReturn
 
 from hydra.core.hydra_config import HydraConfig
 from hydra.experimental.callback import Callback
@@ -81,15 +83,6 @@ def check_hardware(cfg: DictConfig) -> None:
             )
 
 
-def usage_error(error: BaseException) -> UsageError | None:
-    """The UsageError behind an exception: itself, or what Hydra's instantiate or Lightning wrapped."""
-    while error is not None:
-        if isinstance(error, UsageError):
-            return error
-        error = error.__cause__ or error.__context__
-    return None
-
-
 def run_task(task: Callable[[DictConfig], object], cfg: DictConfig):
     """Check the config's values (again for a launch, first for a DDP rank or a caller in Python), then run the
     task. A refused sweep member returns no metrics ({}): SweepSummary ends the sweep with its line. The signal
@@ -103,12 +96,15 @@ def run_task(task: Callable[[DictConfig], object], cfg: DictConfig):
     except KeyboardInterrupt as interrupt:
         stop(signal.SIGINT, interrupt)
     except SystemExit as exit_:
-        signum, cause = stopped_by(exit_)
-        if signum is None:
+        if type(exit_).__name__ == "SIGTERMException":  # Lightning's; by name: importing Lightning costs seconds
+            stop(signal.SIGTERM, exit_)
+        if not isinstance(exit_.__context__, KeyboardInterrupt):  # else Lightning's sys.exit(1) handling a Ctrl-C
             raise
-        stop(signum, cause)
+        stop(signal.SIGINT, exit_.__context__)
     except Exception as error:
-        cause = usage_error(error)
+        cause = error  # the UsageError behind it: itself, or what Hydra's instantiate or Lightning wrapped
+        while cause is not None and not isinstance(cause, UsageError):
+            cause = cause.__cause__ or cause.__context__
         if cause is None or os.environ.get("HYDRA_FULL_ERROR") == "1":
             raise
         if in_multirun():  # the sweep goes on: the member ends failed (no metrics), its line said; the sweep says it
@@ -122,16 +118,7 @@ def run_task(task: Callable[[DictConfig], object], cfg: DictConfig):
             signal.signal(signum, handler)
 
 
-def stopped_by(exit_: SystemExit) -> tuple[int | None, BaseException]:
-    """The signal behind an exit: Lightning's SIGTERMException, or its sys.exit(1) raised handling a Ctrl-C."""
-    if type(exit_).__name__ == "SIGTERMException":  # by name: importing Lightning here would cost seconds
-        return signal.SIGTERM, exit_
-    if isinstance(exit_.__context__, KeyboardInterrupt):
-        return signal.SIGINT, exit_.__context__
-    return None, exit_
-
-
-def stop(signum: int, cause: BaseException) -> None:
+def stop(signum: int, cause: BaseException) -> NoReturn:
     """One line and 128 + the signal's number, as a shell reports a process the signal ended."""
     name = "Ctrl-C (SIGINT)" if signum == signal.SIGINT else "SIGTERM"
     notes = getattr(cause, "__notes__", None) or getattr(cause.__context__, "__notes__", None) or []
@@ -143,6 +130,8 @@ def stop(signum: int, cause: BaseException) -> None:
 class RunDirCheck(Callback):
     """Hydra callback, before Hydra writes anything: the config checked (a refused launch leaves nothing behind),
     then the dir created, locked for this process and written only as `may_write` allows."""
+
+    member_lock: int | None = None
 
     def on_run_start(self, config: DictConfig, **kwargs) -> None:
         directory = Path(config.hydra.run.dir)
@@ -189,9 +178,8 @@ class RunDirCheck(Callback):
             raise
 
     def on_job_end(self, config: DictConfig, **kwargs) -> None:
-        member_lock = getattr(self, "member_lock", None)
-        if member_lock is not None:
-            os.close(member_lock)  # the next member of this process takes its own
+        if self.member_lock is not None:
+            os.close(self.member_lock)  # the next member of this process takes its own
             self.member_lock = None
 
     @staticmethod
@@ -220,8 +208,6 @@ def keep_history(config: DictConfig, directory: Path) -> None:
     subdir = config.hydra.output_subdir
     if subdir is None or not (directory / subdir).exists():
         return
-    launch = 2
-    while (directory / subdir / f"launch{launch}").exists():
-        launch += 1
+    launch = next(n for n in itertools.count(2) if not (directory / subdir / f"launch{n}").exists())
     with read_write(config.hydra), open_dict(config.hydra):
         config.hydra.output_subdir = f"{subdir}/launch{launch}"

@@ -60,7 +60,9 @@ def launch_local_ranks(trainer: pl.Trainer, cfg: DictConfig):
     whole sweep). Afterwards this process is left as it was, so that the next member of a multirun starts clean.
     """
     strategy = trainer.strategy
-    if not lightning_would_start_processes(strategy):
+    # none where Lightning would start none: one device, another strategy, ranks started by torchrun or SLURM
+    script = isinstance(strategy.launcher, _SubprocessScriptLauncher) and strategy.num_processes > 1
+    if not script or strategy.cluster_environment.creates_processes_externally:
         with exit_as_signalled(trainer):
             yield
         end_process_group()
@@ -100,7 +102,11 @@ def launch_local_ranks(trainer: pl.Trainer, cfg: DictConfig):
             child.kill()  # a no-op for those that exited; the others would wait forever for this rank
             child.wait()
         end_process_group()
-        restore_variables(saved_variables)
+        for name, value in saved_variables.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
         torch.set_num_threads(saved_threads)
 
 
@@ -202,14 +208,6 @@ def end_process_group() -> None:
         torch.distributed.destroy_process_group()
 
 
-def lightning_would_start_processes(strategy) -> bool:
-    return (
-        isinstance(strategy.launcher, _SubprocessScriptLauncher)
-        and strategy.num_processes > 1
-        and not strategy.cluster_environment.creates_processes_externally
-    )
-
-
 def start_rank(local_rank: int, cfg: DictConfig) -> subprocess.Popen:
     config = OmegaConf.to_yaml(cfg, resolve=True)
     env = {**os.environ, "LOCAL_RANK": str(local_rank), "PYTHONPATH": rank_python_path(), JOB_CONFIG_VARIABLE: config}
@@ -240,11 +238,3 @@ def wait_for(children, seconds: float) -> None:
             child.wait(timeout=max(0.0, deadline - time.monotonic()))
         except subprocess.TimeoutExpired:
             return
-
-
-def restore_variables(saved: dict) -> None:
-    for name, value in saved.items():
-        if value is None:
-            os.environ.pop(name, None)
-        else:
-            os.environ[name] = value

@@ -136,14 +136,12 @@ def launch_decision(directory: str | Path, cfg: DictConfig) -> Decision:
         inside = Path(str(ckpt_path)).resolve().is_relative_to(directory.resolve())
         return Decision(RESUME if inside else REFUSE if taken else START, str(ckpt_path))
     auto = OmegaConf.select(cfg, "resume.auto", default=False) or int(os.environ.get("SLURM_RESTART_COUNT") or 0)
-    if auto and finished and epochs_asked_beyond(directory, cfg):
-        if last.is_file():
-            return Decision(RESUME, str(last))
-        return Decision(REFUSE, None, "it finished without a checkpoints/last.ckpt to train on from")
-    if auto and finished:
+    if auto and finished and not epochs_asked_beyond(directory, cfg):
         return Decision(FINISHED, None)
     if auto and last.is_file():
         return Decision(RESUME, str(last))
+    if auto and finished:
+        return Decision(REFUSE, None, "it finished without a checkpoints/last.ckpt to train on from")
     return Decision(REFUSE if taken else START, None)
 
 

@@ -66,7 +66,10 @@ def may_write(config: DictConfig, directory: Path) -> str:
             f"through one: remove it or choose a new dir"
         )
     if not holds_results(directory):
-        others = foreign_files(directory)
+        # what no launch of ours wrote: a dir with .hydra/ is a failed earlier launch's (a retry or a requeue may use
+        # it); any other must be empty
+        ours = not directory.is_dir() or (directory / ".hydra").is_dir()
+        others = [] if ours else sorted(child.name for child in directory.iterdir() if child.name != LOCK_NAME)
         if not others:
             return "new"
         raise RunDirError(
@@ -76,18 +79,13 @@ def may_write(config: DictConfig, directory: Path) -> str:
     reason = refusal(config, directory)
     if reason is None:
         return "resume"
+    last = directory / "checkpoints" / "last.ckpt"
+    resumable = config.get("task_name") in RESUMABLE_TASKS and last.is_file()
+    hint = f", or resume that run with ckpt_path={last}" if resumable else ""
     raise RunDirError(
         f"hydra.run.dir={directory} already holds a run ({reason or ', '.join(holds_results(directory))}); "
-        f"choose a new dir{resume_hint(config, directory)}"
+        f"choose a new dir{hint}"
     )
-
-
-def foreign_files(directory: Path) -> list[str]:
-    """What a dir without results holds that no launch of ours wrote: a dir with .hydra/ is a failed earlier launch's
-    (a retry or a requeue may use it); any other must be empty."""
-    if not directory.is_dir() or (directory / ".hydra").is_dir():
-        return []
-    return sorted(child.name for child in directory.iterdir() if child.name != LOCK_NAME)
 
 
 def may_sweep(config: DictConfig, directory: Path) -> None:
@@ -211,10 +209,3 @@ def refusal(config: DictConfig, directory: Path) -> str | None:
 
 def resume_auto(config: DictConfig) -> bool:
     return bool(OmegaConf.select(config, "resume.auto", default=False))
-
-
-def resume_hint(config: DictConfig, directory: Path) -> str:
-    last = directory / "checkpoints" / "last.ckpt"
-    if config.get("task_name") in RESUMABLE_TASKS and last.is_file():
-        return f", or resume that run with ckpt_path={last}"
-    return ""
