@@ -68,7 +68,12 @@ def evaluate(cfg: DictConfig) -> dict:
         if cfg.projector:
             write_projector(module.net, *(part[: cfg.projector_images] for part in test_split), output_dir)
         if cfg.export.per_digit:
-            export_synthetic(module.net, cfg, output_dir, sampler)
+            images, labels = synthetic_dataset(
+                module.net, cfg.export.per_digit, cfg.seed, cfg.batch_size, progress=True, sampler=sampler
+            )
+            folder = cfg.export.image_folder
+            for path in write_synthetic_dataset(images, labels, output_dir, image_folder=folder, progress=True):
+                print(f"wrote {path}")
         metrics.update(write_anomaly_outputs(module.net, cfg, *test_split, output_dir, scored))
         write_json_atomic(output_dir / "metrics.json", {**metrics, "ckpt_path": str(Path(cfg.ckpt_path).resolve())})
         print(format_table(dict(sorted(metrics.items(), key=lambda item: item[0].count("/")))))  # per-digit rows last
@@ -127,16 +132,6 @@ def requested_pictures(
         labels = [f"from {digit}" for digit in y[sources].tolist()]
         pictures["style_transfer"] = for_people(style_transfer_image(model, x[sources], y[sources]), labels, scale)
     return pictures
-
-
-def export_synthetic(model: Net, cfg: DictConfig, output_dir: Path, sampler: Sampler) -> None:
-    images, labels = synthetic_dataset(
-        model, cfg.export.per_digit, cfg.seed, cfg.batch_size, progress=True, sampler=sampler
-    )
-    for path in write_synthetic_dataset(
-        images, labels, output_dir, image_folder=cfg.export.image_folder, progress=True
-    ):
-        print(f"wrote {path}")
 
 
 def write_anomaly_outputs(

@@ -83,8 +83,12 @@ def recorded_config(directory: Path) -> dict | None:
 
 
 def check_same_run(directory: Path, cfg: DictConfig) -> None:
-    """A finished run without a checkpoint is kept only for a launch of its own settings (its .hydra/ record; with
-    a checkpoint, check_resumable compares the checkpoint's)."""
+    """A finished run is kept only for a launch of its own settings: its last checkpoint's, else its .hydra/ record's
+    (another run's finished dir is refused as a resume of it would be)."""
+    last = directory / "checkpoints" / "last.ckpt"
+    if last.is_file():
+        check_resumable(last, cfg)
+        return
     recorded = recorded_config(directory)
     if recorded is None:
         raise CheckpointError(

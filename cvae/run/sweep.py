@@ -83,28 +83,18 @@ def shown(value) -> str:
     return "" if value is None else f"{value:.4f}" if isinstance(value, float) else str(value)
 
 
-def as_csv(columns: list[str], rows: list[dict]) -> str:
-    text = io.StringIO()
-    writer = csv.DictWriter(text, fieldnames=columns, restval="", lineterminator="\n")
-    writer.writeheader()
-    writer.writerows({name: shown(row.get(name)) for name in columns} for row in rows)
-    return text.getvalue()
-
-
-def as_markdown(columns: list[str], rows: list[dict]) -> str:
-    lines = ["| " + " | ".join(columns) + " |", "|" + "|".join("---" for _ in columns) + "|"]
-    lines += ["| " + " | ".join(shown(row.get(name)) for name in columns) + " |" for row in rows]
-    return "\n".join(lines)
-
-
 def write_summary(sweep_dir: str | Path) -> Path:
     """Write <sweep dir>/summary.csv, summary.md and summary.png (each replaced in one step: readers never see
     half a file) and print the table."""
     sweep_dir = Path(sweep_dir)
     columns, rows = summary_table(sweep_dir)
+    cells = [columns, *([shown(row.get(name)) for name in columns] for row in rows)]
+    text = io.StringIO()
+    csv.writer(text, lineterminator="\n").writerows(cells)
     path = sweep_dir / SUMMARY_FILE
-    write_bytes_atomic(path, as_csv(columns, rows).encode())
-    markdown = as_markdown(columns, rows)
+    write_bytes_atomic(path, text.getvalue().encode())
+    lines = ["| " + " | ".join(line) + " |" for line in cells]
+    markdown = table = "\n".join([lines[0], "|" + "|".join("---" for _ in columns) + "|", *lines[1:]])
     figure = summary_figure(rows)
     if figure is not None:
         picture = io.BytesIO()
@@ -112,7 +102,7 @@ def write_summary(sweep_dir: str | Path) -> Path:
         write_bytes_atomic(sweep_dir / PLOT_FILE, picture.getvalue())
         markdown += f"\n\n![each final metric against each swept knob]({PLOT_FILE})"
     write_bytes_atomic(sweep_dir / MARKDOWN_FILE, f"# Sweep summary\n\n{markdown}\n".encode())
-    print(f"\nSweep summary ({path}):\n{as_markdown(columns, rows)}\n")
+    print(f"\nSweep summary ({path}):\n{table}\n")
     return path
 
 

@@ -47,8 +47,10 @@ def train(cfg: DictConfig) -> dict:
         started = time.perf_counter()
         silence_library_noise()
         decision = launch_decision(output_dir, cfg)
-        if decision.action == FINISHED:
-            return finished_run(output_dir, cfg)
+        if decision.action == FINISHED:  # resume.auto into a finished run of its own: nothing trained or written
+            check_same_run(output_dir, cfg)
+            print(f"{output_dir} holds this run, finished (metrics.json): kept as it is, nothing trained")
+            return read_json(output_dir / "metrics.json")
         announce_run_dir("train", output_dir)
         # in the config the other local ranks are given
         cfg.ckpt_path, cfg.trainer.devices = decision.ckpt_path, member_devices(cfg.trainer)
@@ -75,18 +77,6 @@ def train(cfg: DictConfig) -> dict:
         tensorboard = any(isinstance(logger, TensorBoardLogger) for logger in loggers)
         list_results(output_dir, ["metrics.json", "checkpoints/best.ckpt", "checkpoints/last.ckpt"], tensorboard)
         return summary
-
-
-def finished_run(output_dir: Path, cfg: DictConfig) -> dict:
-    """A launch with resume.auto=true into a finished run of its own (a crashed sweep run again): nothing is
-    trained or written, its metrics are returned as the run returned them."""
-    last = output_dir / "checkpoints" / "last.ckpt"
-    if last.is_file():  # another run's finished dir is refused as a resume of it would be
-        check_resumable(last, cfg)
-    else:
-        check_same_run(output_dir, cfg)
-    print(f"{output_dir} holds this run, finished (metrics.json): kept as it is, nothing trained")
-    return read_json(output_dir / "metrics.json")
 
 
 def build_trainer(cfg: DictConfig, loggers: list) -> pl.Trainer:
@@ -156,22 +146,20 @@ def git_revision() -> dict | None:
     if not (checkout / ".git").exists():  # a folder, or a file in a worktree
         return None
 
+    # without git's variables (GIT_DIR, GIT_CONFIG_*: another repo, config or command) and with no system or global
+    # config: only the checkout's own config is read, the user's, as in any git command there. GIT_OPTIONAL_LOCKS=0:
+    # `status` reads the index and leaves it as it is (no write into the checkout)
+    env = {name: value for name, value in os.environ.items() if not name.startswith("GIT_")}
+    env.update(GIT_CONFIG_NOSYSTEM="1", GIT_CONFIG_GLOBAL=os.devnull, GIT_OPTIONAL_LOCKS="0")
+
     def git(*args: str) -> str:
         command = ["git", *NEUTRAL_GIT, "-C", str(checkout), *args]
-        return subprocess.run(command, capture_output=True, text=True, check=True, env=git_environment()).stdout.strip()
+        return subprocess.run(command, capture_output=True, text=True, check=True, env=env).stdout.strip()
 
     try:
         return {"commit": git("rev-parse", "HEAD"), "dirty": bool(git("status", "--porcelain", "--untracked-files=no"))}
     except (OSError, subprocess.CalledProcessError):
         return None
-
-
-def git_environment() -> dict:
-    """This environment without git's variables (GIT_DIR, GIT_CONFIG_*: another repo, config or command) and with
-    no system or global config: only the checkout's own config is read, the user's, as in any git command there."""
-    env = {name: value for name, value in os.environ.items() if not name.startswith("GIT_")}
-    # GIT_OPTIONAL_LOCKS=0: `status` reads the index and leaves it as it is (no write into the checkout)
-    return {**env, "GIT_CONFIG_NOSYSTEM": "1", "GIT_CONFIG_GLOBAL": os.devnull, "GIT_OPTIONAL_LOCKS": "0"}
 
 
 if __name__ == "__main__":
