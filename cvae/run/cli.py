@@ -21,7 +21,7 @@ from omegaconf.errors import OmegaConfBaseException
 
 from cvae.errors import ConfigError, RunDirError, UsageError
 from cvae.run.resolvers import launched_rank
-from cvae.run.rundir import check_hydra_writes, check_output_dir, check_subdir, claim, may_sweep, may_write
+from cvae.run.rundir import check_hydra_writes, claim, may_sweep, may_write
 from cvae.run.schema import check_added_keys, check_typed_digits, check_values
 from cvae.trust import check_config_file, first_line
 
@@ -137,7 +137,6 @@ class RunDirCheck(Callback):
         directory = Path(config.hydra.run.dir)
         try:
             check_launch(config, single_run=True)
-            check_output_dir(config)
             check_hydra_writes(config, directory)
             if launched_rank() != 0:  # torchrun's or srun's other ranks of rank 0's run: they write nothing here
                 self.create(directory, "hydra.run.dir")
@@ -155,9 +154,7 @@ class RunDirCheck(Callback):
         directory = Path(config.hydra.sweep.dir)
         try:
             check_launch(config, single_run=False)
-            check_output_dir(config)
-            check_subdir(config)
-            check_hydra_writes(config, directory / "member")  # each member's dir lies in the sweep dir
+            check_hydra_writes(config, directory / "member", sweep=True)  # each member's dir lies in the sweep dir
             may_sweep(config, directory)
             self.create(directory, "hydra.sweep.dir")
             self.lock = claim(directory, "hydra.sweep.dir")

@@ -9,7 +9,7 @@ import subprocess
 import sys
 import threading
 import time
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from datetime import timedelta
 from pathlib import Path
 
@@ -91,7 +91,10 @@ def launch_local_ranks(trainer: pl.Trainer, cfg: DictConfig):
         # stopped: by the watchdog (which interrupts this thread) or by a signal, as every rank was
         if watchdog.failure is not None:
             raise watchdog.failure from None
-        wait_for(children.values(), GRACE_PERIOD)  # they saved their part too and are ending
+        deadline = time.monotonic() + GRACE_PERIOD  # they saved their part too and are ending
+        for child in children.values():
+            with suppress(subprocess.TimeoutExpired):
+                child.wait(timeout=max(0.0, deadline - time.monotonic()))
         raise
     except BaseException:
         watchdog.check(wait=2 * WATCH_PERIOD)  # a rank that died is the cause: say so, not what it did here
@@ -229,12 +232,3 @@ def rank_python_path() -> str:
     directory; the entry points made the user's absolute at launch)."""
     inherited = os.environ.get("PYTHONPATH", "").split(os.pathsep)
     return os.pathsep.join([str(PROJECT_ROOT), *(entry for entry in inherited if os.path.isabs(entry))])
-
-
-def wait_for(children, seconds: float) -> None:
-    deadline = time.monotonic() + seconds
-    for child in children:
-        try:
-            child.wait(timeout=max(0.0, deadline - time.monotonic()))
-        except subprocess.TimeoutExpired:
-            return

@@ -36,9 +36,21 @@ def check_task_writes(cfg: DictConfig, output_dir: str | Path) -> None:
             )
 
 
-def check_hydra_writes(config: DictConfig, member_dir: Path) -> None:
-    """Hydra's own files of the job whose dir is `member_dir` (output_subdir, log files) inside that dir, resolved as
-    Hydra will once the job's dir is known."""
+def check_hydra_writes(config: DictConfig, member_dir: Path, sweep: bool = False) -> None:
+    """Where Hydra puts the run (paths.output_dir; a sweep's members) and its own files (output_subdir, log files):
+    inside the run's dir (a sweep member's: `member_dir` in the sweep dir), resolved as Hydra will resolve them."""
+    output_dir = OmegaConf.to_container(config.paths, resolve=False).get("output_dir") if "paths" in config else None
+    if output_dir not in (None, OUTPUT_DIR):  # set elsewhere, the run would write past the guard
+        raise ConfigError(
+            f"paths.output_dir={output_dir} is not allowed: it is where Hydra puts the run; choose the run's dir with "
+            f"hydra.run.dir={output_dir} (a sweep's with hydra.sweep.dir=...)"
+        )
+    subdir = str(OmegaConf.to_container(config.hydra.sweep, resolve=False).get("subdir")) if sweep else ""
+    if Path(subdir).is_absolute() or ".." in Path(subdir).parts:  # a member's dir would land on any other dir
+        raise ConfigError(
+            f"hydra.sweep.subdir={subdir} is not allowed: a member's dir must lie inside hydra.sweep.dir, e.g. "
+            f"hydra.sweep.subdir=${{hydra.job.num}}"
+        )
     probe = OmegaConf.create(OmegaConf.to_container(config, resolve=False))  # a copy free of Hydra's read-only flags
     probe.hydra.runtime.output_dir = os.path.abspath(member_dir)
     subdir = probe.hydra.output_subdir
@@ -95,9 +107,20 @@ def may_sweep(config: DictConfig, directory: Path) -> None:
         raise RunDirError(f"hydra.sweep.dir={directory} is a symbolic link; a sweep never writes through one")
     if not directory.is_dir():
         return
+    if resume_auto(config) and (directory / "multirun.yaml").is_file():
+        # it finishes that sweep, so it must be that sweep: the same task overrides (resume.auto aside) and search
+        # space as its multirun.yaml, read as data
+        saved, asked = (
+            sweep_definition(OmegaConf.to_container(node, resolve=False))
+            for node in (OmegaConf.load(directory / "multirun.yaml"), config)
+        )
+        if saved != asked:
+            differ = sorted(set(map(str, saved[0])) ^ set(map(str, asked[0]))) or ["hydra.sweeper.params"]
+            raise RunDirError(
+                f"hydra.sweep.dir={directory} holds a sweep launched otherwise ({', '.join(differ)} differ); run it "
+                f"again with its own overrides (its multirun.yaml) to finish it, or choose a new dir"
+            )
     if resume_auto(config):
-        if (directory / "multirun.yaml").is_file():
-            check_same_sweep(config, directory)
         return
     if (directory / "multirun.yaml").exists():
         raise RunDirError(f"hydra.sweep.dir={directory} already holds a sweep; choose a new dir")
@@ -107,47 +130,12 @@ def may_sweep(config: DictConfig, directory: Path) -> None:
         raise RunDirError(f"hydra.sweep.dir={directory} already holds a run ({held}); choose a new dir")
 
 
-def check_same_sweep(config: DictConfig, directory: Path) -> None:
-    """A sweep run again into its dir (resume.auto) must be that sweep: the same task overrides (resume.auto aside)
-    and search space as its multirun.yaml, read as data."""
-    saved, asked = (
-        sweep_definition(OmegaConf.to_container(node, resolve=False))
-        for node in (OmegaConf.load(directory / "multirun.yaml"), config)
-    )
-    if saved != asked:
-        differ = sorted(set(map(str, saved[0])) ^ set(map(str, asked[0]))) or ["hydra.sweeper.params"]
-        raise RunDirError(
-            f"hydra.sweep.dir={directory} holds a sweep launched otherwise ({', '.join(differ)} differ); run it again "
-            f"with its own overrides (its multirun.yaml) to finish it, or choose a new dir"
-        )
-
-
 def sweep_definition(config: dict) -> tuple[list, object]:
     """A sweep's task overrides but resume.auto's, and its sweeper's search space."""
     hydra = config.get("hydra") or {}
     overrides = (hydra.get("overrides") or {}).get("task") or []
     kept = sorted(str(override) for override in overrides if not str(override).lstrip("+~").startswith("resume.auto="))
     return kept, (hydra.get("sweeper") or {}).get("params")
-
-
-def check_output_dir(config: DictConfig) -> None:
-    """paths.output_dir is where Hydra puts this run: set elsewhere, the run would write past the guard."""
-    output_dir = OmegaConf.to_container(config.paths, resolve=False).get("output_dir") if "paths" in config else None
-    if output_dir not in (None, OUTPUT_DIR):
-        raise ConfigError(
-            f"paths.output_dir={output_dir} is not allowed: it is where Hydra puts the run; choose the run's dir with "
-            f"hydra.run.dir={output_dir} (a sweep's with hydra.sweep.dir=...)"
-        )
-
-
-def check_subdir(config: DictConfig) -> None:
-    """A sweep member's dir lies inside the sweep dir: an absolute or ../ subdir would land on any other dir."""
-    subdir = str(OmegaConf.to_container(config.hydra.sweep, resolve=False).get("subdir"))
-    if Path(subdir).is_absolute() or ".." in Path(subdir).parts:
-        raise ConfigError(
-            f"hydra.sweep.subdir={subdir} is not allowed: a member's dir must lie inside hydra.sweep.dir, e.g. "
-            f"hydra.sweep.subdir=${{hydra.job.num}}"
-        )
 
 
 def planted_links(directory: Path) -> list[str]:

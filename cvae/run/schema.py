@@ -190,7 +190,12 @@ SCHEMAS = {"train": Train, "evaluate": Evaluate}
 def check_values(task: DictConfig) -> None:
     """The task config against its entry point's schema: mandatory keys given, then every field the schema names of
     its type and within its limit (only those resolved: the rest may refer to what Hydra sets later)."""
-    check_mandatory(task)
+    # ??? in the YAML, read as written (OmegaConf.missing_keys resolves every interpolation: minutes for a crafted one)
+    missing = sorted(key for key, value in leaves(OmegaConf.to_container(task, resolve=False)) if value == "???")
+    if missing:
+        raise ConfigError(
+            f"{missing[0]} is required: pass {missing[0]}={MANDATORY_EXAMPLES.get(missing[0], '<value>')}"
+        )
     check_fields(SCHEMAS[task.task_name], task, "")
 
 
@@ -214,15 +219,6 @@ def check_fields(schema, node: DictConfig, prefix: str) -> None:
             raise ConfigError(f"{key}={value!r} is not allowed: it must be {said}")
         if "check" in spec.metadata:
             spec.metadata["check"](OmegaConf.to_container(value) if OmegaConf.is_config(value) else value, key)
-
-
-def check_mandatory(task: DictConfig) -> None:
-    """Keys left ??? in the YAML, read as written (OmegaConf.missing_keys would resolve every interpolation first:
-    minutes for a crafted one)."""
-    missing = sorted(key for key, value in leaves(OmegaConf.to_container(task, resolve=False)) if value == "???")
-    if missing:
-        example = MANDATORY_EXAMPLES.get(missing[0], "<value>")
-        raise ConfigError(f"{missing[0]} is required: pass {missing[0]}={example}")
 
 
 def typed_overrides(config: DictConfig) -> list[str]:

@@ -114,15 +114,10 @@ def evaluate_best(trainer: pl.Trainer, model, datamodule, loggers: list, cfg: Di
     # batch_size is per process: one optimizer step averages the gradients of this many images
     global_batch_size = cfg.batch_size * trainer.world_size * trainer.accumulate_grad_batches
     log_final(loggers, cfg, metrics, {"global_batch_size": global_batch_size}, trainer.global_step)
-    run = {"epochs": trainer.current_epoch, "best_checkpoint": within_run_dir(best, cfg.paths.output_dir)}
+    if best and Path(best).is_relative_to(cfg.paths.output_dir):  # so that equal runs write equal metrics.json
+        best = str(Path(best).relative_to(cfg.paths.output_dir))
+    run = {"epochs": trainer.current_epoch, "best_checkpoint": best}
     return {**metrics, **run, "world_size": trainer.world_size, "global_batch_size": global_batch_size}
-
-
-def within_run_dir(path: str, output_dir: str) -> str:
-    """The path relative to the run dir when it lies inside it, so that equal runs write equal metrics.json."""
-    if path and Path(path).is_relative_to(output_dir):
-        return str(Path(path).relative_to(output_dir))
-    return path
 
 
 @rank_zero_only
