@@ -84,9 +84,8 @@ def check_hardware(cfg: DictConfig) -> None:
 
 
 def run_task(task: Callable[[DictConfig], object], cfg: DictConfig):
-    """Check the config's values (again for a launch, first for a DDP rank or a caller in Python), then run the
-    task. A refused sweep member returns no metrics ({}): SweepSummary ends the sweep with its line. The signal
-    handlers are put back afterwards (Lightning leaves SIGINT ignored after a Ctrl-C)."""
+    """Check the config's values (again for a launch), then run the task. A refused sweep member returns no metrics
+    ({}). The signal handlers are put back afterwards (Lightning leaves SIGINT ignored after a Ctrl-C)."""
     handlers = {signum: signal.getsignal(signum) for signum in STOPPING_SIGNALS}
     try:
         config_from_where_typed(cfg)

@@ -127,9 +127,9 @@ class RankWatchdog(threading.Thread):
     def run(self) -> None:
         while not self.stopped.wait(WATCH_PERIOD):
             with self.lock:
-                dead = not self.stopped.is_set() and self.failed()
+                dead = not self.stopped.is_set() and self.rank_failure()
                 if dead:
-                    self.failure = self.rank_error(dead)
+                    self.failure = dead
                     for child in self.children.values():
                         child.kill()
                     _thread.interrupt_main()
@@ -159,23 +159,22 @@ class RankWatchdog(threading.Thread):
     def check(self, wait: float = 0.0) -> None:
         """Raise the failure seen, or that of a rank that ended in error (waiting up to `wait` s for one)."""
         deadline = time.monotonic() + wait
-        while self.failure is None and not self.failed() and time.monotonic() < deadline:
+        while self.failure is None and not self.rank_failure() and time.monotonic() < deadline:
             time.sleep(0.1)
-        if self.failure is None and (failed := self.failed()):
-            self.failure = self.rank_error(failed)
+        self.failure = self.failure or self.rank_failure()
         if self.failure is not None:
             raise self.failure from None
 
-    def rank_error(self, failed: dict[int, int]) -> RankError:
+    def rank_failure(self) -> RankError | None:
+        """The error naming the lowest rank that ended in error, its pid and exit code; None while none did."""
+        failed = {rank: code for rank, child in self.children.items() if (code := child.poll()) and code not in STOPPED}
+        if not failed:
+            return None
         rank, code = min(failed.items())
         return RankError(
             f"DDP rank {rank} (pid {self.children[rank].pid}) exited with code {code}; the job was stopped. "
             f"Its output above says why"
         )
-
-    def failed(self) -> dict[int, int]:
-        """Exit codes of the ranks that ended in error, by rank."""
-        return {rank: code for rank, child in self.children.items() if (code := child.poll()) and code not in STOPPED}
 
     def stop(self) -> None:
         """After this returns the watchdog interrupts nothing; an interrupt it sent just before lands here."""

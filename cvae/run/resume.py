@@ -124,13 +124,9 @@ class Decision(NamedTuple):
 
 
 def launch_decision(directory: str | Path, cfg: DictConfig) -> Decision:
-    """What a training launch does with its run dir, from the files in it (no checkpoint is read: check_resumable
-    refuses another run's later):
-
-    - ckpt_path given: resume it when it lies inside the dir; from elsewhere, start this dir from it (an empty one);
-    - resume.auto=true, or a requeued SLURM job (SLURM_RESTART_COUNT): a run with metrics.json is FINISHED (asked
-      for more epochs than it trained, it continues from its last.ckpt), one with checkpoints/last.ckpt RESUMEs;
-    - otherwise a dir holding results is another run's (REFUSE), an empty one starts."""
+    """What a training launch does with its run dir, from the files in it (no checkpoint is read). A ckpt_path inside
+    it resumes; from elsewhere, it starts this (empty) dir. With resume.auto=true or in a requeued SLURM job, a run
+    with metrics.json is FINISHED (asked for more epochs, it continues from last.ckpt), one with last.ckpt resumes."""
     directory = Path(directory)
     ckpt_path = cfg.get("ckpt_path")
     finished = (directory / "metrics.json").is_file()

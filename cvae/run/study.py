@@ -1,12 +1,7 @@
-"""Optuna searches whose study outlives the process: hydra-optuna-sweeper's sweeper with the study in a database
-(conf/hparams_search/optuna.yaml: a SQLite file in the sweep dir unless hydra.sweeper.storage names another, any
-SQLAlchemy URL), and a search run again into that study continuing it up to n_trials instead of adding n_trials
-more (the plugin counts only the trials of its own launch).
-
-A trial a killed launch left RUNNING stays so in the study: Optuna cannot tell it from a trial another process is
-running, so it is neither counted nor failed; its member folder stays, listed failed in the sweep summary.
-
-Hydra takes sweepers only from its plugin namespace: hydra_plugins/cvae_sweepers registers this one.
+"""Optuna searches whose study outlives the process (its database: conf/hparams_search/optuna.yaml): a search run
+again continues it up to n_trials instead of adding n_trials more (the plugin counts only its own launch's trials).
+A trial a killed launch left RUNNING stays so: Optuna cannot tell it from one another process runs, so it is neither
+counted nor failed. Hydra takes sweepers only from its plugin namespace: hydra_plugins/cvae_sweepers registers this.
 """
 
 import sys

@@ -43,19 +43,14 @@ def launched_jobs(sweep_dir: Path) -> list[list[str]]:
 def sweep_members(sweep_dir: Path) -> list[tuple[Path, list[str]]]:
     """Every member the sweep launched, and any other subdir Hydra started a job in (.hydra/) or that holds results,
     with its overrides, by job number."""
-    members = {
-        path: member_overrides(path)
-        for path in sweep_dir.iterdir()
-        if path.is_dir() and ((path / ".hydra").is_dir() or (path / "metrics.json").is_file())
-    }
+    members = {}
+    for path in sweep_dir.iterdir():
+        if path.is_dir() and ((path / ".hydra").is_dir() or (path / "metrics.json").is_file()):
+            overrides = path / ".hydra" / "overrides.yaml"
+            members[path] = list(OmegaConf.load(overrides)) if overrides.is_file() else []
     for number, overrides in enumerate(launched_jobs(sweep_dir)):
         members.setdefault(sweep_dir / str(number), overrides)
     return sorted(members.items(), key=lambda item: member_order(item[0]))
-
-
-def member_overrides(member: Path) -> list[str]:
-    overrides_file = member / ".hydra" / "overrides.yaml"
-    return list(OmegaConf.load(overrides_file)) if overrides_file.is_file() else []
 
 
 def member_row(member: Path, overrides: list[str]) -> dict:

@@ -102,9 +102,8 @@ def build_trainer(cfg: DictConfig, loggers: list) -> pl.Trainer:
 
 
 def evaluate_best(trainer: pl.Trainer, model, datamodule, loggers: list, cfg: DictConfig) -> dict:
-    """Validation and test metrics of the best checkpoint (the weights in memory without checkpoints), with
-    the run's epochs and batch size; the metrics also go into every logger's hparams. The validation pass runs the
-    callbacks' validation hooks, so GenerationQuality adds val/fid and val/label_acc of that checkpoint."""
+    """Validation and test metrics of the best checkpoint (the weights in memory without checkpoints), also into every
+    logger's hparams; the validation hooks run, so GenerationQuality adds val/fid and val/label_acc of it."""
     best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
     trainer.loggers = []  # re-validating the best checkpoint is no new point on the val curves
     best_weights = {"datamodule": datamodule, "ckpt_path": best or None, "weights_only": True}  # data only: no pickle
@@ -134,9 +133,8 @@ def write_environment(path: Path) -> None:
 
 
 def git_revision() -> dict | None:
-    """The commit of the checkout this package runs from, and whether tracked files differ from it (then the commit
-    alone does not re-run the run); None when the package is no git checkout. Never the config's folder: `git
-    status` in another repo runs what that repo's config names (core.fsmonitor)."""
+    """The commit of the checkout this package runs from and whether tracked files differ; None outside a checkout.
+    Never the config's folder: `git status` in another repo runs what that repo's config names (core.fsmonitor)."""
     checkout = Path(cvae.__file__).resolve().parents[1]
     if not (checkout / ".git").exists():  # a folder, or a file in a worktree
         return None
