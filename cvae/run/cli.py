@@ -34,8 +34,7 @@ def in_multirun() -> bool:
 
 
 def check_launch(config: DictConfig, single_run: bool) -> None:
-    """What Hydra composed, before it writes anything; the values only for a single run (a sweep's members are
-    checked as each starts)."""
+    """What Hydra composed, before it writes anything (a sweep's members' values are checked as each starts)."""
     check_config_file(config)
     check_added_keys(config)
     if single_run:
@@ -144,7 +143,12 @@ class RunDirCheck(Callback):
             self.create(directory, "hydra.run.dir")
             self.lock = claim(directory)
             may_write(config, directory)  # again, now that no other launch can change the dir
-            keep_history(config, directory)
+            # a later launch into the dir keeps its config and overrides in .hydra/launch<n>/ (n = 2, 3, ...)
+            subdir = config.hydra.output_subdir
+            if subdir is not None and (directory / subdir).exists():
+                launch = next(n for n in itertools.count(2) if not (directory / subdir / f"launch{n}").exists())
+                with read_write(config.hydra), open_dict(config.hydra):
+                    config.hydra.output_subdir = f"{subdir}/launch{launch}"
         except (UsageError, OmegaConfBaseException) as error:  # Hydra would only warn of an exception here
             refuse(error)
 
@@ -196,14 +200,3 @@ def refuse(error: Exception) -> None:
         error = ConfigError(f"the config cannot be resolved ({first_line(error)}); fix or remove that value")
     print(f"error: {error}", file=sys.stderr)
     sys.exit(1)
-
-
-def keep_history(config: DictConfig, directory: Path) -> None:
-    """A later launch into the dir writes its config and overrides to .hydra/launch<n>/ (n = 2, 3, ...): the run
-    dir keeps every launch's."""
-    subdir = config.hydra.output_subdir
-    if subdir is None or not (directory / subdir).exists():
-        return
-    launch = next(n for n in itertools.count(2) if not (directory / subdir / f"launch{n}").exists())
-    with read_write(config.hydra), open_dict(config.hydra):
-        config.hydra.output_subdir = f"{subdir}/launch{launch}"

@@ -114,8 +114,7 @@ def requested_pictures(
     scale, pictures = cfg.picture_scale, {}
     if cfg.digits is not None:
         strings = digit_strings(model, cfg.digits, cfg.variants, cfg.seed, sampler)
-        styles = [f"style {row + 1}" for row in range(len(strings))]
-        pictures["digits"] = for_people(rows_grid(strings), styles, scale)
+        pictures["digits"] = for_people(rows_grid(strings), [f"style {row + 1}" for row in range(len(strings))], scale)
     if cfg.digit is not None:
         digit, variants = parse_digit(cfg.digit), digit_variants(model, cfg.digit, cfg.variants, cfg.seed, sampler)
         rows = -(-len(variants) // 10)  # ten to a row

@@ -57,8 +57,7 @@ def exit_as_signalled(trainer: pl.Trainer):
 def launch_local_ranks(trainer: pl.Trainer, cfg: DictConfig):
     """Start this machine's other DDP ranks, each running exactly this job (`python -m cvae.run.train`, its config
     in JOB_CONFIG_VARIABLE), watched by a RankWatchdog (Lightning would re-run the command line: in a multirun, the
-    whole sweep). Afterwards this process is left as it was, so that the next member of a multirun starts clean.
-    """
+    whole sweep). Afterwards this process is as it was, so that the next member of a multirun starts clean."""
     strategy = trainer.strategy
     # none where Lightning would start none: one device, another strategy, ranks started by torchrun or SLURM
     script = isinstance(strategy.launcher, _SubprocessScriptLauncher) and strategy.num_processes > 1
@@ -227,7 +226,6 @@ def module_command(module: str, safe_path: bool = sys.version_info >= (3, 11)) -
 
 
 def rank_python_path() -> str:
-    """This checkout first, then the inherited absolute entries (a relative or empty one means the rank's working
-    directory; the entry points made the user's absolute at launch)."""
+    """This checkout, then the inherited absolute entries (a relative or empty one means the rank's working dir)."""
     inherited = os.environ.get("PYTHONPATH", "").split(os.pathsep)
     return os.pathsep.join([str(PROJECT_ROOT), *(entry for entry in inherited if os.path.isabs(entry))])

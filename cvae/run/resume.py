@@ -76,8 +76,7 @@ def training_settings(node: DictConfig | dict, prefix: str = "") -> dict:
 
 
 def recorded_config(directory: Path) -> dict | None:
-    """The task config the run was started with (.hydra/config.yaml; later launches' are in .hydra/launch<n>/), read
-    as data: nothing resolved. None for a run not started by Hydra."""
+    """The task config the run was started with, as Hydra saved it, nothing resolved; None for a run without one."""
     record = directory / ".hydra" / "config.yaml"
     return OmegaConf.to_container(OmegaConf.load(record), resolve=False) if record.is_file() else None
 
@@ -105,8 +104,7 @@ def check_same_run(directory: Path, cfg: DictConfig) -> None:
 
 
 def epochs_asked_beyond(directory: Path, cfg: DictConfig) -> bool:
-    """Whether this launch asks a finished run for more epochs than it trained and than it was started for (a run
-    early stopping ended is finished)."""
+    """More epochs than the finished run trained and than it was started for (one early stopping ended is finished)?"""
     trained = (read_json(directory / "metrics.json") or {}).get("epochs")
     started_for = ((recorded_config(directory) or {}).get("trainer") or {}).get("max_epochs")
     asked = OmegaConf.select(cfg, "trainer.max_epochs", default=None)

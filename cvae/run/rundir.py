@@ -69,8 +69,7 @@ def check_hydra_writes(config: DictConfig, member_dir: Path, sweep: bool = False
 
 
 def may_write(config: DictConfig, directory: Path) -> str:
-    """May this launch write into `directory`, and how: "new" or "resume" (a training launch from a checkpoint
-    inside it); else RunDirError saying why not."""
+    """May this launch write into `directory`, and how: "new" or "resume"; else RunDirError saying why not."""
     links = planted_links(directory)
     if links:
         raise RunDirError(

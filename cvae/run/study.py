@@ -8,6 +8,8 @@ import sys
 
 from hydra_plugins.hydra_optuna_sweeper.optuna_sweeper import OptunaSweeper
 
+from cvae.trust import first_line
+
 # trials that count towards n_trials, as the plugin counts the ones it launches (failed ones too)
 DONE = ("COMPLETE", "PRUNED", "FAIL")
 
@@ -20,9 +22,9 @@ class ContinuedOptunaSweeper(OptunaSweeper):
         try:
             trials = earlier_trials(search.storage, search.study_name)
         except Exception as error:  # a file that is no database, a server that refuses: said, not a traceback
-            reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
             print(
-                f"error: hydra.sweeper.storage={search.storage} holds no Optuna study it can read ({reason})",
+                f"error: hydra.sweeper.storage={search.storage} holds no Optuna study it can read "
+                f"({first_line(error)})",
                 file=sys.stderr,
             )
             sys.exit(1)

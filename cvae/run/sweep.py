@@ -41,8 +41,7 @@ def launched_jobs(sweep_dir: Path) -> list[list[str]]:
 
 
 def sweep_members(sweep_dir: Path) -> list[tuple[Path, list[str]]]:
-    """Every member the sweep launched, and any other subdir Hydra started a job in (.hydra/) or that holds results,
-    with its overrides, by job number."""
+    """Every member launched, and any other subdir with .hydra/ or metrics.json, with its overrides, by job number."""
     members = {}
     for path in sweep_dir.iterdir():
         if path.is_dir() and ((path / ".hydra").is_dir() or (path / "metrics.json").is_file()):
@@ -79,8 +78,7 @@ def shown(value) -> str:
 
 
 def write_summary(sweep_dir: str | Path) -> Path:
-    """Write <sweep dir>/summary.csv, summary.md and summary.png (each replaced in one step: readers never see
-    half a file) and print the table."""
+    """Write summary.csv, summary.md and summary.png into the sweep dir (each replaced in one step); print the table."""
     sweep_dir = Path(sweep_dir)
     columns, rows = summary_table(sweep_dir)
     cells = [columns, *([shown(row.get(name)) for name in columns] for row in rows)]
