@@ -1,6 +1,5 @@
-"""What train.py and evaluate.py share: the launch's checks before Hydra writes anything (RunDirCheck), the run dir
-claimed, and bad input said in one line ("error: ...", exit 1; HYDRA_FULL_ERROR=1 shows the traceback); Ctrl-C and
-SIGTERM end with 130 and 143. No torch at module level: a value refused at launch costs about a second."""
+"""What train.py and evaluate.py share: the launch's checks before Hydra writes anything (RunDirCheck), and bad input
+said in one line ("error: ...", exit 1). No torch at module level: a value refused at launch costs about a second."""
 
 import itertools
 import logging

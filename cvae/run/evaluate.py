@@ -53,7 +53,6 @@ def evaluate(cfg: DictConfig) -> dict:
         trainer = instantiate(cfg.trainer, logger=False, callbacks=[], enable_checkpointing=False)
         metrics = trainer.test(module, datamodule=datamodule, verbose=False)[0]
         module.to(trainer.strategy.root_device)  # Lightning moves it to the CPU after testing; the rest runs here
-
         sampler = instantiate(cfg.sampler).fit_for_checkpoint(
             module.net, *split_tensors(datamodule, "train"), cfg.ckpt_path
         )
@@ -74,7 +73,15 @@ def evaluate(cfg: DictConfig) -> dict:
             folder = cfg.export.image_folder
             for path in write_synthetic_dataset(images, labels, output_dir, image_folder=folder, progress=True):
                 print(f"wrote {path}")
-        metrics.update(write_anomaly_outputs(module.net, cfg, *test_split, output_dir, scored))
+        anomaly = cfg.anomaly
+        if anomaly.scores_for is not None:
+            images, labels = scored or test_split
+            scores = anomaly_scores(module.net, images, labels, anomaly.score, anomaly.k, cfg.seed, cfg.batch_size)
+            print(f"wrote {write_scores_csv(output_dir / 'anomaly_scores.csv', scores, labels, anomaly.score)}")
+        if anomaly.demo:  # its AUROC a metric
+            demo = anomaly_demo(module.net, *test_split, anomaly.score, anomaly.k, cfg.seed, cfg.batch_size)
+            write_json_atomic(output_dir / "anomaly_demo.json", demo)
+            metrics["anomaly_demo/auroc"] = demo["auroc"]
         write_json_atomic(output_dir / "metrics.json", {**metrics, "ckpt_path": str(Path(cfg.ckpt_path).resolve())})
         print(format_table(dict(sorted(metrics.items(), key=lambda item: item[0].count("/")))))  # per-digit rows last
         written = ["metrics.json", "samples.png", *(f"{name}.png" for name in pictures), "anomaly_demo.json"]
@@ -131,22 +138,6 @@ def requested_pictures(
         labels = [f"from {digit}" for digit in y[sources].tolist()]
         pictures["style_transfer"] = for_people(style_transfer_image(model, x[sources], y[sources]), labels, scale)
     return pictures
-
-
-def write_anomaly_outputs(
-    model: Net, cfg: DictConfig, x: torch.Tensor, y: torch.Tensor, output_dir: Path, scored: tuple | None
-) -> dict:
-    """anomaly_scores.csv and anomaly_demo.json, as asked; the demo's AUROC as a metric."""
-    anomaly = cfg.anomaly
-    if anomaly.scores_for is not None:
-        images, labels = scored or (x, y)
-        scores = anomaly_scores(model, images, labels, anomaly.score, anomaly.k, cfg.seed, cfg.batch_size)
-        print(f"wrote {write_scores_csv(output_dir / 'anomaly_scores.csv', scores, labels, anomaly.score)}")
-    if not anomaly.demo:
-        return {}
-    demo = anomaly_demo(model, x, y, anomaly.score, anomaly.k, cfg.seed, cfg.batch_size)
-    write_json_atomic(output_dir / "anomaly_demo.json", demo)
-    return {"anomaly_demo/auroc": demo["auroc"]}
 
 
 def format_table(metrics: dict) -> str:

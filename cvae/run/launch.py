@@ -32,8 +32,7 @@ DDP_VARIABLES = ("MASTER_ADDR", "MASTER_PORT", "NODE_RANK", "LOCAL_RANK", "WORLD
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 WATCH_PERIOD = 0.5  # seconds between looks at the children
 GRACE_PERIOD = 10.0  # seconds this rank gets to stop by itself once a child died, before it is ended
-# Exit codes of a rank that was stopped by Ctrl-C or SIGTERM, as every rank is (StopTogether): it saved its part
-# of the checkpoint and ended in order, which is no failure for the watchdog to act on.
+# Exit codes of a rank stopped by Ctrl-C or SIGTERM, as every rank is (StopTogether): no failure to act on
 STOPPED = {128 + signal.SIGINT, 128 + signal.SIGTERM, -signal.SIGINT, -signal.SIGTERM}
 
 
@@ -113,9 +112,8 @@ def launch_local_ranks(trainer: pl.Trainer, cfg: DictConfig):
 
 
 class RankWatchdog(threading.Thread):
-    """Ends the job within seconds when a rank this process started dies, naming the rank and its exit code: kills
-    the other ranks and interrupts the main thread, which raises RankError. Not Lightning's child-process observer:
-    it SIGKILLs the main process (a whole multirun with it) and names no rank."""
+    """Ends the job within seconds when a rank this process started dies: kills the other ranks and interrupts the
+    main thread. (Lightning's observer SIGKILLs the main process, a whole multirun with it, and names no rank.)"""
 
     def __init__(self, children: dict[int, subprocess.Popen]):
         super().__init__(daemon=True, name="cvae-rank-watchdog")
@@ -216,9 +214,8 @@ def start_rank(local_rank: int, cfg: DictConfig) -> subprocess.Popen:
 
 
 def module_command(module: str, safe_path: bool = sys.version_info >= (3, 11)) -> list[str]:
-    """`python -m module`, never importing from the folder it starts in (a run dir, or where the command was typed),
-    which `-m` puts first on sys.path. Python 3.10 has no -P, and -I would drop PYTHONPATH (the user's trusted
-    classes with it): there the process removes that entry itself."""
+    """`python -m module`, never importing from the folder it starts in (`-m` puts it first on sys.path). Python 3.10
+    has no -P, and -I would drop PYTHONPATH (the user's trusted classes with it): there the process removes it."""
     if safe_path:
         return [sys.executable, "-P", "-m", module]
     run = f"import runpy, sys; del sys.path[0]; runpy.run_module({module!r}, run_name='__main__', alter_sys=True)"

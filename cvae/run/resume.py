@@ -122,9 +122,8 @@ class Decision(NamedTuple):
 
 
 def launch_decision(directory: str | Path, cfg: DictConfig) -> Decision:
-    """What a training launch does with its run dir, from the files in it (no checkpoint is read). A ckpt_path inside
-    it resumes; from elsewhere, it starts this (empty) dir. With resume.auto=true or in a requeued SLURM job, a run
-    with metrics.json is FINISHED (asked for more epochs, it continues from last.ckpt), one with last.ckpt resumes."""
+    """What a training launch does with its run dir, from its files (no checkpoint is read). With resume.auto=true or
+    in a requeued SLURM job, a run with metrics.json is FINISHED unless asked for more epochs; last.ckpt resumes."""
     directory = Path(directory)
     ckpt_path = cfg.get("ckpt_path")
     finished = (directory / "metrics.json").is_file()

@@ -1,6 +1,5 @@
-"""The run-dir boundary: a run writes only inside its own run dir (checked before it writes; cvae.files confines
-the writers), which is new or holds the run it resumes, claimed by a lock for one process; it never replaces what
-it did not write. Torch-free: Hydra's RunDirCheck calls these at start-up."""
+"""The run-dir boundary: a run writes only inside its own run dir, new or holding the run it resumes, locked for one
+process; it never replaces what it did not write. Torch-free: Hydra's RunDirCheck calls these at start-up."""
 
 import fcntl
 import os
@@ -21,8 +20,7 @@ LOCK_NAME = ".lock"  # held (flock) by the process writing the run dir; the OS r
 # where a run writes, never through a symbolic link: a planted link would send the write to its target
 WRITTEN_FOLDERS = (".", ".hydra", "checkpoints")
 RESUMABLE_TASKS = ("train",)  # evaluate.py has no resume: its runs never share a dir
-# the keys of a config that name where its object writes (Lightning's ModelCheckpoint, loggers, Trainer; the
-# project's loggers): whatever the object, such a path lies inside the run dir
+# the keys of a config that name where its object writes (ModelCheckpoint, loggers, Trainer): inside the run dir
 WRITE_KEYS = ("dirpath", "save_dir", "default_root_dir", "log_dir", "run_dir", "output_dir")
 
 
@@ -150,9 +148,8 @@ def planted_links(directory: Path) -> list[str]:
 
 
 def claim(directory: Path, key: str = "hydra.run.dir") -> int:
-    """A lock on the run dir held until this process ends: a second writer is refused, naming the first. (flock: a
-    run killed with SIGKILL leaves no stale lock.) Only a plain file of its own is written: never a planted link's
-    or a hard link's target."""
+    """A lock (flock: SIGKILL leaves none stale) on the run dir until this process ends; a second writer is refused,
+    naming the first. Only a plain file of its own is written: never a planted link's or a hard link's target."""
     lock = directory / LOCK_NAME
     try:
         descriptor = os.open(lock, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o644)

@@ -1,6 +1,5 @@
-"""The types and limits of the entry points' config values (conf/train.yaml, conf/evaluate.yaml), as dataclasses
-checked at launch, so that `latent_dim=abc` fails in one line naming the key (not in Hydra's defaults: it reports a
-composition error in several lines). Components check their own arguments when built. Torch-free."""
+"""The types and limits of the entry points' config values, as dataclasses checked at launch so that `latent_dim=abc`
+fails in one line (not in Hydra's defaults: it reports a composition error in several). Torch-free."""
 
 import dataclasses
 import difflib
@@ -37,8 +36,9 @@ MANDATORY_EXAMPLES = {"ckpt_path": "outputs/<date>/<time>/checkpoints/best.ckpt"
 
 
 def limit(check, default=MISSING):
-    """A field whose value `check(value, key)` must pass (it raises ConfigError saying what is allowed)."""
-    return field(default=default, metadata={"check": check})
+    """A field whose value passes `check(value, key)` (which raises ConfigError), or is null where the default is."""
+    allowed = (lambda value, key: value is None or check(value, key)) if default is None else check
+    return field(default=default, metadata={"check": allowed})
 
 
 def at_most(maximum: int, multiple_of: int = 1, minimum: int = 1):
@@ -47,10 +47,6 @@ def at_most(maximum: int, multiple_of: int = 1, minimum: int = 1):
 
 def one_of(*choices):
     return lambda value, key: check_choice(value, choices, key)
-
-
-def optional(check):
-    return lambda value, key: value is None or check(value, key)
 
 
 def positive(value, key: str) -> None:
@@ -107,9 +103,9 @@ class Trainer:
     num_nodes: int = limit(check_count)
     max_epochs: int = limit(check_count)
     log_every_n_steps: int = limit(check_count)
-    gradient_clip_val: Any = limit(optional(positive), None)
+    gradient_clip_val: Any = limit(positive, None)
     accumulate_grad_batches: int = limit(check_count)
-    check_val_every_n_epoch: Any = limit(optional(check_count), None)
+    check_val_every_n_epoch: Any = limit(check_count, None)
     limit_train_batches: Any = limit(batches, None)
     limit_val_batches: Any = limit(batches, None)
     limit_test_batches: Any = limit(batches, None)
@@ -134,7 +130,7 @@ class Train:
     resume: Resume = field(default_factory=Resume)
     optimized_metric: str = MISSING
     trainer: Trainer = field(default_factory=Trainer)
-    ckpt_path: Any = limit(optional(existing_file), None)  # last: a bad value elsewhere is said before a missing file
+    ckpt_path: Any = limit(existing_file, None)  # last: a bad value elsewhere is said before a missing file
 
 
 @dataclass
@@ -168,8 +164,8 @@ class Evaluate:
     batch_size: int = limit(check_count)
     samples_per_digit: int = limit(at_most(MAX_IMAGES))
     picture_scale: int = limit(at_most(MAX_SCALE))
-    digits: Any = limit(optional(parse_digits), None)
-    digit: Any = limit(optional(parse_digit), None)
+    digits: Any = limit(parse_digits, None)
+    digit: Any = limit(parse_digit, None)
     variants: int = limit(at_most(MAX_IMAGES))
     latent_map: bool = limit(check_flag)
     interpolate: bool = limit(check_flag)

@@ -1,5 +1,4 @@
-"""Sweep summaries (docs/sweeps.md): a table of a multirun's members in <sweep dir>/summary.csv and summary.md, and
-summary.png, written after every multirun by SweepSummary or for any sweep dir by
+"""Sweep summaries (docs/sweeps.md), written after every multirun by SweepSummary or for any sweep dir by
 `python -m cvae.run.sweep outputs/multirun/<date>/<time>`. Free of torch: Hydra builds its callbacks at start-up."""
 
 import atexit

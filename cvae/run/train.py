@@ -1,6 +1,5 @@
 """What `python train.py` does: build everything from the config, fit, evaluate the best checkpoint, and write
-metrics.json, environment.json (what the run ran on) and timing.json (kept out of metrics.json, so that equal runs
-have byte-identical metrics.json)."""
+metrics.json, environment.json and timing.json (apart, so that equal runs have byte-identical metrics.json)."""
 
 import os
 import platform
@@ -63,13 +62,11 @@ def train(cfg: DictConfig) -> dict:
         loggers = instantiate_group(cfg.get("logger"))
         trainer = build_trainer(cfg, loggers)
         write_environment(output_dir / "environment.json")
-
         with launch_local_ranks(trainer, cfg), wandb_run_closed():
             fit_started = time.perf_counter()
             trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.ckpt_path, weights_only=True)
             fit_seconds = time.perf_counter() - fit_started
             summary = evaluate_best(trainer, model, datamodule, loggers, cfg)
-
         if trainer.is_global_zero:
             write_json_atomic(output_dir / "metrics.json", summary)
             timing = {"fit_seconds": round(fit_seconds, 2), "wall_seconds": round(time.perf_counter() - started, 2)}
