@@ -25,7 +25,6 @@ from cvae.run.schema import check_added_keys, check_typed_digits, check_values
 from cvae.trust import check_config_file, first_line
 
 log = logging.getLogger(__name__)
-STOPPING_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
 
 def in_multirun() -> bool:
@@ -84,7 +83,7 @@ def check_hardware(cfg: DictConfig) -> None:
 def run_task(task: Callable[[DictConfig], object], cfg: DictConfig):
     """Check the config's values (again for a launch), then run the task. A refused sweep member returns no metrics
     ({}). The signal handlers are put back afterwards (Lightning leaves SIGINT ignored after a Ctrl-C)."""
-    handlers = {signum: signal.getsignal(signum) for signum in STOPPING_SIGNALS}
+    handlers = {signum: signal.getsignal(signum) for signum in (signal.SIGINT, signal.SIGTERM)}
     try:
         config_from_where_typed(cfg)
         check_values(cfg)
@@ -136,10 +135,10 @@ class RunDirCheck(Callback):
             check_launch(config, single_run=True)
             check_hydra_writes(config, directory)
             if launched_rank() != 0:  # torchrun's or srun's other ranks of rank 0's run: they write nothing here
-                self.create(directory, "hydra.run.dir")
+                create_dir(directory, "hydra.run.dir")
                 return
             may_write(config, directory)  # a refusal writes nothing, not even the lock
-            self.create(directory, "hydra.run.dir")
+            create_dir(directory, "hydra.run.dir")
             self.lock = claim(directory)
             may_write(config, directory)  # again, now that no other launch can change the dir
             # a later launch into the dir keeps its config and overrides in .hydra/launch<n>/ (n = 2, 3, ...)
@@ -158,7 +157,7 @@ class RunDirCheck(Callback):
             check_launch(config, single_run=False)
             check_hydra_writes(config, directory / "member", sweep=True)  # each member's dir lies in the sweep dir
             may_sweep(config, directory)
-            self.create(directory, "hydra.sweep.dir")
+            create_dir(directory, "hydra.sweep.dir")
             self.lock = claim(directory, "hydra.sweep.dir")
             may_sweep(config, directory)
         except (UsageError, OmegaConfBaseException) as error:
@@ -181,14 +180,12 @@ class RunDirCheck(Callback):
             os.close(self.member_lock)  # the next member of this process takes its own
             self.member_lock = None
 
-    @staticmethod
-    def create(directory: Path, key: str) -> None:
-        try:
-            directory.mkdir(parents=True, exist_ok=True)
-        except OSError as error:
-            raise RunDirError(
-                f"{key}={directory} cannot be created ({error.strerror}); choose a writable folder"
-            ) from None
+
+def create_dir(directory: Path, key: str) -> None:
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise RunDirError(f"{key}={directory} cannot be created ({error.strerror}); choose a writable folder") from None
 
 
 def refuse(error: Exception) -> None:

@@ -9,8 +9,7 @@ from pathlib import Path
 
 from pytorch_lightning.utilities import rank_zero_only
 
-# Lightning's rank-zero messages that are not about this run, dropped where Lightning logs them: an advert,
-# printed by every Trainer that has no LitLogger
+# Lightning's rank-zero messages that are not about this run: an advert every Trainer without a LitLogger prints
 LIGHTNING_NOISE = ("💡 Tip: For seamless cloud logging",)
 
 

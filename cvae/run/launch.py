@@ -68,13 +68,8 @@ def launch_local_ranks(trainer: pl.Trainer, cfg: DictConfig):
     cluster = strategy.cluster_environment
     saved_variables = {name: os.environ.get(name) for name in DDP_VARIABLES}
     saved_threads = torch.get_num_threads()
-    os.environ.update(
-        MASTER_ADDR=cluster.main_address,
-        MASTER_PORT=str(cluster.main_port),
-        NODE_RANK=str(cluster.node_rank()),
-        LOCAL_RANK="0",
-        WORLD_SIZE=str(strategy.num_processes * strategy.num_nodes),
-    )
+    os.environ.update(MASTER_ADDR=cluster.main_address, MASTER_PORT=str(cluster.main_port), LOCAL_RANK="0")
+    os.environ.update(NODE_RANK=str(cluster.node_rank()), WORLD_SIZE=str(strategy.num_processes * strategy.num_nodes))
     first_rank = cluster.node_rank() * strategy.num_processes
     children = {first_rank + local: start_rank(local, cfg) for local in range(1, strategy.num_processes)}
     watchdog = RankWatchdog(children)
@@ -188,14 +183,11 @@ def join_for_dead_ranks(count: int) -> list:
     """Clients of this job's rendezvous store, one per rank that will not join: each counts as a joined rank, so
     rank 0's wait returns. None where no store listens: a client would retry for seconds and log tracebacks."""
     address, port = os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"])
-    try:
-        socket.create_connection((address, port), timeout=1).close()
-    except OSError:
-        return []
     world_size, timeout = int(os.environ["WORLD_SIZE"]), timedelta(seconds=5)
     try:
+        socket.create_connection((address, port), timeout=1).close()
         return [torch.distributed.TCPStore(address, port, world_size, timeout=timeout) for _ in range(count)]
-    except RuntimeError:  # the store closed meanwhile: the main thread left the rendezvous
+    except (OSError, RuntimeError):  # no store listens, or it closed meanwhile: the main thread left the rendezvous
         return []
 
 

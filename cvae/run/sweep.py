@@ -169,7 +169,9 @@ class SweepSummary(Callback):
         sweep_dir = self.sweep_dir
         self.summarize_once()
         rows = summary_table(sweep_dir)[1] if sweep_dir else []
-        failed = [row["member"] for row in rows if row["status"] == "failed" and self.ran(sweep_dir / row["member"])]
+        # the failed members this launch ran (Hydra wrote their record after it started)
+        records = [(row["member"], sweep_dir / row["member"] / ".hydra") for row in rows if row["status"] == "failed"]
+        failed = [member for member, record in records if record.is_dir() and record.stat().st_mtime >= self.started]
         if failed:
             summary = sweep_dir / MARKDOWN_FILE
             print(
@@ -177,11 +179,6 @@ class SweepSummary(Callback):
                 file=sys.stderr,
             )
             FAILED_SWEEPS.append(sweep_dir)  # the entry point exits with 1 (here it would hide Hydra's own report)
-
-    def ran(self, member: Path) -> bool:
-        """Whether this launch ran the member (Hydra wrote its record after the launch started)."""
-        record = member / ".hydra"
-        return record.is_dir() and record.stat().st_mtime >= self.started
 
     def summarize_once(self) -> None:
         sweep_dir, self.sweep_dir = self.sweep_dir, None

@@ -5,6 +5,7 @@ import os
 import platform
 import subprocess
 import time
+from contextlib import suppress
 from importlib import metadata
 from pathlib import Path
 
@@ -121,10 +122,8 @@ def write_environment(path: Path) -> None:
     """What this run ran on, beside the config and overrides Hydra keeps in .hydra/."""
     versions = {}
     for package in PACKAGES:
-        try:
+        with suppress(metadata.PackageNotFoundError):
             versions[package] = metadata.version(package)
-        except metadata.PackageNotFoundError:
-            continue
     environment = {"python": platform.python_version(), "platform": platform.platform(), "packages": versions}
     write_json_atomic(path, {**environment, "cuda": torch.version.cuda, "git": git_revision()})
 
