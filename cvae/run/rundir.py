@@ -43,10 +43,10 @@ def check_hydra_writes(config: DictConfig, member_dir: Path, sweep: bool = False
             f"paths.output_dir={output_dir} is not allowed: it is where Hydra puts the run; choose the run's dir with "
             f"hydra.run.dir={output_dir} (a sweep's with hydra.sweep.dir=...)"
         )
-    subdir = str(OmegaConf.to_container(config.hydra.sweep, resolve=False).get("subdir")) if sweep else ""
-    if Path(subdir).is_absolute() or ".." in Path(subdir).parts:  # a member's dir would land on any other dir
+    member = str(OmegaConf.to_container(config.hydra.sweep, resolve=False).get("subdir")) if sweep else ""
+    if Path(member).is_absolute() or ".." in Path(member).parts:  # a member's dir would land on any other dir
         raise ConfigError(
-            f"hydra.sweep.subdir={subdir} is not allowed: a member's dir must lie inside hydra.sweep.dir, e.g. "
+            f"hydra.sweep.subdir={member} is not allowed: a member's dir must lie inside hydra.sweep.dir, e.g. "
             f"hydra.sweep.subdir=${{hydra.job.num}}"
         )
     probe = OmegaConf.create(OmegaConf.to_container(config, resolve=False))  # a copy free of Hydra's read-only flags
