@@ -1,6 +1,5 @@
-"""What the entry points do: train.py (train.py here), evaluate.py (evaluate.py here), and what they share:
-checkpoints, config checks, one-line errors, hparams, loggers, local DDP ranks, sweep summaries. The top layer:
-imports everything below it, and nothing imports it but the entry points and benchmarks/."""
+"""The entry points' work (train.py, evaluate.py) and what they share. The top layer: nothing imports it but the
+entry points and benchmarks/."""
 
 import warnings
 

@@ -9,22 +9,12 @@ from pathlib import Path
 
 from pytorch_lightning.utilities import rank_zero_only
 
-# Lightning's rank-zero messages that are not about this run, dropped where Lightning logs them
-LIGHTNING_NOISE = (
-    # an advert, printed by every Trainer that has no LitLogger
-    "💡 Tip: For seamless cloud logging",
-)
+# Lightning's rank-zero messages that are not about this run: an advert every Trainer without a LitLogger prints
+LIGHTNING_NOISE = ("💡 Tip: For seamless cloud logging",)
 
 
-class DropMessages(logging.Filter):
-    """Drops the log records that start with one of `prefixes`."""
-
-    def __init__(self, prefixes: tuple[str, ...]):
-        super().__init__()
-        self.prefixes = prefixes
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        return not record.getMessage().startswith(self.prefixes)
+def not_noise(record: logging.LogRecord) -> bool:
+    return not record.getMessage().startswith(LIGHTNING_NOISE)
 
 
 def silence_library_noise() -> None:
@@ -35,9 +25,7 @@ def silence_library_noise() -> None:
     warnings.filterwarnings(
         "ignore", message=r"`isinstance\(treespec, LeafSpec\)` is deprecated", category=FutureWarning
     )
-    rank_zero_log = logging.getLogger("pytorch_lightning.utilities.rank_zero")
-    if not any(isinstance(existing, DropMessages) for existing in rank_zero_log.filters):
-        rank_zero_log.addFilter(DropMessages(LIGHTNING_NOISE))
+    logging.getLogger("pytorch_lightning.utilities.rank_zero").addFilter(not_noise)  # added once: addFilter dedupes
 
 
 def shown(path: str | Path) -> str:

@@ -6,9 +6,8 @@ from omegaconf import DictConfig
 
 
 def member_devices(trainer_cfg: DictConfig):
-    """`trainer.devices` for this job: under hydra/launcher=joblib, whose members train side by side on this
-    machine, member k takes GPUs k*n, k*n+1, ... (mod the GPUs there are) for a count of n, instead of every
-    member sharing cuda:0; otherwise as configured (SLURM gives each job its own GPUs)."""
+    """`trainer.devices` for this job: under hydra/launcher=joblib, whose members train side by side, member k takes
+    GPUs k*n, k*n+1, ... (mod the GPUs there are) for a count of n, instead of all sharing cuda:0."""
     devices = trainer_cfg.devices
     if not (isinstance(devices, int) and devices > 0 and trainer_cfg.accelerator in ("auto", "gpu", "cuda")):
         return devices

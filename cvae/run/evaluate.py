@@ -1,7 +1,5 @@
-"""What `python evaluate.py ckpt_path=...` does: test metrics of a checkpoint, a table, metrics.json and a
-PNG of samples per digit, plus whatever generation and exploration the config asks for (see
-conf/evaluate.yaml), all in evaluate's own output dir. Every sample's z comes from `sampler`: the prior, or an
-ex-post mixture fitted to the training images."""
+"""What `python evaluate.py ckpt_path=...` does: a checkpoint's test metrics, samples per digit and whatever else
+conf/evaluate.yaml asks for, in evaluate's own run dir. Every sample's z comes from `sampler`."""
 
 from pathlib import Path
 
@@ -44,42 +42,51 @@ def evaluate(cfg: DictConfig) -> dict:
     output_dir = Path(cfg.paths.output_dir)
     check_task_writes(cfg, output_dir)
     with confined_to(output_dir):
-        return evaluate_in_run_dir(cfg, output_dir)
-
-
-def evaluate_in_run_dir(cfg: DictConfig, output_dir: Path) -> dict:
-    silence_library_noise()
-    announce_run_dir("evaluate", output_dir)
-    check_count(cfg.picture_scale, "picture_scale")
-    pl.seed_everything(cfg.seed, workers=True)
-    module = load_module(cfg.ckpt_path)
-    scored = scored_set(cfg)  # a bad file is said now, not after the test pass
-    datamodule = instantiate(cfg.data)
-    trainer = instantiate(cfg.trainer, logger=False, callbacks=[], enable_checkpointing=False)
-    metrics = trainer.test(module, datamodule=datamodule, verbose=False)[0]
-    module.to(trainer.strategy.root_device)  # Lightning moves it to the CPU after testing; the rest runs here
-
-    sampler = instantiate(cfg.sampler).fit_for_checkpoint(
-        module.net, *split_tensors(datamodule, "train"), cfg.ckpt_path
-    )
-    z = sampler.grid_latents(module.net, cfg.samples_per_digit, seed=cfg.seed)
-    samples = digit_rows(module.net, z.to(model_device(module.net)))
-    save_png(for_people(samples, DIGIT_ROWS, cfg.picture_scale), output_dir / "samples.png")
-    test_split = split_tensors(datamodule, "test")
-    metrics.update(quality_report(module.net, cfg, *test_split, sampler))
-    pictures = requested_pictures(module.net, cfg, *test_split, sampler)
-    for name, picture in pictures.items():
-        save_png(picture, output_dir / f"{name}.png")
-    if cfg.projector:
-        write_projector(module.net, *(part[: cfg.projector_images] for part in test_split), output_dir)
-    if cfg.export.per_digit:
-        export_synthetic(module.net, cfg, output_dir, sampler)
-    metrics.update(write_anomaly_outputs(module.net, cfg, *test_split, output_dir, scored))
-    write_json_atomic(output_dir / "metrics.json", {**metrics, "ckpt_path": str(Path(cfg.ckpt_path).resolve())})
-    print(format_table(dict(sorted(metrics.items(), key=lambda item: item[0].count("/")))))  # per-digit rows last
-    written = ["metrics.json", "samples.png", *(f"{name}.png" for name in pictures), "anomaly_demo.json"]
-    list_results(output_dir, written, tensorboard=bool(cfg.projector))
-    return metrics
+        silence_library_noise()
+        announce_run_dir("evaluate", output_dir)
+        check_count(cfg.picture_scale, "picture_scale")
+        pl.seed_everything(cfg.seed, workers=True)
+        module = load_module(cfg.ckpt_path)
+        # anomaly.scores_for's file read now, so that a bad file is said before the test pass (None: the test set)
+        scored = None if cfg.anomaly.scores_for in (None, "test") else load_image_set(cfg.anomaly.scores_for)
+        datamodule = instantiate(cfg.data)
+        trainer = instantiate(cfg.trainer, logger=False, callbacks=[], enable_checkpointing=False)
+        metrics = trainer.test(module, datamodule=datamodule, verbose=False)[0]
+        module.to(trainer.strategy.root_device)  # Lightning moves it to the CPU after testing; the rest runs here
+        sampler = instantiate(cfg.sampler).fit_for_checkpoint(
+            module.net, *split_tensors(datamodule, "train"), cfg.ckpt_path
+        )
+        z = sampler.grid_latents(module.net, cfg.samples_per_digit, seed=cfg.seed)
+        samples = digit_rows(module.net, z.to(model_device(module.net)))
+        save_png(for_people(samples, DIGIT_ROWS, cfg.picture_scale), output_dir / "samples.png")
+        test_split = split_tensors(datamodule, "test")
+        metrics.update(quality_report(module.net, cfg, *test_split, sampler))
+        pictures = requested_pictures(module.net, cfg, *test_split, sampler)
+        for name, picture in pictures.items():
+            save_png(picture, output_dir / f"{name}.png")
+        if cfg.projector:
+            write_projector(module.net, *(part[: cfg.projector_images] for part in test_split), output_dir)
+        if cfg.export.per_digit:
+            images, labels = synthetic_dataset(
+                module.net, cfg.export.per_digit, cfg.seed, cfg.batch_size, progress=True, sampler=sampler
+            )
+            folder = cfg.export.image_folder
+            for path in write_synthetic_dataset(images, labels, output_dir, image_folder=folder, progress=True):
+                print(f"wrote {path}")
+        anomaly = cfg.anomaly
+        if anomaly.scores_for is not None:
+            images, labels = scored or test_split
+            scores = anomaly_scores(module.net, images, labels, anomaly.score, anomaly.k, cfg.seed, cfg.batch_size)
+            print(f"wrote {write_scores_csv(output_dir / 'anomaly_scores.csv', scores, labels, anomaly.score)}")
+        if anomaly.demo:  # its AUROC a metric
+            demo = anomaly_demo(module.net, *test_split, anomaly.score, anomaly.k, cfg.seed, cfg.batch_size)
+            write_json_atomic(output_dir / "anomaly_demo.json", demo)
+            metrics["anomaly_demo/auroc"] = demo["auroc"]
+        write_json_atomic(output_dir / "metrics.json", {**metrics, "ckpt_path": str(Path(cfg.ckpt_path).resolve())})
+        print(format_table(dict(sorted(metrics.items(), key=lambda item: item[0].count("/")))))  # per-digit rows last
+        written = ["metrics.json", "samples.png", *(f"{name}.png" for name in pictures), "anomaly_demo.json"]
+        list_results(output_dir, written, tensorboard=bool(cfg.projector))
+        return metrics
 
 
 def save_png(picture: torch.Tensor, path: Path) -> None:
@@ -90,8 +97,7 @@ def save_png(picture: torch.Tensor, path: Path) -> None:
 
 def quality_report(model: Net, cfg: DictConfig, x: torch.Tensor, y: torch.Tensor, sampler: Sampler) -> dict[str, float]:
     """test/fid, test/label_acc (both also per digit), test/nll_iw and, with quality.cas, test/cas."""
-    quality = cfg.quality
-    device = model_device(model)
+    quality, device = cfg.quality, model_device(model)
     with seeded_global_rng(cfg.seed, device):
         return generator_report(
             model,
@@ -111,13 +117,11 @@ def quality_report(model: Net, cfg: DictConfig, x: torch.Tensor, y: torch.Tensor
 def requested_pictures(
     model: Net, cfg: DictConfig, x: torch.Tensor, y: torch.Tensor, sampler: Sampler
 ) -> dict[str, torch.Tensor]:
-    """The PNG images the config asks for, by file name (without .png): grids of digits drawn for people
-    (picture_scale times larger, a label per row), the latent map and manifold as they are."""
+    """The PNG images the config asks for, by file name (without .png)."""
     scale, pictures = cfg.picture_scale, {}
     if cfg.digits is not None:
         strings = digit_strings(model, cfg.digits, cfg.variants, cfg.seed, sampler)
-        styles = [f"style {row + 1}" for row in range(len(strings))]
-        pictures["digits"] = for_people(rows_grid(strings), styles, scale)
+        pictures["digits"] = for_people(rows_grid(strings), [f"style {row + 1}" for row in range(len(strings))], scale)
     if cfg.digit is not None:
         digit, variants = parse_digit(cfg.digit), digit_variants(model, cfg.digit, cfg.variants, cfg.seed, sampler)
         rows = -(-len(variants) // 10)  # ten to a row
@@ -125,10 +129,8 @@ def requested_pictures(
     if cfg.latent_map:
         pictures.update(latent_map_images(model, x, y))
     if cfg.interpolate:
-        rows = {
-            "interpolation_within_digit": DIGIT_ROWS,
-            "interpolation_across_digits": [f"{digit} to {(digit + 1) % NUM_CLASSES}" for digit in range(NUM_CLASSES)],
-        }
+        across = [f"{digit} to {(digit + 1) % NUM_CLASSES}" for digit in range(NUM_CLASSES)]
+        rows = {"interpolation_within_digit": DIGIT_ROWS, "interpolation_across_digits": across}
         for name, image in interpolation_images(model, cfg.interpolation_steps, cfg.seed).items():
             pictures[name] = for_people(image, rows[name], scale)
     if cfg.style_transfer:
@@ -136,39 +138,6 @@ def requested_pictures(
         labels = [f"from {digit}" for digit in y[sources].tolist()]
         pictures["style_transfer"] = for_people(style_transfer_image(model, x[sources], y[sources]), labels, scale)
     return pictures
-
-
-def export_synthetic(model: Net, cfg: DictConfig, output_dir: Path, sampler: Sampler) -> None:
-    images, labels = synthetic_dataset(
-        model, cfg.export.per_digit, cfg.seed, cfg.batch_size, progress=True, sampler=sampler
-    )
-    for path in write_synthetic_dataset(
-        images, labels, output_dir, image_folder=cfg.export.image_folder, progress=True
-    ):
-        print(f"wrote {path}")
-
-
-def scored_set(cfg: DictConfig) -> tuple[torch.Tensor, torch.Tensor] | None:
-    """The images and labels of anomaly.scores_for when it names a file (read and checked), else None."""
-    scores_for = cfg.anomaly.scores_for
-    return None if scores_for in (None, "test") else load_image_set(scores_for)
-
-
-def write_anomaly_outputs(
-    model: Net, cfg: DictConfig, x: torch.Tensor, y: torch.Tensor, output_dir: Path, scored: tuple | None = None
-) -> dict:
-    """anomaly_scores.csv and anomaly_demo.json, as asked; the demo's AUROC as a metric. `scored`: the set of
-    anomaly.scores_for read beforehand (None: the test set)."""
-    anomaly = cfg.anomaly
-    if anomaly.scores_for is not None:
-        images, labels = scored or (x, y)
-        scores = anomaly_scores(model, images, labels, anomaly.score, anomaly.k, cfg.seed, cfg.batch_size)
-        print(f"wrote {write_scores_csv(output_dir / 'anomaly_scores.csv', scores, labels, anomaly.score)}")
-    if not anomaly.demo:
-        return {}
-    demo = anomaly_demo(model, x, y, anomaly.score, anomaly.k, cfg.seed, cfg.batch_size)
-    write_json_atomic(output_dir / "anomaly_demo.json", demo)
-    return {"anomaly_demo/auroc": demo["auroc"]}
 
 
 def format_table(metrics: dict) -> str:

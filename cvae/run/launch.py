@@ -9,7 +9,7 @@ import subprocess
 import sys
 import threading
 import time
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from datetime import timedelta
 from pathlib import Path
 
@@ -32,16 +32,14 @@ DDP_VARIABLES = ("MASTER_ADDR", "MASTER_PORT", "NODE_RANK", "LOCAL_RANK", "WORLD
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 WATCH_PERIOD = 0.5  # seconds between looks at the children
 GRACE_PERIOD = 10.0  # seconds this rank gets to stop by itself once a child died, before it is ended
-# Exit codes of a rank that was stopped by Ctrl-C or SIGTERM, as every rank is (StopTogether): it saved its part
-# of the checkpoint and ended in order, which is no failure for the watchdog to act on.
+# Exit codes of a rank stopped by Ctrl-C or SIGTERM, as every rank is (StopTogether): no failure to act on
 STOPPED = {128 + signal.SIGINT, 128 + signal.SIGTERM, -signal.SIGINT, -signal.SIGTERM}
 
 
 @contextmanager
 def exit_as_signalled(trainer: pl.Trainer):
-    """A run every rank stopped for a signal ends as that signal asks: KeyboardInterrupt for SIGINT (exit 130),
-    SIGTERMException for SIGTERM (143). A rank started by launch_local_ranks exits with that code and no line of
-    its own: rank 0 says it."""
+    """A run every rank stopped for a signal ends as that signal asks (130 for SIGINT, 143 for SIGTERM); a rank
+    started by launch_local_ranks exits with that code and no line of its own: rank 0 says it."""
     try:
         yield
     except SIGTERMException:
@@ -56,18 +54,13 @@ def exit_as_signalled(trainer: pl.Trainer):
 
 @contextmanager
 def launch_local_ranks(trainer: pl.Trainer, cfg: DictConfig):
-    """Start the other DDP processes of this machine, each running exactly this job: `python -m cvae.run.train`
-    with the job's config, resolved, in JOB_CONFIG_VARIABLE, watched by a RankWatchdog.
-
-    Lightning would re-run the script with its command line instead; inside a Hydra multirun that command is the
-    whole sweep, so every child process would run every member in a sweep dir of its own. Afterwards this
-    process is left as it was (no process group, no rank variables, its thread count), so the next member of a
-    multirun starts clean. When Lightning would start no processes (one device, another strategy, or ranks already
-    started by torchrun, SLURM or this launcher) none is started, and a job that ends normally ends its process
-    group too.
-    """
+    """Start this machine's other DDP ranks, each running exactly this job (`python -m cvae.run.train`, its config
+    in JOB_CONFIG_VARIABLE), watched by a RankWatchdog (Lightning would re-run the command line: in a multirun, the
+    whole sweep). Afterwards this process is as it was, so that the next member of a multirun starts clean."""
     strategy = trainer.strategy
-    if not lightning_would_start_processes(strategy):
+    # none where Lightning would start none: one device, another strategy, ranks started by torchrun or SLURM
+    script = isinstance(strategy.launcher, _SubprocessScriptLauncher) and strategy.num_processes > 1
+    if not script or strategy.cluster_environment.creates_processes_externally:
         with exit_as_signalled(trainer):
             yield
         end_process_group()
@@ -75,13 +68,8 @@ def launch_local_ranks(trainer: pl.Trainer, cfg: DictConfig):
     cluster = strategy.cluster_environment
     saved_variables = {name: os.environ.get(name) for name in DDP_VARIABLES}
     saved_threads = torch.get_num_threads()
-    os.environ.update(
-        MASTER_ADDR=cluster.main_address,
-        MASTER_PORT=str(cluster.main_port),
-        NODE_RANK=str(cluster.node_rank()),
-        LOCAL_RANK="0",
-        WORLD_SIZE=str(strategy.num_processes * strategy.num_nodes),
-    )
+    os.environ.update(MASTER_ADDR=cluster.main_address, MASTER_PORT=str(cluster.main_port), LOCAL_RANK="0")
+    os.environ.update(NODE_RANK=str(cluster.node_rank()), WORLD_SIZE=str(strategy.num_processes * strategy.num_nodes))
     first_rank = cluster.node_rank() * strategy.num_processes
     children = {first_rank + local: start_rank(local, cfg) for local in range(1, strategy.num_processes)}
     watchdog = RankWatchdog(children)
@@ -96,7 +84,10 @@ def launch_local_ranks(trainer: pl.Trainer, cfg: DictConfig):
         # stopped: by the watchdog (which interrupts this thread) or by a signal, as every rank was
         if watchdog.failure is not None:
             raise watchdog.failure from None
-        wait_for(children.values(), GRACE_PERIOD)  # they saved their part too and are ending
+        deadline = time.monotonic() + GRACE_PERIOD  # they saved their part too and are ending
+        for child in children.values():
+            with suppress(subprocess.TimeoutExpired):
+                child.wait(timeout=max(0.0, deadline - time.monotonic()))
         raise
     except BaseException:
         watchdog.check(wait=2 * WATCH_PERIOD)  # a rank that died is the cause: say so, not what it did here
@@ -107,20 +98,17 @@ def launch_local_ranks(trainer: pl.Trainer, cfg: DictConfig):
             child.kill()  # a no-op for those that exited; the others would wait forever for this rank
             child.wait()
         end_process_group()
-        restore_variables(saved_variables)
+        for name, value in saved_variables.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
         torch.set_num_threads(saved_threads)
 
 
 class RankWatchdog(threading.Thread):
-    """Ends the job within seconds when a rank this process started dies, naming the rank and its exit code.
-
-    Written here rather than taken from Lightning: its child-process observer SIGKILLs the main process (a
-    whole multirun with it) and names no rank. This one kills the other ranks and interrupts the main thread,
-    which then raises RankError; if that thread is stuck in an NCCL collective or a CUDA sync after
-    GRACE_PERIOD, it aborts the process group, which ends the wait with an error (gloo ends it by itself), or,
-    stuck in the rendezvous, joins it for the dead ranks. Never os._exit while the main thread can be reached: the
-    rest of a multirun and its summary come after this member; one that nothing reaches ends the process, after
-    one line, rather than leaving the job to hang."""
+    """Ends the job within seconds when a rank this process started dies: kills the other ranks and interrupts the
+    main thread. (Lightning's observer SIGKILLs the main process, a whole multirun with it, and names no rank.)"""
 
     def __init__(self, children: dict[int, subprocess.Popen]):
         super().__init__(daemon=True, name="cvae-rank-watchdog")
@@ -131,9 +119,9 @@ class RankWatchdog(threading.Thread):
     def run(self) -> None:
         while not self.stopped.wait(WATCH_PERIOD):
             with self.lock:
-                dead = not self.stopped.is_set() and self.failed()
+                dead = not self.stopped.is_set() and self.rank_failure()
                 if dead:
-                    self.failure = self.rank_error(dead)
+                    self.failure = dead
                     for child in self.children.values():
                         child.kill()
                     _thread.interrupt_main()
@@ -143,9 +131,8 @@ class RankWatchdog(threading.Thread):
 
     def reach_main_thread(self) -> None:
         """The interrupt lands at the main thread's next bytecode. One still in C++ after GRACE_PERIOD waits for the
-        dead rank: in a collective (aborting the process group ends it with an error) or in the rendezvous, where
-        rank 0's TCPStore counts the ranks that joined and no interrupt or abort reaches it, for the store's
-        timeout (minutes). There stand-ins join for the dead ranks: the wait returns and the interrupt lands."""
+        dead rank: in a collective (aborting the process group ends it with an error) or in the rendezvous, which no
+        interrupt or abort reaches for the store's timeout (minutes): stand-ins join for the dead ranks there."""
         if self.stopped.wait(GRACE_PERIOD):
             return
         if torch.distributed.is_initialized():
@@ -156,31 +143,30 @@ class RankWatchdog(threading.Thread):
             self.stand_ins = join_for_dead_ranks(len(self.children))
         if self.stopped.wait(GRACE_PERIOD):
             return
-        # nothing reached it: rather than a job that hangs, this process ends, the line said (a multirun with it)
+        # nothing reached it: rather than a job that hangs, this process ends, the line said (a multirun with it;
+        # never before: the rest of a multirun and its summary come after this member)
         print(f"error: {self.failure}", file=sys.stderr, flush=True)
         os.kill(os.getpid(), signal.SIGKILL)
 
     def check(self, wait: float = 0.0) -> None:
-        """Raise the failure seen, if any, or that of a rank that ended in error (waiting up to `wait` s for one)."""
+        """Raise the failure seen, or that of a rank that ended in error (waiting up to `wait` s for one)."""
         deadline = time.monotonic() + wait
-        while self.failure is None and not self.failed() and time.monotonic() < deadline:
+        while self.failure is None and not self.rank_failure() and time.monotonic() < deadline:
             time.sleep(0.1)
-        if self.failure is None and (failed := self.failed()):
-            self.failure = self.rank_error(failed)
+        self.failure = self.failure or self.rank_failure()
         if self.failure is not None:
             raise self.failure from None
 
-    def rank_error(self, failed: dict[int, int]) -> RankError:
-        """The error naming the lowest failed rank, its pid and exit code."""
+    def rank_failure(self) -> RankError | None:
+        """The error naming the lowest rank that ended in error, its pid and exit code; None while none did."""
+        failed = {rank: code for rank, child in self.children.items() if (code := child.poll()) and code not in STOPPED}
+        if not failed:
+            return None
         rank, code = min(failed.items())
         return RankError(
             f"DDP rank {rank} (pid {self.children[rank].pid}) exited with code {code}; the job was stopped. "
             f"Its output above says why"
         )
-
-    def failed(self) -> dict[int, int]:
-        """Exit codes of the ranks that ended in error, by rank."""
-        return {rank: code for rank, child in self.children.items() if (code := child.poll()) and code not in STOPPED}
 
     def stop(self) -> None:
         """After this returns the watchdog interrupts nothing; an interrupt it sent just before lands here."""
@@ -194,18 +180,14 @@ class RankWatchdog(threading.Thread):
 
 
 def join_for_dead_ranks(count: int) -> list:
-    """Clients of this job's rendezvous store (torch.distributed.TCPStore), one per rank that will not join: a
-    client is counted as a joined rank as it connects, so rank 0's wait for the world size returns. None where no
-    store listens (the main thread waits elsewhere): a TCPStore client would retry for seconds and log tracebacks."""
+    """Clients of this job's rendezvous store, one per rank that will not join: each counts as a joined rank, so
+    rank 0's wait returns. None where no store listens: a client would retry for seconds and log tracebacks."""
     address, port = os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"])
-    try:
-        socket.create_connection((address, port), timeout=1).close()
-    except OSError:
-        return []
     world_size, timeout = int(os.environ["WORLD_SIZE"]), timedelta(seconds=5)
     try:
+        socket.create_connection((address, port), timeout=1).close()
         return [torch.distributed.TCPStore(address, port, world_size, timeout=timeout) for _ in range(count)]
-    except RuntimeError:  # the store closed meanwhile: the main thread left the rendezvous
+    except (OSError, RuntimeError):  # no store listens, or it closed meanwhile: the main thread left the rendezvous
         return []
 
 
@@ -217,29 +199,15 @@ def end_process_group() -> None:
         torch.distributed.destroy_process_group()
 
 
-def lightning_would_start_processes(strategy) -> bool:
-    return (
-        isinstance(strategy.launcher, _SubprocessScriptLauncher)
-        and strategy.num_processes > 1
-        and not strategy.cluster_environment.creates_processes_externally
-    )
-
-
 def start_rank(local_rank: int, cfg: DictConfig) -> subprocess.Popen:
-    env = {
-        **os.environ,
-        "LOCAL_RANK": str(local_rank),
-        "PYTHONPATH": rank_python_path(),
-        JOB_CONFIG_VARIABLE: OmegaConf.to_yaml(cfg, resolve=True),
-    }
+    config = OmegaConf.to_yaml(cfg, resolve=True)
+    env = {**os.environ, "LOCAL_RANK": str(local_rank), "PYTHONPATH": rank_python_path(), JOB_CONFIG_VARIABLE: config}
     return subprocess.Popen(module_command("cvae.run.train"), env=env)
 
 
 def module_command(module: str, safe_path: bool = sys.version_info >= (3, 11)) -> list[str]:
-    """`python -m module` that imports only from the installed packages, this checkout and PYTHONPATH, never from
-    the folder it starts in (a run dir under hydra.job.chdir=true, else where the command was typed), which `-m`
-    puts first on sys.path: -P leaves it out. Python 3.10 has no -P, and -I would drop PYTHONPATH (the user's
-    trusted classes with it): there the process removes that first entry itself before the module runs."""
+    """`python -m module`, never importing from the folder it starts in (`-m` puts it first on sys.path). Python 3.10
+    has no -P, and -I would drop PYTHONPATH (the user's trusted classes with it): there the process removes it."""
     if safe_path:
         return [sys.executable, "-P", "-m", module]
     run = f"import runpy, sys; del sys.path[0]; runpy.run_module({module!r}, run_name='__main__', alter_sys=True)"
@@ -247,24 +215,6 @@ def module_command(module: str, safe_path: bool = sys.version_info >= (3, 11)) -
 
 
 def rank_python_path() -> str:
-    """This checkout first, then the inherited entries that name a folder: a relative or empty entry would mean the
-    rank's working directory (train.py and evaluate.py made the user's relative entries absolute at launch)."""
+    """This checkout, then the inherited absolute entries (a relative or empty one means the rank's working dir)."""
     inherited = os.environ.get("PYTHONPATH", "").split(os.pathsep)
     return os.pathsep.join([str(PROJECT_ROOT), *(entry for entry in inherited if os.path.isabs(entry))])
-
-
-def wait_for(children, seconds: float) -> None:
-    deadline = time.monotonic() + seconds
-    for child in children:
-        try:
-            child.wait(timeout=max(0.0, deadline - time.monotonic()))
-        except subprocess.TimeoutExpired:
-            return
-
-
-def restore_variables(saved: dict) -> None:
-    for name, value in saved.items():
-        if value is None:
-            os.environ.pop(name, None)
-        else:
-            os.environ[name] = value

@@ -1,11 +1,5 @@
-"""The resolvers conf/ uses, registered by a Hydra callback: Hydra builds its callbacks before it resolves the
-launcher's settings or a job's output settings (torch-free, so that Hydra stays quick to start).
-
-- `cvae.on_rank_zero`: under torchrun or srun every process runs train.py with Hydra; only rank 0 writes .hydra/
-  and train.log (conf/hydra/default.yaml).
-- `cvae.slurm_gpus`, `cvae.slurm_tasks`: the SLURM resources of a sweep member, from the trainer config
-  (conf/hydra/launcher/slurm.yaml).
-"""
+"""The resolvers conf/ uses (`cvae.<function name>`), registered by a Hydra callback: Hydra builds its callbacks
+before it resolves the launcher's or a job's output settings. Torch-free, so that Hydra stays quick to start."""
 
 import os
 
@@ -19,12 +13,13 @@ def launched_rank() -> int:
 
 
 def on_rank_zero(value, elsewhere=None):
+    """Under torchrun or srun every process runs train.py with Hydra; only rank 0 writes .hydra/ and train.log."""
     return value if launched_rank() == 0 else elsewhere
 
 
 def slurm_gpus(accelerator: str, devices) -> int | None:
-    """GPUs per node to ask SLURM for: the trainer's device count when it trains on GPUs, else none (a GPU gres
-    fails on a cluster without GPUs); `devices=-1` (every GPU) needs hydra.launcher.gpus_per_node=N."""
+    """GPUs per node to ask SLURM for (conf/hydra/launcher/slurm.yaml): the trainer's device count when it trains on
+    GPUs, else none (a GPU gres fails on a cluster without GPUs); `devices=-1` needs hydra.launcher.gpus_per_node."""
     count = device_count(devices)
     return count if accelerator in ("gpu", "cuda") and count else None
 
@@ -45,12 +40,8 @@ def device_count(devices) -> int | None:
 
 
 def register_resolvers() -> None:
-    for name, resolver in (
-        ("cvae.on_rank_zero", on_rank_zero),
-        ("cvae.slurm_gpus", slurm_gpus),
-        ("cvae.slurm_tasks", slurm_tasks),
-    ):
-        OmegaConf.register_resolver(name, resolver, replace=True)
+    for resolver in (on_rank_zero, slurm_gpus, slurm_tasks):
+        OmegaConf.register_resolver(f"cvae.{resolver.__name__}", resolver, replace=True)
 
 
 class Resolvers(Callback):

@@ -1,7 +1,5 @@
-"""Resume policy: what a training launch does with its run dir (start, resume it, leave a finished run as it is,
-or refuse another run's: launch_decision, for resume.auto=true, a requeued SLURM job and ckpt_path alike), a launch
-continues a checkpoint only if it is the same run (the same network always; the same training settings unless
-resume.allow_changes), and what it may change is recorded in the run dir's resumes.json."""
+"""Resume policy: what a training launch does with its run dir (launch_decision), that it continues only the same
+run (check_resumable), and what a resume changed, recorded in the run dir's resumes.json."""
 
 import os
 from pathlib import Path
@@ -14,6 +12,7 @@ from cvae.callbacks.record import RunRecord
 from cvae.errors import CheckpointError
 from cvae.files import read_json, write_json_atomic
 from cvae.model.checkpoint import read_checkpoint
+from cvae.run.rundir import holds_results
 
 # What may differ between a run and its resume: where things go and what is shown or measured, not what is
 # trained (max_epochs: a resume may train on for longer).
@@ -27,9 +26,8 @@ NOT_TRAINING = (
 
 
 def check_resumable(path: str | Path, cfg: DictConfig) -> dict[str, dict]:
-    """Refuse, before training starts, a resume that is not of the same run: another network always, other
-    training settings (seed, batch_size, lr, data, ...) unless resume.allow_changes. Returns the changed settings,
-    {key: {"checkpoint": value, "now": value}}, for the record."""
+    """Refuse, before training starts, a resume of another network, or of other training settings unless
+    resume.allow_changes. Returns the changed settings, {key: {"checkpoint": value, "now": value}}, for the record."""
     checkpoint = read_checkpoint(path)
     saved, asked = checkpoint["hyper_parameters"]["net"], OmegaConf.to_container(cfg.model.net, resolve=True)
     differing = [key for key in {**saved, **asked} if saved.get(key) != asked.get(key)]
@@ -78,16 +76,18 @@ def training_settings(node: DictConfig | dict, prefix: str = "") -> dict:
 
 
 def recorded_config(directory: Path) -> dict | None:
-    """The task config the run was started with, as Hydra saved it (.hydra/config.yaml; a later launch's is beside it
-    in .hydra/launch<n>/, refused ones too), read as data: its values as written, nothing resolved. None when the dir
-    holds no record (a run not started by Hydra)."""
+    """The task config the run was started with, as Hydra saved it, nothing resolved; None for a run without one."""
     record = directory / ".hydra" / "config.yaml"
     return OmegaConf.to_container(OmegaConf.load(record), resolve=False) if record.is_file() else None
 
 
 def check_same_run(directory: Path, cfg: DictConfig) -> None:
-    """A finished run without a checkpoint is kept only for a launch of its own settings (its .hydra/ record; with
-    a checkpoint, check_resumable compares the checkpoint's)."""
+    """A finished run is kept only for a launch of its own settings: its last checkpoint's, else its .hydra/ record's
+    (another run's finished dir is refused as a resume of it would be)."""
+    last = directory / "checkpoints" / "last.ckpt"
+    if last.is_file():
+        check_resumable(last, cfg)
+        return
     recorded = recorded_config(directory)
     if recorded is None:
         raise CheckpointError(
@@ -104,8 +104,7 @@ def check_same_run(directory: Path, cfg: DictConfig) -> None:
 
 
 def epochs_asked_beyond(directory: Path, cfg: DictConfig) -> bool:
-    """Whether this launch asks a finished run for more epochs than it trained (metrics.json) and than it was started
-    for (its record: a run early stopping ended is finished)."""
+    """More epochs than the finished run trained and than it was started for (one early stopping ended is finished)?"""
     trained = (read_json(directory / "metrics.json") or {}).get("epochs")
     started_for = ((recorded_config(directory) or {}).get("trainer") or {}).get("max_epochs")
     asked = OmegaConf.select(cfg, "trainer.max_epochs", default=None)
@@ -123,38 +122,29 @@ class Decision(NamedTuple):
 
 
 def launch_decision(directory: str | Path, cfg: DictConfig) -> Decision:
-    """What a training launch does with its run dir, from the files in it (no checkpoint is read: the run-dir
-    guard asks before torch is imported; check_resumable then refuses, in one line, a checkpoint of another run):
-
-    - ckpt_path given: resume it when it lies inside the dir; from elsewhere, start this dir from it (an empty one);
-    - resume.auto=true, or a requeued SLURM job (SLURM_RESTART_COUNT: preempted, `scontrol requeue`): a dir with
-      metrics.json holds a finished run (FINISHED; asked for more epochs than it trained, it continues from its
-      last.ckpt), one with checkpoints/last.ckpt an unfinished one (RESUME);
-    - otherwise a dir holding results (metrics.json, a checkpoint) is another run's (REFUSE), an empty one starts."""
+    """What a training launch does with its run dir, from its files (no checkpoint is read). With resume.auto=true or
+    in a requeued SLURM job, a run with metrics.json is FINISHED unless asked for more epochs; last.ckpt resumes."""
     directory = Path(directory)
     ckpt_path = cfg.get("ckpt_path")
     finished = (directory / "metrics.json").is_file()
     last = directory / "checkpoints" / "last.ckpt"
-    holds_results = finished or any((directory / "checkpoints").glob("*"))
+    taken = bool(holds_results(directory))
     if ckpt_path:
         inside = Path(str(ckpt_path)).resolve().is_relative_to(directory.resolve())
-        return Decision(RESUME if inside else REFUSE if holds_results else START, str(ckpt_path))
+        return Decision(RESUME if inside else REFUSE if taken else START, str(ckpt_path))
     auto = OmegaConf.select(cfg, "resume.auto", default=False) or int(os.environ.get("SLURM_RESTART_COUNT") or 0)
-    if auto and finished and epochs_asked_beyond(directory, cfg):
-        if last.is_file():
-            return Decision(RESUME, str(last))
-        return Decision(REFUSE, None, "it finished without a checkpoints/last.ckpt to train on from")
-    if auto and finished:
+    if auto and finished and not epochs_asked_beyond(directory, cfg):
         return Decision(FINISHED, None)
     if auto and last.is_file():
         return Decision(RESUME, str(last))
-    return Decision(REFUSE if holds_results else START, None)
+    if auto and finished:
+        return Decision(REFUSE, None, "it finished without a checkpoints/last.ckpt to train on from")
+    return Decision(REFUSE if taken else START, None)
 
 
 @rank_zero_only
 def record_resume(output_dir: Path, ckpt_path: str, changed: dict) -> None:
-    """Append this resume to the run dir's resumes.json: from which checkpoint, with which settings changed
-    (only with resume.allow_changes=true; otherwise none). Hydra keeps each launch's overrides in .hydra/."""
+    """Append this resume to the run dir's resumes.json: from which checkpoint, with which settings changed."""
     path = output_dir / "resumes.json"
     history = read_json(path) or {"resumes": []}
     history["resumes"].append({"ckpt_path": str(Path(ckpt_path).resolve()), "changed": changed})

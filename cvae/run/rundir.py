@@ -1,16 +1,5 @@
-"""The run-dir boundary: a run writes only inside its own run dir, and never replaces what it did not write.
-
-- **Where:** every path a run will write is checked before the writing starts: Hydra's own files (its log
-  files, `output_subdir`) when the launch starts (cvae.run.cli.RunDirCheck), every write destination of the
-  task's config (`dirpath`, `save_dir`, ... : WRITE_KEYS) when the task starts (check_task_writes); and while the
-  task runs, the writers themselves refuse a path outside it (cvae.files.confined_to).
-- **What is there:** a run dir is used only if it is new (empty, or an earlier launch of ours that failed before
-  it had results) or holds the run this launch resumes; a sweep dir only if new (or, with
-  resume.auto, the same sweep run again). No symbolic link where a run writes.
-- **Who:** a lock (flock) claims the dir for one process.
-
-Torch-free: Hydra's RunDirCheck (cvae/run/cli.py), built at start-up, calls these before anything heavy is
-imported."""
+"""The run-dir boundary: a run writes only inside its own run dir, new or holding the run it resumes, locked for one
+process; it never replaces what it did not write. Torch-free: Hydra's RunDirCheck calls these at start-up."""
 
 import fcntl
 import os
@@ -31,8 +20,7 @@ LOCK_NAME = ".lock"  # held (flock) by the process writing the run dir; the OS r
 # where a run writes, never through a symbolic link: a planted link would send the write to its target
 WRITTEN_FOLDERS = (".", ".hydra", "checkpoints")
 RESUMABLE_TASKS = ("train",)  # evaluate.py has no resume: its runs never share a dir
-# the keys of a config that name where its object writes (Lightning's ModelCheckpoint, loggers, Trainer; the
-# project's loggers): whatever the object, such a path lies inside the run dir
+# the keys of a config that name where its object writes (ModelCheckpoint, loggers, Trainer): inside the run dir
 WRITE_KEYS = ("dirpath", "save_dir", "default_root_dir", "log_dir", "run_dir", "output_dir")
 
 
@@ -46,9 +34,21 @@ def check_task_writes(cfg: DictConfig, output_dir: str | Path) -> None:
             )
 
 
-def check_hydra_writes(config: DictConfig, member_dir: Path) -> None:
-    """Hydra's own files for the job whose dir is `member_dir` (its config in output_subdir, its log files), inside
-    that dir: resolved as Hydra will resolve them once the job's dir is known."""
+def check_hydra_writes(config: DictConfig, member_dir: Path, sweep: bool = False) -> None:
+    """Where Hydra puts the run (paths.output_dir; a sweep's members) and its own files (output_subdir, log files):
+    inside the run's dir (a sweep member's: `member_dir` in the sweep dir), resolved as Hydra will resolve them."""
+    output_dir = OmegaConf.to_container(config.paths, resolve=False).get("output_dir") if "paths" in config else None
+    if output_dir not in (None, OUTPUT_DIR):  # set elsewhere, the run would write past the guard
+        raise ConfigError(
+            f"paths.output_dir={output_dir} is not allowed: it is where Hydra puts the run; choose the run's dir with "
+            f"hydra.run.dir={output_dir} (a sweep's with hydra.sweep.dir=...)"
+        )
+    member = str(OmegaConf.to_container(config.hydra.sweep, resolve=False).get("subdir")) if sweep else ""
+    if Path(member).is_absolute() or ".." in Path(member).parts:  # a member's dir would land on any other dir
+        raise ConfigError(
+            f"hydra.sweep.subdir={member} is not allowed: a member's dir must lie inside hydra.sweep.dir, e.g. "
+            f"hydra.sweep.subdir=${{hydra.job.num}}"
+        )
     probe = OmegaConf.create(OmegaConf.to_container(config, resolve=False))  # a copy free of Hydra's read-only flags
     probe.hydra.runtime.output_dir = os.path.abspath(member_dir)
     subdir = probe.hydra.output_subdir
@@ -67,9 +67,7 @@ def check_hydra_writes(config: DictConfig, member_dir: Path) -> None:
 
 
 def may_write(config: DictConfig, directory: Path) -> str:
-    """May this launch write into `directory` (claimed by it), and how: "new" (nothing there but, perhaps, a
-    refused launch's .hydra/) or "resume" (a training launch from a checkpoint inside it). Anything else raises
-    RunDirError saying why not: a symbolic link where the run writes, or an earlier run's results."""
+    """May this launch write into `directory`, and how: "new" or "resume"; else RunDirError saying why not."""
     links = planted_links(directory)
     if links:
         raise RunDirError(
@@ -77,7 +75,10 @@ def may_write(config: DictConfig, directory: Path) -> str:
             f"through one: remove it or choose a new dir"
         )
     if not holds_results(directory):
-        others = foreign_files(directory)
+        # what no launch of ours wrote: a dir with .hydra/ is a failed earlier launch's (a retry or a requeue may use
+        # it); any other must be empty
+        ours = not directory.is_dir() or (directory / ".hydra").is_dir()
+        others = [] if ours else sorted(child.name for child in directory.iterdir() if child.name != LOCK_NAME)
         if not others:
             return "new"
         raise RunDirError(
@@ -87,29 +88,35 @@ def may_write(config: DictConfig, directory: Path) -> str:
     reason = refusal(config, directory)
     if reason is None:
         return "resume"
+    last = directory / "checkpoints" / "last.ckpt"
+    resumable = config.get("task_name") in RESUMABLE_TASKS and last.is_file()
+    hint = f", or resume that run with ckpt_path={last}" if resumable else ""
     raise RunDirError(
         f"hydra.run.dir={directory} already holds a run ({reason or ', '.join(holds_results(directory))}); "
-        f"choose a new dir{resume_hint(config, directory)}"
+        f"choose a new dir{hint}"
     )
-
-
-def foreign_files(directory: Path) -> list[str]:
-    """What a dir without results holds that no launch of ours wrote: a dir holding .hydra/ is an earlier launch's
-    that failed before it had results (a retry or a requeue may use it); any other dir must be empty."""
-    if not directory.is_dir() or (directory / ".hydra").is_dir():
-        return []
-    return sorted(child.name for child in directory.iterdir() if child.name != LOCK_NAME)
 
 
 def may_sweep(config: DictConfig, directory: Path) -> None:
     """A sweep dir holding an earlier sweep, or runs of its own, is not written over; with resume.auto=true the
-    same sweep run again may go on there (each member then passes `may_write`: kept, resumed, started or refused)."""
+    same sweep run again may go on there (each member then passes `may_write`)."""
     if directory.is_symlink():
         raise RunDirError(f"hydra.sweep.dir={directory} is a symbolic link; a sweep never writes through one")
     if not directory.is_dir():
         return
     if resume_auto(config) and (directory / "multirun.yaml").is_file():
-        check_same_sweep(config, directory)
+        # it finishes that sweep, so it must be that sweep: the same task overrides (resume.auto aside) and search
+        # space as its multirun.yaml, read as data
+        saved, asked = (
+            sweep_definition(OmegaConf.to_container(node, resolve=False))
+            for node in (OmegaConf.load(directory / "multirun.yaml"), config)
+        )
+        if saved != asked:
+            differ = sorted(set(map(str, saved[0])) ^ set(map(str, asked[0]))) or ["hydra.sweeper.params"]
+            raise RunDirError(
+                f"hydra.sweep.dir={directory} holds a sweep launched otherwise ({', '.join(differ)} differ); run it "
+                f"again with its own overrides (its multirun.yaml) to finish it, or choose a new dir"
+            )
     if resume_auto(config):
         return
     if (directory / "multirun.yaml").exists():
@@ -120,48 +127,12 @@ def may_sweep(config: DictConfig, directory: Path) -> None:
         raise RunDirError(f"hydra.sweep.dir={directory} already holds a run ({held}); choose a new dir")
 
 
-def check_same_sweep(config: DictConfig, directory: Path) -> None:
-    """A sweep run again into its dir (resume.auto) finishes that sweep, so it must be that sweep: the same task
-    overrides (resume.auto aside) and search space as its multirun.yaml, read as data; refused before anything is
-    written (the sweeper rewrites multirun.yaml, each member its .hydra/)."""
-    saved, asked = (
-        sweep_definition(OmegaConf.to_container(node, resolve=False))
-        for node in (OmegaConf.load(directory / "multirun.yaml"), config)
-    )
-    if saved != asked:
-        differ = sorted(set(map(str, saved[0])) ^ set(map(str, asked[0]))) or ["hydra.sweeper.params"]
-        raise RunDirError(
-            f"hydra.sweep.dir={directory} holds a sweep launched otherwise ({', '.join(differ)} differ); run it again "
-            f"with its own overrides (its multirun.yaml) to finish it, or choose a new dir"
-        )
-
-
 def sweep_definition(config: dict) -> tuple[list, object]:
     """A sweep's task overrides but resume.auto's, and its sweeper's search space."""
     hydra = config.get("hydra") or {}
     overrides = (hydra.get("overrides") or {}).get("task") or []
     kept = sorted(str(override) for override in overrides if not str(override).lstrip("+~").startswith("resume.auto="))
     return kept, (hydra.get("sweeper") or {}).get("params")
-
-
-def check_output_dir(config: DictConfig) -> None:
-    """paths.output_dir is where Hydra puts this run: set elsewhere, the run would write past the guard."""
-    output_dir = OmegaConf.to_container(config.paths, resolve=False).get("output_dir") if "paths" in config else None
-    if output_dir not in (None, OUTPUT_DIR):
-        raise ConfigError(
-            f"paths.output_dir={output_dir} is not allowed: it is where Hydra puts the run; choose the run's dir with "
-            f"hydra.run.dir={output_dir} (a sweep's with hydra.sweep.dir=...)"
-        )
-
-
-def check_subdir(config: DictConfig) -> None:
-    """A sweep member's dir lies inside the sweep dir: an absolute or ../ subdir would land on any other dir."""
-    subdir = str(OmegaConf.to_container(config.hydra.sweep, resolve=False).get("subdir"))
-    if Path(subdir).is_absolute() or ".." in Path(subdir).parts:
-        raise ConfigError(
-            f"hydra.sweep.subdir={subdir} is not allowed: a member's dir must lie inside hydra.sweep.dir, e.g. "
-            f"hydra.sweep.subdir=${{hydra.job.num}}"
-        )
 
 
 def planted_links(directory: Path) -> list[str]:
@@ -177,10 +148,8 @@ def planted_links(directory: Path) -> list[str]:
 
 
 def claim(directory: Path, key: str = "hydra.run.dir") -> int:
-    """A lock on the run dir held until this process ends: a second writer is refused, naming the first.
-    (flock, not a lock file's existence: a run killed with SIGKILL leaves no stale lock behind.) The lock file is
-    opened without following a link, and only a plain file of its own is written: a planted link or hard link to
-    another file never changes that file."""
+    """A lock (flock: SIGKILL leaves none stale) on the run dir until this process ends; a second writer is refused,
+    naming the first. Only a plain file of its own is written: never a planted link's or a hard link's target."""
     lock = directory / LOCK_NAME
     try:
         descriptor = os.open(lock, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o644)
@@ -213,8 +182,7 @@ def holds_results(directory: Path) -> list[str]:
 
 
 def refusal(config: DictConfig, directory: Path) -> str | None:
-    """None when this launch resumes the run of `directory` (a training launch from a checkpoint inside it, or
-    resume.auto into its own run); else why not ("" when the results alone say it)."""
+    """None when this launch resumes the run of `directory`; else why not ("" when the results alone say it)."""
     if config.get("task_name") not in RESUMABLE_TASKS or not (config.get("ckpt_path") or resume_auto(config)):
         return ""
     from cvae.run.resume import REFUSE, launch_decision  # torch: only for a launch that asks to resume
@@ -225,10 +193,3 @@ def refusal(config: DictConfig, directory: Path) -> str | None:
 
 def resume_auto(config: DictConfig) -> bool:
     return bool(OmegaConf.select(config, "resume.auto", default=False))
-
-
-def resume_hint(config: DictConfig, directory: Path) -> str:
-    last = directory / "checkpoints" / "last.ckpt"
-    if config.get("task_name") in RESUMABLE_TASKS and last.is_file():
-        return f", or resume that run with ckpt_path={last}"
-    return ""

@@ -1,12 +1,5 @@
-"""The shape and types of the entry points' configs, in one typed schema beside the YAML (conf/train.yaml,
-conf/evaluate.yaml): Hydra structured configs (dataclasses) that the composed config is merged into, so that
-`latent_dim=abc` or `resume.auto=maybe` fails before anything starts, in one line naming the key. A limit a type
-cannot express sits next to its field (`limit(check)`). What a component takes (a network's widths, the data
-module's loader, a callback's counts) is no part of it: each component checks its own arguments when it is built.
-
-Why merged at launch rather than listed in the defaults: Hydra reports a composition error in several lines, with no
-hook to make it the one `error:` line every refusal is. Torch-free: it runs before the training code is imported.
-"""
+"""The types and limits of the entry points' config values, as dataclasses checked at launch so that `latent_dim=abc`
+fails in one line (not in Hydra's defaults: it reports a composition error in several). Torch-free."""
 
 import dataclasses
 import difflib
@@ -43,8 +36,9 @@ MANDATORY_EXAMPLES = {"ckpt_path": "outputs/<date>/<time>/checkpoints/best.ckpt"
 
 
 def limit(check, default=MISSING):
-    """A field whose value `check(value, key)` must pass (it raises ConfigError saying what is allowed)."""
-    return field(default=default, metadata={"check": check})
+    """A field whose value passes `check(value, key)` (which raises ConfigError), or is null where the default is."""
+    allowed = (lambda value, key: value is None or check(value, key)) if default is None else check
+    return field(default=default, metadata={"check": allowed})
 
 
 def at_most(maximum: int, multiple_of: int = 1, minimum: int = 1):
@@ -55,17 +49,12 @@ def one_of(*choices):
     return lambda value, key: check_choice(value, choices, key)
 
 
-def optional(check):
-    return lambda value, key: value is None or check(value, key)
-
-
 def positive(value, key: str) -> None:
     check_finite(value, key, 0.0, above=True)
 
 
 def batches(value, key: str) -> None:
-    """Lightning's limit_*_batches: null (every batch), a fraction in (0, 1] or a count of batches >= 1 (0 would
-    train or measure nothing, and report it)."""
+    """Lightning's limit_*_batches: null, a fraction in (0, 1] or a count >= 1 (0 would train or measure nothing)."""
     number = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
     if value is not None and not (number and value > 0 and (isinstance(value, int) or value <= 1)):
         raise ConfigError(
@@ -114,9 +103,9 @@ class Trainer:
     num_nodes: int = limit(check_count)
     max_epochs: int = limit(check_count)
     log_every_n_steps: int = limit(check_count)
-    gradient_clip_val: Any = limit(optional(positive), None)
+    gradient_clip_val: Any = limit(positive, None)
     accumulate_grad_batches: int = limit(check_count)
-    check_val_every_n_epoch: Any = limit(optional(check_count), None)
+    check_val_every_n_epoch: Any = limit(check_count, None)
     limit_train_batches: Any = limit(batches, None)
     limit_val_batches: Any = limit(batches, None)
     limit_test_batches: Any = limit(batches, None)
@@ -141,7 +130,7 @@ class Train:
     resume: Resume = field(default_factory=Resume)
     optimized_metric: str = MISSING
     trainer: Trainer = field(default_factory=Trainer)
-    ckpt_path: Any = limit(optional(existing_file), None)  # last: a bad value elsewhere is said before a missing file
+    ckpt_path: Any = limit(existing_file, None)  # last: a bad value elsewhere is said before a missing file
 
 
 @dataclass
@@ -175,8 +164,8 @@ class Evaluate:
     batch_size: int = limit(check_count)
     samples_per_digit: int = limit(at_most(MAX_IMAGES))
     picture_scale: int = limit(at_most(MAX_SCALE))
-    digits: Any = limit(optional(parse_digits), None)
-    digit: Any = limit(optional(parse_digit), None)
+    digits: Any = limit(parse_digits, None)
+    digit: Any = limit(parse_digit, None)
     variants: int = limit(at_most(MAX_IMAGES))
     latent_map: bool = limit(check_flag)
     interpolate: bool = limit(check_flag)
@@ -195,10 +184,14 @@ SCHEMAS = {"train": Train, "evaluate": Evaluate}
 
 
 def check_values(task: DictConfig) -> None:
-    """The task config against its entry point's schema: every key it leaves mandatory given, then every field the
-    schema names, at any depth and in its order, of its type and within its limit: one ConfigError for the first
-    that is not. Only those keys are resolved (the rest may refer to what Hydra sets later)."""
-    check_mandatory(task)
+    """The task config against its entry point's schema: mandatory keys given, then every field the schema names of
+    its type and within its limit (only those resolved: the rest may refer to what Hydra sets later)."""
+    # ??? in the YAML, read as written (OmegaConf.missing_keys resolves every interpolation: minutes for a crafted one)
+    missing = sorted(key for key, value in leaves(OmegaConf.to_container(task, resolve=False)) if value == "???")
+    if missing:
+        raise ConfigError(
+            f"{missing[0]} is required: pass {missing[0]}={MANDATORY_EXAMPLES.get(missing[0], '<value>')}"
+        )
     check_fields(SCHEMAS[task.task_name], task, "")
 
 
@@ -224,15 +217,6 @@ def check_fields(schema, node: DictConfig, prefix: str) -> None:
             spec.metadata["check"](OmegaConf.to_container(value) if OmegaConf.is_config(value) else value, key)
 
 
-def check_mandatory(task: DictConfig) -> None:
-    """Keys the config leaves for the command line (??? in the YAML) that it did not get. Read from the config as
-    written (OmegaConf.missing_keys would resolve every interpolation first: minutes for a crafted one)."""
-    missing = sorted(key for key, value in leaves(OmegaConf.to_container(task, resolve=False)) if value == "???")
-    if missing:
-        example = MANDATORY_EXAMPLES.get(missing[0], "<value>")
-        raise ConfigError(f"{missing[0]} is required: pass {missing[0]}={example}")
-
-
 def typed_overrides(config: DictConfig) -> list[str]:
     """The overrides as typed (not resolved: `lr=${oc.env:X}` is text here)."""
     overrides = OmegaConf.select(config, "hydra.overrides", default=None)
@@ -240,8 +224,8 @@ def typed_overrides(config: DictConfig) -> list[str]:
 
 
 def check_added_keys(config: DictConfig) -> None:
-    """A top-level key that a `+key=value` added, which no code reads (`+latentdim=3` would train at latent_dim 2,
-    as Hydra's own hint for a misspelt key leads to): refused, naming the nearest key this config knows."""
+    """A top-level key a `+key=value` added, which nothing reads (`+latentdim=3`, as Hydra's hint for a misspelt key
+    leads to, would train at latent_dim 2): refused, naming the nearest known key."""
     groups = set(OmegaConf.select(config, "hydra.runtime.choices", default={}) or {})
     for override in typed_overrides(config):
         key = override.lstrip("+").partition("=")[0]

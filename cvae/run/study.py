@@ -1,17 +1,13 @@
-"""Optuna searches whose study outlives the process: hydra-optuna-sweeper's sweeper with the study in a database
-(conf/hparams_search/optuna.yaml: a SQLite file in the sweep dir unless hydra.sweeper.storage names another, any
-SQLAlchemy URL), and a search run again into that study continuing it up to n_trials instead of adding n_trials
-more (the plugin counts only the trials of its own launch).
-
-A trial a killed launch left RUNNING stays so in the study: Optuna cannot tell it from a trial another process is
-running, so it is neither counted nor failed; its member folder stays, listed failed in the sweep summary.
-
-Hydra takes sweepers only from its plugin namespace: hydra_plugins/cvae_sweepers registers this one.
-"""
+"""Optuna searches whose study outlives the process (its database: conf/hparams_search/optuna.yaml): a search run
+again continues it up to n_trials instead of adding n_trials more (the plugin counts only its own launch's trials).
+A trial a killed launch left RUNNING stays so: Optuna cannot tell it from one another process runs, so it is neither
+counted nor failed. Hydra takes sweepers only from its plugin namespace: hydra_plugins/cvae_sweepers has this."""
 
 import sys
 
 from hydra_plugins.hydra_optuna_sweeper.optuna_sweeper import OptunaSweeper
+
+from cvae.trust import first_line
 
 # trials that count towards n_trials, as the plugin counts the ones it launches (failed ones too)
 DONE = ("COMPLETE", "PRUNED", "FAIL")
@@ -25,9 +21,9 @@ class ContinuedOptunaSweeper(OptunaSweeper):
         try:
             trials = earlier_trials(search.storage, search.study_name)
         except Exception as error:  # a file that is no database, a server that refuses: said, not a traceback
-            reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
             print(
-                f"error: hydra.sweeper.storage={search.storage} holds no Optuna study it can read ({reason})",
+                f"error: hydra.sweeper.storage={search.storage} holds no Optuna study it can read "
+                f"({first_line(error)})",
                 file=sys.stderr,
             )
             sys.exit(1)

@@ -1,14 +1,5 @@
-"""Sweep summaries: one table of a multirun's members (overrides, final metrics, epochs, wall time), written to
-<sweep dir>/summary.csv and summary.md and printed as markdown, and summary.png: each final metric against each
-swept knob, one line per setting of the other knobs, linked from summary.md. The Hydra callback registered in
-conf/hydra/default.yaml writes them after every multirun; for any existing sweep dir (also one still running or
-one that failed):
-
-    python -m cvae.run.sweep outputs/multirun/<date>/<time>
-
-Kept free of torch (and matplotlib until a plot is drawn) so that Hydra, which builds its callbacks at start-up,
-stays quick to start.
-"""
+"""Sweep summaries (docs/sweeps.md), written after every multirun by SweepSummary or for any sweep dir by
+`python -m cvae.run.sweep outputs/multirun/<date>/<time>`. Free of torch: Hydra builds its callbacks at start-up."""
 
 import atexit
 import csv
@@ -29,24 +20,13 @@ from cvae.loggers import FINAL_METRICS
 SUMMARY_FILE, MARKDOWN_FILE, PLOT_FILE = "summary.csv", "summary.md", "summary.png"
 
 
-def member_dirs(sweep_dir: Path) -> list[Path]:
-    """The sweep's members: subdirs Hydra started a job in (.hydra/) or that hold results, by job number."""
-    members = [
-        path
-        for path in sweep_dir.iterdir()
-        if path.is_dir() and ((path / ".hydra").is_dir() or (path / "metrics.json").is_file())
-    ]
-    return sorted(members, key=member_order)
-
-
 def member_order(path: Path) -> tuple:
     return (0, int(path.name)) if path.name.isdigit() else (1, path.name)
 
 
 def launched_jobs(sweep_dir: Path) -> list[list[str]]:
-    """Each job's overrides, by job number, as Hydra's basic sweeper expands the sweep it saved in multirun.yaml
-    just before launching: the members launched, also those that never got a folder (cancelled or lost before
-    they started). Empty for another sweeper (Optuna's trials are only known from their folders)."""
+    """Each job's overrides, by job number, as Hydra's basic sweeper expands the sweep saved in multirun.yaml: also
+    members that never got a folder (cancelled before they started). Empty for another sweeper (Optuna's)."""
     saved = sweep_dir / "multirun.yaml"
     if not saved.is_file():
         return []
@@ -60,16 +40,15 @@ def launched_jobs(sweep_dir: Path) -> list[list[str]]:
 
 
 def sweep_members(sweep_dir: Path) -> list[tuple[Path, list[str]]]:
-    """Every member the sweep launched, and any other member folder, with its overrides, by job number."""
-    members = {member: member_overrides(member) for member in member_dirs(sweep_dir)}
+    """Every member launched, and any other subdir with .hydra/ or metrics.json, with its overrides, by job number."""
+    members = {}
+    for path in sweep_dir.iterdir():
+        if path.is_dir() and ((path / ".hydra").is_dir() or (path / "metrics.json").is_file()):
+            overrides = path / ".hydra" / "overrides.yaml"
+            members[path] = list(OmegaConf.load(overrides)) if overrides.is_file() else []
     for number, overrides in enumerate(launched_jobs(sweep_dir)):
         members.setdefault(sweep_dir / str(number), overrides)
     return sorted(members.items(), key=lambda item: member_order(item[0]))
-
-
-def member_overrides(member: Path) -> list[str]:
-    overrides_file = member / ".hydra" / "overrides.yaml"
-    return list(OmegaConf.load(overrides_file)) if overrides_file.is_file() else []
 
 
 def member_row(member: Path, overrides: list[str]) -> dict:
@@ -94,33 +73,20 @@ def summary_table(sweep_dir: Path) -> tuple[list[str], list[dict]]:
 
 
 def shown(value) -> str:
-    if value is None:
-        return ""
-    return f"{value:.4f}" if isinstance(value, float) else str(value)
-
-
-def as_csv(columns: list[str], rows: list[dict]) -> str:
-    text = io.StringIO()
-    writer = csv.DictWriter(text, fieldnames=columns, restval="", lineterminator="\n")
-    writer.writeheader()
-    writer.writerows({name: shown(row.get(name)) for name in columns} for row in rows)
-    return text.getvalue()
-
-
-def as_markdown(columns: list[str], rows: list[dict]) -> str:
-    lines = ["| " + " | ".join(columns) + " |", "|" + "|".join("---" for _ in columns) + "|"]
-    lines += ["| " + " | ".join(shown(row.get(name)) for name in columns) + " |" for row in rows]
-    return "\n".join(lines)
+    return "" if value is None else f"{value:.4f}" if isinstance(value, float) else str(value)
 
 
 def write_summary(sweep_dir: str | Path) -> Path:
-    """Write <sweep dir>/summary.csv, summary.md and summary.png (each replaced in one step: readers never see
-    half a file) and print the table."""
+    """Write summary.csv, summary.md and summary.png into the sweep dir (each replaced in one step); print the table."""
     sweep_dir = Path(sweep_dir)
     columns, rows = summary_table(sweep_dir)
+    cells = [columns, *([shown(row.get(name)) for name in columns] for row in rows)]
+    text = io.StringIO()
+    csv.writer(text, lineterminator="\n").writerows(cells)
     path = sweep_dir / SUMMARY_FILE
-    write_bytes_atomic(path, as_csv(columns, rows).encode())
-    markdown = as_markdown(columns, rows)
+    write_bytes_atomic(path, text.getvalue().encode())
+    lines = ["| " + " | ".join(line) + " |" for line in cells]
+    markdown = table = "\n".join([lines[0], "|" + "|".join("---" for _ in columns) + "|", *lines[1:]])
     figure = summary_figure(rows)
     if figure is not None:
         picture = io.BytesIO()
@@ -128,15 +94,8 @@ def write_summary(sweep_dir: str | Path) -> Path:
         write_bytes_atomic(sweep_dir / PLOT_FILE, picture.getvalue())
         markdown += f"\n\n![each final metric against each swept knob]({PLOT_FILE})"
     write_bytes_atomic(sweep_dir / MARKDOWN_FILE, f"# Sweep summary\n\n{markdown}\n".encode())
-    print(f"\nSweep summary ({path}):\n{as_markdown(columns, rows)}\n")
+    print(f"\nSweep summary ({path}):\n{table}\n")
     return path
-
-
-def knobs_that_differ(rows: list[dict]) -> list[str]:
-    """The override keys whose values differ between the finished members, in command-line order."""
-    finished = [row["knobs"] for row in rows if row["status"] == "ok"]
-    keys = dict.fromkeys(key for knobs in finished for key in knobs)
-    return [key for key in keys if len({knobs.get(key) for knobs in finished}) > 1]
 
 
 def as_number(text: str | None) -> float | None:
@@ -147,12 +106,14 @@ def as_number(text: str | None) -> float | None:
 
 
 def summary_figure(rows: list[dict]):
-    """A matplotlib Figure, a row per final metric and a column per swept knob: the metric against the knob, one
-    line per setting of the other swept knobs. None without a swept knob or a finished member."""
+    """A matplotlib Figure: each final metric (a row) against each swept knob (a column), one line per setting of the
+    other swept knobs. None without a swept knob or a finished member."""
     from matplotlib.figure import Figure  # here: the Hydra callback imports this module at every start-up
 
-    knobs = knobs_that_differ(rows)
     finished = [row for row in rows if row["status"] == "ok"]
+    # the swept knobs: override keys whose values differ between the finished members, in command-line order
+    keys = dict.fromkeys(key for row in finished for key in row["knobs"])
+    knobs = [key for key in keys if len({row["knobs"].get(key) for row in finished}) > 1]
     metrics = [name for name in FINAL_METRICS if any(name in row for row in finished)]
     if not knobs or not metrics:
         return None
@@ -193,9 +154,8 @@ FAILED_SWEEPS: list[Path] = []  # sweeps of this process a member of which faile
 class SweepSummary(Callback):
     """Hydra callback: the summary of a multirun once its members are done, failed members included."""
 
-    def __init__(self):
-        self.sweep_dir: Path | None = None
-        self.started = 0.0
+    sweep_dir: Path | None = None
+    started = 0.0
 
     def on_multirun_start(self, config: DictConfig, **kwargs) -> None:
         self.sweep_dir, self.started = Path(config.hydra.sweep.dir), time.time()
@@ -209,7 +169,9 @@ class SweepSummary(Callback):
         sweep_dir = self.sweep_dir
         self.summarize_once()
         rows = summary_table(sweep_dir)[1] if sweep_dir else []
-        failed = [row["member"] for row in rows if row["status"] == "failed" and self.ran(sweep_dir / row["member"])]
+        # the failed members this launch ran (Hydra wrote their record after it started)
+        records = [(row["member"], sweep_dir / row["member"] / ".hydra") for row in rows if row["status"] == "failed"]
+        failed = [member for member, record in records if record.is_dir() and record.stat().st_mtime >= self.started]
         if failed:
             summary = sweep_dir / MARKDOWN_FILE
             print(
@@ -217,11 +179,6 @@ class SweepSummary(Callback):
                 file=sys.stderr,
             )
             FAILED_SWEEPS.append(sweep_dir)  # the entry point exits with 1 (here it would hide Hydra's own report)
-
-    def ran(self, member: Path) -> bool:
-        """Whether this launch ran the member (Hydra wrote its record after the launch started)."""
-        record = member / ".hydra"
-        return record.is_dir() and record.stat().st_mtime >= self.started
 
     def summarize_once(self) -> None:
         sweep_dir, self.sweep_dir = self.sweep_dir, None
