@@ -75,6 +75,20 @@ def test_bad_evaluation_requests_fail_before_any_work(override, named, tmp_path,
     assert list(tmp_path.iterdir()) == []
 
 
+def test_a_launch_a_component_refuses_leaves_no_new_run_dir(tmp_path, data_dir):
+    """Hydra writes its record (.hydra/, the log) before the task builds anything: a launch refused then removes the
+    new dir it made; a dir holding an earlier launch's record keeps it."""
+    new, earlier = tmp_path / "new", tmp_path / "earlier"
+    (earlier / ".hydra").mkdir(parents=True)
+    (earlier / ".hydra" / "config.yaml").write_text("seed: 1\n")
+    for run_dir in (new, earlier):
+        result = run_script("train.py", "model.beta=inf", f"data.data_dir={data_dir}", f"hydra.run.dir={run_dir}")
+        assert result.returncode == 1 and "Traceback" not in result.stderr
+        assert result.stderr.strip().splitlines()[-1].startswith("error: model.beta=inf is not allowed")
+    assert not new.exists()
+    assert (earlier / ".hydra" / "config.yaml").read_text() == "seed: 1\n"
+
+
 def test_entry_point_exits_non_zero_with_one_line_and_traceback_only_when_asked(tmp_path):
     quiet = run_script("train.py", "latent_dim=-1", f"hydra.run.dir={tmp_path / 'run'}")
     assert quiet.returncode == 1

@@ -161,7 +161,7 @@ def devices_of_member(job: int, *overrides: str):
     """trainer.devices that train.py gives the trainer of sweep member `job` (as its Hydra job sees it)."""
     from hydra.core.hydra_config import HydraConfig
 
-    from cvae.run.devices import member_devices
+    from cvae.run.launch import member_devices
 
     with initialize_config_dir(str(CONF_DIR)):
         cfg = compose("train", overrides=list(overrides), return_hydra_config=True)

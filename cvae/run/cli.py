@@ -20,11 +20,12 @@ from omegaconf.errors import OmegaConfBaseException
 
 from cvae.errors import ConfigError, RunDirError, UsageError
 from cvae.run.resolvers import launched_rank
-from cvae.run.rundir import check_hydra_writes, claim, may_sweep, may_write
+from cvae.run.rundir import check_hydra_writes, claim, may_sweep, may_write, remove_refused_launch
 from cvae.run.schema import check_added_keys, check_typed_digits, check_values
 from cvae.trust import check_config_file, first_line
 
 log = logging.getLogger(__name__)
+NEW_RUN_DIR: dict = {}  # directory and whether it existed, of a single run that found it empty: a refusal removes it
 
 
 def in_multirun() -> bool:
@@ -58,13 +59,10 @@ def config_from_where_typed(cfg: DictConfig) -> None:
     """The typed path keys made absolute from Hydra's launch folder once the job runs elsewhere (hydra.job.chdir)."""
     if not HydraConfig.initialized() or os.getcwd() == HydraConfig.get().runtime.cwd:
         return
-    for key in TYPED_PATH_KEYS:
-        parent_key, _, leaf = key.rpartition(".")
-        parent = OmegaConf.select(cfg, parent_key)  # the config itself for ""
-        if not isinstance(parent, DictConfig) or leaf not in parent or OmegaConf.is_missing(parent, leaf):
-            continue
-        if not OmegaConf.is_interpolation(parent, leaf) and isinstance(parent[leaf], str) and parent[leaf]:
-            parent[leaf] = to_absolute_path(parent[leaf])
+    for key in TYPED_PATH_KEYS:  # a value that does not resolve is left to the checks
+        value = OmegaConf.select(cfg, key, throw_on_resolution_failure=False)
+        if isinstance(value, str) and value:
+            OmegaConf.update(cfg, key, to_absolute_path(value))
 
 
 def check_hardware(cfg: DictConfig) -> None:
@@ -108,6 +106,8 @@ def run_task(task: Callable[[DictConfig], object], cfg: DictConfig):
             print(f"error: member {HydraConfig.get().job.num}: {cause}", file=sys.stderr, flush=True)
             return {}
         print(f"error: {cause}", file=sys.stderr)
+        if NEW_RUN_DIR:
+            remove_refused_launch(**NEW_RUN_DIR)
         sys.exit(1)
     finally:
         for signum, handler in handlers.items():
@@ -137,8 +137,9 @@ class RunDirCheck(Callback):
             if launched_rank() != 0:  # torchrun's or srun's other ranks of rank 0's run: they write nothing here
                 create_dir(directory, "hydra.run.dir")
                 return
-            may_write(config, directory)  # a refusal writes nothing, not even the lock
-            create_dir(directory, "hydra.run.dir")
+            if may_write(config, directory) == "new" and not (directory / ".hydra").exists():  # empty or absent
+                NEW_RUN_DIR.update(directory=directory, existed=directory.exists())
+            create_dir(directory, "hydra.run.dir")  # a refusal before this wrote nothing, not even the lock
             self.lock = claim(directory)
             may_write(config, directory)  # again, now that no other launch can change the dir
             # a later launch into the dir keeps its config and overrides in .hydra/launch<n>/ (n = 2, 3, ...)

@@ -33,7 +33,7 @@ from cvae.run.rundir import check_task_writes
 from cvae.sampling.prior import Sampler
 from cvae.seeding import seeded_global_rng
 from cvae.trust import instantiate
-from cvae.validate import check_count, parse_digit
+from cvae.validate import parse_digit
 
 DIGIT_ROWS = [str(digit) for digit in range(NUM_CLASSES)]
 
@@ -44,7 +44,6 @@ def evaluate(cfg: DictConfig) -> dict:
     with confined_to(output_dir):
         silence_library_noise()
         announce_run_dir("evaluate", output_dir)
-        check_count(cfg.picture_scale, "picture_scale")
         pl.seed_everything(cfg.seed, workers=True)
         module = load_module(cfg.ckpt_path)
         # anomaly.scores_for's file read now, so that a bad file is said before the test pass (None: the test set)

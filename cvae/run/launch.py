@@ -1,5 +1,5 @@
-"""Local DDP ranks: the launcher that starts this machine's other ranks, the watchdog that ends the job when one
-of them dies, and how a job every rank stopped for a signal ends."""
+"""Local DDP ranks: the devices a job takes, the launcher that starts this machine's other ranks, the watchdog that
+ends the job when one of them dies, and how a job every rank stopped for a signal ends."""
 
 import _thread
 import os
@@ -12,9 +12,11 @@ import time
 from contextlib import contextmanager, suppress
 from datetime import timedelta
 from pathlib import Path
+from unittest.mock import patch
 
 import pytorch_lightning as pl
 import torch
+from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
 # Private reads (tests/test_private_state.py lists every one): Lightning exports no public name for the launcher
@@ -27,8 +29,6 @@ from cvae.errors import RankError
 
 # A DDP rank started by launch_local_ranks finds its job's config, resolved, in this environment variable.
 JOB_CONFIG_VARIABLE = "CVAE_JOB_CONFIG"
-# What launching local ranks changes in this process, put back afterwards for the next job of a multirun.
-DDP_VARIABLES = ("MASTER_ADDR", "MASTER_PORT", "NODE_RANK", "LOCAL_RANK", "WORLD_SIZE", "OMP_NUM_THREADS")
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 WATCH_PERIOD = 0.5  # seconds between looks at the children
 GRACE_PERIOD = 10.0  # seconds this rank gets to stop by itself once a child died, before it is ended
@@ -66,7 +66,8 @@ def launch_local_ranks(trainer: pl.Trainer, cfg: DictConfig):
         end_process_group()
         return
     cluster = strategy.cluster_environment
-    saved_variables = {name: os.environ.get(name) for name in DDP_VARIABLES}
+    environment = patch.dict(os.environ)  # the rank variables set here and Lightning's, put back afterwards
+    environment.start()
     saved_threads = torch.get_num_threads()
     os.environ.update(MASTER_ADDR=cluster.main_address, MASTER_PORT=str(cluster.main_port), LOCAL_RANK="0")
     os.environ.update(NODE_RANK=str(cluster.node_rank()), WORLD_SIZE=str(strategy.num_processes * strategy.num_nodes))
@@ -98,11 +99,7 @@ def launch_local_ranks(trainer: pl.Trainer, cfg: DictConfig):
             child.kill()  # a no-op for those that exited; the others would wait forever for this rank
             child.wait()
         end_process_group()
-        for name, value in saved_variables.items():
-            if value is None:
-                os.environ.pop(name, None)
-            else:
-                os.environ[name] = value
+        environment.stop()
         torch.set_num_threads(saved_threads)
 
 
@@ -218,3 +215,17 @@ def rank_python_path() -> str:
     """This checkout, then the inherited absolute entries (a relative or empty one means the rank's working dir)."""
     inherited = os.environ.get("PYTHONPATH", "").split(os.pathsep)
     return os.pathsep.join([str(PROJECT_ROOT), *(entry for entry in inherited if os.path.isabs(entry))])
+
+
+def member_devices(trainer_cfg: DictConfig):
+    """`trainer.devices` for this job: under hydra/launcher=joblib, whose members train side by side, member k takes
+    GPUs k*n, k*n+1, ... (mod the GPUs there are) for a count of n, instead of all sharing cuda:0."""
+    devices = trainer_cfg.devices
+    joblib = HydraConfig.initialized() and "JoblibLauncher" in str(HydraConfig.get().launcher.get("_target_"))
+    if not (joblib and isinstance(devices, int) and devices > 0 and trainer_cfg.accelerator in ("auto", "gpu", "cuda")):
+        return devices
+    gpus = torch.cuda.device_count()
+    if gpus == 0:
+        return devices
+    first = HydraConfig.get().job.num * devices
+    return [(first + offset) % gpus for offset in range(devices)]

@@ -3,6 +3,7 @@ process; it never replaces what it did not write. Torch-free: Hydra's RunDirChec
 
 import fcntl
 import os
+import shutil
 import stat
 from pathlib import Path
 
@@ -174,6 +175,21 @@ def claim(directory: Path, key: str = "hydra.run.dir") -> int:
     os.ftruncate(descriptor, 0)
     os.write(descriptor, f"{os.getpid()}\n".encode())
     return descriptor
+
+
+def remove_refused_launch(directory: Path, existed: bool) -> None:
+    """A new run dir whose launch was refused before its work (a component's check): removed (emptied, if it existed)
+    while it holds only what Hydra wrote (.hydra/, the log) and the lock; a dir holding anything else is left alone."""
+    children = list(directory.iterdir()) if directory.is_dir() else []
+    if any(child.name not in (".hydra", LOCK_NAME) and child.suffix != ".log" for child in children):
+        return
+    for child in children:
+        if child.is_dir() and not child.is_symlink():
+            shutil.rmtree(child)
+        else:
+            child.unlink()
+    if not existed:
+        directory.rmdir()
 
 
 def holds_results(directory: Path) -> list[str]:

@@ -174,10 +174,8 @@ class SweepSummary(Callback):
         failed = [member for member, record in records if record.is_dir() and record.stat().st_mtime >= self.started]
         if failed:
             summary = sweep_dir / MARKDOWN_FILE
-            print(
-                f"error: {len(failed)} of {len(rows)} sweep members failed ({', '.join(failed)}); see {summary}",
-                file=sys.stderr,
-            )
+            line = f"error: {len(failed)} of {len(rows)} sweep members failed ({', '.join(failed)}); see {summary}"
+            print(line, file=sys.stderr)
             FAILED_SWEEPS.append(sweep_dir)  # the entry point exits with 1 (here it would hide Hydra's own report)
 
     def summarize_once(self) -> None:

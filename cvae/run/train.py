@@ -26,8 +26,7 @@ from cvae.loggers.hparams import log_final
 from cvae.loggers.trackers import wandb_run_closed
 from cvae.model.checkpoint import AtomicCheckpointIO, build_module
 from cvae.run.console import announce_run_dir, list_results, silence_library_noise
-from cvae.run.devices import member_devices
-from cvae.run.launch import JOB_CONFIG_VARIABLE, launch_local_ranks
+from cvae.run.launch import JOB_CONFIG_VARIABLE, launch_local_ranks, member_devices
 from cvae.run.resume import FINISHED, check_resumable, check_same_run, launch_decision, record_resume, training_settings
 from cvae.run.rundir import check_task_writes
 from cvae.trust import instantiate, instantiate_group
