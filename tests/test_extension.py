@@ -248,7 +248,10 @@ def test_each_command_composes_alone(project, title):
     composed = OmegaConf.create(run("train.py", *recipe.command, "--cfg", "job").stdout)
     for path, content in recipe.files.items():
         if path.startswith("conf/"):
+            # where the file lands: its group, or what its `# @package` line names (conf/net/: model.net)
             group = Path(path).parent.relative_to("conf").as_posix().replace("/", ".")
+            header = re.match(r"# @package (\S+)", content)
+            group = header[1] if header else group
             for key, value in yaml.safe_load(content).items():
                 assert OmegaConf.to_container(OmegaConf.select(composed, group))[key] == value, (path, key)
     if recipe.variants:
