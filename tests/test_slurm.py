@@ -64,6 +64,21 @@ def test_a_sweep_of_two_ddp_members_runs_on_slurm(slurm_cluster, tmp_path, data_
     assert [(row["member"], row["status"]) for row in read_summary(sweep_dir)] == [("0", "ok"), ("1", "ok")]
 
 
+@pytest.mark.skipif(sys.version_info < (3, 11), reason="python -P, which keeps the job's folder off sys.path, is 3.11+")
+def test_a_slurm_job_never_imports_from_the_folder_the_command_was_typed_in(slurm_cluster, tmp_path, data_dir):
+    """submitit starts each job with `<python> -u -m ...` in that folder, which `-m` would put first on sys.path: a
+    cvae/ planted there is imported by no job (conf/hydra/launcher/slurm.yaml: this python, with -P)."""
+    typed, marker = tmp_path / "typed", tmp_path / "planted-cvae-imported"
+    (typed / "cvae").mkdir(parents=True)
+    (typed / "cvae" / "__init__.py").write_text(f"import pathlib\npathlib.Path({str(marker)!r}).touch()\n")
+    _, script, *overrides = slurm_sweep_command(tmp_path / "sweep", data_dir)
+    command = [sys.executable, str(ROOT / script), *overrides]
+    result = subprocess.run(command, cwd=typed, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert (tmp_path / "sweep" / "0" / "metrics.json").is_file()
+    assert not marker.exists(), "a SLURM job imported the planted cvae package"
+
+
 class CancelOwnJob(pl.Callback):
     """`scancel` of this sweep member's own SLURM job (array task `task`) in the middle of step 1, as a user
     would."""

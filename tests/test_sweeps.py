@@ -92,6 +92,29 @@ def test_joblib_runs_members_in_parallel_and_the_summary_lists_the_failed_one(tm
     assert "| 2 | failed | lr=-1 " in result.stdout, "the markdown table is printed"
 
 
+def test_joblib_workers_never_import_from_the_folder_the_command_was_typed_in(tmp_path, data_dir):
+    """A cvae/ planted where the command is typed is imported neither by the launcher nor by its workers, which
+    change into their member's dir (hydra.job.chdir=true): they inherit the launcher's sys.path, which has no cwd."""
+    typed, marker = tmp_path / "typed", tmp_path / "planted-cvae-imported"
+    (typed / "cvae").mkdir(parents=True)
+    (typed / "cvae" / "__init__.py").write_text(f"import pathlib\npathlib.Path({str(marker)!r}).touch()\n")
+    result = run_script(
+        str(ROOT / "train.py"),
+        "-m",
+        "hydra/launcher=joblib",
+        "hydra.launcher.n_jobs=2",
+        "hydra.job.chdir=true",
+        "latent_dim=2,3",
+        *TINY_RUN,
+        f"data.data_dir={data_dir}",
+        f"hydra.sweep.dir={tmp_path / 'sweep'}",
+        cwd=typed,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert [row["status"] for row in read_summary(tmp_path / "sweep")] == ["ok", "ok"]
+    assert not marker.exists(), "a process imported the planted cvae package"
+
+
 def test_optuna_search_minimises_val_nelbo(tmp_path, data_dir):
     sweep_dir = tmp_path / "search"
     result = run_script(

@@ -2,6 +2,8 @@
 before it resolves the launcher's or a job's output settings. Torch-free, so that Hydra stays quick to start."""
 
 import os
+import shlex
+import sys
 
 from hydra.experimental.callback import Callback
 from omegaconf import OmegaConf
@@ -17,9 +19,15 @@ def on_rank_zero(value, elsewhere=None):
     return value if launched_rank() == 0 else elsewhere
 
 
+def job_python() -> str:
+    """The python of a SLURM job (submitit runs `<it> -u -m ...` where the command was typed): this one, -P so that
+    it never imports from that folder (a planted cvae/ there). Python 3.10 has no -P."""
+    return shlex.quote(sys.executable) + (" -P" if sys.version_info >= (3, 11) else "")
+
+
 def slurm_gpus(accelerator: str, devices) -> int | None:
-    """GPUs per node to ask SLURM for (conf/hydra/launcher/slurm.yaml): the trainer's device count when it trains on
-    GPUs, else none (a GPU gres fails on a cluster without GPUs); `devices=-1` needs hydra.launcher.gpus_per_node."""
+    """GPUs per node for SLURM (conf/hydra/launcher/slurm.yaml): the trainer's count on GPUs, else none (a GPU gres
+    fails on a cluster without GPUs); `devices=-1` needs hydra.launcher.gpus_per_node."""
     count = device_count(devices)
     return count if accelerator in ("gpu", "cuda") and count else None
 
@@ -40,7 +48,7 @@ def device_count(devices) -> int | None:
 
 
 def register_resolvers() -> None:
-    for resolver in (on_rank_zero, slurm_gpus, slurm_tasks):
+    for resolver in (on_rank_zero, job_python, slurm_gpus, slurm_tasks):
         OmegaConf.register_resolver(f"cvae.{resolver.__name__}", resolver, replace=True)
 
 
