@@ -91,8 +91,7 @@ def check_same_run(directory: Path, cfg: DictConfig) -> None:
     recorded = recorded_config(directory)
     if recorded is None:
         raise CheckpointError(
-            f"{directory} holds a finished run with neither a checkpoint nor a .hydra/ record of its settings; "
-            f"choose a new dir"
+            f"{directory} holds a finished run without a checkpoint or .hydra/ record; choose a new dir"
         )
     saved, asked = training_settings(recorded), training_settings(OmegaConf.to_container(cfg, resolve=False))
     changed = changed_settings(saved, asked)

@@ -160,10 +160,7 @@ def claim(directory: Path, key: str = "hydra.run.dir") -> int:
     status = os.fstat(descriptor)
     if not stat.S_ISREG(status.st_mode) or status.st_nlink != 1:
         os.close(descriptor)
-        raise RunDirError(
-            f"{key}={directory} holds a .lock that is not its own file (a link to another); remove it or choose "
-            f"another dir"
-        )
+        raise RunDirError(f"{key}={directory} holds a .lock linked to another file; remove it or choose another dir")
     try:
         fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:

@@ -189,9 +189,8 @@ def check_values(task: DictConfig) -> None:
     # ??? in the YAML, read as written (OmegaConf.missing_keys resolves every interpolation: minutes for a crafted one)
     missing = sorted(key for key, value in leaves(OmegaConf.to_container(task, resolve=False)) if value == "???")
     if missing:
-        raise ConfigError(
-            f"{missing[0]} is required: pass {missing[0]}={MANDATORY_EXAMPLES.get(missing[0], '<value>')}"
-        )
+        example = MANDATORY_EXAMPLES.get(missing[0], "<value>")
+        raise ConfigError(f"{missing[0]} is required: pass {missing[0]}={example}")
     check_fields(SCHEMAS[task.task_name], task, "")
 
 

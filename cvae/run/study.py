@@ -1,7 +1,5 @@
-"""Optuna searches whose study outlives the process (its database: conf/hparams_search/optuna.yaml): a search run
-again continues it up to n_trials instead of adding n_trials more (the plugin counts only its own launch's trials).
-A trial a killed launch left RUNNING stays so: Optuna cannot tell it from one another process runs, so it is neither
-counted nor failed. Hydra takes sweepers only from its plugin namespace: hydra_plugins/cvae_sweepers has this."""
+"""An Optuna search run again continues its study (its database: conf/hparams_search/optuna.yaml) up to n_trials,
+not n_trials more. Hydra takes sweepers only from its plugin namespace: hydra_plugins/cvae_sweepers has this."""
 
 import sys
 
