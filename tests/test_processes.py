@@ -13,7 +13,8 @@ from pathlib import Path
 import pytest
 import pytorch_lightning as pl
 
-from cvae.run.launch import module_command, rank_python_path
+from cvae.run.launch import module_command
+from cvae.run.resolvers import python_path
 from tests.conftest import QUICK_EVALUATION, ROOT
 from tests.test_sweeps import TINY_RUN
 from tests.test_train import run_script
@@ -77,10 +78,10 @@ def test_a_module_command_never_imports_from_the_folder_it_starts_in(tmp_path, s
     assert not marker.exists()
 
 
-def test_a_ranks_python_path_is_the_checkout_then_absolute_entries(monkeypatch):
+def test_a_started_process_imports_from_the_checkout_then_the_absolute_python_path_entries(monkeypatch):
     """An empty or relative PYTHONPATH entry would be the rank's working directory (its run dir)."""
     monkeypatch.setenv("PYTHONPATH", os.pathsep.join(["", "relative", "/opt/mine", ""]))
-    assert rank_python_path() == os.pathsep.join([str(ROOT), "/opt/mine"])
+    assert python_path() == os.pathsep.join([str(ROOT), "/opt/mine"])
 
 
 @pytest.mark.parametrize("chdir", [True, False])

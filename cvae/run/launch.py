@@ -11,7 +11,6 @@ import threading
 import time
 from contextlib import contextmanager, suppress
 from datetime import timedelta
-from pathlib import Path
 from unittest.mock import patch
 
 import pytorch_lightning as pl
@@ -26,10 +25,10 @@ from pytorch_lightning.utilities.exceptions import SIGTERMException
 
 from cvae.callbacks.signals import StopTogether
 from cvae.errors import RankError
+from cvae.run.resolvers import python_path
 
 # A DDP rank started by launch_local_ranks finds its job's config, resolved, in this environment variable.
 JOB_CONFIG_VARIABLE = "CVAE_JOB_CONFIG"
-PROJECT_ROOT = Path(__file__).resolve().parents[2]
 WATCH_PERIOD = 0.5  # seconds between looks at the children
 GRACE_PERIOD = 10.0  # seconds this rank gets to stop by itself once a child died, before it is ended
 # Exit codes of a rank stopped by Ctrl-C or SIGTERM, as every rank is (StopTogether): no failure to act on
@@ -198,7 +197,7 @@ def end_process_group() -> None:
 
 def start_rank(local_rank: int, cfg: DictConfig) -> subprocess.Popen:
     config = OmegaConf.to_yaml(cfg, resolve=True)
-    env = {**os.environ, "LOCAL_RANK": str(local_rank), "PYTHONPATH": rank_python_path(), JOB_CONFIG_VARIABLE: config}
+    env = {**os.environ, "LOCAL_RANK": str(local_rank), "PYTHONPATH": python_path(), JOB_CONFIG_VARIABLE: config}
     return subprocess.Popen(module_command("cvae.run.train"), env=env)
 
 
@@ -209,12 +208,6 @@ def module_command(module: str, safe_path: bool = sys.version_info >= (3, 11)) -
         return [sys.executable, "-P", "-m", module]
     run = f"import runpy, sys; del sys.path[0]; runpy.run_module({module!r}, run_name='__main__', alter_sys=True)"
     return [sys.executable, "-c", run]
-
-
-def rank_python_path() -> str:
-    """This checkout, then the inherited absolute entries (a relative or empty one means the rank's working dir)."""
-    inherited = os.environ.get("PYTHONPATH", "").split(os.pathsep)
-    return os.pathsep.join([str(PROJECT_ROOT), *(entry for entry in inherited if os.path.isabs(entry))])
 
 
 def member_devices(trainer_cfg: DictConfig):

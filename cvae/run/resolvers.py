@@ -4,9 +4,12 @@ before it resolves the launcher's or a job's output settings. Torch-free, so tha
 import os
 import shlex
 import sys
+from pathlib import Path
 
 from hydra.experimental.callback import Callback
 from omegaconf import OmegaConf
+
+CHECKOUT = Path(__file__).resolve().parents[2]
 
 
 def launched_rank() -> int:
@@ -19,10 +22,17 @@ def on_rank_zero(value, elsewhere=None):
     return value if launched_rank() == 0 else elsewhere
 
 
+def python_path() -> str:
+    """A DDP rank's or SLURM job's PYTHONPATH: this checkout, then the inherited absolute entries (not its cwd)."""
+    inherited = os.environ.get("PYTHONPATH", "").split(os.pathsep)
+    return os.pathsep.join([str(CHECKOUT), *(entry for entry in inherited if os.path.isabs(entry))])
+
+
 def job_python() -> str:
-    """The python of a SLURM job (submitit runs `<it> -u -m ...` where the command was typed): this one, -P so that
-    it never imports from that folder (a planted cvae/ there). Python 3.10 has no -P."""
-    return shlex.quote(sys.executable) + (" -P" if sys.version_info >= (3, 11) else "")
+    """The python of a SLURM job (submitit runs `<it> -u -m ...` where the command was typed): this one, importing
+    what this process would and never from that folder (-P; Python 3.10 has no -P)."""
+    safe = " -P" if sys.version_info >= (3, 11) else ""
+    return f"env PYTHONPATH={shlex.quote(python_path())} {shlex.quote(sys.executable)}{safe}"
 
 
 def slurm_gpus(accelerator: str, devices) -> int | None:

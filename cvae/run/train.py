@@ -33,10 +33,7 @@ from cvae.trust import instantiate, instantiate_group
 
 # git runs no hook or file-system monitor, whatever a config says
 NEUTRAL_GIT = ("-c", "core.fsmonitor=false", "-c", "core.hooksPath=/dev/null")
-PACKAGES = (
-    *("torch", "torchvision", "pytorch-lightning", "lightning", "torchmetrics"),
-    *("hydra-core", "omegaconf", "numpy"),
-)
+PACKAGES = "torch torchvision pytorch-lightning lightning torchmetrics hydra-core omegaconf numpy".split()
 
 
 def train(cfg: DictConfig) -> dict:
