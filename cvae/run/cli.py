@@ -124,13 +124,13 @@ def stop(signum: int, cause: BaseException) -> NoReturn:
 
 
 class RunDirCheck(Callback):
-    """Hydra callback, before Hydra writes anything: the config checked (a refused launch leaves nothing behind),
-    then the dir created, locked for this process and written only as `may_write` allows."""
+    """Before Hydra writes anything: the config checked, then the run dir made, locked, written as may_write allows."""
 
     member_lock: int | None = None
 
     def on_run_start(self, config: DictConfig, **kwargs) -> None:
         directory = Path(config.hydra.run.dir)
+        NEW_RUN_DIR.clear()  # this launch's alone: never an earlier run of this process (a script calling main twice)
         try:
             check_launch(config, single_run=True)
             check_hydra_writes(config, directory)
