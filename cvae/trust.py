@@ -22,7 +22,7 @@ from cvae.errors import ConfigError, UsageError
 
 # packages whose classes a config may name
 TRUSTED_PACKAGES = (
-    *("cvae.*", "torch.optim.*", "pytorch_lightning.Trainer", "lightning.pytorch.Trainer"),
+    *("cvae.*", "torch.optim.*", "pytorch_lightning.Trainer", "lightning.pytorch.Trainer", "optuna.pruners.*"),
     *(
         f"{pl}.{part}.*"
         for pl in ("pytorch_lightning", "lightning.pytorch")
@@ -37,7 +37,7 @@ HYDRA_TARGETS = [
     *("cvae.run.resolvers.Resolvers", "cvae.run.sweep.SweepSummary", "cvae.run.cli.RunDirCheck"),
     *(f"hydra_plugins.hydra_submitit_launcher.submitit_launcher.{kind}" for kind in ("SlurmLauncher", "LocalLauncher")),
     "hydra_plugins.hydra_joblib_launcher.joblib_launcher.JoblibLauncher",
-    "hydra_plugins.hydra_optuna_sweeper.optuna_sweeper.OptunaSweeper",
+    "cvae.search.sweeper.OptunaStudySweeper",
     *(f"optuna.samplers.{kind}" for kind in ("TPESampler", "RandomSampler", "GridSampler", "CmaEsSampler")),
     *USER_TARGETS,
 ]

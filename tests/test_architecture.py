@@ -24,6 +24,7 @@ LAYERS = {
     "callbacks": 5,
     "loggers": 5,  # the trackers, beside the callbacks: neither imports the other
     "run": 6,
+    "search": 6,  # the Optuna search sweeper, beside run: Hydra builds it; neither imports the other
     "api": 7,  # the public Python API (cvae.load), over run, explore and sampling
 }
 MODULES = sorted(path for path in (ROOT / "cvae").rglob("*.py") if path.name != "__init__.py")

@@ -1,5 +1,7 @@
-"""No write to another library's private state anywhere in cvae/, and every private read listed here with why no
-public API does its job: a new one fails this test, so that it is a decision, not an accident."""
+"""No write to another library's private state anywhere in the project's code (cvae/, the entry points, any
+hydra_plugins/), no plugin code (a Hydra Sweeper's or Launcher's class, hydra_plugins/) writing any object's state
+but its own, and every private read listed here with why no public API does its job: a new one fails this test, so
+that it is a decision, not an accident."""
 
 import ast
 
@@ -45,11 +47,43 @@ def is_private(name: str) -> bool:
     return name.startswith("_") and not (name.startswith("__") and name.endswith("__"))
 
 
+# the classes Hydra builds as plugins (by their bases' names: a subclass of another library's sweeper is one too)
+PLUGIN_BASES = ("Sweeper", "Launcher", "Plugin", "ConfigSource")
+
+
+def plugin_writes(source: str, everywhere: bool = False) -> set[str]:
+    """Attribute writes other than `self.<name>` in plugin classes (or anywhere, for hydra_plugins/): a plugin that
+    sets another object's state (`self.sweeper.n_trials = ...`, `search.job_idx = ...`) drives it from outside."""
+    tree = ast.parse(source)
+    scopes = (
+        [tree]
+        if everywhere
+        else [
+            node
+            for node in ast.walk(tree)
+            if isinstance(node, ast.ClassDef) and any(ast.unparse(base).endswith(PLUGIN_BASES) for base in node.bases)
+        ]
+    )
+    return {
+        ast.unparse(node)
+        for scope in scopes
+        for node in ast.walk(scope)
+        if isinstance(node, ast.Attribute)
+        and isinstance(node.ctx, ast.Store | ast.Del)
+        and not (isinstance(node.value, ast.Name) and node.value.id == "self")
+    }
+
+
+def project_files() -> list:
+    return sorted([*(ROOT / "cvae").rglob("*.py"), *ROOT.glob("*.py"), *(ROOT / "hydra_plugins").rglob("*.py")])
+
+
 def package_uses() -> tuple[dict, dict]:
     reads, writes = {}, {}
-    for path in sorted((ROOT / "cvae").rglob("*.py")):
-        found_reads, found_writes = private_uses(path.read_text())
-        name = str(path.relative_to(ROOT))
+    for path in project_files():
+        source, name = path.read_text(), str(path.relative_to(ROOT))
+        found_reads, found_writes = private_uses(source)
+        found_writes |= plugin_writes(source, everywhere=name.startswith("hydra_plugins/"))
         reads.update({(name, read): None for read in found_reads})
         writes.update({(name, write): None for write in found_writes})
     return reads, writes
@@ -74,3 +108,21 @@ def test_the_scan_sees_writes_reads_and_imports():
     reads, writes = private_uses(source)
     assert writes == {"trainer._signal_connector.received_sigterm", "loop._batches_that_stepped"}
     assert reads == {"pytorch_lightning.loops._Loop", "trainer._signal_connector", "trainer.fit_loop._data_fetcher"}
+
+
+def test_the_scan_sees_a_plugin_driving_another_plugin_from_outside():
+    """What cvae/run/study.py did until issue 34: the Optuna plugin's loop counters set before its sweep ran."""
+    source = (
+        "class ContinuedOptunaSweeper(OptunaSweeper):\n"
+        "    def sweep(self, arguments):\n"
+        "        search = self.sweeper\n"
+        "        search.n_trials = 3\n"
+        "        self.sweeper.job_idx = 2\n"
+        "        self.mine = 1\n"
+        "class Other:\n"
+        "    def f(self, x):\n"
+        "        x.y = 1\n"
+    )
+    assert plugin_writes(source) == {"search.n_trials", "self.sweeper.job_idx"}
+    assert plugin_writes(source, everywhere=True) == {"search.n_trials", "self.sweeper.job_idx", "x.y"}
+    assert any(path.name == "sweeper.py" for path in project_files()), "the project's own sweeper is scanned"

@@ -167,21 +167,26 @@ def test_launch_decision_follows_what_the_dir_holds(tmp_path, trained_run, monke
 
 
 def test_an_optuna_search_killed_midway_continues_its_study_in_the_sweep_dir_to_n_trials(tmp_path, data_dir):
-    """n_trials=3, killed (launcher and trial) in trial 1's second epoch: run again, the search continues the
-    study of the SQLite file in the sweep dir (the default storage) instead of starting 3 more trials."""
+    """n_trials=3, killed (launcher and trial) in trial 1's second epoch: run again, the search continues the study
+    of the SQLite file in the sweep dir (the default storage) instead of starting 3 more trials. Trial 1, whose
+    heartbeat stopped, is failed and (max_retry=1) run again as trial 2 with its parameters; trial 3 ends the 3."""
     import optuna
 
     sweep_dir = tmp_path / "search"
-    again = killed_and_run_again(sweep_dir, data_dir, lambda: None, "hparams_search=optuna", "hydra.sweeper.n_trials=3")
+    search = ["hparams_search=optuna", "hydra.sweeper.n_trials=3", "hydra.sweeper.heartbeat_interval=1"]
+    again = killed_and_run_again(sweep_dir, data_dir, lambda: None, *search, "hydra.sweeper.max_retry=1")
     study = optuna.load_study(study_name="cvae", storage=f"sqlite:///{sweep_dir}/optuna.db")
     states = [trial.state.name for trial in study.trials]
-    assert states == ["COMPLETE", "RUNNING", "COMPLETE", "COMPLETE"], "trial 1 was killed; 2 more finish the 3"
+    assert states == ["COMPLETE", "FAIL", "COMPLETE", "COMPLETE"], "trial 1 was killed, retried as 2; 3 ends the 3"
+    assert study.trials[2].params == study.trials[1].params
+    assert optuna.storages.RetryHeartbeatStaleTrialCallback.retried_trial_number(study.trials[2]) == 1
     assert "holds 1 finished trials of 3: continuing it" in again.stdout
     values = {trial.number: trial.value for trial in study.trials if trial.state.name == "COMPLETE"}
     for number, value in values.items():
         assert json.loads((sweep_dir / str(number) / "metrics.json").read_text())["val/nelbo"] == value
     best = yaml.safe_load((sweep_dir / "optimization_results.yaml").read_text())
     assert best["best_value"] == min(values.values())
+    assert [row["status"] for row in read_summary(sweep_dir)] == ["ok", "failed", "ok", "ok"]
 
 
 def test_a_sweep_run_again_otherwise_is_refused_before_anything_is_written(tmp_path, data_dir):

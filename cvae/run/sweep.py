@@ -14,6 +14,7 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
+from cvae.callbacks.pruning import PRUNED_FILE
 from cvae.files import read_json, write_bytes_atomic
 from cvae.loggers import FINAL_METRICS
 
@@ -45,7 +46,9 @@ def sweep_members(sweep_dir: Path) -> list[tuple[Path, list[str]]]:
     for path in sweep_dir.iterdir():
         if path.is_dir() and ((path / ".hydra").is_dir() or (path / "metrics.json").is_file()):
             overrides = path / ".hydra" / "overrides.yaml"
-            members[path] = list(OmegaConf.load(overrides)) if overrides.is_file() else []
+            members[path] = (
+                OmegaConf.to_container(OmegaConf.load(overrides), resolve=False) if overrides.is_file() else []
+            )
     for number, overrides in enumerate(launched_jobs(sweep_dir)):
         members.setdefault(sweep_dir / str(number), overrides)
     return sorted(members.items(), key=lambda item: member_order(item[0]))
@@ -54,10 +57,10 @@ def sweep_members(sweep_dir: Path) -> list[tuple[Path, list[str]]]:
 def member_row(member: Path, overrides: list[str]) -> dict:
     """A member's line of the table; without metrics.json its run did not finish, so it counts as failed."""
     metrics = read_json(member / "metrics.json") or {}
-    timing = read_json(member / "timing.json") or {}
+    timing, pruned = read_json(member / "timing.json") or {}, read_json(member / PRUNED_FILE)
     return {
         "member": member.name,
-        "status": "ok" if metrics else "failed",
+        "status": f"pruned at epoch {pruned['epoch']}" if metrics and pruned else "ok" if metrics else "failed",
         "overrides": " ".join(overrides),
         "knobs": dict(override.split("=", 1) for override in overrides if "=" in override),  # not a column
         **{name: metrics[name] for name in FINAL_METRICS if name in metrics},
