@@ -19,6 +19,7 @@ from cvae.callbacks.pruning import RUN_DIR
 from cvae.search.study import Heartbeat, claim
 from tests.conftest import ROOT
 from tests.test_resume_sweeps import SWEEP_RUN
+from tests.test_slurm import slurm_cluster  # noqa: F401 -- the fixture, for the SLURM case
 from tests.test_sweeps import read_summary
 from tests.test_train import run_script
 
@@ -157,14 +158,28 @@ def test_a_stale_trial_is_retried_with_its_parameters_and_counts_once(tmp_path):
     assert optuna.storages.RetryHeartbeatStaleTrialCallback.retried_trial_number(study.trials[1]) == 0
 
 
-def test_trials_pruned_while_they_train_stop_at_the_pruned_epoch_and_leave_a_usable_run(tmp_path, data_dir):
+@pytest.mark.parametrize(
+    "launcher",
+    [
+        pytest.param([], id="basic"),
+        pytest.param(["hydra/launcher=joblib", "hydra.launcher.n_jobs=2", "hydra.sweeper.n_jobs=2"], id="joblib"),
+        pytest.param(["hydra/launcher=slurm"], id="slurm", marks=pytest.mark.slurm),
+    ],
+)
+def test_trials_pruned_while_they_train_stop_at_the_pruned_epoch_and_leave_a_usable_run(
+    launcher, tmp_path, data_dir, request
+):
     """ThresholdPruner(upper=1) from the command line, after one warm-up epoch: each trial reports its epoch's
-    val/nelbo (the member's own logged value), is pruned at epoch 1 of 3, stops there, ends its run (test metrics,
-    checkpoints) and is listed "pruned at epoch 1"; the study's trials are PRUNED."""
+    val/nelbo (the member's own logged value) through the study's storage, wherever the launcher runs it, is pruned
+    at epoch 1 of 3, stops there, ends its run (test metrics, checkpoints) and is listed "pruned at epoch 1"; the
+    study's trials are PRUNED."""
+    if "hydra/launcher=slurm" in launcher:
+        request.getfixturevalue("slurm_cluster")
     sweep_dir = tmp_path / "search"
     pruner = ["hydra.sweeper.pruner._target_=optuna.pruners.ThresholdPruner", "+hydra.sweeper.pruner.upper=1.0"]
     pruner.append("+hydra.sweeper.pruner.n_warmup_steps=1")
-    command = search_command(sweep_dir, data_dir, "hydra.sweeper.n_trials=2", "trainer.max_epochs=3", *pruner)
+    settings = ["hydra.sweeper.n_trials=2", "trainer.max_epochs=3", *pruner, *launcher]
+    command = search_command(sweep_dir, data_dir, *settings)
     result = run_script(*command[1:])
     assert result.returncode == 0, result.stderr[-3000:]
     study = optuna.load_study(study_name="cvae", storage=f"sqlite:///{sweep_dir}/optuna.db")
