@@ -201,7 +201,7 @@ def test_pruning_without_a_storage_is_one_line_before_any_trial(tmp_path, data_d
     result = run_script(*search_command(tmp_path / "s", data_dir, "hydra.sweeper.storage=null")[1:])
     assert result.returncode == 1 and "Traceback" not in result.stderr
     assert [line for line in result.stderr.splitlines() if line.startswith("error: ")] == [
-        "error: hydra.sweeper: hydra.sweeper.storage=null keeps the study in this process, where members cannot "
+        "error: hydra.sweeper.storage=null keeps the study in this process, where members cannot "
         "report to it: pruning needs a storage (the default SQLite file), or set hydra.sweeper.pruner=null"
     ]
     assert not [path for path in (tmp_path / "s").iterdir() if path.name.isdigit()]

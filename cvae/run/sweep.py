@@ -183,7 +183,7 @@ class SweepSummary(Callback):
 
     def summarize_once(self) -> None:
         sweep_dir, self.sweep_dir = self.sweep_dir, None
-        if sweep_dir is not None and sweep_dir.is_dir():
+        if sweep_dir is not None and sweep_dir.is_dir() and sweep_members(sweep_dir):  # a refused sweep: no table
             write_summary(sweep_dir)
 
 

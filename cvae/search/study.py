@@ -22,6 +22,7 @@ from cvae.errors import ConfigError
 from cvae.files import write_bytes_atomic
 from cvae.search.space import search_space
 from cvae.trust import first_line
+from cvae.validate import check_choice, check_count
 
 RESULTS_FILE = "optimization_results.yaml"
 # Optuna's heartbeat and retry are "experimental" (since 2.8 and 2.9), and its way to do these things; and it warns
@@ -51,30 +52,40 @@ def search(
     """Trials until the study holds n_trials (this process's and any other's); then, while trials of other processes
     still run, waits for them (failing those whose process died), so the best it writes is the study's."""
     try:
+        check_count(n_trials, "hydra.sweeper.n_trials"), check_count(n_jobs, "hydra.sweeper.n_jobs")
+        check_count(max_retry, "hydra.sweeper.max_retry", minimum=0)
+        for key, seconds in (("heartbeat_interval", heartbeat_interval), ("grace_period", grace_period)):
+            None if seconds is None else check_count(seconds, f"hydra.sweeper.{key}")
+        check_choice(direction, ("minimize", "maximize"), "hydra.sweeper.direction")
         space, fixed = search_space(OmegaConf.to_container(params or {}), arguments)
         if pruner is not None and storage is None:
             raise ConfigError(
                 "hydra.sweeper.storage=null keeps the study in this process, where members cannot report to it: "
                 "pruning needs a storage (the default SQLite file), or set hydra.sweeper.pruner=null"
             )
+        sampler = None if sampler is None else instantiate(sampler)  # before the storage: a refusal creates no file
         backend = None
         if storage is not None:
             retry = RetryHeartbeatStaleTrialCallback(max_retry) if max_retry else None
-            backend = RDBStorage(
-                storage,
-                heartbeat_interval=heartbeat_interval,
-                grace_period=grace_period,
-                heartbeat_stale_trial_callback=retry,
-            )
+            try:
+                backend = RDBStorage(
+                    storage,
+                    heartbeat_interval=heartbeat_interval,
+                    grace_period=grace_period,
+                    heartbeat_stale_trial_callback=retry,
+                )
+            except Exception as error:  # a file that is no database, a server that refuses
+                raise ConfigError(f"hydra.sweeper.storage={storage} cannot be opened ({first_line(error)})") from error
         study = optuna.create_study(
             study_name=study_name,
             storage=backend,
-            sampler=None if sampler is None else instantiate(sampler),
+            sampler=sampler,
             direction=direction,
             load_if_exists=True,
         )
-    except Exception as error:  # a file that is no database, a server that refuses, a bad setting: one line
-        print(f"error: hydra.sweeper: {first_line(error)}", file=sys.stderr)
+    except Exception as error:  # one line: a ConfigError names its key; Hydra's whitelist says why in several lines
+        said = str(error) if isinstance(error, ConfigError) else f"hydra.sweeper: {' '.join(str(error).split())}"
+        print(f"error: {said}", file=sys.stderr)
         sys.exit(1)
     done = len(counted(study.get_trials(deepcopy=False), FINISHED))
     if done:

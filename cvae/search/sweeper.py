@@ -2,6 +2,9 @@
 `hydra.plugins` entry point in pyproject.toml. Hydra imports this module at every start-up: optuna is imported only
 when a search runs (cvae/search/study.py)."""
 
+import inspect
+import sys
+
 from hydra.core.plugins import Plugins
 from hydra.plugins.sweeper import Sweeper
 
@@ -21,4 +24,9 @@ class OptunaStudySweeper(Sweeper):
     def sweep(self, arguments: list[str]) -> None:
         from cvae.search.study import search
 
+        try:
+            inspect.signature(search).bind(self.launcher, self.config, arguments, **self.settings)
+        except TypeError as error:  # a key search() does not take: one line, not a traceback
+            print(f"error: hydra.sweeper: {error} (its keys: conf/hydra/sweeper/optuna_study.yaml)", file=sys.stderr)
+            sys.exit(1)
         search(self.launcher, self.config, arguments, **self.settings)
