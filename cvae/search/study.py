@@ -52,10 +52,11 @@ def search(
     """Trials until the study holds n_trials (this process's and any other's); then, while trials of other processes
     still run, waits for them (failing those whose process died), so the best it writes is the study's."""
     try:
-        check_count(n_trials, "hydra.sweeper.n_trials"), check_count(n_jobs, "hydra.sweeper.n_jobs")
-        check_count(max_retry, "hydra.sweeper.max_retry", minimum=0)
+        for key, count, minimum in (("n_trials", n_trials, 1), ("n_jobs", n_jobs, 1), ("max_retry", max_retry, 0)):
+            check_count(count, f"hydra.sweeper.{key}", minimum)
         for key, seconds in (("heartbeat_interval", heartbeat_interval), ("grace_period", grace_period)):
-            None if seconds is None else check_count(seconds, f"hydra.sweeper.{key}")
+            if seconds is not None:
+                check_count(seconds, f"hydra.sweeper.{key}")
         check_choice(direction, ("minimize", "maximize"), "hydra.sweeper.direction")
         space, fixed = search_space(OmegaConf.to_container(params or {}), arguments)
         if pruner is not None and storage is None:
@@ -64,24 +65,9 @@ def search(
                 "pruning needs a storage (the default SQLite file), or set hydra.sweeper.pruner=null"
             )
         sampler = None if sampler is None else instantiate(sampler)  # before the storage: a refusal creates no file
-        backend = None
-        if storage is not None:
-            retry = RetryHeartbeatStaleTrialCallback(max_retry) if max_retry else None
-            try:
-                backend = RDBStorage(
-                    storage,
-                    heartbeat_interval=heartbeat_interval,
-                    grace_period=grace_period,
-                    heartbeat_stale_trial_callback=retry,
-                )
-            except Exception as error:  # a file that is no database, a server that refuses
-                raise ConfigError(f"hydra.sweeper.storage={storage} cannot be opened ({first_line(error)})") from error
+        backend = None if storage is None else open_storage(storage, heartbeat_interval, grace_period, max_retry)
         study = optuna.create_study(
-            study_name=study_name,
-            storage=backend,
-            sampler=sampler,
-            direction=direction,
-            load_if_exists=True,
+            study_name=study_name, storage=backend, sampler=sampler, direction=direction, load_if_exists=True
         )
     except Exception as error:  # one line: a ConfigError names its key; Hydra's whitelist says why in several lines
         said = str(error) if isinstance(error, ConfigError) else f"hydra.sweeper: {' '.join(str(error).split())}"
@@ -108,6 +94,19 @@ def search(
     finally:
         heartbeat.stop()
     write_results(study, str(config.hydra.sweep.dir))
+
+
+def open_storage(url: str, heartbeat_interval: int | None, grace_period: int | None, max_retry: int) -> RDBStorage:
+    retry = RetryHeartbeatStaleTrialCallback(max_retry) if max_retry else None
+    try:
+        return RDBStorage(
+            url,
+            heartbeat_interval=heartbeat_interval,
+            grace_period=grace_period,
+            heartbeat_stale_trial_callback=retry,
+        )
+    except Exception as error:  # a file that is no database, a server that refuses
+        raise ConfigError(f"hydra.sweeper.storage={url} cannot be opened ({first_line(error)})") from error
 
 
 def counted(trials: list, states: tuple = (*FINISHED, TrialState.RUNNING)) -> list:
