@@ -88,3 +88,10 @@ def test_importing_the_lightning_module_loads_no_plots_images_or_classifier_of_i
         "cvae.model.module",
         "cvae.model.posterior",
     }
+
+
+def test_what_hydra_imports_at_every_start_up_loads_no_torch_and_no_optuna():
+    """Hydra builds its callbacks and finds its plugins (the search sweeper's entry point) at every start-up, --help
+    included: none of it may import torch, Lightning or optuna (seconds each)."""
+    added = loaded_after("import cvae.run.sweep, cvae.run.cli, cvae.run.resolvers, cvae.search.sweeper")
+    assert not {name for name in added if name.split(".")[0] in ("torch", "pytorch_lightning", "optuna")}

@@ -9,13 +9,15 @@ import subprocess
 import sys
 import time
 import uuid
+from types import SimpleNamespace
 
 import optuna
 import pytest
+import torch
 import yaml
 from optuna.trial import TrialState
 
-from cvae.callbacks.pruning import RUN_DIR
+from cvae.callbacks.pruning import RUN_DIR, TrialPruning
 from cvae.search.study import Heartbeat, claim
 from tests.conftest import ROOT
 from tests.test_resume_sweeps import SWEEP_RUN
@@ -215,3 +217,27 @@ def test_the_sweeper_is_found_where_the_package_is_installed_not_only_from_the_c
     )
     found = subprocess.run([sys.executable, "-P", "-c", code], cwd=tmp_path, capture_output=True, text=True, check=True)
     assert "cvae.search.sweeper.OptunaStudySweeper" in found.stdout and not found.stderr
+
+
+def test_a_member_whose_trial_was_failed_elsewhere_trains_on_and_reports_no_more(tmp_path):
+    """A SLURM job goes on after its search process died, and its trial is failed by the heartbeat: its next report
+    would raise in Optuna; the member keeps training (its run dir ends complete) and reports nothing more."""
+    storage = f"sqlite:///{tmp_path}/failed.db"
+    study = optuna.create_study(study_name="s", storage=storage)
+    trial = study.ask()
+    trial.set_user_attr(RUN_DIR, str(tmp_path / "0"))
+    pruning = TrialPruning(storage, "s", "val/nelbo", str(tmp_path / "0"), optuna.pruners.MedianPruner())
+    assert pruning.find_trial().number == 0, "the member finds its trial by its run dir"
+    pruning.trial = pruning.find_trial()
+    study.tell(0, state=TrialState.FAIL)  # what the heartbeat does once the search process is gone
+    trainer = SimpleNamespace(
+        sanity_checking=False,
+        state=SimpleNamespace(fn="fit"),
+        callback_metrics={"val/nelbo": torch.tensor(100.0)},
+        current_epoch=3,
+        strategy=SimpleNamespace(broadcast=lambda value: value),
+        should_stop=False,
+    )
+    pruning.on_validation_end(trainer, None)
+    assert pruning.trial is None and trainer.should_stop is False
+    assert optuna.load_study(study_name="s", storage=storage).trials[0].intermediate_values == {}

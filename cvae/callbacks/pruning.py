@@ -7,10 +7,10 @@ from pathlib import Path
 
 import pytorch_lightning as pl
 
+from cvae.callbacks import PRUNED_FILE
 from cvae.files import write_json_atomic
 
 RUN_DIR = "run_dir"  # the trial's user attribute naming its member's dir: how a member finds its trial
-PRUNED_FILE = "pruned.json"  # in a pruned member's dir: the trial and the epoch it was pruned at
 
 
 def trial_id(storage, study_name: str, number: int) -> int:
@@ -34,7 +34,7 @@ class TrialPruning(pl.Callback):
             self.trial = self.find_trial()
 
     def find_trial(self):
-        import optuna  # here: only a search's members load it
+        import optuna  # here: only a search's members load it (Hydra's start-up reads PRUNED_FILE beside this)
 
         storage = optuna.storages.get_storage(self.storage_url)
         study = optuna.load_study(study_name=self.study_name, storage=storage, pruner=self.pruner)
@@ -47,11 +47,16 @@ class TrialPruning(pl.Callback):
     def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if trainer.sanity_checking or trainer.state.fn != "fit" or not self.storage_url:
             return
+        import optuna
+
         prune = False
         value = trainer.callback_metrics.get(self.monitor)
         if self.trial is not None and value is not None:
-            self.trial.report(float(value), step=trainer.current_epoch)
-            prune = self.trial.should_prune()
+            try:
+                self.trial.report(float(value), step=trainer.current_epoch)
+                prune = self.trial.should_prune()
+            except optuna.exceptions.UpdateFinishedTrialError:  # failed meanwhile (its search died): run on
+                self.trial = None
         if trainer.strategy.broadcast(prune):  # rank zero decides for all: the ranks stop together
             trainer.should_stop = True
             self.pruned_at = trainer.current_epoch
@@ -61,5 +66,5 @@ class TrialPruning(pl.Callback):
             return
         import optuna
 
-        self.trial.study.tell(self.trial.number, state=optuna.trial.TrialState.PRUNED)
+        self.trial.study.tell(self.trial.number, state=optuna.trial.TrialState.PRUNED, skip_if_finished=True)
         write_json_atomic(self.run_dir / PRUNED_FILE, {"trial": self.trial.number, "epoch": self.pruned_at})

@@ -14,7 +14,7 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
-from cvae.callbacks.pruning import PRUNED_FILE
+from cvae.callbacks import PRUNED_FILE
 from cvae.files import read_json, write_bytes_atomic
 from cvae.loggers import FINAL_METRICS
 
