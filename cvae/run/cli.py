@@ -18,6 +18,7 @@ from hydra.utils import to_absolute_path
 from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 from omegaconf.errors import OmegaConfBaseException
 
+from cvae.callbacks.orphans import end_with_launcher
 from cvae.errors import ConfigError, RunDirError, UsageError
 from cvae.run.resolvers import launched_rank
 from cvae.run.rundir import check_hydra_writes, claim, may_sweep, may_write, remove_refused_launch
@@ -169,6 +170,7 @@ class RunDirCheck(Callback):
         if not in_multirun() or launched_rank() != 0:
             return
         directory = Path(config.hydra.runtime.output_dir)
+        end_with_launcher()  # a member in a worker of its launcher (joblib) ends when the launcher dies
         try:
             self.member_lock = claim(directory)
             may_write(config, directory)
