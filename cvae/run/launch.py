@@ -215,10 +215,8 @@ def member_devices(trainer_cfg: DictConfig):
     GPUs k*n, k*n+1, ... (mod the GPUs there are) for a count of n, instead of all sharing cuda:0."""
     devices = trainer_cfg.devices
     joblib = HydraConfig.initialized() and "JoblibLauncher" in str(HydraConfig.get().launcher.get("_target_"))
-    if not (joblib and isinstance(devices, int) and devices > 0 and trainer_cfg.accelerator in ("auto", "gpu", "cuda")):
-        return devices
-    gpus = torch.cuda.device_count()
-    if gpus == 0:
+    on_gpus = isinstance(devices, int) and devices > 0 and trainer_cfg.accelerator in ("auto", "gpu", "cuda")
+    if not (joblib and on_gpus and (gpus := torch.cuda.device_count())):  # none here: as configured
         return devices
     first = HydraConfig.get().job.num * devices
     return [(first + offset) % gpus for offset in range(devices)]
