@@ -40,15 +40,19 @@ SWEEP_RUN = [
 class KillAt(pl.Callback):
     """SIGKILL of the sweep's launcher at a step of one run, where CVAE_TEST_KILL=<run dir name>:<step> asks for it.
     With Hydra's basic launcher the members run in the launcher's process, so the launcher dies with the member; a
-    joblib member runs in a worker, the launcher's child, and lives on: it then holds at that step, as
+    joblib member runs in a worker, the launcher's child, and lives on; a SLURM job is cancelled instead (scancel),
+    as a user would, and SLURM sends it SIGTERM. A member that lives on holds at that step, as
     CVAE_TEST_HOLD=<run dir name>:<step> holds a run, until SIGTERM stops it (at most HOLD_SECONDS), so that it is
-    still mid-run when its launcher's death reaches it."""
+    still mid-run when the launcher's death or the cancellation reaches it."""
 
     def __init__(self, run_dir: str):
         self.run_dir = Path(run_dir)
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        if self.asked("CVAE_TEST_KILL", trainer):
+        if self.asked("CVAE_TEST_KILL", trainer) and os.environ.get("SLURM_ARRAY_JOB_ID"):
+            job = f"{os.environ['SLURM_ARRAY_JOB_ID']}_{os.environ['SLURM_ARRAY_TASK_ID']}"
+            subprocess.run(["scancel", job], check=True)
+        elif self.asked("CVAE_TEST_KILL", trainer):
             launcher = multiprocessing.parent_process()  # the joblib worker's parent; None: this very process
             os.kill(launcher.pid if launcher else os.getpid(), signal.SIGKILL)
         if self.asked("CVAE_TEST_KILL", trainer) or self.asked("CVAE_TEST_HOLD", trainer):
@@ -111,14 +115,14 @@ def files_of(directory: Path) -> dict[str, tuple[bytes, int]]:
     }
 
 
-def killed_and_run_again(sweep_dir: Path, data_dir: str, on_kill, *sweep: str, kill: dict | None = None, says=""):
+def killed_and_run_again(sweep_dir: Path, data_dir: str, on_kill, *sweep: str, kill=None, says="", status=-9):
     """The sweep run with resume.auto=true and its launcher killed where `kill` asks KillAt to (by default in member
-    1's second epoch), no process of it left behind, its stderr holding `says` (on_kill then checks what it left),
-    then the same command again: its result."""
+    1's second epoch), ending with `status`, no process of it left behind, its stderr holding `says` (on_kill then
+    checks what it left), then the same command again: its result."""
     command = ["train.py", "-m", *sweep, *SWEEP_RUN, f"data.data_dir={data_dir}", "resume.auto=true"]
     command.append(f"hydra.sweep.dir={sweep_dir}")
     returncode, stderr, outlived = run_in_own_session(command, kill or {"CVAE_TEST_KILL": "1:4"})
-    assert returncode == -signal.SIGKILL, stderr[-3000:]
+    assert returncode == status, stderr[-3000:]
     assert not outlived, f"processes of the killed launcher lived on: {outlived}"
     assert says in stderr, stderr[-3000:]
     on_kill()

@@ -13,6 +13,7 @@ import pytest
 import pytorch_lightning as pl
 
 from tests.conftest import ROOT
+from tests.test_resume_sweeps import assert_as_never_stopped, files_of, killed_and_run_again
 from tests.test_sweeps import TINY_RUN, read_summary
 
 pytestmark = pytest.mark.slurm
@@ -165,3 +166,26 @@ def test_a_requeued_member_resumes_from_its_last_checkpoint_and_ends_as_one_neve
         log
     )
     assert (sweep_dir / "1" / "metrics.json").read_bytes() == (sweep_dir / "0" / "metrics.json").read_bytes()
+
+
+def test_a_member_cancelled_midway_finishes_when_the_sweep_runs_again_as_if_never_stopped(
+    slurm_cluster, tmp_path, data_dir
+):
+    """latent_dim=2,3 on SLURM: member 1's job is cancelled (scancel) in its second epoch, after its first epoch's
+    checkpoint; the sweep fails. The same command with resume.auto=true keeps member 0 as it was and resumes member
+    1 from its last.ckpt, to the metrics.json of a run never stopped."""
+    sweep_dir = tmp_path / "sweep"
+    finished = {}
+
+    def on_kill() -> None:
+        assert (sweep_dir / "0" / "metrics.json").is_file() and not (sweep_dir / "1" / "metrics.json").exists()
+        assert (sweep_dir / "1" / "checkpoints" / "last.ckpt").is_file()
+        finished.update(files_of(sweep_dir / "0"))
+
+    sweep = ["hydra/launcher=slurm", "latent_dim=2,3"]
+    killed_and_run_again(sweep_dir, data_dir, on_kill, *sweep, says="CANCELLED", status=1)
+    assert files_of(sweep_dir / "0") == finished, "the finished member is kept as it was"
+    resumes = json.loads((sweep_dir / "1" / "resumes.json").read_text())["resumes"]
+    assert [os.path.basename(resume["ckpt_path"]) for resume in resumes] == ["last.ckpt"]
+    assert_as_never_stopped(sweep_dir, tmp_path, data_dir, {"1": 3})
+    assert [(row["member"], row["status"]) for row in read_summary(sweep_dir)] == [("0", "ok"), ("1", "ok")]
