@@ -2,6 +2,7 @@
 launch_decision): an unfinished run resumes from its last.ckpt, a finished one is kept as it is, an empty dir
 starts, another run's dir is refused; a sweep whose launcher and a member were SIGKILLed ends as one never stopped."""
 
+import fcntl
 import json
 import multiprocessing
 import os
@@ -207,6 +208,32 @@ def test_a_joblib_sweep_whose_launcher_was_killed_leaves_no_worker_and_finishes_
         ("1", "ok"),
         ("2", "ok"),
     ]
+
+
+def test_a_sweep_member_whose_dir_another_process_holds_is_refused_in_one_line_and_the_sweep_goes_on(
+    tmp_path, data_dir
+):
+    """Member 1's dir locked by another process (as a SLURM job of a killed launch holds it while it runs on; its
+    .hydra/ record is that launch's): that member is refused in one line and trains nothing there; member 0 runs;
+    the sweep ends failed, as for any member refused."""
+    sweep_dir = tmp_path / "sweep"
+    (sweep_dir / "1" / ".hydra").mkdir(parents=True)
+    for record in ("config.yaml", "hydra.yaml", "overrides.yaml"):  # Hydra rewrites them: no new entry in .hydra/
+        (sweep_dir / "1" / ".hydra" / record).write_text("{}\n")
+    with open(sweep_dir / "1" / ".lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        lock.write("4242\n")
+        lock.flush()
+        sweep = ["-m", "latent_dim=2,3", *TINY_RUN, f"data.data_dir={data_dir}", f"hydra.sweep.dir={sweep_dir}"]
+        result = run_script("train.py", *sweep)
+    assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr[-3000:]
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
+    assert errors[0] == (
+        f"error: member 1: hydra.run.dir={sweep_dir / '1'} is in use by another run (pid 4242); wait for it to end "
+        f"or choose another dir"
+    )
+    assert sorted(path.name for path in (sweep_dir / "1").iterdir()) == [".hydra", ".lock", "train.log"], "Hydra's own"
+    assert [(row["member"], row["status"]) for row in read_summary(sweep_dir)] == [("0", "ok"), ("1", "failed")]
 
 
 def test_run_again_into_a_finished_run_does_nothing_and_says_so_in_one_line(tmp_path, trained_run, data_dir):

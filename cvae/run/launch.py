@@ -204,10 +204,8 @@ def start_rank(local_rank: int, cfg: DictConfig) -> subprocess.Popen:
 def module_command(module: str, safe_path: bool = sys.version_info >= (3, 11)) -> list[str]:
     """`python -m module`, never importing from the folder it starts in (`-m` puts it first on sys.path). Python 3.10
     has no -P, and -I would drop PYTHONPATH (the user's trusted classes with it): there the process removes it."""
-    if safe_path:
-        return [sys.executable, "-P", "-m", module]
     run = f"import runpy, sys; del sys.path[0]; runpy.run_module({module!r}, run_name='__main__', alter_sys=True)"
-    return [sys.executable, "-c", run]
+    return [sys.executable, "-P", "-m", module] if safe_path else [sys.executable, "-c", run]
 
 
 def member_devices(trainer_cfg: DictConfig):
