@@ -1,2 +1,3 @@
 """Lightning callbacks: images (sample grids, latent exploration), generation quality, the Projector, and the
-safety callbacks every run gets. Imports cvae.model, data, sampling, metrics, explore and the foundation."""
+safety callbacks every run gets; orphans.py ends a joblib sweep member whose launcher died. Imports cvae.model, data,
+sampling, metrics, explore and the foundation."""
