@@ -2,10 +2,16 @@
 launch_decision): an unfinished run resumes from its last.ckpt, a finished one is kept as it is, an empty dir
 starts, another run's dir is refused; a sweep whose launcher and a member were SIGKILLed ends as one never stopped."""
 
+import fcntl
 import json
+import multiprocessing
 import os
 import shutil
 import signal
+import subprocess
+import sys
+import tempfile
+import time
 from pathlib import Path
 
 import pytest
@@ -14,7 +20,7 @@ import yaml
 
 from cvae.errors import CheckpointError
 from cvae.run.resume import FINISHED, REFUSE, RESUME, START, launch_decision
-from tests.conftest import QUICK_RUN, QUICK_RUN_ANY_CALLBACKS, compose_config
+from tests.conftest import QUICK_RUN, QUICK_RUN_ANY_CALLBACKS, ROOT, compose_config
 from tests.test_sweeps import TINY_RUN, read_summary
 from tests.test_train import run_script
 
@@ -33,16 +39,72 @@ SWEEP_RUN = [
 
 
 class KillAt(pl.Callback):
-    """SIGKILL of this very process at a step of one run, where CVAE_TEST_KILL=<run dir name>:<step> asks for it:
-    with Hydra's basic launcher the members run in the launcher's process, so the launcher dies with the member."""
+    """SIGKILL of the sweep's launcher at a step of one run, where CVAE_TEST_KILL=<run dir name>:<step> asks for it.
+    With Hydra's basic launcher the members run in the launcher's process, so the launcher dies with the member; a
+    joblib member runs in a worker, the launcher's child, and lives on; a SLURM job is cancelled instead (scancel),
+    as a user would, and SLURM sends it SIGTERM. A member that lives on holds at that step, as
+    CVAE_TEST_HOLD=<run dir name>:<step> holds a run, until SIGTERM stops it (at most HOLD_SECONDS), so that it is
+    still mid-run when the launcher's death or the cancellation reaches it."""
 
     def __init__(self, run_dir: str):
         self.run_dir = Path(run_dir)
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        name, _, step = os.environ.get("CVAE_TEST_KILL", "").partition(":")
-        if name == self.run_dir.name and trainer.global_step == int(step):
-            os.kill(os.getpid(), signal.SIGKILL)
+        if self.asked("CVAE_TEST_KILL", trainer) and os.environ.get("SLURM_ARRAY_JOB_ID"):
+            job = f"{os.environ['SLURM_ARRAY_JOB_ID']}_{os.environ['SLURM_ARRAY_TASK_ID']}"
+            subprocess.run(["scancel", job], check=True)
+        elif self.asked("CVAE_TEST_KILL", trainer):
+            launcher = multiprocessing.parent_process()  # the joblib worker's parent; None: this very process
+            os.kill(launcher.pid if launcher else os.getpid(), signal.SIGKILL)
+        if self.asked("CVAE_TEST_KILL", trainer) or self.asked("CVAE_TEST_HOLD", trainer):
+            deadline = time.monotonic() + HOLD_SECONDS
+            while not trainer.received_sigterm and time.monotonic() < deadline:
+                time.sleep(0.05)
+
+    def asked(self, variable: str, trainer) -> bool:
+        name, _, step = os.environ.get(variable, "").partition(":")
+        return name == self.run_dir.name and trainer.global_step == int(step)
+
+
+HOLD_SECONDS = 60
+# how long the processes a killed launcher started may live on: a member's look at its launcher, the step it stops
+# at, and then the worker's end (cvae/callbacks/orphans.py GRACE_PERIOD)
+OUTLIVE_SECONDS = 20
+
+
+def session_processes(session: int) -> list[int]:
+    """The live processes of a session (Linux: /proc), zombies left out."""
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rpartition(")")[2].split()
+        except OSError:  # ended meanwhile
+            continue
+        if int(fields[3]) == session and fields[0] != "Z":
+            found.append(int(stat.parent.name))
+    return found
+
+
+def run_in_own_session(command: list[str], env_extra: dict) -> tuple[int, str, list[int]]:
+    """`python <command>` in a session of its own, as a shell runs a job: its exit status, its stderr, and the
+    processes of its session alive OUTLIVE_SECONDS after it ended (then killed, so that no test leaves any)."""
+    with tempfile.TemporaryFile() as stderr:  # a file, not a pipe: a process left behind would hold a pipe open
+        launcher = subprocess.Popen(
+            [sys.executable, *command],
+            cwd=ROOT,
+            env={**os.environ, **env_extra},
+            stdout=subprocess.DEVNULL,
+            stderr=stderr,
+            start_new_session=True,
+        )
+        launcher.wait(timeout=600)
+        deadline = time.monotonic() + OUTLIVE_SECONDS
+        while (outlived := session_processes(launcher.pid)) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        for pid in outlived:
+            os.kill(pid, signal.SIGKILL)
+        stderr.seek(0)
+        return launcher.returncode, stderr.read().decode(errors="replace"), outlived
 
 
 def files_of(directory: Path) -> dict[str, tuple[bytes, int]]:
@@ -54,17 +116,39 @@ def files_of(directory: Path) -> dict[str, tuple[bytes, int]]:
     }
 
 
-def killed_and_run_again(sweep_dir: Path, data_dir: str, on_kill, *sweep: str):
-    """The sweep run with resume.auto=true and killed in member 1's second epoch (on_kill then checks what it left),
-    then the same command again: its result."""
+def killed_and_run_again(sweep_dir: Path, data_dir: str, on_kill, *sweep: str, kill=None, says="", status=-9):
+    """The sweep run with resume.auto=true and its launcher killed where `kill` asks KillAt to (by default in member
+    1's second epoch), ending with `status`, no process of it left behind, its stderr holding `says` (on_kill then
+    checks what it left), then the same command again: its result."""
     command = ["train.py", "-m", *sweep, *SWEEP_RUN, f"data.data_dir={data_dir}", "resume.auto=true"]
     command.append(f"hydra.sweep.dir={sweep_dir}")
-    killed = run_script(*command, env_extra={"CVAE_TEST_KILL": "1:4"})
-    assert killed.returncode == -signal.SIGKILL, killed.stderr[-3000:]
+    returncode, stderr, outlived = run_in_own_session(command, kill or {"CVAE_TEST_KILL": "1:4"})
+    assert returncode == status, stderr[-3000:]
+    assert not outlived, f"processes of the killed launcher lived on: {outlived}"
+    assert says in stderr, stderr[-3000:]
     on_kill()
     again = run_script(*command)
     assert again.returncode == 0, again.stderr[-3000:]
     return again
+
+
+def assert_as_never_stopped(sweep_dir: Path, tmp_path: Path, data_dir: str, latent_dims: dict, *launcher: str) -> None:
+    """Each member's metrics.json byte-identical to that of a run of its latent_dim never stopped: run alone here,
+    or, given a launcher's settings, in a sweep on that launcher (a joblib worker trains on fewer threads, whose
+    sums differ in the last bits)."""
+    from cvae.run.train import train
+
+    settings = [*SWEEP_RUN, f"data.data_dir={data_dir}"]
+    references = {member: tmp_path / "never_stopped" / str(job) for job, member in enumerate(latent_dims)}
+    if launcher:
+        sweep = ["-m", *launcher, f"latent_dim={','.join(map(str, latent_dims.values()))}", *settings]
+        result = run_script("train.py", *sweep, f"hydra.sweep.dir={tmp_path / 'never_stopped'}")
+        assert result.returncode == 0, result.stderr[-3000:]
+    else:
+        for member, latent_dim in latent_dims.items():
+            train(compose_config("train", [*settings, f"latent_dim={latent_dim}"], references[member]))
+    for member, reference in references.items():
+        assert (sweep_dir / member / "metrics.json").read_bytes() == (reference / "metrics.json").read_bytes()
 
 
 def test_a_sweep_killed_midway_finishes_when_run_again_as_if_never_stopped(tmp_path, data_dir):
@@ -86,18 +170,70 @@ def test_a_sweep_killed_midway_finishes_when_run_again_as_if_never_stopped(tmp_p
     resumes = json.loads((sweep_dir / "1" / "resumes.json").read_text())["resumes"]
     assert [Path(resume["ckpt_path"]).name for resume in resumes] == ["last.ckpt"]
     assert not (sweep_dir / "2" / "resumes.json").exists(), "the member that never started starts"
-    from cvae.run.train import train
-
-    for member, latent_dim in (("1", 3), ("2", 4)):
-        reference = tmp_path / f"never_stopped_{member}"
-        overrides = [*SWEEP_RUN, f"data.data_dir={data_dir}", f"latent_dim={latent_dim}"]
-        train(compose_config("train", overrides, reference))
-        assert (sweep_dir / member / "metrics.json").read_bytes() == (reference / "metrics.json").read_bytes()
+    assert_as_never_stopped(sweep_dir, tmp_path, data_dir, {"1": 3, "2": 4})
     assert [(row["member"], row["status"]) for row in read_summary(sweep_dir)] == [
         ("0", "ok"),
         ("1", "ok"),
         ("2", "ok"),
     ]
+
+
+def test_a_joblib_sweep_whose_launcher_was_killed_leaves_no_worker_and_finishes_when_run_again(tmp_path, data_dir):
+    """hydra/launcher=joblib n_jobs=2, latent_dim=2,3,4: member 1 holds in its second epoch, so member 2 runs in
+    member 0's worker once member 0 finished, and SIGKILLs the launcher in its second epoch. Neither worker lives on:
+    each member stops as SIGTERM stops a run (last.ckpt at that step). The same command again keeps member 0 as it
+    was and resumes 1 and 2, each metrics.json byte-identical to a run never stopped."""
+    sweep_dir = tmp_path / "sweep"
+    finished = {}
+
+    def on_kill() -> None:
+        assert (sweep_dir / "0" / "metrics.json").is_file()
+        for member in ("1", "2"):
+            assert (sweep_dir / member / "checkpoints" / "last.ckpt").is_file()
+            assert not (sweep_dir / member / "metrics.json").exists(), f"member {member} trained on to its end"
+        finished.update(files_of(sweep_dir / "0"))
+
+    joblib = ["hydra/launcher=joblib", "hydra.launcher.n_jobs=2"]
+    kill = {"CVAE_TEST_HOLD": "1:4", "CVAE_TEST_KILL": "2:4"}
+    says = "is gone: its worker"
+    again = killed_and_run_again(sweep_dir, data_dir, on_kill, *joblib, "latent_dim=2,3,4", kill=kill, says=says)
+    assert files_of(sweep_dir / "0") == finished, "the finished member is kept as it was"
+    assert f"{sweep_dir / '0'} holds this run, finished" in again.stdout
+    for member in ("1", "2"):
+        resumes = json.loads((sweep_dir / member / "resumes.json").read_text())["resumes"]
+        assert [Path(resume["ckpt_path"]).name for resume in resumes] == ["last.ckpt"]
+    assert_as_never_stopped(sweep_dir, tmp_path, data_dir, {"1": 3, "2": 4}, *joblib)
+    assert [(row["member"], row["status"]) for row in read_summary(sweep_dir)] == [
+        ("0", "ok"),
+        ("1", "ok"),
+        ("2", "ok"),
+    ]
+
+
+def test_a_sweep_member_whose_dir_another_process_holds_is_refused_in_one_line_and_the_sweep_goes_on(
+    tmp_path, data_dir
+):
+    """Member 1's dir locked by another process (as a SLURM job of a killed launch holds it while it runs on; its
+    .hydra/ record is that launch's): that member is refused in one line and trains nothing there; member 0 runs;
+    the sweep ends failed, as for any member refused."""
+    sweep_dir = tmp_path / "sweep"
+    (sweep_dir / "1" / ".hydra").mkdir(parents=True)
+    for record in ("config.yaml", "hydra.yaml", "overrides.yaml"):  # Hydra rewrites them: no new entry in .hydra/
+        (sweep_dir / "1" / ".hydra" / record).write_text("{}\n")
+    with open(sweep_dir / "1" / ".lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        lock.write("4242\n")
+        lock.flush()
+        sweep = ["-m", "latent_dim=2,3", *TINY_RUN, f"data.data_dir={data_dir}", f"hydra.sweep.dir={sweep_dir}"]
+        result = run_script("train.py", *sweep)
+    assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr[-3000:]
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
+    assert errors[0] == (
+        f"error: member 1: hydra.run.dir={sweep_dir / '1'} is in use by another run (pid 4242); wait for it to end "
+        f"or choose another dir"
+    )
+    assert sorted(path.name for path in (sweep_dir / "1").iterdir()) == [".hydra", ".lock", "train.log"], "Hydra's own"
+    assert [(row["member"], row["status"]) for row in read_summary(sweep_dir)] == [("0", "ok"), ("1", "failed")]
 
 
 def test_run_again_into_a_finished_run_does_nothing_and_says_so_in_one_line(tmp_path, trained_run, data_dir):

@@ -13,7 +13,9 @@ import pytest
 import pytorch_lightning as pl
 
 from tests.conftest import ROOT
+from tests.test_resume_sweeps import assert_as_never_stopped, files_of, killed_and_run_again
 from tests.test_sweeps import TINY_RUN, read_summary
+from tests.test_train import run_script
 
 pytestmark = pytest.mark.slurm
 
@@ -165,3 +167,64 @@ def test_a_requeued_member_resumes_from_its_last_checkpoint_and_ends_as_one_neve
         log
     )
     assert (sweep_dir / "1" / "metrics.json").read_bytes() == (sweep_dir / "0" / "metrics.json").read_bytes()
+
+
+def test_a_member_cancelled_midway_finishes_when_the_sweep_runs_again_as_if_never_stopped(
+    slurm_cluster, tmp_path, data_dir
+):
+    """latent_dim=2,3 on SLURM: member 1's job is cancelled (scancel) in its second epoch, after its first epoch's
+    checkpoint; the sweep fails. The same command with resume.auto=true keeps member 0 as it was and resumes member
+    1 from its last.ckpt, to the metrics.json of a run never stopped."""
+    sweep_dir = tmp_path / "sweep"
+    finished = {}
+
+    def on_kill() -> None:
+        assert (sweep_dir / "0" / "metrics.json").is_file() and not (sweep_dir / "1" / "metrics.json").exists()
+        assert (sweep_dir / "1" / "checkpoints" / "last.ckpt").is_file()
+        finished.update(files_of(sweep_dir / "0"))
+
+    sweep = ["hydra/launcher=slurm", "latent_dim=2,3"]
+    killed_and_run_again(sweep_dir, data_dir, on_kill, *sweep, says="CANCELLED", status=1)
+    assert files_of(sweep_dir / "0") == finished, "the finished member is kept as it was"
+    resumes = json.loads((sweep_dir / "1" / "resumes.json").read_text())["resumes"]
+    assert [os.path.basename(resume["ckpt_path"]) for resume in resumes] == ["last.ckpt"]
+    assert_as_never_stopped(sweep_dir, tmp_path, data_dir, {"1": 3})
+    assert [(row["member"], row["status"]) for row in read_summary(sweep_dir)] == [("0", "ok"), ("1", "ok")]
+
+
+def test_a_sweep_run_again_while_its_killed_launchers_job_runs_never_writes_into_that_member(
+    slurm_cluster, tmp_path, data_dir
+):
+    """The launcher is SIGKILLed while member 1's job runs (held in its second epoch): SLURM runs the job on. The
+    sweep run again at once keeps the finished member 0 and is refused member 1's dir, which the job holds (its
+    .lock), so nothing races with it. Once that job is cancelled, the sweep run again finishes member 1 from its
+    last.ckpt, to the metrics.json of a run never stopped."""
+    from tests.test_resume_sweeps import SWEEP_RUN
+
+    sweep_dir = tmp_path / "sweep"
+    command = ["train.py", "-m", "hydra/launcher=slurm", "latent_dim=2,3", *SWEEP_RUN, f"data.data_dir={data_dir}"]
+    command += ["resume.auto=true", f"hydra.sweep.dir={sweep_dir}"]
+    env = {**os.environ, "CVAE_TEST_HOLD": "1:4"}
+    launcher = subprocess.Popen([sys.executable, *command], cwd=ROOT, env=env, stdout=subprocess.DEVNULL)
+    deadline = time.monotonic() + 300
+    while not ((sweep_dir / "0" / "metrics.json").is_file() and (sweep_dir / "1" / "checkpoints").is_dir()):
+        assert launcher.poll() is None and time.monotonic() < deadline, "the sweep ended before its kill"
+        time.sleep(0.2)
+    time.sleep(2)  # member 1 is at its step 4, held
+    launcher.kill()
+    launcher.wait()
+    job = next(path.name for path in sorted((sweep_dir / ".submitit").glob("*_1")))
+    finished = files_of(sweep_dir / "0")
+    refused = run_script(*command)
+    assert refused.returncode == 1, refused.stderr[-3000:]
+    assert "is in use by another run" in (sweep_dir / "1" / "train.log").read_text()
+    assert not (sweep_dir / "1" / "metrics.json").exists() and not (sweep_dir / "1" / "resumes.json").exists()
+    subprocess.run(["scancel", job], check=True)
+    while subprocess.run(["squeue", "-h", "-j", job], capture_output=True, text=True).stdout.strip():
+        time.sleep(0.5)
+    again = run_script(*command)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert files_of(sweep_dir / "0") == finished, "the finished member is kept as it was"
+    resumes = json.loads((sweep_dir / "1" / "resumes.json").read_text())["resumes"]
+    assert [os.path.basename(resume["ckpt_path"]) for resume in resumes] == ["last.ckpt"]
+    assert_as_never_stopped(sweep_dir, tmp_path, data_dir, {"1": 3})

@@ -18,6 +18,7 @@ from hydra.utils import to_absolute_path
 from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 from omegaconf.errors import OmegaConfBaseException
 
+from cvae.callbacks.orphans import end_with_launcher
 from cvae.errors import ConfigError, RunDirError, UsageError
 from cvae.run.resolvers import launched_rank
 from cvae.run.rundir import check_hydra_writes, claim, may_sweep, may_write, remove_refused_launch
@@ -26,6 +27,7 @@ from cvae.trust import check_config_file, first_line
 
 log = logging.getLogger(__name__)
 NEW_RUN_DIR: dict = {}  # directory and whether it existed, of a single run that found it empty: a refusal removes it
+REFUSED_MEMBER: list = []  # why RunDirCheck refused the sweep member about to run in this process (its dir held)
 
 
 def in_multirun() -> bool:
@@ -79,10 +81,13 @@ def check_hardware(cfg: DictConfig) -> None:
 
 
 def run_task(task: Callable[[DictConfig], object], cfg: DictConfig):
-    """Check the config's values (again for a launch), then run the task. A refused sweep member returns no metrics
-    ({}). The signal handlers are put back afterwards (Lightning leaves SIGINT ignored after a Ctrl-C)."""
+    """Check the config's values (again for a launch), then run the task. A refused sweep member (a value, its dir)
+    returns no metrics ({}). The signal handlers are put back afterwards (Lightning leaves SIGINT ignored after a
+    Ctrl-C)."""
     handlers = {signum: signal.getsignal(signum) for signum in (signal.SIGINT, signal.SIGTERM)}
     try:
+        if REFUSED_MEMBER:
+            raise REFUSED_MEMBER.pop()
         config_from_where_typed(cfg)
         check_values(cfg)
         check_hardware(cfg)
@@ -168,13 +173,12 @@ class RunDirCheck(Callback):
         """A sweep member's dir, as a single run's: locked for this member and written only as `may_write` allows."""
         if not in_multirun() or launched_rank() != 0:
             return
-        directory = Path(config.hydra.runtime.output_dir)
+        end_with_launcher()  # a member in a worker of its launcher (joblib) ends when the launcher dies
         try:
-            self.member_lock = claim(directory)
+            self.member_lock = claim(directory := Path(config.hydra.runtime.output_dir))
             may_write(config, directory)
-        except UsageError as error:
-            log.error(str(error))
-            raise
+        except UsageError as error:  # Hydra would only warn and run the member all the same: run_task refuses it
+            REFUSED_MEMBER.append(error)
 
     def on_job_end(self, config: DictConfig, **kwargs) -> None:
         if self.member_lock is not None:

@@ -204,10 +204,8 @@ def start_rank(local_rank: int, cfg: DictConfig) -> subprocess.Popen:
 def module_command(module: str, safe_path: bool = sys.version_info >= (3, 11)) -> list[str]:
     """`python -m module`, never importing from the folder it starts in (`-m` puts it first on sys.path). Python 3.10
     has no -P, and -I would drop PYTHONPATH (the user's trusted classes with it): there the process removes it."""
-    if safe_path:
-        return [sys.executable, "-P", "-m", module]
     run = f"import runpy, sys; del sys.path[0]; runpy.run_module({module!r}, run_name='__main__', alter_sys=True)"
-    return [sys.executable, "-c", run]
+    return [sys.executable, "-P", "-m", module] if safe_path else [sys.executable, "-c", run]
 
 
 def member_devices(trainer_cfg: DictConfig):
@@ -215,10 +213,8 @@ def member_devices(trainer_cfg: DictConfig):
     GPUs k*n, k*n+1, ... (mod the GPUs there are) for a count of n, instead of all sharing cuda:0."""
     devices = trainer_cfg.devices
     joblib = HydraConfig.initialized() and "JoblibLauncher" in str(HydraConfig.get().launcher.get("_target_"))
-    if not (joblib and isinstance(devices, int) and devices > 0 and trainer_cfg.accelerator in ("auto", "gpu", "cuda")):
-        return devices
-    gpus = torch.cuda.device_count()
-    if gpus == 0:
+    on_gpus = isinstance(devices, int) and devices > 0 and trainer_cfg.accelerator in ("auto", "gpu", "cuda")
+    if not (joblib and on_gpus and (gpus := torch.cuda.device_count())):  # none here: as configured
         return devices
     first = HydraConfig.get().job.num * devices
     return [(first + offset) % gpus for offset in range(devices)]

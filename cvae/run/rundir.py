@@ -204,5 +204,5 @@ def refusal(config: DictConfig, directory: Path) -> str | None:
     return decision.reason if decision.action == REFUSE else None
 
 
-def resume_auto(config: DictConfig) -> bool:
-    return bool(OmegaConf.select(config, "resume.auto", default=False))
+def resume_auto(config: DictConfig) -> bool:  # or a requeued SLURM job, which launch_decision resumes alike
+    return bool(OmegaConf.select(config, "resume.auto", default=False) or int(os.getenv("SLURM_RESTART_COUNT") or 0))

@@ -172,9 +172,9 @@ class SweepSummary(Callback):
         sweep_dir = self.sweep_dir
         self.summarize_once()
         rows = summary_table(sweep_dir)[1] if sweep_dir else []
-        # the failed members this launch ran (Hydra wrote their record after it started)
+        # the failed members this launch ran: Hydra (re)wrote the files of their record after it started
         records = [(row["member"], sweep_dir / row["member"] / ".hydra") for row in rows if row["status"] == "failed"]
-        failed = [member for member, record in records if record.is_dir() and record.stat().st_mtime >= self.started]
+        failed = [name for name, record in records if any(f.stat().st_mtime >= self.started for f in record.glob("*"))]
         if failed:
             summary = sweep_dir / MARKDOWN_FILE
             line = f"error: {len(failed)} of {len(rows)} sweep members failed ({', '.join(failed)}); see {summary}"
