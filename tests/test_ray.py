@@ -66,13 +66,13 @@ def ray_sweep(address: str, *overrides: str) -> list[str]:
 
 
 class RecordEnvironment(pl.Callback):
-    """Writes the environment variables the member trains with to environment.json in its run dir."""
+    """Writes the environment variables the member trains with to variables.json in its run dir."""
 
     def __init__(self, run_dir: str):
         self.run_dir = Path(run_dir)
 
     def on_fit_start(self, trainer, pl_module) -> None:
-        (self.run_dir / "environment.json").write_text(json.dumps(dict(os.environ)))
+        (self.run_dir / "variables.json").write_text(json.dumps(dict(os.environ)))
 
 
 def test_a_ray_sweep_gives_the_basic_launchers_metrics_in_the_launchers_environment(tmp_path, data_dir, ray_address):
@@ -96,8 +96,8 @@ def test_a_ray_sweep_gives_the_basic_launchers_metrics_in_the_launchers_environm
     assert not marker.exists(), "a process imported the planted cvae package"
     for member in ("0", "1"):
         assert (on_ray / member / "metrics.json").read_bytes() == (basic / member / "metrics.json").read_bytes()
-        launcher = json.loads((basic / member / "environment.json").read_text())  # the basic launcher's own
-        worker = json.loads((on_ray / member / "environment.json").read_text())
+        launcher = json.loads((basic / member / "variables.json").read_text())  # the basic launcher's own
+        worker = json.loads((on_ray / member / "variables.json").read_text())
         assert worker["CVAE_TRUSTED_TARGETS"] == "tests.*", "the cluster was started without it"
         changed = {name for name, value in launcher.items() if worker.get(name) != value and name[:4] != "RAY_"}
         # PWD, OLDPWD and _: set by the shell that starts the worker in its (empty) working dir, as a shell does
@@ -177,4 +177,21 @@ def test_a_ray_sweep_whose_launcher_was_killed_finishes_when_run_again(tmp_path,
     assert reference.returncode == 0, reference.stderr[-3000:]
     for metrics in ("0/metrics.json", "1/metrics.json"):
         assert (sweep_dir / metrics).read_bytes() == (never_stopped / metrics).read_bytes()
+    assert [row["status"] for row in read_summary(sweep_dir)] == ["ok", "ok"]
+
+
+def test_a_member_whose_ray_worker_died_is_not_started_again_into_its_dir(tmp_path, data_dir, ray_address):
+    """KillAt SIGKILLs member 1's Ray worker in its second epoch. Ray would start the task again into the member's
+    dir (with resume.auto=true each time resuming, and dying, anew): max_retries=0 ends the sweep instead, and the
+    same command resumes member 1 once, from its last.ckpt."""
+    sweep_dir = tmp_path / "sweep"
+    sweep = [*SWEEP_RUN, f"data.data_dir={data_dir}", "resume.auto=true", f"hydra.sweep.dir={sweep_dir}"]
+    command = ["train.py", *ray_sweep(ray_address, "latent_dim=2,3", *sweep)]
+    crashed = run_script(*command, env_extra={"CVAE_TEST_KILL": "1:4"})
+    assert crashed.returncode == 1 and "WorkerCrashedError" in crashed.stderr, crashed.stderr[-3000:]
+    assert not (sweep_dir / "1" / "metrics.json").exists() and not (sweep_dir / "1" / "resumes.json").exists()
+    again = run_script(*command)
+    assert again.returncode == 0, again.stderr[-3000:]
+    resumes = json.loads((sweep_dir / "1" / "resumes.json").read_text())["resumes"]
+    assert [Path(resume["ckpt_path"]).name for resume in resumes] == ["last.ckpt"]
     assert [row["status"] for row in read_summary(sweep_dir)] == ["ok", "ok"]
