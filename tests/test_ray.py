@@ -16,8 +16,10 @@ from pathlib import Path
 
 import pytest
 import pytorch_lightning as pl
+from hydra import compose, initialize_config_dir
 
-from tests.conftest import ROOT
+from cvae.run.resolvers import register_resolvers
+from tests.conftest import CONF_DIR, ROOT
 from tests.test_resume_sweeps import SWEEP_RUN, files_of
 from tests.test_sweeps import TINY_RUN, read_summary
 from tests.test_train import run_script
@@ -26,6 +28,22 @@ pytest.importorskip("hydra_plugins.hydra_ray_launcher", reason="hydra/launcher=r
 # Ray gives a member as many threads as it has CPUs (OMP_NUM_THREADS=1 here) unless the launcher's environment sets
 # them: set, the same as the basic launcher's, float sums come out the same
 SAME_THREADS = {"OMP_NUM_THREADS": "1"}
+
+
+def ray_resources(*overrides: str) -> tuple:
+    register_resolvers()  # as Hydra's callbacks do at start-up
+    with initialize_config_dir(str(CONF_DIR)):
+        cfg = compose("train", overrides=["hydra/launcher=ray", *overrides], return_hydra_config=True)
+    return cfg.hydra.launcher.ray.remote.num_gpus, cfg.hydra.launcher.ray.remote.num_cpus
+
+
+def test_ray_members_ask_for_what_the_trainer_uses():
+    """No GPU unless the trainer trains on GPUs, as many as it uses, and a CPU per device (per DDP process)."""
+    assert ray_resources() == (None, 1)
+    assert ray_resources("trainer=gpu") == (1, 1)
+    assert ray_resources("trainer=ddp", "trainer.devices=4") == (4, 4)
+    assert ray_resources("trainer=ddp_cpu") == (None, 2)
+    assert ray_resources("hydra.launcher.ray.remote.num_cpus=8") == (None, 8)
 
 
 def free_port() -> int:
