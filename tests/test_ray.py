@@ -5,6 +5,7 @@ launcher's, a failed member is listed failed, and a sweep whose launcher was SIG
 
 import json
 import os
+import secrets
 import shutil
 import signal
 import socket
@@ -54,29 +55,35 @@ def free_port() -> int:
 
 @pytest.fixture(scope="module")
 def ray_address():
-    """A one-node cluster with 2 CPUs, every port its own (other clusters may run on this machine), started without
-    the project's variables: a member has only what the launcher gives it. `ray start --block` stops the processes
-    it started when it gets SIGTERM (`ray stop` would stop every Ray cluster of this user)."""
+    """A one-node cluster with 2 CPUs, every port its own (other clusters may run on this machine) and a token of its
+    own (Ray's token authentication: the cluster and every command of this module get it in RAY_AUTH_TOKEN), started
+    without the project's variables: a member has only what the launcher gives it. `ray start --block` stops the
+    processes it started when it gets SIGTERM (`ray stop` would stop every Ray cluster of this user)."""
     temp_dir = Path(tempfile.mkdtemp(prefix="ray", dir="/tmp"))  # short: Ray's sockets lie in it
     port, client, dashboard, agent = (free_port() for _ in range(4))
-    environment = {name: value for name, value in os.environ.items() if not name.startswith(("CVAE_", "PYTHONPATH"))}
     command = [str(Path(sys.executable).parent / "ray"), "start", "--head", "--block", "--node-ip-address=127.0.0.1"]
     command += [f"--port={port}", f"--ray-client-server-port={client}", f"--dashboard-port={dashboard}"]
     command += [f"--dashboard-agent-listen-port={agent}", f"--temp-dir={temp_dir}", "--num-cpus=2"]
     command += ["--include-dashboard=false", "--disable-usage-stats"]
     log = temp_dir / "ray-start.log"
-    with open(log, "w") as output:
-        cluster = subprocess.Popen(command, env=environment, stdout=output, stderr=subprocess.STDOUT)
-    try:
-        deadline = time.monotonic() + 120
-        while "Ray runtime started" not in log.read_text():
-            assert cluster.poll() is None and time.monotonic() < deadline, log.read_text()[-3000:]
-            time.sleep(0.5)
-        yield f"127.0.0.1:{port}"
-    finally:
-        cluster.terminate()
-        cluster.wait(timeout=120)
-        shutil.rmtree(temp_dir, ignore_errors=True)
+    with pytest.MonkeyPatch.context() as environment:
+        # explicit: Ray turns token authentication on for `ray start` where ~/.ray/auth_token exists, but not for a
+        # command naming the cluster's address
+        environment.setenv("RAY_AUTH_MODE", "token")
+        environment.setenv("RAY_AUTH_TOKEN", secrets.token_hex(32))
+        clean = {name: value for name, value in os.environ.items() if not name.startswith(("CVAE_", "PYTHONPATH"))}
+        with open(log, "w") as output:
+            cluster = subprocess.Popen(command, env=clean, stdout=output, stderr=subprocess.STDOUT)
+        try:
+            deadline = time.monotonic() + 120
+            while "Ray runtime started" not in log.read_text():
+                assert cluster.poll() is None and time.monotonic() < deadline, log.read_text()[-3000:]
+                time.sleep(0.5)
+            yield f"127.0.0.1:{port}"
+        finally:
+            cluster.terminate()
+            cluster.wait(timeout=120)
+            shutil.rmtree(temp_dir, ignore_errors=True)
 
 
 def ray_sweep(address: str, *overrides: str) -> list[str]:
