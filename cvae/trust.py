@@ -38,6 +38,7 @@ HYDRA_TARGETS = [
     *(f"hydra_plugins.hydra_submitit_launcher.submitit_launcher.{kind}" for kind in ("SlurmLauncher", "LocalLauncher")),
     "hydra_plugins.hydra_joblib_launcher.joblib_launcher.JoblibLauncher",
     "cvae.search.sweeper.OptunaStudySweeper",
+    "hydra_plugins.hydra_ray_launcher.ray_launcher.RayLauncher",
     *(f"optuna.samplers.{kind}" for kind in ("TPESampler", "RandomSampler", "GridSampler", "CmaEsSampler")),
     *USER_TARGETS,
 ]

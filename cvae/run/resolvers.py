@@ -35,6 +35,11 @@ def job_python() -> str:
     return f"env PYTHONPATH={shlex.quote(python_path())} {shlex.quote(sys.executable)}{safe}"
 
 
+def launcher_env() -> dict:
+    """A Ray member's environment variables (conf/hydra/launcher/ray.yaml): this process's, PYTHONPATH python_path()."""
+    return {**{name: value for name, value in os.environ.items() if name[:4] != "RAY_"}, "PYTHONPATH": python_path()}
+
+
 def slurm_gpus(accelerator: str, devices) -> int | None:
     """GPUs per node for SLURM (conf/hydra/launcher/slurm.yaml): the trainer's count on GPUs, else none (a GPU gres
     fails on a cluster without GPUs); `devices=-1` needs hydra.launcher.gpus_per_node."""
@@ -58,7 +63,7 @@ def device_count(devices) -> int | None:
 
 
 def register_resolvers() -> None:
-    for resolver in (on_rank_zero, job_python, slurm_gpus, slurm_tasks):
+    for resolver in (on_rank_zero, job_python, launcher_env, slurm_gpus, slurm_tasks):
         OmegaConf.register_resolver(f"cvae.{resolver.__name__}", resolver, replace=True)
 
 
