@@ -125,8 +125,8 @@ def test_a_ray_sweep_gives_the_basic_launchers_metrics_in_the_launchers_environm
         worker = json.loads((on_ray / member / "variables.json").read_text())
         assert worker["CVAE_TRUSTED_TARGETS"] == "tests.*", "the cluster was started without it"
         changed = {name for name, value in launcher.items() if worker.get(name) != value and name[:4] != "RAY_"}
-        # PWD, OLDPWD and _: set by the shell that starts the worker in its (empty) working dir, as a shell does
-        assert changed <= {"PYTHONPATH", "PWD", "OLDPWD", "_"}, changed
+        # PWD, OLDPWD, _, PS1 and SHLVL: set by the shell that starts the worker in its (empty) working dir
+        assert changed <= {"PYTHONPATH", "PWD", "OLDPWD", "_", "PS1", "SHLVL"}, changed
         assert str(ROOT) in worker["PYTHONPATH"].split(os.pathsep) and str(typed) not in worker["PYTHONPATH"]
 
 
