@@ -25,6 +25,7 @@ from tests.test_resume_sweeps import SWEEP_RUN, files_of
 from tests.test_sweeps import TINY_RUN, read_summary
 from tests.test_train import run_script
 
+pytestmark = pytest.mark.ray
 pytest.importorskip("hydra_plugins.hydra_ray_launcher", reason="hydra/launcher=ray needs the ray extra (.[ray])")
 # Ray gives a member as many threads as it has CPUs (OMP_NUM_THREADS=1 here) unless the launcher's environment sets
 # them: set, the same as the basic launcher's, float sums come out the same

@@ -58,6 +58,7 @@ def members(*sweep_dirs) -> dict[int, object]:
     return dict(found)
 
 
+@pytest.mark.postgres
 def test_two_search_processes_share_one_study_on_postgresql_and_run_exactly_n_trials(tmp_path, data_dir, postgres):
     """Two processes started at once on one study of n_trials=5: 5 trials in all, numbered 0-4, each in its own
     process's sweep dir, each trial's value its member's val/nelbo, and the best in each process's results file."""
@@ -95,6 +96,7 @@ def test_two_search_processes_share_one_study_on_postgresql_and_run_exactly_n_tr
         assert (results["best_value"], results["best_trial"]) == (study.best_value, study.best_trial.number)
 
 
+@pytest.mark.postgres
 def test_a_search_process_killed_mid_trial_has_its_trial_failed_by_the_heartbeat_and_the_total_reached(
     tmp_path, data_dir, postgres
 ):
