@@ -249,8 +249,10 @@ def test_divergence_stops_the_run_keeps_the_last_good_checkpoint_and_says_where(
     assert not (tmp_path / "metrics.json").exists()
 
 
-def test_the_divergence_check_reads_nothing_back_from_the_device_per_step(monkeypatch):
-    """Per step the check only updates tensors (on a GPU: no host-device sync); the flag is read at epoch end."""
+@pytest.mark.parametrize("first_bad", [2, 300], ids=["early", "after-a-stacked-block"])
+def test_the_divergence_check_reads_nothing_back_from_the_device_per_step(monkeypatch, first_bad):
+    """Per step the check only keeps the loss (on a GPU: no host-device sync, not even a kernel); the losses are
+    read at epoch end, the first non-finite one named, also past the steps stacked into one tensor."""
     callback = StopOnDivergence()
     trainer = SimpleNamespace(
         global_step=7, current_epoch=2, accumulate_grad_batches=1, checkpoint_callback=None, default_root_dir="x"
@@ -259,10 +261,10 @@ def test_the_divergence_check_reads_nothing_back_from_the_device_per_step(monkey
     callback.on_train_epoch_start(trainer, module)
     for reads_back in ("item", "__bool__", "__int__", "__float__", "tolist", "cpu", "numpy"):
         monkeypatch.setattr(torch.Tensor, reads_back, lambda *args, **kwargs: pytest.fail("a read back per step"))
-    for loss in (1.0, 2.0, float("inf"), float("nan")):
+    for loss in [1.0] * first_bad + [float("inf"), float("nan"), 3.0]:
         callback.on_train_batch_end(trainer, module, {"loss": torch.tensor(loss)}, None, 0)
     monkeypatch.undo()
-    with pytest.raises(DivergenceError, match="the loss became inf at epoch 2, step 9;"):
+    with pytest.raises(DivergenceError, match=f"the loss became inf at epoch 2, step {7 + first_bad};"):
         callback.on_train_epoch_end(trainer, module)
 
 

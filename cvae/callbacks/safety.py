@@ -10,6 +10,8 @@ from pytorch_lightning.utilities.exceptions import SIGTERMException
 
 from cvae.errors import DivergenceError
 
+STACKED = 256  # steps' losses joined into one tensor
+
 
 def last_checkpoint_path(trainer: pl.Trainer) -> Path:
     checkpoints = trainer.checkpoint_callback.dirpath if trainer.checkpoint_callback else None
@@ -20,25 +22,23 @@ class StopOnDivergence(pl.Callback):
     """Stops training when a step's loss was NaN or infinite, naming the epoch and step, before any checkpoint is
     written from the broken weights: checkpoints/last.ckpt stays the last good one.
 
-    Each step only updates a flag on the device (a check per step would be a host-device sync per step on a GPU);
-    the flag is read before every validation, at the end of every epoch and before every checkpoint, where the
-    weights are checked too."""
+    Each step only keeps a reference to its loss (a check per step would be a host-device sync per step on a GPU,
+    and even a flag updated on the device costs a few kernels a step); the epoch's losses are checked before every
+    validation, at the end of every epoch and before every checkpoint, where the weights are checked too."""
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self.on_train_epoch_start(trainer, pl_module)  # a run resumed mid-epoch starts with no epoch start
 
     def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self.counted_from_step = trainer.global_step
-        self.batches = torch.zeros((), dtype=torch.long, device=pl_module.device)
-        self.first_bad_batch = torch.full((), -1, dtype=torch.long, device=pl_module.device)
-        self.bad_loss = torch.zeros((), device=pl_module.device)
+        self.stacked: list[torch.Tensor] = []  # this epoch's losses, STACKED steps in a tensor, then the latest
+        self.latest: list[torch.Tensor] = []
 
     def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs, batch, batch_idx) -> None:
-        loss = (outputs["loss"] if isinstance(outputs, dict) else outputs).detach()
-        first = ~torch.isfinite(loss) & (self.first_bad_batch < 0)
-        self.first_bad_batch = torch.where(first, self.batches, self.first_bad_batch)
-        self.bad_loss = torch.where(first, loss, self.bad_loss)
-        self.batches += 1
+        self.latest.append((outputs["loss"] if isinstance(outputs, dict) else outputs).detach())
+        if len(self.latest) == STACKED:  # a long epoch keeps a tensor per STACKED steps, not a tensor per step
+            self.stacked.append(torch.stack(self.latest))
+            self.latest = []
 
     def on_validation_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if trainer.state.fn == "fit" and not trainer.sanity_checking:  # no validation, images or FID of NaN weights
@@ -52,12 +52,15 @@ class StopOnDivergence(pl.Callback):
             self.check(trainer, pl_module)
 
     def check(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if not hasattr(self, "first_bad_batch"):  # no training step yet
+        if not hasattr(self, "latest"):  # no training yet
             return
-        bad_batch = int(self.first_bad_batch)
-        if bad_batch >= 0:
+        parts = [*self.stacked, torch.stack(self.latest)] if self.latest else self.stacked
+        losses = torch.cat(parts) if parts else torch.ones(1)  # no step yet this epoch: only the weights are checked
+        bad = (~torch.isfinite(losses)).nonzero()
+        if len(bad):
+            bad_batch = int(bad[0])
             step = self.counted_from_step + bad_batch // trainer.accumulate_grad_batches
-            what = f"the loss became {self.bad_loss.item()} at epoch {trainer.current_epoch}, step {step}"
+            what = f"the loss became {losses[bad_batch].item()} at epoch {trainer.current_epoch}, step {step}"
         elif not all(torch.isfinite(p).all() for p in pl_module.parameters()):
             what = f"the weights became non-finite in epoch {trainer.current_epoch}"
         else:

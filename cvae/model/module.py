@@ -81,8 +81,20 @@ class CVAELitModule(pl.LightningModule):
         loss = terms["recon"].mean() + self.kl_weight() * kl
         nelbo = terms["nelbo"].detach()
         self.train_nelbo.update(nelbo)
-        self.log("train/nelbo_step", nelbo.mean(), prog_bar=True)
+        if self.step_loss_shown(batch_idx):
+            self.log("train/nelbo_step", nelbo.mean(), prog_bar=True)
         return loss
+
+    def step_loss_shown(self, batch_idx: int) -> bool:
+        """Whether this step's loss reaches anyone: at the steps a logger writes (every log_every_n_steps optimizer
+        steps, as Lightning counts them) and the progress bar redraws. self.log on every step cost about as much as
+        the rest of Lightning's loop (docs/speed.md); the curves the loggers get are the same."""
+        trainer, batch = self.trainer, batch_idx + 1
+        bar = trainer.progress_bar_callback
+        redraw = bar is not None and bar.is_enabled
+        redraw = redraw and (batch % max(1, bar.refresh_rate) == 0 or batch == trainer.num_training_batches)
+        written = trainer.log_every_n_steps > 0 and (self.global_step + 1) % trainer.log_every_n_steps == 0
+        return redraw or written or trainer.should_stop
 
     def on_train_epoch_end(self) -> None:
         # Once per epoch: the exact mean over every image of the epoch (and of every rank)
