@@ -60,8 +60,10 @@ def members(*sweep_dirs) -> dict[int, object]:
 
 @pytest.mark.postgres
 def test_two_search_processes_share_one_study_on_postgresql_and_run_exactly_n_trials(tmp_path, data_dir, postgres):
-    """Two processes started at once on one study of n_trials=5: 5 trials in all, numbered 0-4, each in its own
-    process's sweep dir, each trial's value its member's val/nelbo, and the best in each process's results file."""
+    """Two processes started at once on one study of n_trials=5: 5 trials run in all, each number once, each in its
+    own process's sweep dir, each trial's value its member's val/nelbo, and the best in each process's results file.
+    The two finish their trials at the same moment, so they often race for the last one: the trial asked past
+    n_trials is left WAITING, never run (no dir), for a later search to take first."""
     study_name = f"two-{uuid.uuid4().hex[:8]}"
     settings = [
         f"hydra.sweeper.storage={postgres}",
@@ -81,12 +83,13 @@ def test_two_search_processes_share_one_study_on_postgresql_and_run_exactly_n_tr
     outputs = [process.communicate(timeout=600) for process in processes]
     assert [process.returncode for process in processes] == [0, 0], outputs[0][1][-2000:] + outputs[1][1][-2000:]
     study = optuna.load_study(study_name=study_name, storage=postgres)
-    assert sorted(trial.number for trial in study.trials) == [0, 1, 2, 3, 4]
-    assert {trial.state for trial in study.trials} == {TrialState.COMPLETE}
+    ran = study.get_trials(states=(TrialState.COMPLETE,))
+    assert len(ran) == 5 and len(study.trials) <= 7, [(trial.number, trial.state) for trial in study.trials]
+    assert {trial.state for trial in study.trials} <= {TrialState.COMPLETE, TrialState.WAITING}
     found = members(tmp_path / "a", tmp_path / "b")
-    assert sorted(found) == [0, 1, 2, 3, 4]
+    assert sorted(found) == sorted(trial.number for trial in ran), "a dir for each trial run, none for a WAITING one"
     assert all(members(tmp_path / name) for name in ("a", "b")), "both processes ran trials"
-    for trial in study.trials:
+    for trial in ran:
         assert trial.user_attrs[RUN_DIR] == str(found[trial.number])
         assert json.loads((found[trial.number] / "metrics.json").read_text())["val/nelbo"] == trial.value
     summaries = [row for name in ("a", "b") for row in read_summary(tmp_path / name)]
