@@ -145,8 +145,10 @@ def run(study, batch: list, space: dict, fixed: list[str], launcher, sweep_dir: 
     told = {trial.number for trial in study.get_trials(deepcopy=False, states=FINISHED)}  # pruned: told by its member
     for trial, result in zip(batch, returns):
         value = float(result.return_value) if result.status == JobStatus.COMPLETED else math.nan
-        if trial.number not in told:
-            study.tell(trial, state=TrialState.FAIL) if math.isnan(value) else study.tell(trial, value)
+        if trial.number not in told and math.isnan(value):
+            study.tell(trial, state=TrialState.FAIL)
+        elif trial.number not in told:
+            study.tell(trial, value)
         heartbeat.remove(trial.number)
 
 
