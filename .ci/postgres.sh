@@ -18,10 +18,21 @@ skip_reason() {
     id postgres >/dev/null 2>&1 || echo "no postgres user"
 }
 
+install_server() {  # where the machine image has none: Debian's, its own cluster never started (this script starts one)
+    [[ -z $BIN && $(id -u) == 0 ]] && command -v apt-get >/dev/null || return 0
+    say "installing postgresql"
+    local policy=/usr/sbin/policy-rc.d ours=""
+    [[ -e $policy ]] || { printf '#!/bin/sh\nexit 101\n' >"$policy" && chmod +x "$policy" && ours=1; }
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends postgresql >/dev/null
+    [[ -z $ours ]] || rm -f "$policy"
+    BIN=$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -1 || true)
+}
+
 as_postgres() { runuser -u postgres -- "$@"; }
 
 up() {
     local reason
+    install_server
     reason=$(skip_reason)
     if [[ -n $reason ]]; then
         say "not started: $reason; the PostgreSQL tests will skip"
