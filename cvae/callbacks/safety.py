@@ -55,7 +55,7 @@ class StopOnDivergence(pl.Callback):
         if not hasattr(self, "latest"):  # no training yet
             return
         parts = [*self.stacked, torch.stack(self.latest)] if self.latest else self.stacked
-        losses = torch.cat(parts) if parts else torch.ones(1)  # no step yet this epoch: only the weights are checked
+        losses = torch.cat(parts) if parts else torch.empty(0)  # no step yet this epoch: only the weights are checked
         bad = (~torch.isfinite(losses)).nonzero()
         if len(bad):
             bad_batch = int(bad[0])
