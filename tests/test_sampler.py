@@ -150,14 +150,16 @@ def test_evaluate_draws_every_sample_from_the_chosen_sampler(trained_run, data_d
     assert (tmp_path / "gmm" / "digit_4.png").read_bytes() == (tmp_path / "expected_4.png").read_bytes()
 
 
-def test_generation_quality_callback_measures_the_chosen_sampler(model, data_dir, train_slice):
+def callback_run(net, data_dir, train_slice, sampler):
+    """A GenerationQuality callback set up for fit (1 epoch of 1) on the real validation images, with what it logs
+    and the trainer and module it is called with."""
     datamodule = MNISTDataModule(data_dir=data_dir, eval_batch_size=500)
     datamodule.setup()
     datamodule.splits["train"] = train_slice
-    callback = GenerationQuality(every_n_epochs=1, num_samples=200, seed=3, sampler=GaussianMixtureSampler(2))
+    callback = GenerationQuality(every_n_epochs=1, num_samples=200, seed=3, sampler=sampler)
     logged = {}
     pl_module = SimpleNamespace(
-        net=model, device=torch.device("cpu"), log=lambda name, value: logged.update({name: value})
+        net=net, device=torch.device("cpu"), log=lambda name, value: logged.update({name: value})
     )
     trainer = SimpleNamespace(
         sanity_checking=False,
@@ -169,7 +171,13 @@ def test_generation_quality_callback_measures_the_chosen_sampler(model, data_dir
         world_size=1,
     )
     callback.setup(trainer, pl_module, "fit")
+    return callback, logged, trainer, pl_module
+
+
+def test_generation_quality_callback_measures_the_chosen_sampler(model, data_dir, train_slice):
+    callback, logged, trainer, pl_module = callback_run(model, data_dir, train_slice, GaussianMixtureSampler(2))
     callback.on_validation_epoch_end(trainer, pl_module)
+    datamodule = trainer.datamodule
 
     expected_sampler = GaussianMixtureSampler(2).fit(model, *train_slice)
     metrics = conditional_generation_metrics("mnist", None)
@@ -182,6 +190,36 @@ def test_generation_quality_callback_measures_the_chosen_sampler(model, data_dir
     expected = metrics.compute()
     assert logged["val/fid"] == pytest.approx(expected["fid"], rel=1e-6)
     assert logged["val/label_acc"] == expected["label_acc"]
+
+
+class CountingSampler(PriorSampler):
+    def __init__(self):
+        self.draws = 0
+
+    def latents(self, net, labels, seed):
+        self.draws += 1
+        return super().latents(net, labels, seed)
+
+
+def test_the_pass_over_the_best_checkpoint_repeats_no_generation_of_the_same_weights(data_dir, train_slice):
+    """train.py validates the best checkpoint after fit: when its weights are those the last epoch measured, the
+    callback logs that epoch's figures without generating again; other weights are measured afresh."""
+    torch.manual_seed(0)
+    net = MLP(latent_dim=3).eval()
+    sampler = CountingSampler()
+    callback, logged, trainer, pl_module = callback_run(net, data_dir, train_slice, sampler)
+    callback.on_validation_epoch_end(trainer, pl_module)
+    last_epoch = dict(logged)
+    trainer.state.fn = "validate"
+    logged.clear()
+    callback.on_validation_epoch_end(trainer, pl_module)
+    assert sampler.draws == 1 and logged == last_epoch
+    with torch.no_grad():
+        net.decoder[-1].bias.add_(0.5)  # other weights: the best checkpoint is an earlier epoch's
+    callback.on_validation_epoch_end(trainer, pl_module)
+    fresh, fresh_logged, fresh_trainer, fresh_module = callback_run(net, data_dir, train_slice, PriorSampler())
+    fresh.on_validation_epoch_end(fresh_trainer, fresh_module)
+    assert sampler.draws == 2 and logged == fresh_logged and logged["val/fid"] != last_epoch["val/fid"]
 
 
 def test_the_sampler_group_reaches_evaluate_and_the_callback(tmp_path):

@@ -38,6 +38,7 @@ class GenerationQuality(pl.Callback):
         if stage in ("fit", "validate") and not hasattr(self, "metrics"):
             self.metrics = conditional_generation_metrics(self.features, self.inception_weights).to(pl_module.device)
             self.has_real_features = False
+            self.measured: tuple[list[torch.Tensor], dict[str, float]] | None = None  # (weights, their figures)
 
     def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         due_epoch = trainer.state.fn == "fit" and epoch_is_due(trainer, self.every_n_epochs)
@@ -48,12 +49,21 @@ class GenerationQuality(pl.Callback):
             x, y = (torch.cat(parts).to(device) for parts in zip(*trainer.datamodule.val_dataloader()))
             self.metrics.update(x, y, real=True)
             self.has_real_features = True
+        # The same weights give the same figures (the same noise, the same real images): train.py's pass over the
+        # best checkpoint, when that is the last epoch's, is told what the last epoch measured, not a pass more.
+        weights = [tensor.detach().clone() for tensor in pl_module.net.state_dict().values()]
+        if self.measured is None or not all(map(torch.equal, weights, self.measured[0])):
+            self.measured = weights, self.measure(trainer, pl_module)
+        for name, value in self.measured[1].items():
+            pl_module.log(f"val/{name}", value)
+
+    def measure(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> dict[str, float]:
         shard = slice(trainer.global_rank, None, trainer.world_size)
         self.sampler.fit(pl_module.net, *split_tensors(trainer.datamodule, "train"))
         labels = balanced_labels(self.num_samples)
         z = self.sampler.latents(pl_module.net, labels, self.seed)[shard]
-        labels = labels[shard].to(device)
+        labels = labels[shard].to(pl_module.device)
         self.metrics.update(decode(pl_module.net, labels, z, batch_size=2000), labels, real=False)
-        for name, value in self.metrics.compute().items():
-            pl_module.log(f"val/{name}", value)
+        figures = self.metrics.compute()
         self.metrics.reset_generated()
+        return figures

@@ -1,6 +1,6 @@
 """MNIST as a LightningDataModule: 55k/5k train/val from the training set, 10k test, pixels in [0, 1]. By default
-each split is one uint8 tensor on the training device, served as floats by index slices: MNIST is so small that a classic
-DataLoader's per-item PIL round trip costs more than the model. `loader=dataloader` keeps that classic path."""
+each split is one uint8 tensor on the training device, served as floats by index slices: MNIST is so small that a
+classic DataLoader's per-item PIL round trip costs more than the model. `loader=dataloader` keeps that classic path."""
 
 from pathlib import Path
 
