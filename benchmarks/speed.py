@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import platform
 import statistics
@@ -249,6 +250,7 @@ def lightning_overrides(loader: str, args, device: torch.device) -> list[str]:
     ]
     if args.limit:
         overrides += [f"trainer.limit_{split}_batches={args.limit}" for split in ("train", "val", "test")]
+        overrides.append(f"trainer.log_every_n_steps={min(args.limit, 50)}")  # Lightning warns of fewer steps
     return overrides + args.override
 
 
@@ -625,6 +627,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def run(args: argparse.Namespace) -> tuple[dict[str, Phase], dict, str]:
     """Every measurement the arguments ask for: the phases by name, the extras (FID, end to end, the order the
     epochs ran in, the trained models by path) and the report."""
+    from cvae.run.console import silence_library_noise
+
+    silence_library_noise()  # as train.py: no tip or deprecation; and Lightning's INFO lines (device counts, the
+    for library in ("pytorch_lightning", "lightning_fabric"):  # model summary), which train.py keeps in its log
+        logging.getLogger(library).setLevel(logging.WARNING)
     device = resolve_device(args.device)
     torch.set_float32_matmul_precision(args.matmul_precision)
     if args.threads:

@@ -105,3 +105,9 @@ def file_sha256(path: str | Path) -> str:
         for block in iter(lambda: file.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
+
+
+def shown(path: str | Path) -> str:
+    """A path as the user would type it: relative to the current dir inside it, absolute outside."""
+    relative = os.path.relpath(path)
+    return str(path) if relative.startswith(os.pardir) else relative

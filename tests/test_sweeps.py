@@ -86,7 +86,7 @@ def test_joblib_runs_members_in_parallel_and_the_summary_lists_the_failed_one(tm
     assert [(row["member"], row["status"]) for row in rows] == [("0", "ok"), ("1", "ok"), ("2", "failed")]
     for row, member in zip(rows[:2], ("0", "1")):
         metrics = json.loads((sweep_dir / member / "metrics.json").read_text())
-        assert float(row["test/nelbo"]) == round(metrics["test/nelbo"], 4)
+        assert float(row["test/nelbo"]) == metrics["test/nelbo"], "the exact value"
         assert row["epochs"] == "1" and float(row["wall_seconds"]) > 0
     assert rows[2]["overrides"].startswith("lr=-1 ") and rows[2]["val/nelbo"] == ""
     assert "| 2 | failed | lr=-1 " in result.stdout, "the markdown table is printed"
@@ -209,13 +209,14 @@ def test_parallel_joblib_members_each_train_on_their_own_gpus(monkeypatch):
 
 
 def test_summary_command_reads_any_sweep_dir(tmp_path):
-    """Columns for the metrics some member has (here FID), failed members (no metrics.json) as failed."""
+    """Columns for the metrics some member has (here FID and label accuracy), failed members (no metrics.json) as
+    failed; the CSV holds the exact values, the printed table the figures as every command prints them."""
     finished, failed = tmp_path / "0", tmp_path / "1"
     for member, overrides in ((finished, ["latent_dim=2"]), (failed, ["latent_dim=10"])):
         (member / ".hydra").mkdir(parents=True)
         (member / ".hydra" / "overrides.yaml").write_text(yaml.safe_dump(overrides))
     (finished / "metrics.json").write_text(
-        json.dumps({"val/nelbo": 101.5, "test/nelbo": 100.25, "test/fid": 3.5, "epochs": 7})
+        json.dumps({"val/nelbo": 101.5, "test/nelbo": 100.25, "test/fid": 3.5, "test/label_acc": 0.99391, "epochs": 7})
     )
     (finished / "timing.json").write_text(json.dumps({"fit_seconds": 10.0, "wall_seconds": 12.5}))
     result = subprocess.run(
@@ -230,11 +231,12 @@ def test_summary_command_reads_any_sweep_dir(tmp_path):
             "member": "0",
             "status": "ok",
             "overrides": "latent_dim=2",
-            "val/nelbo": "101.5000",
-            "test/nelbo": "100.2500",
-            "test/fid": "3.5000",
+            "val/nelbo": "101.5",
+            "test/nelbo": "100.25",
+            "test/fid": "3.5",
+            "test/label_acc": "0.99391",
             "epochs": "7",
-            "wall_seconds": "12.5000",
+            "wall_seconds": "12.5",
         },
         {
             "member": "1",
@@ -243,13 +245,17 @@ def test_summary_command_reads_any_sweep_dir(tmp_path):
             "val/nelbo": "",
             "test/nelbo": "",
             "test/fid": "",
+            "test/label_acc": "",
             "epochs": "",
             "wall_seconds": "",
         },
     ]
-    assert (
-        "| member | status | overrides | val/nelbo | test/nelbo | test/fid | epochs | wall_seconds |" in result.stdout
+    header = (
+        "| member | status | overrides | val/nelbo | test/nelbo | test/fid | test/label_acc | epochs | wall_seconds |"
     )
+    assert header in result.stdout
+    # printed as docs/results.md writes them (the CSV above keeps every digit, accuracies as fractions)
+    assert "| 0 | ok | latent_dim=2 | 101.50 | 100.25 | 3.5 | 99.39 % | 7 | 12.50 |" in result.stdout
 
 
 def test_summary_lists_every_member_the_sweep_launched_also_one_that_left_no_folder(tmp_path):

@@ -21,12 +21,14 @@ def test_early_stopping_joins_the_default_callbacks(tmp_path):
     assert any(isinstance(callback, ModelCheckpoint) for callback in callbacks), "the defaults stay"
 
 
-def test_debug_fdr_runs_one_batch_of_each_split(tmp_path, data_dir):
+def test_debug_fdr_runs_one_batch_of_each_split_and_writes_no_checkpoint(tmp_path, data_dir):
+    """With the default callbacks, ModelCheckpoint's included (Lightning's own would write last.ckpt at train end)."""
     from cvae.run.train import train
 
-    overrides = [*QUICK_RUN_ANY_CALLBACKS, "debug=fdr", "callbacks=none", f"data.data_dir={data_dir}"]
+    overrides = [*QUICK_RUN_ANY_CALLBACKS, "debug=fdr", f"data.data_dir={data_dir}"]
     metrics = train(compose_config("train", overrides, tmp_path))
     assert metrics["epochs"] == 1 and "test/nelbo" in metrics
+    assert not list(tmp_path.rglob("*.ckpt")) and metrics["best_checkpoint"] == ""
 
 
 @pytest.mark.parametrize(

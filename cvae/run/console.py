@@ -2,12 +2,14 @@
 end, and none of the libraries' messages that say nothing about the run."""
 
 import logging
-import os
 import warnings
 from collections.abc import Iterable
 from pathlib import Path
 
 from pytorch_lightning.utilities import rank_zero_only
+
+from cvae.files import shown
+from cvae.metrics import figure
 
 # Lightning's rank-zero messages that are not about this run: an advert every Trainer without a LitLogger prints
 LIGHTNING_NOISE = ("💡 Tip: For seamless cloud logging",)
@@ -25,18 +27,33 @@ def silence_library_noise() -> None:
     warnings.filterwarnings(
         "ignore", message=r"`isinstance\(treespec, LeafSpec\)` is deprecated", category=FutureWarning
     )
+    # A run dir holds one run (cvae.run.cli.RunDirCheck refuses any other): checkpoints already there are its own,
+    # found on every resume into it
+    warnings.filterwarnings("ignore", message=r"Checkpoint directory .* exists and is not empty")
     logging.getLogger("pytorch_lightning.utilities.rank_zero").addFilter(not_noise)  # added once: addFilter dedupes
-
-
-def shown(path: str | Path) -> str:
-    """A path as the user would type it: relative to the current dir inside it, absolute outside."""
-    relative = os.path.relpath(path)
-    return str(path) if relative.startswith(os.pardir) else relative
 
 
 @rank_zero_only
 def announce_run_dir(task: str, output_dir: str | Path) -> None:
     print(f"{task}: writing to {shown(output_dir)}/", flush=True)
+
+
+def metrics_table(metrics: dict) -> str:
+    """A markdown table of metric names and their figures."""
+    shown_values = {name: figure(name, value) for name, value in metrics.items()}
+    name_width = max(len("metric"), *map(len, shown_values))
+    value_width = max(len("value"), *map(len, shown_values.values()))
+    rows = [
+        f"| {'metric':<{name_width}} | {'value':>{value_width}} |",
+        f"|{'-' * (name_width + 2)}|{'-' * (value_width + 1)}:|",
+    ]
+    rows += [f"| {name:<{name_width}} | {value:>{value_width}} |" for name, value in shown_values.items()]
+    return "\n".join(rows)
+
+
+@rank_zero_only
+def announce_resume(ckpt_path: str | Path) -> None:
+    print(f"resuming from {shown(ckpt_path)}", flush=True)
 
 
 @rank_zero_only

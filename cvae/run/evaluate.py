@@ -28,7 +28,7 @@ from cvae.metrics.generation import generator_report
 from cvae.model.checkpoint import load_module
 from cvae.model.cvae import Net, model_device, pixels
 from cvae.model.network import NUM_CLASSES
-from cvae.run.console import announce_run_dir, list_results, silence_library_noise
+from cvae.run.console import announce_run_dir, list_results, metrics_table, silence_library_noise
 from cvae.run.rundir import check_task_writes
 from cvae.sampling.prior import Sampler
 from cvae.seeding import seeded_global_rng
@@ -82,7 +82,7 @@ def evaluate(cfg: DictConfig) -> dict:
             write_json_atomic(output_dir / "anomaly_demo.json", demo)
             metrics["anomaly_demo/auroc"] = demo["auroc"]
         write_json_atomic(output_dir / "metrics.json", {**metrics, "ckpt_path": str(Path(cfg.ckpt_path).resolve())})
-        print(format_table(dict(sorted(metrics.items(), key=lambda item: item[0].count("/")))))  # per-digit rows last
+        print(metrics_table(dict(sorted(metrics.items(), key=lambda item: item[0].count("/")))))  # per-digit rows last
         written = ["metrics.json", "samples.png", *(f"{name}.png" for name in pictures), "anomaly_demo.json"]
         list_results(output_dir, written, tensorboard=bool(cfg.projector))
         return metrics
@@ -137,16 +137,3 @@ def requested_pictures(
         labels = [f"from {digit}" for digit in y[sources].tolist()]
         pictures["style_transfer"] = for_people(style_transfer_image(model, x[sources], y[sources]), labels, scale)
     return pictures
-
-
-def format_table(metrics: dict) -> str:
-    """A markdown table of metric names and values."""
-    shown = {name: f"{value:.4f}" if isinstance(value, float) else str(value) for name, value in metrics.items()}
-    name_width = max(len("metric"), *map(len, shown))
-    value_width = max(len("value"), *map(len, shown.values()))
-    rows = [
-        f"| {'metric':<{name_width}} | {'value':>{value_width}} |",
-        f"|{'-' * (name_width + 2)}|{'-' * (value_width + 1)}:|",
-    ]
-    rows += [f"| {name:<{name_width}} | {value:>{value_width}} |" for name, value in shown.items()]
-    return "\n".join(rows)

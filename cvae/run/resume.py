@@ -10,7 +10,7 @@ from pytorch_lightning.utilities import rank_zero_only
 
 from cvae.callbacks.record import RunRecord
 from cvae.errors import CheckpointError
-from cvae.files import read_json, write_json_atomic
+from cvae.files import read_json, shown, write_json_atomic
 from cvae.model.checkpoint import read_checkpoint
 from cvae.run.rundir import holds_results
 
@@ -149,4 +149,4 @@ def record_resume(output_dir: Path, ckpt_path: str, changed: dict) -> None:
     history["resumes"].append({"ckpt_path": str(Path(ckpt_path).resolve()), "changed": changed})
     write_json_atomic(path, history)
     if changed:
-        print(f"resuming with changed settings ({', '.join(changed)}), as resume.allow_changes=true; see {path}")
+        print(f"resuming with changed settings ({', '.join(changed)}), as resume.allow_changes=true; see {shown(path)}")

@@ -15,8 +15,9 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
 from cvae.callbacks import PRUNED_FILE
-from cvae.files import read_json, write_bytes_atomic
+from cvae.files import read_json, shown, write_bytes_atomic
 from cvae.loggers import FINAL_METRICS
+from cvae.metrics import figure
 
 SUMMARY_FILE, MARKDOWN_FILE, PLOT_FILE = "summary.csv", "summary.md", "summary.png"
 
@@ -75,29 +76,28 @@ def summary_table(sweep_dir: Path) -> tuple[list[str], list[dict]]:
     return ["member", "status", "overrides", *metric_columns, "epochs", "wall_seconds"], rows
 
 
-def shown(value) -> str:
-    return "" if value is None else f"{value:.4f}" if isinstance(value, float) else str(value)
-
-
 def write_summary(sweep_dir: str | Path) -> Path:
     """Write summary.csv, summary.md and summary.png into the sweep dir (each replaced in one step); print the table."""
     sweep_dir = Path(sweep_dir)
     columns, rows = summary_table(sweep_dir)
-    cells = [columns, *([shown(row.get(name)) for name in columns] for row in rows)]
+    exact = [columns, *(["" if row.get(name) is None else row[name] for name in columns] for row in rows)]
     text = io.StringIO()
-    csv.writer(text, lineterminator="\n").writerows(cells)
+    csv.writer(text, lineterminator="\n").writerows(exact)  # the data: every digit, accuracies as fractions
     path = sweep_dir / SUMMARY_FILE
     write_bytes_atomic(path, text.getvalue().encode())
-    lines = ["| " + " | ".join(line) + " |" for line in cells]
+    lines = [
+        "| " + " | ".join(line) + " |"
+        for line in [columns, *([figure(name, row.get(name)) for name in columns] for row in rows)]
+    ]
     markdown = table = "\n".join([lines[0], "|" + "|".join("---" for _ in columns) + "|", *lines[1:]])
-    figure = summary_figure(rows)
-    if figure is not None:
+    plot = summary_figure(rows)
+    if plot is not None:
         picture = io.BytesIO()
-        figure.savefig(picture, format="png")
+        plot.savefig(picture, format="png")
         write_bytes_atomic(sweep_dir / PLOT_FILE, picture.getvalue())
         markdown += f"\n\n![each final metric against each swept knob]({PLOT_FILE})"
     write_bytes_atomic(sweep_dir / MARKDOWN_FILE, f"# Sweep summary\n\n{markdown}\n".encode())
-    print(f"\nSweep summary ({path}):\n{table}\n")
+    print(f"\nSweep summary ({shown(path)}):\n{table}\n")
     return path
 
 

@@ -25,7 +25,14 @@ from cvae.files import confined_to, read_json, write_json_atomic
 from cvae.loggers.hparams import log_final
 from cvae.loggers.trackers import wandb_run_closed
 from cvae.model.checkpoint import AtomicCheckpointIO, build_module
-from cvae.run.console import announce_run_dir, list_results, silence_library_noise
+from cvae.run.console import (
+    announce_resume,
+    announce_run_dir,
+    list_results,
+    metrics_table,
+    shown,
+    silence_library_noise,
+)
 from cvae.run.launch import JOB_CONFIG_VARIABLE, launch_local_ranks, member_devices
 from cvae.run.resume import FINISHED, check_resumable, check_same_run, launch_decision, record_resume, training_settings
 from cvae.run.rundir import check_task_writes
@@ -45,13 +52,14 @@ def train(cfg: DictConfig) -> dict:
         decision = launch_decision(output_dir, cfg)
         if decision.action == FINISHED:  # resume.auto into a finished run of its own: nothing trained or written
             check_same_run(output_dir, cfg)
-            print(f"{output_dir} holds this run, finished (metrics.json): kept as it is, nothing trained")
+            print(f"{shown(output_dir)} holds this run, finished (metrics.json): kept as it is, nothing trained")
             return read_json(output_dir / "metrics.json")
         announce_run_dir("train", output_dir)
         # in the config the other local ranks are given
         cfg.ckpt_path, cfg.trainer.devices = decision.ckpt_path, member_devices(cfg.trainer)
         if cfg.ckpt_path:  # before anything is built: a resume of another run is refused in one line
             record_resume(output_dir, cfg.ckpt_path, check_resumable(cfg.ckpt_path, cfg))
+            announce_resume(cfg.ckpt_path)
         torch.set_float32_matmul_precision(cfg.get("matmul_precision", "highest"))
         pl.seed_everything(cfg.seed, workers=True)
         datamodule = instantiate(cfg.data)
@@ -68,6 +76,8 @@ def train(cfg: DictConfig) -> dict:
             write_json_atomic(output_dir / "metrics.json", summary)
             timing = {"fit_seconds": round(fit_seconds, 2), "wall_seconds": round(time.perf_counter() - started, 2)}
             write_json_atomic(output_dir / "timing.json", timing)
+            print("the best checkpoint's figures (each digit's and each latent dimension's in metrics.json):")
+            print(metrics_table({name: value for name, value in summary.items() if name.count("/") == 1}))
         tensorboard = any(isinstance(logger, TensorBoardLogger) for logger in loggers)
         list_results(output_dir, ["metrics.json", "checkpoints/best.ckpt", "checkpoints/last.ckpt"], tensorboard)
         return summary
@@ -80,6 +90,8 @@ def build_trainer(cfg: DictConfig, loggers: list) -> pl.Trainer:
     12 ms step on CPU, and a host-device sync per step on a GPU)."""
     # then those always on, whatever the callbacks group: resumable runs, and no training on from NaN weights
     callbacks = [*instantiate_group(cfg.get("callbacks")), RankState(cfg.seed), RunRecord(training_settings(cfg))]
+    if cfg.trainer.get("fast_dev_run"):  # "no checkpoints", as Lightning documents it (its ModelCheckpoint still
+        callbacks = [c for c in callbacks if not isinstance(c, ModelCheckpoint)]  # writes last.ckpt at train end)
     callbacks += [StopTogether(), StopOnDivergence(), CheckpointOnInterrupt()]
     if cfg.trainer.get("enable_progress_bar", True) and not any(isinstance(c, ProgressBar) for c in callbacks):
         callbacks.append(TQDMProgressBar(refresh_rate=10))
@@ -103,7 +115,7 @@ def evaluate_best(trainer: pl.Trainer, model, datamodule, loggers: list, cfg: Di
     best_weights = {"datamodule": datamodule, "ckpt_path": best or None, "weights_only": True}  # data only: no pickle
     val_metrics = trainer.validate(model, verbose=False, **best_weights)[0]
     trainer.loggers = loggers
-    metrics = {**val_metrics, **trainer.test(model, **best_weights)[0]}
+    metrics = {**val_metrics, **trainer.test(model, verbose=False, **best_weights)[0]}  # train() prints them
     # batch_size is per process: one optimizer step averages the gradients of this many images
     global_batch_size = cfg.batch_size * trainer.world_size * trainer.accumulate_grad_batches
     log_final(loggers, cfg, metrics, {"global_batch_size": global_batch_size}, trainer.global_step)
