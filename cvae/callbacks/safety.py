@@ -5,10 +5,10 @@ from pathlib import Path
 
 import pytorch_lightning as pl
 import torch
-from pytorch_lightning.utilities import rank_zero_info
 from pytorch_lightning.utilities.exceptions import SIGTERMException
 
 from cvae.errors import DivergenceError
+from cvae.files import shown
 
 STACKED = 256  # steps' losses joined into one tensor
 
@@ -79,7 +79,5 @@ class CheckpointOnInterrupt(pl.Callback):
         last = last_checkpoint_path(trainer)
         trainer.save_checkpoint(last)
         exception.add_note(f"resume with ckpt_path={last}")  # for the entry point's one-line message
-        rank_zero_info(
-            f"interrupted at epoch {trainer.current_epoch}, step {trainer.global_step}; saved {last}: "
-            f"resume with ckpt_path={last}"
-        )
+        if trainer.is_global_zero:  # printed, as every line of this project's own (the console shows no INFO)
+            print(f"interrupted at epoch {trainer.current_epoch}, step {trainer.global_step}; saved {shown(last)}")

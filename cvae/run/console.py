@@ -29,7 +29,8 @@ def silence_library_noise() -> None:
     )
     # A run dir holds one run (cvae.run.cli.RunDirCheck refuses any other): checkpoints already there are its own,
     # found on every resume into it
-    warnings.filterwarnings("ignore", message=r"Checkpoint directory .* exists and is not empty")
+    for folder in ("Checkpoint directory", "Experiment logs directory"):  # ModelCheckpoint's, CSVLogger's
+        warnings.filterwarnings("ignore", message=rf"{folder} .* exists and is not empty")
     logging.getLogger("pytorch_lightning.utilities.rank_zero").addFilter(not_noise)  # added once: addFilter dedupes
 
 
