@@ -1,9 +1,14 @@
-"""A new user's first hour (issue 28): what `python train.py` and `python evaluate.py` print (the run dir, then
+"""A new user's first hour (issues 28, 37): what `python train.py` and `python evaluate.py` print (the run dir, then
 the files to open, no library noise), what TensorBoard opens on (read from the event files the way TensorBoard
-reads them), and the PNG pictures drawn for people."""
+reads them, ordered as its dashboards order them), and the PNG pictures drawn for people."""
+
+import functools
+import os
+from pathlib import Path
 
 import numpy as np
 import torch
+import yaml
 from google.protobuf import text_format
 from PIL import Image
 from tensorboard.backend.event_processing.event_multiplexer import EventMultiplexer
@@ -12,6 +17,7 @@ from tensorboard.plugins.projector.projector_config_pb2 import ProjectorConfig
 
 from cvae.explore.figures import for_people, image_grid
 from cvae.files import read_json
+from cvae.loggers.hparams import sweep_keys
 from tests.conftest import QUICK_EVALUATION, QUICK_RUN, ROOT, compose_config
 from tests.test_train import run_script
 
@@ -21,8 +27,10 @@ NOISE = ("LeafSpec", "litlogger", "was configured so")
 
 def test_train_prints_its_dir_first_and_its_results_last_and_no_library_noise(tmp_path, data_dir):
     run_dir = tmp_path / "run"
-    # every epoch into the Projector, so that it holds two epochs
-    extra = ["callbacks.latent_projector.every_n_epochs=1", f"data.data_dir={data_dir}", f"hydra.run.dir={run_dir}"]
+    # every epoch into the Projector, so that it holds two epochs; the charts that sorted above the curves (an lr
+    # schedule logged, a KL warm-up); the data folder typed relative to where the command runs
+    extra = ["callbacks.latent_projector.every_n_epochs=1", f"hydra.run.dir={run_dir}"]
+    extra += [*SCHEDULES, f"data.data_dir={os.path.relpath(data_dir, tmp_path)}"]
     result = run_script(str(ROOT / "train.py"), *QUICK_RUN, *extra, cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     lines = result.stdout.splitlines()
@@ -38,6 +46,8 @@ def test_train_prints_its_dir_first_and_its_results_last_and_no_library_noise(tm
     assert not [noise for noise in NOISE if noise in output], output
 
     assert_tensorboard_opens_on_the_curves(run_dir)
+    session = hparams_summaries(run_dir / "best")["_hparams_/session_start_info"].session_start_info.hparams
+    assert session["data/data_dir"].string_value == as_shown(data_dir), "where the data is, not ../../.. from the run"
     projector = text_format.Parse((run_dir / "projector_config.pbtxt").read_text(), ProjectorConfig())
     names = [embedding.tensor_name for embedding in projector.embeddings]
     # the Projector sorts the names and opens on the first: the final epoch's
@@ -51,32 +61,117 @@ def test_train_prints_its_dir_first_and_its_results_last_and_no_library_noise(tm
     assert "latent_dim: 2" in (run_dir / "hparams.yaml").read_text(), "the run's knobs, not {}"
 
 
+# lr-Adam under a cosine schedule and beta under a 2-epoch KL warm-up: the charts that sorted above the curves
+SCHEDULES = ["scheduler=cosine", "callbacks=[default,lr_monitor]", "model.kl_warmup_epochs=2"]
+# the -ELBO curves and their terms
+CURVES = ["train/nelbo", "train/nelbo_step", "val/kl", "val/nelbo", "val/recon"]
+# TensorBoard 2.21 (webfiles.zip): a break sorts before any other character; Time Series breaks at / and digits,
+# the Scalars and Images dashboards also at _
+TIME_SERIES_BREAKS, DASHBOARD_BREAKS = "/", "/_"
+# its HPARAMS table, measured in headless Chromium: a 284 px left panel, Trial ID 10em (160 px), Show Metrics 100 px,
+# then each ticked knob (the first five listed) and each metric 10em, whatever their names
+WINDOW, PANEL, TRIAL_ID, SHOW_METRICS, COLUMN, TICKED = 1400, 284, 160, 100, 160, 5
+
+
+def tag_order(a: str, b: str, breaks: str) -> int:
+    """TensorBoard's compareTagNames: runs of digits compare as numbers, a break before any other character."""
+    i = j = 0
+    while True:
+        if i == len(a) or j == len(b):
+            return (i < len(a)) - (j < len(b))
+        if a[i].isdigit() and b[j].isdigit():
+            start_a, start_b = i, j
+            while i < len(a) and a[i].isdigit():
+                i += 1
+            while j < len(b) and b[j].isdigit():
+                j += 1
+            if int(a[start_a:i]) != int(b[start_b:j]):
+                return -1 if int(a[start_a:i]) < int(b[start_b:j]) else 1
+            continue
+        break_a, break_b = (c in breaks or c.isdigit() for c in (a[i], b[j]))
+        if break_a != break_b:
+            return -1 if break_a else 1
+        if not break_a and a[i] != b[j]:
+            return -1 if a[i] < b[j] else 1
+        i, j = i + 1, j + 1
+
+
+def dashboard_groups(tags, breaks: str) -> list[list[str]]:
+    """The groups a TensorBoard dashboard shows, in its order: its tags sorted, grouped by the tag up to its first /
+    in the order they come; it opens the first two."""
+    groups: dict[str, list[str]] = {}
+    for tag in sorted(set(tags), key=functools.cmp_to_key(functools.partial(tag_order, breaks=breaks))):
+        groups.setdefault(tag.split("/")[0], []).append(tag)
+    return list(groups.values())
+
+
+def hparams_summaries(run) -> dict:
+    events = EventMultiplexer().AddRunsFromDirectory(str(run)).Reload().GetAccumulator(".")
+    return {tag: HParamsPluginData.FromString(content) for tag, content in events.PluginTagToContent("hparams").items()}
+
+
+def as_shown(path: str) -> str:
+    """docs/outputs.md's promise: a path inside the project relative to its root, one outside it absolute (the home
+    dir as ~), never ../.."""
+    path = os.path.abspath(path)
+    if Path(path).is_relative_to(ROOT):
+        return os.path.relpath(path, ROOT)
+    home = os.path.expanduser("~")
+    return "~" + path[len(home) :] if path.startswith(home + os.sep) else path
+
+
 def assert_tensorboard_opens_on_the_curves(run_dir) -> None:
-    """Time Series and Scalars sort their charts by tag and open the first two groups (the tag up to its first /):
-    train/ and val/, holding the -ELBO curves and their terms alone; no `epoch` or single-point charts. The final
-    figures are points of the `best` sub-run on the charts of the curves, which is HPARAMS's session, whose metric
-    columns read them (the values of metrics.json); it shows integers as integers."""
+    """Time Series (scalars and pictures) and Scalars open on the -ELBO curves alone, each a line of several values;
+    lr-Adam and beta come after them; the Images dashboard opens on the samples. The final figures are points of the
+    `best` sub-run on the charts of the curves, which is HPARAMS's session, whose metric columns read them (the values
+    of metrics.json) and fit beside its knob columns in a 1,400 px window; it shows integers as integers."""
     runs = EventMultiplexer().AddRunsFromDirectory(str(run_dir)).Reload()
     assert set(runs.Runs()) == {".", "best"}
     main, best = runs.GetAccumulator("."), runs.GetAccumulator("best")
-    tags = [*main.Tags()["scalars"], *main.Tags()["images"], *best.Tags()["scalars"]]
-    groups = sorted({tag.split("/")[0] for tag in tags})
-    assert groups[:2] == ["train", "val"], groups
-    opened = sorted(tag for tag in tags if tag.split("/")[0] in groups[:2])
-    assert opened == ["train/beta", "train/nelbo", "train/nelbo_step", "val/kl", "val/nelbo", "val/nelbo", "val/recon"]
+    scalars, images = {*main.Tags()["scalars"], *best.Tags()["scalars"]}, main.Tags()["images"]
+    for tags, breaks in ((scalars | set(images), TIME_SERIES_BREAKS), (scalars, DASHBOARD_BREAKS)):
+        groups = dashboard_groups(tags, breaks)
+        assert [tag for group in groups[:2] for tag in group] == CURVES, groups
+    for tag in CURVES:
+        values = [event.value for event in main.Scalars(tag)]
+        assert len(set(values)) > 1, f"{tag}: a line, not a point or a flat line"
     assert len(main.Scalars("train/nelbo")) == len(main.Scalars("val/nelbo")) == 2, "the curves, a point per epoch"
+    groups = dashboard_groups(scalars, DASHBOARD_BREAKS)
+    scheduled = [group for group in groups if "varying/lr-Adam" in group or "varying/beta" in group]
+    assert scheduled and groups.index(scheduled[0]) >= 2, "the schedules: charted, after the curves"
+    # the warm-up's beta at each epoch's end: epochs done over the 2 warm-up epochs
+    assert [event.value for event in main.Scalars("varying/beta")] == [0.5, 1.0]
+    # the Images dashboard: the samples first, then the exploration
+    cards = [tag for group in dashboard_groups(images, DASHBOARD_BREAKS) for tag in group]
+    assert cards[:2] == ["visuals/digits/prior_by_digit", "visuals/digits/reconstructions"], cards
+    assert len(cards) > 2 and all(card.startswith("visuals/exploration/") for card in cards[2:])
+
     metrics = read_json(run_dir / "metrics.json")
-    hparams = {
-        tag: HParamsPluginData.FromString(content) for tag, content in best.PluginTagToContent("hparams").items()
-    }
-    columns = hparams["_hparams_/experiment"].experiment.metric_infos
+    hparams = hparams_summaries(run_dir / "best")
+    experiment = hparams["_hparams_/experiment"].experiment
+    columns = experiment.metric_infos
     assert [info.display_name for info in columns] == ["val/nelbo", "val/fid", "val/label_acc"]
     assert not [info.name.group for info in columns if info.name.group], "the session's own run: best/"
     for info in columns:
         assert best.Scalars(info.name.tag)[-1].value == np.float32(metrics[info.display_name]), info.display_name
+    knobs = [info.name for info in experiment.hparam_infos]
+    assert knobs == ["latent_dim", "batch_size"] and not [info for info in experiment.hparam_infos if info.differs]
+    width = TRIAL_ID + SHOW_METRICS + COLUMN * (min(TICKED, len(knobs)) + len(columns))
+    assert width <= WINDOW - PANEL, "every metric column in view"
     shown = hparams["_hparams_/session_start_info"].session_start_info.hparams
+    assert set(shown) == set(yaml.safe_load((run_dir / "hparams.yaml").read_text())), "the session: every knob"
     assert (shown["batch_size"].string_value, shown["latent_dim"].string_value) == ("128", "2")
     assert shown["lr"].number_value == 1e-3
+
+
+def test_hparams_columns_are_the_knobs_a_sweep_varies():
+    """A sweep member's overrides hold one value each: the varied knobs are read from the sweep as launched, Hydra's
+    sweeper params (Optuna's search space) and the command line's."""
+    search = yaml.safe_load((ROOT / "conf" / "hparams_search" / "optuna.yaml").read_text())["hydra"]["sweeper"]
+    params = [f"{key}={value}" for key, value in search["params"].items()]
+    assert sweep_keys(params) == ["latent_dim", "batch_size", "lr"]
+    typed = ["model.beta=1,4", "trainer.max_epochs=3", "net=mlp,conv", "seed=range(3)", "data.data_dir=../data"]
+    assert sweep_keys([*typed, "hydra.launcher.n_jobs=1,2"]) == ["model/beta", "net", "seed"]
 
 
 def test_evaluate_prints_its_dir_and_the_pictures_it_drew(trained_run, data_dir, tmp_path, capsys, monkeypatch):

@@ -22,8 +22,8 @@ import pytorch_lightning as pl
 from PIL import Image
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from cvae.callbacks.images import TENSORBOARD_PICTURES
 from cvae.errors import ConfigError
+from cvae.loggers.tensorboard import tensorboard_image_tag
 from cvae.loggers.trackers import EARLIER_ROWS, MLFlowLogger, WandbLogger, run_label, wandb_logged_in, wandb_run_closed
 from tests.conftest import QUICK_RUN, QUICK_RUN_ANY_CALLBACKS, compose_config
 
@@ -67,7 +67,7 @@ def tracked_run(tmp_path_factory, data_dir):
 def tensorboard_images(run_dir) -> dict[str, np.ndarray]:
     """The last image of each tag TensorBoard holds, as an array."""
     events = EventAccumulator(str(run_dir), size_guidance={"images": 0}).Reload()
-    return {tag: png_array(events.Images(TENSORBOARD_PICTURES + tag)[-1].encoded_image_string) for tag in IMAGE_TAGS}
+    return {tag: png_array(events.Images(tensorboard_image_tag(tag))[-1].encoded_image_string) for tag in IMAGE_TAGS}
 
 
 def png_array(png: bytes) -> np.ndarray:
@@ -366,7 +366,7 @@ def test_a_resumed_run_continues_tensorboard_in_the_same_dir_without_what_the_cr
         {tag: [e.step for e in i.Images(tag)] for tag in image_tags} for i in (images, reference_images)
     )
     # the sample grids of epoch 0 (step 5, the crashed launch's) and epoch 1 (step 10, the resume's)
-    assert steps == reference_steps and steps[f"{TENSORBOARD_PICTURES}samples/prior_by_digit"] == [5, 10]
+    assert steps == reference_steps and steps[tensorboard_image_tag("samples/prior_by_digit")] == [5, 10]
 
 
 def test_a_resumed_run_continues_its_mlflow_run_read_back_over_rest(resumed_trackers):

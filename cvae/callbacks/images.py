@@ -13,6 +13,7 @@ from cvae.explore.figures import (
     style_transfer_image,
 )
 from cvae.explore.latent import first_of_each_digit
+from cvae.loggers.tensorboard import tensorboard_image_tag
 from cvae.sampling.prior import PriorSampler
 from cvae.validate import MAX_IMAGES, check_at_most, check_count
 
@@ -94,20 +95,16 @@ def images_due(trainer: pl.Trainer, every_n_epochs: int) -> bool:
     return fitting and epoch_is_due(trainer, every_n_epochs)
 
 
-# TensorBoard's Time Series opens the first two groups of its tags, sorted by name: the pictures go in a group that
-# sorts after train/ and val/, whose -ELBO curves it opens on (cvae/loggers/tensorboard.py)
-TENSORBOARD_PICTURES = "visuals/"
-
-
 def log_images(loggers: list[Logger], group: str, images: dict[str, torch.Tensor], step: int) -> None:
-    """Every logger that shows images gets them (C, H, W in [0, 1]) tagged `group` + name (TensorBoard's under
-    TENSORBOARD_PICTURES), as the same 8-bit pixels (W&B would stretch a float tensor's range to black and white)."""
+    """Every logger that shows images gets them (C, H, W in [0, 1]) tagged `group` + name (TensorBoard's as
+    tensorboard_image_tag moves them), as the same 8-bit pixels (W&B would stretch a float tensor's range to black and
+    white)."""
     for name, image in images.items():
         tag = group + name
         pixels = (image.detach().cpu() * 255).clamp(0, 255).to(torch.uint8).permute(1, 2, 0).numpy()
         for logger in loggers:
             if isinstance(logger, TensorBoardLogger):
-                logger.experiment.add_image(TENSORBOARD_PICTURES + tag, pixels, global_step=step, dataformats="HWC")
+                logger.experiment.add_image(tensorboard_image_tag(tag), pixels, global_step=step, dataformats="HWC")
             elif isinstance(logger, MLFlowLogger):
                 logger.experiment.log_image(logger.run_id, pixels, key=tag, step=step)
             elif isinstance(logger, WandbLogger):

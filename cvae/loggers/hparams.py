@@ -1,13 +1,16 @@
 """A run's hyperparameters and final metrics as every logger gets them, so that a sweep reads at a glance: the
 mission's knobs first, then the run's overrides, then the rest; each knob once; no path climbing out of the project
-(docs/outputs.md, HPARAMS)."""
+(docs/outputs.md, HPARAMS). TensorBoard's HPARAMS table shows the knobs the sweep varies, its metrics in view."""
 
 import os
 import re
 from collections.abc import Collection
+from pathlib import Path
 
 from hydra.core.hydra_config import HydraConfig
 from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.types import RunMode
+from hydra.utils import to_absolute_path
 from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.loggers import Logger, TensorBoardLogger
 from pytorch_lightning.utilities import rank_zero_only
@@ -19,6 +22,12 @@ from cvae.loggers import FINAL_METRICS
 from cvae.loggers.tensorboard import tensorboard_tag
 
 KNOB_KEYS = ("latent_dim", "batch_size", "lr", "seed", "model", "data", "trainer")
+# paths a user types, relative to where the command ran (cvae/run/cli.py's TYPED_PATH_KEYS), as hparam names
+TYPED_PATHS = ("ckpt_path", "data/data_dir")
+# TensorBoard 2.21's HPARAMS table gives each column 10em (160 px) whatever its name, after Trial ID (10em) and Show
+# Metrics (100 px), and ticks the first five hparams of its list: in a 1,400 px window (its left panel takes 284 px)
+# five such columns fit, the three metrics and two knobs. So its list holds two knobs, or the sweep's varied ones
+HPARAMS_COLUMNS = 2
 # a value that is nothing but a reference to another key, e.g. ${batch_size}: a copy, not a knob
 COPY_OF_KEY = re.compile(r"^\$\{[\w.]+\}$")
 
@@ -35,9 +44,11 @@ def log_final(loggers: list[Logger], cfg: DictConfig, metrics: dict, extra: dict
     first = {**mission, **swept_knobs(cfg)}
     hparams = {**first, **{key: value for key, value in knobs(cfg).items() if key not in first}, **extra}
     final = {name: metrics[name] for name in FINAL_METRICS if name in metrics}
+    varied = [name for name in varied_knobs() if name in hparams]
+    columns = [*varied, *(name for name in mission if name not in varied)][: max(HPARAMS_COLUMNS, len(varied))]
     for logger in loggers:
         if isinstance(logger, TensorBoardLogger):
-            add_tensorboard_hparams(logger, hparams, final, mission.keys(), step)
+            add_tensorboard_hparams(logger, hparams, final, columns, varied, step)
         else:
             logger.log_hyperparams(hparams)
             logger.log_metrics({f"final/{name}": value for name, value in final.items()}, step=step)
@@ -45,43 +56,69 @@ def log_final(loggers: list[Logger], cfg: DictConfig, metrics: dict, extra: dict
 
 
 def add_tensorboard_hparams(
-    logger: TensorBoardLogger, hparams: dict, final: dict, marked: Collection[str], step: int
+    logger: TensorBoardLogger, hparams: dict, final: dict, columns: list[str], varied: Collection[str], step: int
 ) -> None:
-    """The HPARAMS tab's three summaries, the `marked` knobs as differing: TensorBoard lists those first and
-    ticks them (Lightning's log_hyperparams cannot mark them). They and the final figures go into the BEST_RUN
-    sub-run, the session whose metric columns read them: a metric of another run (a MetricName group) is not found
-    when TensorBoard's logdir is the run dir itself (TensorBoard 2.21 looks for run `./best`, not `best`)."""
+    """The HPARAMS tab's three summaries: the session holds every knob, the experiment lists the `columns` alone (the
+    table's columns: TensorBoard ticks the first five of that list), the `varied` ones marked as differing. They and
+    the final figures go into the BEST_RUN sub-run, the session whose metric columns read them: a metric of another run
+    (a MetricName group) is not found when TensorBoard's logdir is the run dir itself (TensorBoard 2.21 looks for run
+    `./best`, not `best`)."""
     logger.log_hyperparams(hparams)  # into hparams.yaml only: without metrics Lightning writes no summary
     charted = {tensorboard_tag(name): name for name in final}
     charted.pop(None, None)  # test figures: not charted (metrics.json has them)
     # TensorBoard prints every number to 5 significant digits (batch_size 128.00): integers and lists go as text
     shown = {key: value if isinstance(value, bool | float | str) else str(value) for key, value in hparams.items()}
-    summaries = hparams_summaries(shown, {tag: final[name] for tag, name in charted.items()})
-    content = summaries[0].value[0].metadata.plugin_data  # the experiment's, of experiment, session start and end
+    figures = {tag: final[name] for tag, name in charted.items()}
+    experiment = hparams_summaries({key: shown[key] for key in columns}, figures)[0]
+    _, session_start, session_end = hparams_summaries(shown, figures)
+    content = experiment.value[0].metadata.plugin_data
     plugin_data = HParamsPluginData.FromString(content.content)
     for info in plugin_data.experiment.hparam_infos:
-        info.differs = info.name in marked
+        info.differs = info.name in varied
     for info in plugin_data.experiment.metric_infos:
         info.display_name = charted[info.name.tag]
     content.content = plugin_data.SerializeToString()
     with SummaryWriter(os.path.join(logger.log_dir, BEST_RUN)) as best:
-        for tag, name in charted.items():
-            best.add_scalar(tag, final[name], step)
+        for tag, value in figures.items():
+            best.add_scalar(tag, value, step)
         # the SummaryWriter has no public call that takes a prebuilt summary: its file writer does
-        for summary in summaries:
+        for summary in (experiment, session_start, session_end):
             best.file_writer.add_summary(summary)
     logger.save()
 
 
 def mission_knobs(cfg: DictConfig) -> dict:
     """latent_dim, batch_size, lr, and the net and sampler options (Hydra's group choices; without Hydra the
-    network's and the sampler's class). TensorBoard's HPARAMS tab ticks the first five hparams marked as differing
-    (seen in a browser): these five alone are marked, so they are the ticked columns of every run."""
+    network's and the sampler's class)."""
     choices = HydraConfig.get().runtime.choices if HydraConfig.initialized() else {}
     sampler = choices.get("sampler") or OmegaConf.select(cfg, "sampler._target_", default="prior").rsplit(".")[-1]
     net = choices.get("net") or OmegaConf.select(cfg, "model.net._target_", default="").rsplit(".")[-1]
     knobs = {"latent_dim": cfg.latent_dim, "batch_size": cfg.batch_size, "lr": cfg.lr, "net": net}
     return {**knobs, "sampler": sampler}
+
+
+def varied_knobs() -> list[str]:
+    """The knobs this run's sweep gives several values (as hparam names: model/beta), in the sweep's order; none
+    outside a sweep. A member's own overrides hold one value each, so the sweep is read as it was launched: Hydra's
+    sweeper params (Optuna's search space) and the command line's `key=a,b` (saved by Hydra's basic sweeper in the
+    sweep dir's multirun.yaml)."""
+    if not HydraConfig.initialized() or HydraConfig.get().mode != RunMode.MULTIRUN:
+        return []
+    hydra = HydraConfig.get()
+    launched = Path(hydra.runtime.cwd, str(hydra.sweep.dir), "multirun.yaml")
+    if launched.is_file():  # as data: its interpolations (the sweep dir's ${now:...}) are not resolved again
+        hydra = OmegaConf.to_container(OmegaConf.load(launched), resolve=False)["hydra"]
+    else:
+        hydra = OmegaConf.to_container(hydra, resolve=False)
+    params = (hydra.get("sweeper") or {}).get("params") or {}
+    overrides = [*(f"{key}={value}" for key, value in params.items()), *hydra["overrides"]["task"]]
+    return sweep_keys(overrides)
+
+
+def sweep_keys(overrides: list[str]) -> list[str]:
+    """The keys of the overrides that sweep (a,b; range(...); choice(...); interval(...)), as hparam names."""
+    keys = (o.key_or_group for o in OverridesParser.create().parse_overrides(overrides) if o.is_sweep_override())
+    return list(dict.fromkeys(key.replace(".", "/") for key in keys if not key.startswith("hydra")))
 
 
 def swept_knobs(cfg: DictConfig) -> dict:
@@ -128,6 +165,9 @@ def flatten(name: str, value, root_dir: str, unresolved=None) -> dict:
         }
     if isinstance(unresolved, str) and COPY_OF_KEY.match(unresolved):
         return {}
+    if isinstance(value, str) and value and name in TYPED_PATHS:
+        # from where the command ran (as the data module reads it, ~ too): ../shared/data said nothing of where
+        value = os.path.normpath(to_absolute_path(os.path.expanduser(value)))
     if isinstance(value, str) and os.path.isabs(value):
         value = project_path(value, root_dir)
     return {name: value}

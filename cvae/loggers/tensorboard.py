@@ -1,6 +1,12 @@
 """Lightning's TensorBoardLogger, opening on the curves people look at (conf/logger/tensorboard.yaml): TensorBoard's
 dashboards sort charts by tag and open the first two groups (a tag up to its first `/`), so these are train/ and val/
-with the -ELBO curves. Only TensorBoard's names move; metrics.json and the other trackers keep the metric names."""
+with the -ELBO curves, and the Images dashboard opens on the samples. Only TensorBoard's names move; metrics.json and
+the other trackers keep the metric names.
+
+How TensorBoard 2.21 orders (its webfiles.zip): Time Series sorts every card, scalars and images together, by tag
+(`/` and digits sort before any other character), groups them by the tag up to its first `/` in that order and
+expands the first two groups; Scalars and Images do the same per dashboard (`_` sorts as `/` there) and open their
+first two groups."""
 
 from pytorch_lightning import loggers
 from pytorch_lightning.utilities import rank_zero_only
@@ -10,6 +16,15 @@ from cvae.model.checkpoint import read_checkpoint
 # the rest of validation (FID, label accuracy, active units, KL per dimension), under a group that sorts after val/ in
 # both dashboards (Scalars sorts `_` as it sorts `/`: val_generation/ came before val/ there)
 MOVED_AFTER_THE_CURVES = ("val/fid", "val/label_acc", "val/active_units", "val/kl_dim/")
+# what a schedule sets during training: the LearningRateMonitor's lr-Adam (lr-Adam/pg1, lr-Adam-momentum, ...) and
+# beta under a KL warm-up. lr-Adam sorted first of all and train/beta first in train/, above the curves; `varying`
+# sorts after val/ and validation/ and before visuals/ in both dashboards
+SCHEDULES = "varying/"
+SCHEDULED = ("lr-", "train/beta")
+# TensorBoard's group of pictures, after every scalar group in Time Series; in it samples/ goes as digits/, which sorts
+# before exploration/ (whose 14 cards filled the Images dashboard's first page: the samples came on the second)
+PICTURES = "visuals/"
+PICTURE_GROUPS = {"samples/": "digits/"}
 
 
 def tensorboard_tag(name: str) -> str | None:
@@ -17,7 +32,15 @@ def tensorboard_tag(name: str) -> str | None:
     (the x axis is the step already), nor the single-point test/ charts, which sorted first (metrics.json has them)."""
     if name == "epoch" or name.startswith("test/"):
         return None
+    if name.startswith(SCHEDULED):
+        return SCHEDULES + name.removeprefix("train/")
     return name.replace("val/", "validation/", 1) if name.startswith(MOVED_AFTER_THE_CURVES) else name
+
+
+def tensorboard_image_tag(tag: str) -> str:
+    """The tag TensorBoard shows a picture under; the other trackers show it as `tag` (samples/prior_by_digit)."""
+    group, name = tag.split("/", 1)
+    return PICTURES + PICTURE_GROUPS.get(group + "/", group + "/") + name
 
 
 class TensorBoardLogger(loggers.TensorBoardLogger):

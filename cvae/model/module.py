@@ -99,7 +99,8 @@ class CVAELitModule(pl.LightningModule):
     def on_train_epoch_end(self) -> None:
         # Once per epoch: the exact mean over every image of the epoch (and of every rank)
         self.log("train/nelbo", self.train_nelbo)
-        self.log("train/beta", self.kl_weight())
+        if self.hparams.kl_warmup_epochs > 0:  # without a warm-up beta is a constant: a knob (model/beta), no curve
+            self.log("train/beta", self.kl_weight())
 
     def evaluation_step(self, batch: tuple[torch.Tensor, torch.Tensor], stage: str) -> None:
         x, y = batch
