@@ -4,6 +4,8 @@ writes it: nats to two decimals, FID to one, accuracies in per cent."""
 
 import re
 
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
 from cvae.files import read_json
 from tests.conftest import QUICK_EVALUATION, QUICK_RUN, ROOT
 from tests.test_train import run_script
@@ -42,17 +44,27 @@ def test_train_prints_its_dir_the_best_checkpoints_figures_and_its_results_and_n
     metrics = read_json(tmp_path / "run" / "metrics.json")
     printed = table(lines)
     assert set(printed) == {name for name in metrics if name.count("/") == 1}, "every overall figure, once"
+    folders = [line for line in lines if line.startswith("    ") and "/: " in line]
+    listed = [f"{folder}/{name}" for line in folders for folder, names in [line.strip().split("/: ")]
+              for name in names.split(", ")]  # fmt: skip
+    drawn = EventAccumulator(str(tmp_path / "run"), size_guidance={"images": 1}).Reload().Tags()["images"]
+    assert sorted(listed) == sorted(drawn) and len(drawn) > 2, "every picture the run drew, as TensorBoard shows it"
     assert_figures_as_documented(printed, metrics)
-    assert lines == [
-        "train: writing to run/",
-        "the best checkpoint's figures (each digit's and each latent dimension's in metrics.json):",
-        *lines[2 : 4 + len(printed)],  # the table: its header, its rule and the rows checked above
-        "results in run/:",
-        "  run/metrics.json",
-        "  run/checkpoints/best.ckpt",
-        "  run/checkpoints/last.ckpt",
-        "  tensorboard --logdir run   # curves, pictures, HPARAMS, Projector",
-    ]
+    assert (
+        lines
+        == [
+            "train: writing to run/",
+            "the best checkpoint's figures (each digit's and each latent dimension's in metrics.json):",
+            *lines[2 : 4 + len(printed)],  # the table: its header, its rule and the rows checked above
+            "results in run/:",
+            "  run/metrics.json",
+            "  run/checkpoints/best.ckpt",
+            "  run/checkpoints/last.ckpt",
+            "  pictures (TensorBoard's Images tab):",
+            *lines[-len(folders) - 1 : -1],  # a line per folder of pictures, checked below
+            "  tensorboard --logdir run   # curves, pictures, HPARAMS, Projector",
+        ]
+    )
     assert "GPU available" in (tmp_path / "run" / "train.log").read_text(), "Lightning's INFO lines: in the log"
 
     resumed = run_script(

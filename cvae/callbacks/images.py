@@ -28,6 +28,7 @@ class SampleGrids(pl.Callback):
         check_at_most(num_reconstructions, "callbacks.sample_grids.num_reconstructions", MAX_IMAGES)
         self.samples_per_digit, self.num_reconstructions = samples_per_digit, num_reconstructions
         self.every_n_epochs = every_n_epochs
+        self.pictures: dict[str, None] = {}  # the tags drawn, in order: train.py lists them when the run ends
 
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self.real = first_validation_images(trainer, self.num_reconstructions, pl_module.device)
@@ -41,7 +42,7 @@ class SampleGrids(pl.Callback):
             "prior_by_digit": digit_rows(pl_module.net, z),
             "reconstructions": reconstruction_rows(pl_module.net, *self.real),
         }
-        log_images(trainer.loggers, "samples/", images, trainer.global_step)
+        self.pictures.update(dict.fromkeys(log_images(trainer.loggers, "samples/", images, trainer.global_step)))
 
 
 class LatentExploration(pl.Callback):
@@ -55,6 +56,7 @@ class LatentExploration(pl.Callback):
         check_at_most(interpolation_steps, "callbacks.latent_exploration.interpolation_steps", MAX_IMAGES)
         self.every_n_epochs, self.num_images = every_n_epochs, num_images
         self.interpolation_steps, self.seed = interpolation_steps, seed
+        self.pictures: dict[str, None] = {}
 
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self.real = first_validation_images(trainer, self.num_images, pl_module.device)
@@ -69,7 +71,7 @@ class LatentExploration(pl.Callback):
             **interpolation_images(model, self.interpolation_steps, self.seed),
             "style_transfer": style_transfer_image(model, x[self.style_sources], y[self.style_sources]),
         }
-        log_images(trainer.loggers, "exploration/", images, trainer.global_step)
+        self.pictures.update(dict.fromkeys(log_images(trainer.loggers, "exploration/", images, trainer.global_step)))
 
 
 def first_validation_images(trainer: pl.Trainer, count: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
@@ -95,10 +97,12 @@ def images_due(trainer: pl.Trainer, every_n_epochs: int) -> bool:
     return fitting and epoch_is_due(trainer, every_n_epochs)
 
 
-def log_images(loggers: list[Logger], group: str, images: dict[str, torch.Tensor], step: int) -> None:
+def log_images(loggers: list[Logger], group: str, images: dict[str, torch.Tensor], step: int) -> list[str]:
     """Every logger that shows images gets them (C, H, W in [0, 1]) tagged `group` + name (TensorBoard's as
     tensorboard_image_tag moves them), as the same 8-bit pixels (W&B would stretch a float tensor's range to black and
-    white)."""
+    white). Returns the tags, none when no logger shows images."""
+    if not any(isinstance(logger, (TensorBoardLogger, MLFlowLogger, WandbLogger)) for logger in loggers):
+        return []
     for name, image in images.items():
         tag = group + name
         pixels = (image.detach().cpu() * 255).clamp(0, 255).to(torch.uint8).permute(1, 2, 0).numpy()
@@ -109,3 +113,4 @@ def log_images(loggers: list[Logger], group: str, images: dict[str, torch.Tensor
                 logger.experiment.log_image(logger.run_id, pixels, key=tag, step=step)
             elif isinstance(logger, WandbLogger):
                 logger.log_image(key=tag, images=[pixels], step=step)
+    return [group + name for name in images]

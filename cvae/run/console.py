@@ -58,11 +58,19 @@ def announce_resume(ckpt_path: str | Path) -> None:
 
 
 @rank_zero_only
-def list_results(output_dir: str | Path, names: Iterable[str], tensorboard: bool) -> None:
-    """The files a user opens next (those that were written), and the TensorBoard command for the dir."""
+def list_results(output_dir: str | Path, names: Iterable[str], tensorboard: bool, pictures: Iterable[str] = ()) -> None:
+    """The files a user opens next (those that were written), the pictures the run drew (by tag, a line per folder),
+    and the TensorBoard command for the dir."""
     output_dir = Path(output_dir)
     lines = [f"results in {shown(output_dir)}/:"]
     lines += [f"  {shown(output_dir / name)}" for name in names if (output_dir / name).exists()]
+    folders: dict[str, list[str]] = {}
+    for tag in pictures:
+        folder, _, name = tag.rpartition("/")
+        folders.setdefault(folder, []).append(name)
+    if folders:
+        lines.append("  pictures (TensorBoard's Images tab):" if tensorboard else "  pictures (the loggers' images):")
+        lines += [f"    {folder}/: {', '.join(names)}" for folder, names in folders.items()]
     if tensorboard:
         lines.append(f"  tensorboard --logdir {shown(output_dir)}   # curves, pictures, HPARAMS, Projector")
     print("\n".join(lines), flush=True)

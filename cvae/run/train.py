@@ -23,6 +23,7 @@ from cvae.callbacks.safety import CheckpointOnInterrupt, StopOnDivergence
 from cvae.callbacks.signals import StopTogether
 from cvae.files import confined_to, read_json, write_json_atomic
 from cvae.loggers.hparams import log_final
+from cvae.loggers.tensorboard import tensorboard_image_tag
 from cvae.loggers.trackers import wandb_run_closed
 from cvae.model.checkpoint import AtomicCheckpointIO, build_module
 from cvae.run.console import (
@@ -79,7 +80,11 @@ def train(cfg: DictConfig) -> dict:
             print("the best checkpoint's figures (each digit's and each latent dimension's in metrics.json):")
             print(metrics_table({name: value for name, value in summary.items() if name.count("/") == 1}))
         tensorboard = any(isinstance(logger, TensorBoardLogger) for logger in loggers)
-        list_results(output_dir, ["metrics.json", "checkpoints/best.ckpt", "checkpoints/last.ckpt"], tensorboard)
+        pictures = [tag for callback in trainer.callbacks for tag in getattr(callback, "pictures", ())]
+        pictures = [tensorboard_image_tag(tag) for tag in pictures] if tensorboard else pictures
+        list_results(
+            output_dir, ["metrics.json", "checkpoints/best.ckpt", "checkpoints/last.ckpt"], tensorboard, pictures
+        )
         return summary
 
 
