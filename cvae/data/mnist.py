@@ -12,6 +12,7 @@ from torchvision.datasets.utils import check_integrity
 
 from cvae.data.batches import TRAIN_SIZE, EpochPermutation, TensorBatches, train_val_indices
 from cvae.errors import DataError
+from cvae.files import shown
 from cvae.validate import check_at_most, check_choice, check_count, check_flag
 
 LOADERS = ("memory", "dataloader")
@@ -31,7 +32,7 @@ def verify_mnist_files(raw_dir: Path) -> None:
         path = raw_dir / name
         if path.is_file() and not check_integrity(path, expected):
             raise DataError(
-                f"{path.resolve()} fails its checksum: it is truncated or corrupted. Replace it with "
+                f"{shown(path)} fails its checksum: it is truncated or corrupted. Replace it with "
                 f"the original (or delete it and its .gz to download MNIST again)"
             )
 
@@ -72,7 +73,7 @@ class MNISTDataModule(pl.LightningDataModule):
             return datasets.MNIST(self.data_dir, train=train, download=self.download, transform=transform)
         except RuntimeError as error:
             raise DataError(
-                f"MNIST not found in {raw_dir.resolve()} and could not be downloaded ({error}). Point "
+                f"MNIST not found in {shown(raw_dir)} and could not be downloaded ({error}). Point "
                 f"data.data_dir=PATH or CVAE_DATA_DIR at a folder holding MNIST/raw/ with the IDX files "
                 f"(train-images-idx3-ubyte, ...)."
             ) from None
