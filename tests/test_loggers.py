@@ -22,8 +22,8 @@ import pytorch_lightning as pl
 from PIL import Image
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
+from cvae.callbacks.images import tensorboard_image_tag
 from cvae.errors import ConfigError
-from cvae.loggers.tensorboard import tensorboard_image_tag
 from cvae.loggers.trackers import EARLIER_ROWS, MLFlowLogger, WandbLogger, run_label, wandb_logged_in, wandb_run_closed
 from tests.conftest import QUICK_RUN, QUICK_RUN_ANY_CALLBACKS, compose_config
 

@@ -21,10 +21,6 @@ MOVED_AFTER_THE_CURVES = ("val/fid", "val/label_acc", "val/active_units", "val/k
 # sorts after val/ and validation/ and before visuals/ in both dashboards
 SCHEDULES = "varying/"
 SCHEDULED = ("lr-", "train/beta")
-# TensorBoard's group of pictures, after every scalar group in Time Series; in it samples/ goes as digits/, which sorts
-# before exploration/ (whose 14 cards filled the Images dashboard's first page: the samples came on the second)
-PICTURES = "visuals/"
-PICTURE_GROUPS = {"samples/": "digits/"}
 
 
 def tensorboard_tag(name: str) -> str | None:
@@ -35,12 +31,6 @@ def tensorboard_tag(name: str) -> str | None:
     if name.startswith(SCHEDULED):
         return SCHEDULES + name.removeprefix("train/")
     return name.replace("val/", "validation/", 1) if name.startswith(MOVED_AFTER_THE_CURVES) else name
-
-
-def tensorboard_image_tag(tag: str) -> str:
-    """The tag TensorBoard shows a picture under; the other trackers show it as `tag` (samples/prior_by_digit)."""
-    group, name = tag.split("/", 1)
-    return PICTURES + PICTURE_GROUPS.get(group + "/", group + "/") + name
 
 
 class TensorBoardLogger(loggers.TensorBoardLogger):

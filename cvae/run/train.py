@@ -17,13 +17,13 @@ from pytorch_lightning.loggers import TensorBoardLogger
 from pytorch_lightning.utilities import rank_zero_only
 
 import cvae
+from cvae.callbacks.images import tensorboard_image_tag
 from cvae.callbacks.rank_state import RankState
 from cvae.callbacks.record import RunRecord
 from cvae.callbacks.safety import CheckpointOnInterrupt, StopOnDivergence
 from cvae.callbacks.signals import StopTogether
 from cvae.files import confined_to, read_json, write_json_atomic
 from cvae.loggers.hparams import log_final
-from cvae.loggers.tensorboard import tensorboard_image_tag
 from cvae.loggers.trackers import wandb_run_closed
 from cvae.model.checkpoint import AtomicCheckpointIO, build_module
 from cvae.run.console import (
