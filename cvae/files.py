@@ -1,6 +1,7 @@
 """Files the project writes and reads by content: one atomic writer for every result (a reader, or a run killed
 halfway, never sees a half-written file under the real name), confined to the run's dir while a run writes (the
-writer's half of the run-dir boundary: cvae/run/rundir.py checks the config's half), and SHA-256 digests."""
+writer's half of the run-dir boundary: cvae/run/rundir.py checks the config's half, with one exception: the
+machine's cache), and SHA-256 digests."""
 
 import contextlib
 import contextvars
@@ -8,6 +9,7 @@ import hashlib
 import io
 import json
 import os
+import re
 import secrets
 import shutil
 from collections.abc import Iterator
@@ -17,6 +19,12 @@ from cvae.errors import StorageError
 
 # the run dir this context's writes are confined to; None: not inside a run (a script, the notebook)
 WRITE_ROOT: contextvars.ContextVar[Path | None] = contextvars.ContextVar("cvae_write_root", default=None)
+# The run-dir rule's one exception: the machine's cache of what is derived from inputs no run owns (the Inception
+# features of the MNIST test set), shared by every run. A run reaches it only through save_cache, which writes one
+# file named <kind>-<SHA-256 of all it was computed from>.pt holding tensors: it can neither pass for a run's result
+# nor replace anything but an older copy of the same thing, and its readers check it (torch.load(weights_only=True)).
+CACHE_ENV = "CVAE_CACHE_DIR"
+CACHE_NAME = re.compile(r"[a-z0-9_]+-[0-9a-f]{64}\.pt")
 
 
 @contextlib.contextmanager
@@ -88,6 +96,23 @@ def save_torch_atomic(path: str | Path, data) -> None:
     buffer = io.BytesIO()
     torch.save(data, buffer)
     write_bytes_atomic(path, buffer.getvalue())
+
+
+def cache_dir(folder: str | Path | None = None) -> Path:
+    """The cache folder: `folder` if given, else $CVAE_CACHE_DIR, else ~/.cache/cvae (~ expanded in each)."""
+    chosen = folder if folder is not None else os.environ.get(CACHE_ENV) or Path("~", ".cache", "cvae")
+    return Path(chosen).expanduser()
+
+
+def save_cache(folder: str | Path, name: str, tensors: dict) -> Path:
+    """torch.save of `tensors` as folder/name, atomically, inside a run too: the cache's exception to the run-dir
+    rule (CACHE_ENV above), confined to `folder` as a run is to its dir, never through a symbolic link."""
+    if not CACHE_NAME.fullmatch(name):
+        raise StorageError(f"{name} is not a cache file's name (<kind>-<sha256>.pt); nothing was written")
+    path = Path(folder, name)
+    with confined_to(folder):
+        save_torch_atomic(path, tensors)
+    return path
 
 
 def write_json_atomic(path: str | Path, data: dict) -> None:

@@ -71,6 +71,7 @@ def test_evaluate_and_the_callback_score_with_inception_offline(tmp_path, offlin
     from cvae.sampling.prior import PriorSampler
 
     overrides = [*QUICK_EVALUATION, "ckpt_path=unused", "quality.features=inception", "quality.num_samples=10"]
+    overrides += [f"quality.cache_dir={tmp_path / 'cache'}"]  # the machine's own cache is left alone
     cfg = compose_config("evaluate", [*overrides, "quality.iw_samples=2"], tmp_path)
     model = MLP(latent_dim=2)
     images, labels = torch.rand(4, 784), torch.arange(4)  # few real digits: 299x299 Inception passes are slow on CPU

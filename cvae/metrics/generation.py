@@ -1,21 +1,39 @@
 """How good a conditional generator is: FID (torchmetrics) on features of the reference MNIST classifier or of
 InceptionV3, label accuracy of generated digits, the importance-weighted NLL and the classification accuracy score."""
 
+import hashlib
+import pickle
+import zipfile
+from pathlib import Path
+
 import torch
 from torch import nn
 from torchmetrics.classification import MulticlassAccuracy
 from torchmetrics.image.fid import FrechetInceptionDistance
 
-from cvae.errors import ConfigError
+from cvae.errors import ConfigError, StorageError
+from cvae.files import file_sha256, save_cache, shown
 from cvae.metrics import FEATURE_EXTRACTORS
 from cvae.metrics.classifier import ReferenceClassifier, accuracy, fit_classifier, load_reference_classifier
-from cvae.metrics.inception import standard_inception
+from cvae.metrics.inception import standard_inception, weights_file
 from cvae.model.cvae import Net, importance_weighted_nll
 from cvae.model.network import NUM_CLASSES
 from cvae.sampling.prior import Sampler, generate
 from cvae.validate import check_choice
 
 FEATURE_CHUNK = 500  # images per feature-extractor call: small enough to stay in the CPU caches
+# The 28 -> 299 resize of quality.features=inception: tf1, TensorFlow 1's resize_bilinear (no half-pixel centres),
+# as the published MNIST FIDs ran it, in torch-fidelity's exact copy; antialias, torchmetrics' default (for an
+# upsampling, plain bilinear with half-pixel centres). Half an input pixel apart: docs/literature.md.
+RESIZES = ("tf1", "antialias")
+# the labels of the generated digits: the same count of each (this project's), or each digit's share of the
+# training split (what an unconditional model's samples hold, for the published comparison)
+LABELS = ("balanced", "train_frequencies")
+# images per Inception pass on a CPU: a 299 x 299 batch of 500 would hold gigabytes of activations
+# (python -m benchmarks.inception, docs/evaluation.md)
+INCEPTION_BATCH = 50
+# bump when the Inception features change beyond float rounding: cached reference features of before are not used
+REFERENCE_FORMAT = 1
 
 
 class ClassifierFeatures(nn.Module):
@@ -30,17 +48,25 @@ class ClassifierFeatures(nn.Module):
 
 
 class InceptionFeatures(nn.Module):
-    """The standard FID InceptionV3 (cvae/metrics/inception.py), fed grey digits as RGB bytes."""
+    """The standard FID InceptionV3 (cvae/metrics/inception.py), fed grey digits as RGB bytes, resized as `resize`
+    says. Channels-last weights (every activation follows them) and inference mode, INCEPTION_BATCH images a pass:
+    the features of the plain path to float rounding, faster on a CPU (python -m benchmarks.inception)."""
 
     num_features = 2048
 
-    def __init__(self, weights_path: str | None):
+    def __init__(self, weights_path: str | None, resize: str = "tf1", batch_size: int = INCEPTION_BATCH):
         super().__init__()
-        self.inception = standard_inception(weights_path)
+        self.resize = check_choice(resize, RESIZES, "quality.resize")
+        path = weights_file(weights_path)
+        self.inception = standard_inception(str(path), antialias=resize == "antialias")
+        self.inception.to(memory_format=torch.channels_last)
+        self.weights_sha256, self.batch_size = file_sha256(path), batch_size
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        rgb = images.reshape(-1, 1, 28, 28).expand(-1, 3, -1, -1)
-        return self.inception((rgb * 255).round().to(torch.uint8)).reshape(len(images), -1)
+        grey = (images.reshape(-1, 1, 28, 28) * 255).round().to(torch.uint8)
+        with torch.inference_mode():
+            features = torch.cat([self.inception(chunk.expand(-1, 3, -1, -1)) for chunk in grey.split(self.batch_size)])
+        return features.clone()  # an ordinary tensor: an inference-mode one refuses autograd and in-place use later
 
 
 def feature_fid(num_features: int) -> FrechetInceptionDistance:
@@ -69,8 +95,11 @@ class ConditionalGenerationMetrics(nn.Module):
         self.label_acc_per_digit = MulticlassAccuracy(NUM_CLASSES, average=None)
 
     @torch.no_grad()
-    def update(self, images: torch.Tensor, labels: torch.Tensor, real: bool) -> None:
-        features = in_chunks(self.extractor, images)
+    def update(
+        self, images: torch.Tensor, labels: torch.Tensor, real: bool, features: torch.Tensor | None = None
+    ) -> None:
+        """`features`: the extractor's of these images, computed before (the cached reference's)."""
+        features = in_chunks(self.extractor, images) if features is None else features
         self.fid.update(features, real=real)
         if not real:  # the reference classifier's own features need only its head on top
             shared = isinstance(self.extractor, ClassifierFeatures) and self.extractor.classifier is self.classifier
@@ -102,6 +131,91 @@ def balanced_labels(num_samples: int, device: torch.device | str = "cpu") -> tor
     return torch.arange(NUM_CLASSES, device=device).repeat_interleave(num_samples // NUM_CLASSES)
 
 
+def frequency_labels(num_samples: int, train_labels: torch.Tensor) -> torch.Tensor:
+    """num_samples labels sorted by digit, each digit's count its share of `train_labels` rounded by largest
+    remainder: the expected counts of labels drawn with the training frequencies, without the draw's noise."""
+    if num_samples <= 0 or train_labels.numel() == 0:
+        raise ConfigError(f"labels at the training frequencies need a positive sample count, got {num_samples}")
+    quota = torch.bincount(train_labels.cpu(), minlength=NUM_CLASSES).double() * num_samples / train_labels.numel()
+    counts = quota.floor().long()
+    remainder_order = torch.argsort(quota - counts, descending=True, stable=True)
+    counts[remainder_order[: num_samples - counts.sum()]] += 1
+    return torch.arange(NUM_CLASSES).repeat_interleave(counts).to(train_labels.device)
+
+
+def sample_labels(
+    kind: str, num_samples: int, train_labels: torch.Tensor | None, device: torch.device | str = "cpu"
+) -> torch.Tensor:
+    """The labels to generate: balanced_labels, or frequency_labels of the training labels (quality.labels)."""
+    if check_choice(kind, LABELS, "quality.labels") == "balanced":
+        return balanced_labels(num_samples, device)
+    if train_labels is None:
+        raise ConfigError("quality.labels=train_frequencies needs the training labels; pass train_labels")
+    return frequency_labels(num_samples, train_labels).to(device)
+
+
+def reference_key(extractor: "InceptionFeatures", images: torch.Tensor, labels: torch.Tensor) -> str:
+    """SHA-256 of everything the reference features depend on: the images and labels as scored, the weights file,
+    the resize and REFERENCE_FORMAT."""
+    digest = hashlib.sha256(
+        f"format {REFERENCE_FORMAT} resize {extractor.resize} weights {extractor.weights_sha256} "
+        f"images {images.dtype} {tuple(images.shape)} labels {labels.dtype} {tuple(labels.shape)}".encode()
+    )
+    for tensor in (images, labels):
+        digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()
+
+
+def read_reference(path: Path, key: str, count: int, num_features: int) -> tuple[torch.Tensor | None, str]:
+    """A cache file's features if it holds exactly what `key` names (tensors only, read with weights_only: nothing
+    in it runs), else None and what is wrong with it."""
+    if not path.is_file():
+        return None, "not cached yet"
+    try:
+        saved = torch.load(path, map_location="cpu", weights_only=True)
+    except (RuntimeError, EOFError, OSError, ValueError, pickle.UnpicklingError, zipfile.BadZipFile):
+        return None, "is unreadable (truncated or corrupted)"
+    expected_key = torch.frombuffer(bytearray.fromhex(key), dtype=torch.uint8)
+    features = saved.get("features") if isinstance(saved, dict) else None
+    stored_key = saved.get("key") if isinstance(saved, dict) else None
+    if not (isinstance(stored_key, torch.Tensor) and torch.equal(stored_key, expected_key)):
+        return None, "does not hold what its name says"
+    if not (
+        isinstance(features, torch.Tensor)
+        and features.dtype == torch.float32
+        and features.shape == (count, num_features)
+        and torch.isfinite(features).all()
+    ):
+        return None, "holds features of another shape or non-finite ones"
+    return features, ""
+
+
+@torch.no_grad()
+def reference_features(
+    extractor: nn.Module, images: torch.Tensor, labels: torch.Tensor, cache: str | Path | None
+) -> torch.Tensor:
+    """The extractor's features of the reference images: Inception's from the cache folder when it holds them for
+    exactly these images, labels, weights and resize (computed and saved there otherwise); None: computed."""
+    if cache is None or not isinstance(extractor, InceptionFeatures):
+        return in_chunks(extractor, images)
+    key = reference_key(extractor, images, labels)
+    path = Path(cache, f"inception_reference-{key}.pt")
+    features, problem = read_reference(path, key, len(images), extractor.num_features)
+    if features is not None:
+        print(f"Inception reference features: reusing {shown(path)}")
+        return features.to(images.device)
+    print(f"Inception reference features: {shown(path)} {problem}; computing {len(images)}")
+    features = in_chunks(extractor, images)
+    key_bytes = torch.frombuffer(bytearray.fromhex(key), dtype=torch.uint8)
+    try:
+        save_cache(cache, path.name, {"key": key_bytes, "features": features.detach().float().cpu()})
+    except StorageError as error:  # an unwritable cache: this evaluation goes on, computing them again next time
+        print(f"Inception reference features: not cached: {error}")
+    else:
+        print(f"Inception reference features: saved {shown(path)}")
+    return features
+
+
 @torch.no_grad()
 def mean_iw_nll(model: Net, images: torch.Tensor, labels: torch.Tensor, k: int) -> float:
     """Mean over images of the k-sample importance-weighted bound on -log p(x | y), in nats."""
@@ -125,11 +239,13 @@ def classification_accuracy_score(
     return accuracy(classifier, test_images.view(-1, 1, 28, 28), test_labels)
 
 
-def conditional_generation_metrics(features: str, inception_weights: str | None) -> ConditionalGenerationMetrics:
+def conditional_generation_metrics(
+    features: str, inception_weights: str | None, resize: str = "tf1"
+) -> ConditionalGenerationMetrics:
     classifier = load_reference_classifier()
     if check_choice(features, FEATURE_EXTRACTORS, "quality.features") == "mnist":
         return ConditionalGenerationMetrics(ClassifierFeatures(classifier), classifier)
-    return ConditionalGenerationMetrics(InceptionFeatures(inception_weights), classifier)
+    return ConditionalGenerationMetrics(InceptionFeatures(inception_weights, resize), classifier)
 
 
 def generator_report(
@@ -145,16 +261,22 @@ def generator_report(
     cas_per_digit: int = 0,
     cas_epochs: int = 3,
     sampler: Sampler | None = None,
+    resize: str = "tf1",
+    labels: str = "balanced",
+    train_labels: torch.Tensor | None = None,
+    cache: str | Path | None = None,
 ) -> dict[str, float]:
     """The test-set figures of evaluate.py beyond the ELBO: nll_iw, FID and label accuracy (overall and per
-    digit) of class-balanced samples (z from the sampler, by default the prior) against the real test images,
-    and CAS when cas_per_digit > 0."""
+    digit) of generated digits (z from the sampler, by default the prior; `labels` as sample_labels says) against
+    the real test images, and CAS when cas_per_digit > 0. Inception's features of the test images come from the
+    `cache` folder when it holds them (None: computed each time)."""
     device = test_images.device
-    metrics = conditional_generation_metrics(features, inception_weights).to(device)
-    for x, y in zip(test_images.split(2000), test_labels.split(2000)):
-        metrics.update(x, y, real=True)
-    labels = balanced_labels(num_samples, device)
-    metrics.update(generate(model, labels, seed, sampler), labels, real=False)
+    metrics = conditional_generation_metrics(features, inception_weights, resize).to(device)
+    generated = sample_labels(labels, num_samples, train_labels, device)
+    real_features = reference_features(metrics.extractor, test_images, test_labels, cache)
+    for x, y, f in zip(test_images.split(2000), test_labels.split(2000), real_features.split(2000)):
+        metrics.update(x, y, real=True, features=f)
+    metrics.update(generate(model, generated, seed, sampler), generated, real=False)
     report = {f"test/{name}": value for name, value in metrics.compute().items()}
     report["test/nll_iw"] = mean_iw_nll(model, test_images, test_labels, iw_samples)
     if cas_per_digit > 0:

