@@ -4,6 +4,13 @@ sweep summary, which Hydra builds at start-up, import it)."""
 
 # the choices of quality.features; here, not in generation.py, so that the config checks import no torch
 FEATURE_EXTRACTORS = ("mnist", "inception")
+# The 28 -> 299 resize of quality.features=inception: tf1, TensorFlow 1's resize_bilinear (no half-pixel centres),
+# as the published MNIST FIDs ran it, in torch-fidelity's exact copy; antialias, torchmetrics' default (for an
+# upsampling, plain bilinear with half-pixel centres). Half an input pixel apart: docs/literature.md.
+RESIZES = ("tf1", "antialias")
+# the labels of the generated digits: the same count of each (this project's), or each digit's share of the
+# training split (what an unconditional model's samples hold, for the published comparison)
+LABELS = ("balanced", "train_frequencies")
 
 
 def figure(name: str, value) -> str:

@@ -13,7 +13,7 @@ from torchmetrics.image.fid import FrechetInceptionDistance
 
 from cvae.errors import ConfigError, StorageError
 from cvae.files import file_sha256, save_cache, shown
-from cvae.metrics import FEATURE_EXTRACTORS
+from cvae.metrics import FEATURE_EXTRACTORS, LABELS, RESIZES
 from cvae.metrics.classifier import ReferenceClassifier, accuracy, fit_classifier, load_reference_classifier
 from cvae.metrics.inception import standard_inception, weights_file
 from cvae.model.cvae import Net, importance_weighted_nll
@@ -22,13 +22,6 @@ from cvae.sampling.prior import Sampler, generate
 from cvae.validate import check_choice
 
 FEATURE_CHUNK = 500  # images per feature-extractor call: small enough to stay in the CPU caches
-# The 28 -> 299 resize of quality.features=inception: tf1, TensorFlow 1's resize_bilinear (no half-pixel centres),
-# as the published MNIST FIDs ran it, in torch-fidelity's exact copy; antialias, torchmetrics' default (for an
-# upsampling, plain bilinear with half-pixel centres). Half an input pixel apart: docs/literature.md.
-RESIZES = ("tf1", "antialias")
-# the labels of the generated digits: the same count of each (this project's), or each digit's share of the
-# training split (what an unconditional model's samples hold, for the published comparison)
-LABELS = ("balanced", "train_frequencies")
 # images per Inception pass on a CPU: a 299 x 299 batch of 500 would hold gigabytes of activations
 # (python -m benchmarks.inception, docs/evaluation.md)
 INCEPTION_BATCH = 50

@@ -13,7 +13,7 @@ from omegaconf.errors import OmegaConfBaseException
 
 from cvae.errors import ConfigError
 from cvae.explore import IMAGE_SET_SUFFIXES, SCORES
-from cvae.metrics import FEATURE_EXTRACTORS
+from cvae.metrics import FEATURE_EXTRACTORS, LABELS, RESIZES
 from cvae.trust import first_line, leaves
 from cvae.validate import (
     MAX_IMAGES,
@@ -87,6 +87,12 @@ def existing_file(value, key: str) -> None:
         raise ConfigError(f"{key}={value} does not exist; pass {key}=<run dir>/checkpoints/last.ckpt")
 
 
+def a_folder(value, key: str) -> None:
+    """A path that is a folder or can become one (nothing there yet): not a file."""
+    if not isinstance(value, str) or not value or Path(value).expanduser().is_file():
+        raise ConfigError(f"{key}={value!r} is not allowed: it must be a folder (or null)")
+
+
 def image_set(value, key: str) -> None:
     """test, or an existing .pt / .npz file of images and labels."""
     path = Path(str(value))
@@ -141,6 +147,10 @@ class Quality:
     cas: bool = limit(check_flag)
     cas_per_digit: int = limit(at_most(MAX_IMAGES))
     cas_epochs: int = limit(check_count)
+    resize: str = limit(one_of(*RESIZES))
+    labels: str = limit(one_of(*LABELS))
+    reference_cache: bool = limit(check_flag)
+    cache_dir: Any = limit(a_folder, None)
 
 
 @dataclass
