@@ -132,6 +132,10 @@ def file_sha256(path: str | Path) -> str:
     return digest.hexdigest()
 
 
+# config keys that hold paths a user types, relative to where the command ran (not to a run dir Hydra may change into)
+TYPED_PATH_KEYS = ("ckpt_path", "data.data_dir")
+
+
 def shown(path: str | Path) -> str:
     """A path as the user would type it: relative to the current dir inside it, absolute outside."""
     relative = os.path.relpath(path)

@@ -18,12 +18,13 @@ from tensorboard.plugins.hparams.plugin_data_pb2 import HParamsPluginData
 from torch.utils.tensorboard.summary import hparams as hparams_summaries
 from torch.utils.tensorboard.writer import SummaryWriter
 
+from cvae.files import TYPED_PATH_KEYS
 from cvae.loggers import FINAL_METRICS
 from cvae.loggers.tensorboard import tensorboard_tag
 
 KNOB_KEYS = ("latent_dim", "batch_size", "lr", "seed", "model", "data", "trainer")
-# paths a user types, relative to where the command ran (cvae/run/cli.py's TYPED_PATH_KEYS), as hparam names
-TYPED_PATHS = ("ckpt_path", "data/data_dir")
+# paths a user types, relative to where the command ran, as hparam names
+TYPED_PATHS = tuple(key.replace(".", "/") for key in TYPED_PATH_KEYS)
 # TensorBoard 2.21's HPARAMS table gives each column 10em (160 px) whatever its name, after Trial ID (10em) and Show
 # Metrics (100 px), and ticks the first five hparams of its list: in a 1,400 px window (its left panel takes 284 px)
 # five such columns fit, the three metrics and two knobs. So its list holds two knobs, or the sweep's varied ones

@@ -20,6 +20,7 @@ from omegaconf.errors import OmegaConfBaseException
 
 from cvae.callbacks.orphans import end_with_launcher
 from cvae.errors import ConfigError, RunDirError, UsageError
+from cvae.files import TYPED_PATH_KEYS
 from cvae.run.resolvers import launched_rank
 from cvae.run.rundir import check_hydra_writes, claim, may_sweep, may_write, remove_refused_launch
 from cvae.run.schema import check_added_keys, check_typed_digits, check_values
@@ -45,7 +46,6 @@ def check_launch(config: DictConfig, single_run: bool) -> None:
 
 # paths a user types, relative to where they typed the command (not to the run dir Hydra may change into)
 TYPED_PATH_VARIABLES = ("CVAE_DATA_DIR", "PROJECT_ROOT")
-TYPED_PATH_KEYS = ("ckpt_path", "data.data_dir")
 
 
 def environment_from_where_typed() -> None:
