@@ -4,6 +4,7 @@ frequencies. Real MNIST digits; most Inception passes at 75 x 75 (its smallest i
 the features themselves at 299."""
 
 import math
+import types
 
 import numpy as np
 import pytest
@@ -272,6 +273,21 @@ def test_quality_resize_selects_the_resize(tmp_path, monkeypatch, mnist, resize)
     grey = (mnist[0][0].view(28, 28) * 255).round().double().numpy()
     expected = bilinear(grey, 299, half_pixel=resize == "antialias")
     np.testing.assert_allclose(resized_input(metrics.extractor, mnist[0][0]).double().numpy(), expected, atol=1e-3)
+
+
+@pytest.mark.parametrize("resize", ["tf1", "antialias"])
+def test_training_callback_resizes_as_configured(tmp_path, mnist, resize):
+    """Training's generation_quality callback measures as evaluate does: its resize (conf/quality/fid.yaml, shared
+    by both) reaches the network it builds."""
+    from hydra.utils import instantiate
+
+    overrides = ["callbacks.generation_quality.features=inception", f"callbacks.generation_quality.resize={resize}"]
+    callback = instantiate(compose_config("train", overrides, tmp_path).callbacks.generation_quality)
+    callback.setup(None, types.SimpleNamespace(device=torch.device("cpu")), "fit")
+    grey = (mnist[0][0].view(28, 28) * 255).round().double().numpy()
+    expected = bilinear(grey, 299, half_pixel=resize == "antialias")
+    seen = resized_input(callback.metrics.extractor, mnist[0][0]).double().numpy()
+    np.testing.assert_allclose(seen, expected, atol=1e-3)
 
 
 def test_quality_cache_settings_choose_the_folder(tmp_path, monkeypatch, mnist):

@@ -5,7 +5,7 @@ import torch
 
 from cvae.callbacks.images import epoch_is_due
 from cvae.data.mnist import split_tensors
-from cvae.metrics import FEATURE_EXTRACTORS
+from cvae.metrics import FEATURE_EXTRACTORS, RESIZES
 from cvae.metrics.generation import balanced_labels, conditional_generation_metrics
 from cvae.sampling.prior import PriorSampler, Sampler, decode
 from cvae.validate import MAX_SAMPLES, check_at_most, check_choice, check_count
@@ -24,19 +24,22 @@ class GenerationQuality(pl.Callback):
         num_samples: int = 10_000,
         features: str = "mnist",
         inception_weights: str | None = None,
+        resize: str = "tf1",
         seed: int = 0,
         sampler: Sampler | None = None,
     ):
         check_count(every_n_epochs, "callbacks.generation_quality.every_n_epochs")
         check_at_most(num_samples, "callbacks.generation_quality.num_samples", MAX_SAMPLES, multiple_of=10, minimum=10)
         check_choice(features, FEATURE_EXTRACTORS, "callbacks.generation_quality.features")
+        self.resize = check_choice(resize, RESIZES, "callbacks.generation_quality.resize")
         self.every_n_epochs, self.num_samples, self.seed = every_n_epochs, num_samples, seed
         self.features, self.inception_weights = features, inception_weights
         self.sampler = sampler or PriorSampler()
 
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         if stage in ("fit", "validate") and not hasattr(self, "metrics"):
-            self.metrics = conditional_generation_metrics(self.features, self.inception_weights).to(pl_module.device)
+            metrics = conditional_generation_metrics(self.features, self.inception_weights, self.resize)
+            self.metrics = metrics.to(pl_module.device)
             self.has_real_features = False
             self.measured: tuple[list[torch.Tensor], dict[str, float]] | None = None  # (weights, their figures)
 
