@@ -2,6 +2,7 @@
 determinism and its per-digit draws, the fit saved beside a checkpoint, and the sampler that evaluate.py and
 the generation-quality callback actually use."""
 
+import contextlib
 import shutil
 from types import SimpleNamespace
 
@@ -18,6 +19,7 @@ from cvae.metrics.generation import balanced_labels, conditional_generation_metr
 from cvae.model.checkpoint import load_module
 from cvae.model.mlp import MLP
 from cvae.model.network import NUM_CLASSES
+from cvae.sampling import gmm
 from cvae.sampling.gmm import GaussianMixtureSampler, fit_gaussian_mixture
 from cvae.sampling.prior import PriorSampler, decode
 from tests.conftest import QUICK_EVALUATION, compose_config
@@ -70,6 +72,23 @@ def test_em_recovers_a_known_mixture():
     torch.testing.assert_close(covariances[order], truth.covariance_matrix, atol=0.25, rtol=0)
     diagonal = fit_gaussian_mixture(points, 2, "diag", seed=0)["scale_tril"]
     assert torch.equal(diagonal, torch.diag_embed(diagonal.diagonal(dim1=1, dim2=2))), "diag: no correlations"
+
+
+def test_em_runs_on_one_blas_thread_and_fits_as_the_librarys_threads_do(monkeypatch):
+    """EM on a few thousand points is about 5x slower on the BLAS library's threads (python -m benchmarks.mixture):
+    the fit runs on one, and equals the fit on the library's own thread count to float rounding."""
+    from sklearn.mixture import GaussianMixture
+    from threadpoolctl import threadpool_info
+
+    points = torch.randn(2000, 6, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    seen, fit = [], GaussianMixture.fit
+    monkeypatch.setattr(GaussianMixture, "fit", lambda self, x: seen.append(threadpool_info()) or fit(self, x))
+    limited = fit_gaussian_mixture(points, 3, "full", seed=0)
+    assert {pool["num_threads"] for pool in seen[0] if pool["user_api"] == "blas"} == {1}
+    monkeypatch.setattr(gmm, "threadpool_limits", lambda **_: contextlib.nullcontext())
+    unlimited = fit_gaussian_mixture(points, 3, "full", seed=0)
+    for key, value in unlimited.items():
+        torch.testing.assert_close(limited[key], value, rtol=1e-9, atol=1e-9)
 
 
 def test_gmm_fit_and_draws_are_deterministic_given_the_seed(model, train_slice, fitted):

@@ -5,6 +5,7 @@ of in the prior's holes. The fit is saved beside its checkpoint and reused only 
 from pathlib import Path
 
 import torch
+from threadpoolctl import threadpool_limits
 
 from cvae.errors import ConfigError, StorageError
 from cvae.files import file_sha256, may_write, save_torch_atomic
@@ -131,7 +132,11 @@ def fit_gaussian_mixture(
         max_iter=max_iterations,
         init_params="random_from_data",
         random_state=seed,
-    ).fit(points.double().numpy())
+    )
+    # EM's matrices are a few thousand by latent_dim: BLAS threads cost more than they share out, about 5x on 2 CPU
+    # cores (python -m benchmarks.mixture); the fit is the same to float rounding
+    with threadpool_limits(limits=1, user_api="blas"):
+        mixture.fit(points.double().numpy())
     covariances = torch.from_numpy(mixture.covariances_)
     scale_tril = torch.linalg.cholesky(covariances) if covariance == "full" else torch.diag_embed(covariances.sqrt())
     return {
