@@ -17,6 +17,7 @@ from cvae.metrics.generation import (
     InceptionFeatures,
     feature_fid,
     frequency_labels,
+    generator_report,
     in_chunks,
     read_reference,
     reference_features,
@@ -263,6 +264,19 @@ def evaluate_until(monkeypatch, tmp_path, name: str, overrides: list[str], mnist
     with pytest.raises(Captured) as captured:
         quality_report(MLP(latent_dim=2), cfg, mnist[0][:8], mnist[1][:8], PriorSampler())
     return captured.value.args[0]
+
+
+def test_the_iw_bound_is_the_same_whatever_the_fid_features(small_inception, mnist):
+    """test/nll_iw draws its importance samples from a stream of its own: building the Inception network (whose
+    initial weights come from torch's global generator) beside the FID does not move it."""
+    model, x, y = MLP(latent_dim=2), mnist[0][:20], mnist[1][:20]
+    bounds = {
+        features: generator_report(
+            model, x, y, num_samples=10, features=features, inception_weights=None, iw_samples=3, seed=0
+        )["test/nll_iw"]
+        for features in ("mnist", "inception")
+    }
+    assert bounds["mnist"] == bounds["inception"]
 
 
 @pytest.mark.parametrize("resize", ["tf1", "antialias"])

@@ -19,6 +19,7 @@ from cvae.metrics.inception import standard_inception, weights_file
 from cvae.model.cvae import Net, importance_weighted_nll
 from cvae.model.network import NUM_CLASSES
 from cvae.sampling.prior import Sampler, generate
+from cvae.seeding import seeded_global_rng
 from cvae.validate import check_choice
 
 FEATURE_CHUNK = 500  # images per feature-extractor call: small enough to stay in the CPU caches
@@ -271,7 +272,8 @@ def generator_report(
         metrics.update(x, y, real=True, features=f)
     metrics.update(generate(model, generated, seed, sampler), generated, real=False)
     report = {f"test/{name}": value for name, value in metrics.compute().items()}
-    report["test/nll_iw"] = mean_iw_nll(model, test_images, test_labels, iw_samples)
+    with seeded_global_rng(seed, device):  # its own stream: the same bound whatever the FID's network drew
+        report["test/nll_iw"] = mean_iw_nll(model, test_images, test_labels, iw_samples)
     if cas_per_digit > 0:
         report["test/cas"] = classification_accuracy_score(
             model, test_images, test_labels, cas_per_digit, epochs=cas_epochs, seed=seed, sampler=sampler
