@@ -4,6 +4,7 @@ the generation-quality callback actually use."""
 
 import contextlib
 import shutil
+import warnings
 from types import SimpleNamespace
 
 import pytest
@@ -89,6 +90,15 @@ def test_em_runs_on_one_blas_thread_and_fits_as_the_librarys_threads_do(monkeypa
     unlimited = fit_gaussian_mixture(points, 3, "full", seed=0)
     for key, value in unlimited.items():
         torch.testing.assert_close(limited[key], value, rtol=1e-9, atol=1e-9)
+
+
+def test_em_stopped_by_max_iterations_prints_nothing():
+    """EM runs sampler.max_iterations by design (tol 1e-6): scikit-learn's "did not converge", once per digit and
+    fit, would only be noise on the console."""
+    points = torch.randn(500, 4, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        fit_gaussian_mixture(points, 5, "full", seed=0, max_iterations=2)
 
 
 def test_gmm_fit_and_draws_are_deterministic_given_the_seed(model, train_slice, fitted):

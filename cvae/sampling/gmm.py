@@ -2,6 +2,7 @@
 fitted by EM to the posterior means of its training images, which keeps samples where the decoder was trained instead
 of in the prior's holes. The fit is saved beside its checkpoint and reused only for the same settings and file."""
 
+import warnings
 from pathlib import Path
 
 import torch
@@ -122,7 +123,8 @@ def fit_gaussian_mixture(
 ) -> dict[str, torch.Tensor]:
     """scikit-learn's EM fit, started from `components` distinct points drawn with the seed (the same points and seed
     give the same fit): float64 weights (K,), means (K, D) and Cholesky factors of the covariances (K, D, D)."""
-    from sklearn.mixture import GaussianMixture  # here: scikit-learn takes a second to import
+    from sklearn.exceptions import ConvergenceWarning  # here: scikit-learn takes a second to import
+    from sklearn.mixture import GaussianMixture
 
     mixture = GaussianMixture(
         components,
@@ -135,7 +137,9 @@ def fit_gaussian_mixture(
     )
     # EM's matrices are a few thousand by latent_dim: BLAS threads cost more than they share out, about 5x on 2 CPU
     # cores (python -m benchmarks.mixture); the fit is the same to float rounding
-    with threadpool_limits(limits=1, user_api="blas"):
+    with threadpool_limits(limits=1, user_api="blas"), warnings.catch_warnings():
+        # tol 1e-6 is set so that EM runs max_iterations: its "did not converge" would print for every digit
+        warnings.filterwarnings("ignore", category=ConvergenceWarning)
         mixture.fit(points.double().numpy())
     covariances = torch.from_numpy(mixture.covariances_)
     scale_tril = torch.linalg.cholesky(covariances) if covariance == "full" else torch.diag_embed(covariances.sqrt())
