@@ -13,7 +13,6 @@ import argparse
 import contextlib
 import statistics
 import time
-import warnings
 from unittest import mock
 
 import torch
@@ -29,7 +28,6 @@ def main() -> None:
     args = parser.parse_args()
     if min(args.latent_dim, args.components, args.repeats) < 1:
         parser.error("--latent-dim, --components and --repeats must be positive")
-    warnings.simplefilter("ignore")  # scikit-learn's ConvergenceWarning: tol 1e-6 is rarely reached in 200 steps
     generator = torch.Generator().manual_seed(0)
     mixing = torch.randn(args.latent_dim, args.latent_dim, dtype=torch.float64, generator=generator)
     points = torch.randn(5500, args.latent_dim, dtype=torch.float64, generator=generator) @ mixing
