@@ -293,7 +293,7 @@ def test_quality_resize_selects_the_resize(tmp_path, monkeypatch, mnist, resize)
 def test_training_callback_resizes_as_configured(tmp_path, mnist, resize):
     """Training's generation_quality callback measures as evaluate does: its resize (conf/quality/fid.yaml, shared
     by both) reaches the network it builds."""
-    from hydra.utils import instantiate
+    from cvae.trust import instantiate
 
     overrides = ["callbacks.generation_quality.features=inception", f"callbacks.generation_quality.resize={resize}"]
     callback = instantiate(compose_config("train", overrides, tmp_path).callbacks.generation_quality)
