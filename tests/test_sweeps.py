@@ -13,7 +13,7 @@ import yaml
 from hydra import compose, initialize_config_dir
 
 from cvae.run.resolvers import register_resolvers
-from tests.conftest import CONF_DIR, QUICK_RUN, QUICK_RUN_ANY_CALLBACKS, ROOT
+from tests.conftest import CONF_DIR, QUICK_RUN_ANY_CALLBACKS, ROOT
 from tests.test_train import run_script
 
 # one short epoch, nothing a sweep test does not look at
@@ -115,53 +115,39 @@ def test_joblib_workers_never_import_from_the_folder_the_command_was_typed_in(tm
     assert not marker.exists(), "a process imported the planted cvae package"
 
 
-def test_optuna_search_minimises_val_nelbo(tmp_path, data_dir):
-    sweep_dir = tmp_path / "search"
+def two_trial_search(sweep_dir, data_dir: str, search: str, monitor: str, *run: str) -> tuple[dict, list[float]]:
+    """A real `hparams_search=<search>` of 2 trials: its optimization_results.yaml and each member's `monitor`."""
     result = run_script(
         "train.py",
         "-m",
-        "hparams_search=optuna",
+        f"hparams_search={search}",
         "hydra.sweeper.n_trials=2",
-        *TINY_RUN,
+        *run,
         f"data.data_dir={data_dir}",
         f"hydra.sweep.dir={sweep_dir}",
     )
     assert result.returncode == 0, result.stderr[-3000:]
     found = yaml.safe_load((sweep_dir / "optimization_results.yaml").read_text())
+    return found, [json.loads((sweep_dir / trial / "metrics.json").read_text())[monitor] for trial in ("0", "1")]
+
+
+def test_optuna_search_minimises_val_nelbo(tmp_path, data_dir):
+    found, val_nelbos = two_trial_search(tmp_path / "search", data_dir, "optuna", "val/nelbo", *TINY_RUN)
     assert found["best_params"].keys() == {"latent_dim", "batch_size", "lr"}
-    val_nelbos = [json.loads((sweep_dir / trial / "metrics.json").read_text())["val/nelbo"] for trial in ("0", "1")]
     assert found["best_value"] == min(val_nelbos), "train.py returns val/nelbo, Optuna keeps the lowest"
-    assert [row["status"] for row in read_summary(sweep_dir)] == ["ok", "ok"]
+    assert [row["status"] for row in read_summary(tmp_path / "search")] == ["ok", "ok"]
 
 
 def test_quality_search_trains_conv_models_on_a_cosine_schedule_and_minimises_the_mixtures_fid(tmp_path, data_dir):
     """hparams_search=quality (issue 36): each trial a conv model on a cosine schedule, sampled from the mixture,
     its value the member's val/fid; Optuna keeps the lowest. The mixture is cut short here to stay fast."""
-    sweep_dir = tmp_path / "search"
-    quick = [override for override in QUICK_RUN if "max_epochs" not in override]
-    result = run_script(
-        "train.py",
-        "-m",
-        "hparams_search=quality",
-        "hydra.sweeper.n_trials=2",
-        *quick,
-        "trainer.limit_train_batches=2",
-        "trainer.limit_val_batches=1",
-        "trainer.limit_test_batches=1",
-        "trainer.max_epochs=1",
-        "logger=csv",
-        "sampler.components=2",
-        "sampler.max_iterations=5",
-        f"data.data_dir={data_dir}",
-        f"hydra.sweep.dir={sweep_dir}",
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
-    found = yaml.safe_load((sweep_dir / "optimization_results.yaml").read_text())
+    with_quality = [override for override in TINY_RUN if not override.startswith("callbacks=")]
+    mixture = ["callbacks.generation_quality.num_samples=1000", "sampler.components=2", "sampler.max_iterations=5"]
+    found, fids = two_trial_search(tmp_path / "search", data_dir, "quality", "val/fid", *with_quality, *mixture)
     assert found["best_params"].keys() == {"latent_dim", "model.beta", "model.net.learned_prior", "lr"}
-    fids = [json.loads((sweep_dir / trial / "metrics.json").read_text())["val/fid"] for trial in ("0", "1")]
     assert found["best_value"] == min(fids), "train.py returns val/fid, Optuna keeps the lowest"
     for trial in ("0", "1"):
-        cfg = yaml.safe_load((sweep_dir / trial / ".hydra" / "config.yaml").read_text())
+        cfg = yaml.safe_load((tmp_path / "search" / trial / ".hydra" / "config.yaml").read_text())
         assert cfg["model"]["net"]["_target_"] == "cvae.model.conv.Conv"
         assert cfg["model"]["scheduler"]["scheduler"]["_target_"].endswith("CosineAnnealingLR")
         assert cfg["sampler"]["_target_"].endswith("GaussianMixtureSampler")
