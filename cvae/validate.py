@@ -2,6 +2,7 @@
 the entry points run them before anything heavy is imported."""
 
 import math
+from pathlib import Path
 
 from cvae.errors import ConfigError
 
@@ -54,6 +55,13 @@ def check_finite(value, key: str, minimum: float = 0.0, above: bool = False) -> 
 def check_flag(value, key: str) -> bool:
     if not isinstance(value, bool):
         raise ConfigError(f"{key}={value!r} is not allowed: it must be true or false")
+    return value
+
+
+def check_folder(value, key: str) -> str:
+    """A path that is a folder or can become one (nothing there yet): not a file."""
+    if not isinstance(value, str) or not value or Path(value).expanduser().is_file():
+        raise ConfigError(f"{key}={value!r} is not allowed: it must be a folder (or null)")
     return value
 
 

@@ -458,6 +458,8 @@ def test_a_rejected_value_imports_neither_torch_nor_lightning(tmp_path):
         (["model.compile=yes"], "error: model.compile='yes' is not allowed"),
         (["callbacks.sample_grids.every_n_epochs=0"], "sample_grids.every_n_epochs=0"),
         (["callbacks.generation_quality.num_samples=15"], "num_samples=15 is not allowed"),
+        (["callbacks.generation_quality.reference_cache=maybe"], "generation_quality.reference_cache='maybe' is not"),
+        ([f"callbacks.generation_quality.cache_dir={ROOT / 'train.py'}"], "generation_quality.cache_dir="),
     ],
 )
 def test_each_component_checks_its_own_arguments_before_any_training(overrides, named, tmp_path, capsys, data_dir):

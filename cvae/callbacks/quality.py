@@ -5,16 +5,18 @@ import torch
 
 from cvae.callbacks.images import epoch_is_due
 from cvae.data.mnist import split_tensors
+from cvae.files import cache_dir as the_cache
 from cvae.metrics import FEATURE_EXTRACTORS, RESIZES
-from cvae.metrics.generation import balanced_labels, conditional_generation_metrics
+from cvae.metrics.generation import balanced_labels, conditional_generation_metrics, reference_features
 from cvae.sampling.prior import PriorSampler, Sampler, decode
-from cvae.validate import MAX_SAMPLES, check_at_most, check_choice, check_count
+from cvae.validate import MAX_SAMPLES, check_at_most, check_choice, check_count, check_flag, check_folder
 
 
 class GenerationQuality(pl.Callback):
     """Every n epochs and after the last, and on trainer.validate (train.py's pass over the best checkpoint, for
     metrics.json), val/fid and val/label_acc (overall and per digit): class-balanced samples, the same noise each
-    time, against the real validation images, whose features are extracted once. z comes from `sampler`: the
+    time, against the real validation images, whose features are extracted once (Inception's: read from the machine's
+    cache when it holds them, as evaluate.py's test features are). z comes from `sampler`: the
     prior, or an ex-post mixture refitted to the training images each time. Under DDP each rank generates its share
     and reads its shard; the torchmetrics states gather them all, so every rank logs the same figures."""
 
@@ -25,6 +27,8 @@ class GenerationQuality(pl.Callback):
         features: str = "mnist",
         inception_weights: str | None = None,
         resize: str = "tf1",
+        reference_cache: bool = True,
+        cache_dir: str | None = None,
         seed: int = 0,
         sampler: Sampler | None = None,
     ):
@@ -32,6 +36,10 @@ class GenerationQuality(pl.Callback):
         check_at_most(num_samples, "callbacks.generation_quality.num_samples", MAX_SAMPLES, multiple_of=10, minimum=10)
         check_choice(features, FEATURE_EXTRACTORS, "callbacks.generation_quality.features")
         self.resize = check_choice(resize, RESIZES, "callbacks.generation_quality.resize")
+        check_flag(reference_cache, "callbacks.generation_quality.reference_cache")
+        if cache_dir is not None:
+            check_folder(cache_dir, "callbacks.generation_quality.cache_dir")
+        self.cache = the_cache(cache_dir) if reference_cache else None
         self.every_n_epochs, self.num_samples, self.seed = every_n_epochs, num_samples, seed
         self.features, self.inception_weights = features, inception_weights
         self.sampler = sampler or PriorSampler()
@@ -50,7 +58,7 @@ class GenerationQuality(pl.Callback):
         device = pl_module.device
         if not self.has_real_features:  # this rank's shard, at once: features in chunks, whatever the batch size
             x, y = (torch.cat(parts).to(device) for parts in zip(*trainer.datamodule.val_dataloader()))
-            self.metrics.update(x, y, real=True)
+            self.metrics.update(x, y, real=True, features=reference_features(self.metrics.extractor, x, y, self.cache))
             self.has_real_features = True
         # The same weights give the same figures (the same noise, the same real images): train.py's pass over the
         # best checkpoint, when that is the last epoch's, is told what the last epoch measured, not a pass more.

@@ -23,6 +23,7 @@ from cvae.validate import (
     check_count,
     check_finite,
     check_flag,
+    check_folder,
     check_seed,
     parse_digit,
     parse_digits,
@@ -87,12 +88,6 @@ def existing_file(value, key: str) -> None:
         raise ConfigError(f"{key}={value} does not exist; pass {key}=<run dir>/checkpoints/last.ckpt")
 
 
-def a_folder(value, key: str) -> None:
-    """A path that is a folder or can become one (nothing there yet): not a file."""
-    if not isinstance(value, str) or not value or Path(value).expanduser().is_file():
-        raise ConfigError(f"{key}={value!r} is not allowed: it must be a folder (or null)")
-
-
 def image_set(value, key: str) -> None:
     """test, or an existing .pt / .npz file of images and labels."""
     path = Path(str(value))
@@ -150,7 +145,7 @@ class Quality:
     resize: str = limit(one_of(*RESIZES))
     labels: str = limit(one_of(*LABELS))
     reference_cache: bool = limit(check_flag)
-    cache_dir: Any = limit(a_folder, None)
+    cache_dir: Any = limit(check_folder, None)
 
 
 @dataclass
