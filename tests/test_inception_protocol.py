@@ -366,3 +366,32 @@ def test_training_callback_cache_settings_choose_the_folder(tmp_path, monkeypatc
         for case, overrides in chosen.items()
     }
     assert folders == {"default": tmp_path / "env", "cache_dir": tmp_path / "chosen", "off": None}
+
+
+def test_quality_stretch_scores_each_generated_digit_stretched(tmp_path, monkeypatch, mnist):
+    """quality.stretch=true scores each generated digit mapped linearly onto [0, 1] (Dai & Wipf's norm=True), as
+    computed here by hand from the same seed's digits scored with false; a uniform image is left as it is."""
+    import cvae.metrics.generation as generation
+    from cvae.run.evaluate import quality_report
+    from cvae.sampling.prior import PriorSampler
+
+    scored, update = [], generation.ConditionalGenerationMetrics.update
+
+    def spy(self, images, labels, real, features=None):
+        if not real:
+            scored.append(images.clone())
+        return update(self, images, labels, real, features)
+
+    monkeypatch.setattr(generation.ConditionalGenerationMetrics, "update", spy)
+    model, (test_x, test_y, _) = MLP(latent_dim=2), mnist
+    for stretch in ("false", "true"):
+        overrides = [*QUICK_EVALUATION, "ckpt_path=unused", "quality.iw_samples=2", f"quality.stretch={stretch}"]
+        quality_report(
+            model, compose_config("evaluate", overrides, tmp_path), test_x[:200], test_y[:200], PriorSampler()
+        )
+    plain, stretched = (images.flatten(1).double() for images in scored)
+    low, high = plain.min(dim=1, keepdim=True).values, plain.max(dim=1, keepdim=True).values
+    assert (high > low).all() and not torch.allclose(plain, stretched)
+    torch.testing.assert_close(stretched, (plain - low) / (high - low), atol=1e-6, rtol=0)
+    uniform = torch.full((2, 1, 28, 28), 0.3)
+    assert torch.equal(generation.min_max_stretch(uniform), uniform)

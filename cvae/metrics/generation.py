@@ -148,6 +148,15 @@ def sample_labels(
     return frequency_labels(num_samples, train_labels).to(device)
 
 
+def min_max_stretch(images: torch.Tensor) -> torch.Tensor:
+    """Each image mapped linearly onto [0, 1], its darkest pixel to 0 and its brightest to 1: Dai & Wipf's `norm=True`
+    (docs/literature.md). A uniform image is left as it is."""
+    flat = images.flatten(1)
+    low, high = flat.amin(dim=1, keepdim=True), flat.amax(dim=1, keepdim=True)
+    varies = high > low
+    return torch.where(varies, (flat - low) / torch.where(varies, high - low, 1.0), flat).view_as(images)
+
+
 def reference_key(extractor: "InceptionFeatures", images: torch.Tensor, labels: torch.Tensor) -> str:
     """SHA-256 of everything the reference features depend on: the images and labels as scored, the weights file,
     the resize and REFERENCE_FORMAT."""
@@ -259,18 +268,20 @@ def generator_report(
     labels: str = "balanced",
     train_labels: torch.Tensor | None = None,
     cache: str | Path | None = None,
+    stretch: bool = False,
 ) -> dict[str, float]:
     """The test-set figures of evaluate.py beyond the ELBO: nll_iw, FID and label accuracy (overall and per
-    digit) of generated digits (z from the sampler, by default the prior; `labels` as sample_labels says) against
-    the real test images, and CAS when cas_per_digit > 0. Inception's features of the test images come from the
-    `cache` folder when it holds them (None: computed each time)."""
+    digit) of generated digits (z from the sampler, by default the prior; `labels` as sample_labels says; each
+    min-max stretched with `stretch`) against the real test images, and CAS when cas_per_digit > 0. Inception's
+    features of the test images come from the `cache` folder when it holds them (None: computed each time)."""
     device = test_images.device
     metrics = conditional_generation_metrics(features, inception_weights, resize).to(device)
     generated = sample_labels(labels, num_samples, train_labels, device)
     real_features = reference_features(metrics.extractor, test_images, test_labels, cache)
     for x, y, f in zip(test_images.split(2000), test_labels.split(2000), real_features.split(2000)):
         metrics.update(x, y, real=True, features=f)
-    metrics.update(generate(model, generated, seed, sampler), generated, real=False)
+    images = generate(model, generated, seed, sampler)
+    metrics.update(min_max_stretch(images) if stretch else images, generated, real=False)
     report = {f"test/{name}": value for name, value in metrics.compute().items()}
     with seeded_global_rng(seed, device):  # its own stream: the same bound whatever the FID's network drew
         report["test/nll_iw"] = mean_iw_nll(model, test_images, test_labels, iw_samples)

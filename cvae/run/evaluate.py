@@ -121,6 +121,7 @@ def quality_report(
             sampler=sampler,
             resize=quality.resize,
             labels=quality.labels,
+            stretch=quality.stretch,
             train_labels=train_labels,
             cache=cache,
         )
