@@ -5,11 +5,15 @@ import torch
 
 from cvae.callbacks.images import epoch_is_due
 from cvae.data.mnist import split_tensors
-from cvae.files import cache_dir as the_cache
 from cvae.metrics import FEATURE_EXTRACTORS, RESIZES
-from cvae.metrics.generation import balanced_labels, conditional_generation_metrics, reference_features
+from cvae.metrics.generation import (
+    balanced_labels,
+    conditional_generation_metrics,
+    reference_cache_folder,
+    reference_features,
+)
 from cvae.sampling.prior import PriorSampler, Sampler, decode
-from cvae.validate import MAX_SAMPLES, check_at_most, check_choice, check_count, check_flag, check_folder
+from cvae.validate import MAX_SAMPLES, check_at_most, check_choice, check_count
 
 
 class GenerationQuality(pl.Callback):
@@ -36,10 +40,7 @@ class GenerationQuality(pl.Callback):
         check_at_most(num_samples, "callbacks.generation_quality.num_samples", MAX_SAMPLES, multiple_of=10, minimum=10)
         check_choice(features, FEATURE_EXTRACTORS, "callbacks.generation_quality.features")
         self.resize = check_choice(resize, RESIZES, "callbacks.generation_quality.resize")
-        check_flag(reference_cache, "callbacks.generation_quality.reference_cache")
-        if cache_dir is not None:
-            check_folder(cache_dir, "callbacks.generation_quality.cache_dir")
-        self.cache = the_cache(cache_dir) if reference_cache else None
+        self.cache = reference_cache_folder(reference_cache, cache_dir, "callbacks.generation_quality")
         self.every_n_epochs, self.num_samples, self.seed = every_n_epochs, num_samples, seed
         self.features, self.inception_weights = features, inception_weights
         self.sampler = sampler or PriorSampler()

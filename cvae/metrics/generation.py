@@ -12,7 +12,7 @@ from torchmetrics.classification import MulticlassAccuracy
 from torchmetrics.image.fid import FrechetInceptionDistance
 
 from cvae.errors import ConfigError, StorageError
-from cvae.files import file_sha256, save_cache, shown
+from cvae.files import cache_dir, file_sha256, save_cache, shown
 from cvae.metrics import FEATURE_EXTRACTORS, LABELS, RESIZES
 from cvae.metrics.classifier import ReferenceClassifier, accuracy, fit_classifier, load_reference_classifier
 from cvae.metrics.inception import standard_inception, weights_file
@@ -20,7 +20,7 @@ from cvae.model.cvae import Net, importance_weighted_nll
 from cvae.model.network import NUM_CLASSES
 from cvae.sampling.prior import Sampler, generate
 from cvae.seeding import seeded_global_rng
-from cvae.validate import check_choice
+from cvae.validate import check_choice, check_flag, check_folder
 
 FEATURE_CHUNK = 500  # images per feature-extractor call: small enough to stay in the CPU caches
 # images per Inception pass on a CPU: a 299 x 299 batch of 500 would hold gigabytes of activations
@@ -155,6 +155,15 @@ def min_max_stretch(images: torch.Tensor) -> torch.Tensor:
     low, high = flat.amin(dim=1, keepdim=True), flat.amax(dim=1, keepdim=True)
     varies = high > low
     return torch.where(varies, (flat - low) / torch.where(varies, high - low, 1.0), flat).view_as(images)
+
+
+def reference_cache_folder(enabled: bool, folder: str | None, prefix: str) -> Path | None:
+    """The folder reference features are cached in (cvae.files.cache_dir of `folder`), None when `enabled` is false:
+    the one reading of `<prefix>.reference_cache` and `<prefix>.cache_dir`, for evaluate and the training callback."""
+    check_flag(enabled, f"{prefix}.reference_cache")
+    if folder is not None:
+        check_folder(folder, f"{prefix}.cache_dir")
+    return cache_dir(folder) if enabled else None
 
 
 def reference_key(extractor: "InceptionFeatures", images: torch.Tensor, labels: torch.Tensor) -> str:

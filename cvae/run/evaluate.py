@@ -23,8 +23,8 @@ from cvae.explore.figures import (
 )
 from cvae.explore.latent import first_of_each_digit
 from cvae.explore.projector import write_projector
-from cvae.files import atomic_path, cache_dir, confined_to, write_json_atomic
-from cvae.metrics.generation import generator_report
+from cvae.files import atomic_path, confined_to, write_json_atomic
+from cvae.metrics.generation import generator_report, reference_cache_folder
 from cvae.model.checkpoint import load_module
 from cvae.model.cvae import Net, model_device, pixels
 from cvae.model.network import NUM_CLASSES
@@ -33,7 +33,7 @@ from cvae.run.rundir import check_task_writes
 from cvae.sampling.prior import Sampler
 from cvae.seeding import seeded_global_rng
 from cvae.trust import instantiate
-from cvae.validate import check_flag, parse_digit
+from cvae.validate import parse_digit
 
 DIGIT_ROWS = [str(digit) for digit in range(NUM_CLASSES)]
 
@@ -104,8 +104,7 @@ def quality_report(
     """test/fid, test/label_acc (both also per digit), test/nll_iw and, with quality.cas, test/cas. train_labels:
     what quality.labels=train_frequencies counts."""
     quality, device = cfg.quality, model_device(model)
-    check_flag(quality.reference_cache, "quality.reference_cache")
-    cache = cache_dir(quality.cache_dir) if quality.reference_cache else None
+    cache = reference_cache_folder(quality.reference_cache, quality.cache_dir, "quality")
     with seeded_global_rng(cfg.seed, device):
         return generator_report(
             model,
