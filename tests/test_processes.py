@@ -5,6 +5,7 @@ start ends the job within 30 s with one line. A relative path means relative to 
 
 import json
 import os
+import signal
 import socket
 import subprocess
 import time
@@ -133,9 +134,12 @@ class ExitAtStart(pl.Callback):
         os._exit(code)
 
 
-def test_a_rank_that_dies_at_start_ends_the_job_within_30_s_with_one_line(tmp_path, data_dir):
+@pytest.mark.parametrize("sigint", [signal.SIG_DFL, signal.SIG_IGN], ids=["interactive", "background"])
+def test_a_rank_that_dies_at_start_ends_the_job_within_30_s_with_one_line(tmp_path, data_dir, sigint):
     """Rank 0 waits in the process group's rendezvous for rank 1, which never joins: no interrupt reaches a thread
-    in that wait, which otherwise lasts minutes."""
+    in that wait, which otherwise lasts minutes. Started in the background (`nohup`, `&` in a script) the job has
+    SIGINT ignored, which a Python interrupt of the main thread obeys too; both are set here, whatever the test
+    process has (a test before may leave SIGINT ignored in it)."""
     died = tmp_path / "died"
     result = run_script(
         str(ROOT / "train.py"),
@@ -147,6 +151,7 @@ def test_a_rank_that_dies_at_start_ends_the_job_within_30_s_with_one_line(tmp_pa
         "+callbacks.exit.rank=1",
         "+callbacks.exit.code=3",
         f"+callbacks.exit.died={died}",
+        preexec_fn=lambda: signal.signal(signal.SIGINT, sigint),
     )
     ended = time.time()
     assert died.exists(), result.stderr[-3000:]

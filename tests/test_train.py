@@ -113,9 +113,10 @@ def test_evaluate_writes_its_own_metrics_and_samples(trained_run, data_dir, tmp_
         assert samples.height == 4 * grid and samples.width > 4 * grid
 
 
-def run_script(*args: str, cwd=ROOT, env_extra: dict | None = None) -> subprocess.CompletedProcess:
+def run_script(*args: str, cwd=ROOT, env_extra: dict | None = None, **popen) -> subprocess.CompletedProcess:
     env = {**os.environ, **(env_extra or {})}
-    return subprocess.run([sys.executable, *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
+    command = [sys.executable, *args]
+    return subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True, timeout=600, **popen)
 
 
 def test_multirun_gives_one_complete_run_per_member(tmp_path, data_dir):

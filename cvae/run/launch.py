@@ -73,6 +73,7 @@ def launch_local_ranks(trainer: pl.Trainer, cfg: DictConfig):
     first_rank = cluster.node_rank() * strategy.num_processes
     children = {first_rank + local: start_rank(local, cfg) for local in range(1, strategy.num_processes)}
     watchdog = RankWatchdog(children)
+    ignored_interrupts = interruptible_by(watchdog)
     watchdog.start()
     try:
         with exit_as_signalled(trainer):
@@ -94,12 +95,29 @@ def launch_local_ranks(trainer: pl.Trainer, cfg: DictConfig):
         raise
     finally:
         watchdog.stop()
+        if ignored_interrupts:
+            signal.signal(signal.SIGINT, signal.SIG_IGN)
         for child in children.values():
             child.kill()  # a no-op for those that exited; the others would wait forever for this rank
             child.wait()
         end_process_group()
         environment.stop()
         torch.set_num_threads(saved_threads)
+
+
+def interruptible_by(watchdog: "RankWatchdog") -> bool:
+    """A job started in the background (`nohup`, `&` in a script) has SIGINT ignored, and `interrupt_main` then does
+    nothing. There SIGINT gets a handler that raises for the watchdog's interrupt alone (a Ctrl-C stays ignored); True
+    when it did, so that the caller puts SIG_IGN back."""
+    if signal.getsignal(signal.SIGINT) != signal.SIG_IGN or threading.current_thread() is not threading.main_thread():
+        return False
+
+    def interrupt_for_a_dead_rank(signum: int, frame) -> None:
+        if watchdog.failure is not None:
+            raise KeyboardInterrupt
+
+    signal.signal(signal.SIGINT, interrupt_for_a_dead_rank)
+    return True
 
 
 class RankWatchdog(threading.Thread):
