@@ -18,6 +18,11 @@ os.environ["CVAE_TRUSTED_TARGETS"] = "tests.*"
 # as for train.py: made absolute once, here, for the tests that run commands in other folders
 if os.environ.get("CVAE_DATA_DIR"):
     os.environ["CVAE_DATA_DIR"] = os.path.abspath(os.environ["CVAE_DATA_DIR"])
+# pytest-xdist runs the tests in one process per core (addopts: -n auto): each, and the commands it starts, gets its
+# share of the cores, as a joblib sweep's members do, instead of every process spinning a thread per core
+if "PYTEST_XDIST_WORKER_COUNT" in os.environ and "OMP_NUM_THREADS" not in os.environ:
+    cores = len(os.sched_getaffinity(0))
+    os.environ["OMP_NUM_THREADS"] = str(max(1, cores // int(os.environ["PYTEST_XDIST_WORKER_COUNT"])))
 
 # A few batches of each split: enough to exercise every part of a run on real data in seconds.
 QUICK_RUN = [
@@ -38,6 +43,14 @@ QUICK_EVALUATION = [
     "quality.num_samples=1000",
     "quality.iw_samples=5",
 ]
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """The machine's one SLURM cluster, PostgreSQL server and Ray ports: their tests run in one worker, in turn
+    (`--dist loadgroup`), so that no test waits in a queue behind another's jobs."""
+    for item in items:
+        if any(item.get_closest_marker(name) for name in ("slurm", "postgres", "ray")):
+            item.add_marker(pytest.mark.xdist_group("services"))
 
 
 @pytest.fixture(scope="session")
