@@ -2,6 +2,9 @@
 short real training run that several tests inspect."""
 
 import os
+import signal
+import threading
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -51,6 +54,33 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
         if any(item.get_closest_marker(name) for name in ("slurm", "postgres", "ray")):
             item.add_marker(pytest.mark.xdist_group("services"))
+
+
+@contextmanager
+def process_state_kept():
+    """The environment and the SIGINT handler as they were: a library that sets a variable (MLflow's tracking URI, W&B's
+    service) or a launch that ignores SIGINT in this process would otherwise reach the commands later tests start."""
+    environment, sigint = dict(os.environ), signal.getsignal(signal.SIGINT)
+    try:
+        yield
+    finally:
+        os.environ.clear()
+        os.environ.update(environment)
+        if sigint is not None and threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGINT, sigint)
+
+
+@pytest.fixture(autouse=True, scope="module")
+def module_keeps_process_state():
+    """What a module's fixtures change (they are set up before any test's own fixtures) ends with the module."""
+    with process_state_kept():
+        yield
+
+
+@pytest.fixture(autouse=True)
+def test_keeps_process_state():
+    with process_state_kept():
+        yield
 
 
 @pytest.fixture(scope="session")

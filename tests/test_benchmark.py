@@ -77,7 +77,7 @@ def test_plain_loop_trains_the_model_lightning_trains(alternated):
 
 
 def test_report_has_the_table_the_ratio_and_its_verdict(alternated):
-    _, phases, _, text = alternated
+    _, phases, extra, text = alternated
     rows = [line for line in text.splitlines() if line.startswith("| (")]
     assert [row.split("|")[1].strip()[:3] for row in rows[:2]] == ["(a)", "(b)"]
     ratio = phases["b"].ratios
@@ -87,7 +87,9 @@ def test_report_has_the_table_the_ratio_and_its_verdict(alternated):
     extra_ms = phases["b"].extra_ms_per_step
     assert f"| {extra_ms.text()} |" in text
     assert f"| {extra_ms.text()} | ≤ 1.0 | {extra_ms.verdict(1.0)} |" in text, "Lightning's extra per step, its target"
-    assert "| FID on 100 samples |" in text and "- CPU: " in text
+    fid_seconds, _ = extra["fid"]
+    assert len(fid_seconds.values) == 5, "--fid-repeats' default"
+    assert f"| FID on 100 samples, s | {fid_seconds.text()} (" in text and "- CPU: " in text
 
 
 def test_the_plain_split_is_the_datamodules(data_dir):

@@ -27,12 +27,14 @@ class ReferenceClassifier(nn.Module):
 
     def __init__(self):
         super().__init__()
+        # pool before the ReLU: the same numbers (max and ReLU commute), a quarter of the ReLU's work, and ReLUs in
+        # place: the same features, faster (docs/speed.md)
         self.conv = nn.Sequential(
             nn.Conv2d(1, 32, 3, padding=1),
-            nn.ReLU(),
             nn.MaxPool2d(2),  # 32 x 14 x 14
+            nn.ReLU(inplace=True),
             nn.Conv2d(32, 64, 3, stride=2, padding=1),
-            nn.ReLU(),  # 64 x 7 x 7
+            nn.ReLU(inplace=True),  # 64 x 7 x 7
         )
         self.features_layer = nn.Sequential(
             nn.Flatten(), nn.Dropout(0.25), nn.Linear(64 * 7 * 7, self.num_features), nn.ReLU()

@@ -22,7 +22,9 @@ from cvae.sampling.prior import Sampler, generate
 from cvae.seeding import seeded_global_rng
 from cvae.validate import check_choice, check_flag, check_folder
 
-FEATURE_CHUNK = 500  # images per feature-extractor call: small enough to stay in the CPU caches
+# images per feature-extractor call: the classifier's first activations of 100 digits (10 MB) stay in a CPU's last
+# cache level, 500's (50 MB) did not (docs/speed.md)
+FEATURE_CHUNK = 100
 # images per Inception pass on a CPU: a 299 x 299 batch of 500 would hold gigabytes of activations
 # (python -m benchmarks.inception, docs/evaluation.md)
 INCEPTION_BATCH = 50
