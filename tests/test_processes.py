@@ -138,8 +138,7 @@ class ExitAtStart(pl.Callback):
 def test_a_rank_that_dies_at_start_ends_the_job_within_30_s_with_one_line(tmp_path, data_dir, sigint):
     """Rank 0 waits in the process group's rendezvous for rank 1, which never joins: no interrupt reaches a thread
     in that wait, which otherwise lasts minutes. Started in the background (`nohup`, `&` in a script) the job has
-    SIGINT ignored, which a Python interrupt of the main thread obeys too; both are set here, whatever the test
-    process has (a test before may leave SIGINT ignored in it)."""
+    SIGINT ignored, which a Python interrupt of the main thread obeys too: both dispositions are set here."""
     died = tmp_path / "died"
     result = run_script(
         str(ROOT / "train.py"),
