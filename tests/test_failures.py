@@ -66,9 +66,12 @@ def test_bad_training_values_fail_before_any_work(override, named, tmp_path, cap
         ("export.per_digit=-5", "export.per_digit=-5"),
         ("quality.num_samples=15", "quality.num_samples=15"),
         ("quality.iw_samples=0", "quality.iw_samples=0"),
+        # checked by the sampler's own constructor: built before the test pass, fitted after it
+        ("sampler.temperature=0", "sampler.temperature=0"),
     ],
 )
-def test_bad_evaluation_requests_fail_before_any_work(override, named, tmp_path, capsys, trained_run):
+def test_bad_evaluation_requests_fail_before_any_work(override, named, tmp_path, capsys, trained_run, monkeypatch):
+    monkeypatch.setattr(pl.Trainer, "test", lambda *args, **kwargs: pytest.fail("the test pass ran before the check"))
     ckpt = trained_run[0] / "checkpoints" / "best.ckpt"
     cfg = compose_config("evaluate", [f"ckpt_path={ckpt}", override], tmp_path)
     assert named in expect_one_line_exit(capsys, evaluate, cfg)
@@ -439,6 +442,7 @@ def test_a_rejected_value_imports_neither_torch_nor_lightning(tmp_path):
         (["model.eval_seed=-1"], "error: model.eval_seed=-1 is not allowed"),
         (["trainer.precision=17"], "error: pytorch_lightning.Trainer refused its arguments: Precision 17 is invalid"),
         (["sampler=gmm", "sampler.components=0"], "error: sampler.components=0 is not allowed"),
+        (["sampler.temperature=0"], "error: sampler.temperature=0 is not allowed"),
         (
             ["callbacks.generation_quality.features=foo"],
             "error: callbacks.generation_quality.features='foo' is unknown",

@@ -126,6 +126,20 @@ def test_gmm_draws_for_digit_d_come_from_digit_ds_mixture(model, fitted):
             assert (other_mean - mean).abs().max() > (z.mean(0) - mean).abs().max()
 
 
+def test_temperature_pulls_each_gmm_draw_toward_its_components_mean(model, train_slice, fitted):
+    """z = m_k + t * L_k eps with the draws of t = 1 (the same component and noise): 2 z(0.5) - z(1) is the mean of
+    a component of the label's digit, for every draw; t = 1, the default, is the draw of before to the bit."""
+    labels = balanced_labels(1000)
+    full, half = (GaussianMixtureSampler(3, fit_seed=1, temperature=t).fit(model, *train_slice) for t in (1.0, 0.5))
+    assert torch.equal(full.latents(model, labels, seed=5), fitted.latents(model, labels, seed=5))
+    implied_means = 2 * half.latents(model, labels, seed=5).double() - full.latents(model, labels, seed=5).double()
+    distance = (implied_means[:, None, :] - fitted.mixture["means"][labels]).norm(dim=2).min(dim=1).values
+    assert distance.max() < 1e-5, "a draw left the line from its component's mean"
+    # and not a mean of another digit's components: the draws of 0s and 1s differ
+    zeros_against_ones = (implied_means[:100, None, :] - fitted.mixture["means"][1][None]).norm(dim=2)
+    assert zeros_against_ones.min() > 1e-3
+
+
 def test_the_fit_is_saved_beside_the_checkpoint_and_reused_only_when_it_matches(model, train_slice, tmp_path, capsys):
     ckpt = tmp_path / "best.ckpt"
     ckpt.write_bytes(b"checkpoint one")
@@ -154,6 +168,12 @@ def test_prior_sampler_draws_from_the_learned_prior():
     z = PriorSampler().latents(model, torch.full((50_000,), 3), seed=0)
     torch.testing.assert_close(z.mean(0), torch.tensor([4.0, -2.0]), atol=0.02, rtol=0)
     torch.testing.assert_close(z.std(0), torch.tensor([1.0, 0.5]), atol=0.02, rtol=0)
+    cooler = PriorSampler(temperature=0.5).latents(model, torch.full((50_000,), 3), seed=0)
+    torch.testing.assert_close(cooler.mean(0), torch.tensor([4.0, -2.0]), atol=0.01, rtol=0)
+    torch.testing.assert_close(cooler.std(0), torch.tensor([0.5, 0.25]), atol=0.01, rtol=0)
+    grid, cooler_grid = (PriorSampler(temperature=t).grid_latents(model, 10) for t in (1.0, 0.5))
+    mean = model.prior_mu.detach()[torch.arange(10).repeat_interleave(10)]
+    torch.testing.assert_close(cooler_grid - mean, 0.5 * (grid - mean))
 
 
 def test_evaluate_draws_every_sample_from_the_chosen_sampler(trained_run, data_dir, tmp_path):
@@ -161,14 +181,14 @@ def test_evaluate_draws_every_sample_from_the_chosen_sampler(trained_run, data_d
 
     ckpt = tmp_path / "model.ckpt"  # a copy: the fit made below lands beside it, not in the shared run
     shutil.copy(trained_run[0] / "checkpoints" / "best.ckpt", ckpt)
-    settings = ["sampler=gmm", "sampler.components=2", "sampler.covariance=diag"]
+    settings = ["sampler=gmm", "sampler.components=2", "sampler.covariance=diag", "sampler.temperature=0.7"]
     overrides = [f"ckpt_path={ckpt}", f"data.data_dir={data_dir}", *QUICK_EVALUATION, *settings, "digit=4"]
     (tmp_path / "gmm").mkdir()
     evaluate(compose_config("evaluate", [*overrides, "trainer.limit_test_batches=1"], tmp_path / "gmm"))
 
     assert not (tmp_path / "model.ckpt.gmm2_diag_seed0.pt").exists(), "evaluate wrote outside its run dir"
     model = load_module(ckpt).net
-    sampler = GaussianMixtureSampler(components=2, covariance="diag")
+    sampler = GaussianMixtureSampler(components=2, covariance="diag", temperature=0.7)
     sampler.fit_for_checkpoint(model, *mnist("train", data_dir), ckpt)  # the fit evaluate made, made again
     # drawn for people (for_people: tests/test_first_hour.py checks it against np.kron): 4x, a digit label per row
     samples = for_people(digit_rows(model, sampler.grid_latents(model, 10, seed=42)), [str(d) for d in range(10)])
@@ -223,6 +243,7 @@ def test_generation_quality_callback_measures_the_chosen_sampler(model, data_dir
 
 class CountingSampler(PriorSampler):
     def __init__(self):
+        super().__init__()
         self.draws = 0
 
     def latents(self, net, labels, seed):

@@ -50,10 +50,11 @@ def evaluate(cfg: DictConfig) -> dict:
         scored = None if cfg.anomaly.scores_for in (None, "test") else load_image_set(cfg.anomaly.scores_for)
         datamodule = instantiate(cfg.data)
         trainer = instantiate(cfg.trainer, logger=False, callbacks=[], enable_checkpointing=False)
+        sampler = instantiate(cfg.sampler)  # built (its arguments checked) before the test pass, fitted after it
         metrics = trainer.test(module, datamodule=datamodule, verbose=False)[0]
         module.to(trainer.strategy.root_device)  # Lightning moves it to the CPU after testing; the rest runs here
         train_split = split_tensors(datamodule, "train")
-        sampler = instantiate(cfg.sampler).fit_for_checkpoint(module.net, *train_split, cfg.ckpt_path)
+        sampler = sampler.fit_for_checkpoint(module.net, *train_split, cfg.ckpt_path)
         z = sampler.grid_latents(module.net, cfg.samples_per_digit, seed=cfg.seed)
         samples = digit_rows(module.net, z.to(model_device(module.net)))
         save_png(for_people(samples, DIGIT_ROWS, cfg.picture_scale), output_dir / "samples.png")

@@ -13,7 +13,7 @@ from cvae.files import file_sha256, may_write, save_torch_atomic
 from cvae.model.cvae import Net, posterior_means
 from cvae.model.network import NUM_CLASSES
 from cvae.sampling import COVARIANCES
-from cvae.sampling.prior import grid_labels
+from cvae.sampling.prior import check_temperature, grid_labels
 from cvae.trust import first_line
 from cvae.validate import MAX_IMAGES, check_at_most, check_choice, check_count
 
@@ -21,16 +21,25 @@ FIT_FORMAT = 2  # bump when a saved fit's contents change meaning (2: fitted by 
 
 
 class GaussianMixtureSampler:
-    """z ~ the Gaussian mixture of its digit, `components` components with full or diagonal covariances."""
+    """z ~ the Gaussian mixture of its digit, `components` components with full or diagonal covariances; with
+    temperature t < 1, z = m_k + t * L_k eps, each draw pulled toward its component's mean."""
 
     name = "gmm"
 
-    def __init__(self, components: int = 10, covariance: str = "full", fit_seed: int = 0, max_iterations: int = 200):
+    def __init__(
+        self,
+        components: int = 10,
+        covariance: str = "full",
+        fit_seed: int = 0,
+        max_iterations: int = 200,
+        temperature: float = 1.0,
+    ):
         check_at_most(components, "sampler.components", MAX_IMAGES)
         check_choice(covariance, COVARIANCES, "sampler.covariance")
         check_count(max_iterations, "sampler.max_iterations")
         self.components, self.covariance = components, covariance
         self.fit_seed, self.max_iterations = fit_seed, max_iterations
+        self.temperature = check_temperature(temperature)  # the fit does not depend on it: a saved fit serves every t
         # weights (10, K), means (10, K, D), scale_tril (10, K, D, D)
         self.mixture: dict[str, torch.Tensor] | None = None
 
@@ -87,7 +96,8 @@ class GaussianMixtureSampler:
         generator = torch.Generator().manual_seed(seed)
         component = torch.multinomial(self.mixture["weights"][labels], 1, generator=generator).squeeze(1)
         eps = torch.randn(len(labels), model.latent_dim, 1, generator=generator, dtype=torch.float64)
-        z = self.mixture["means"][labels, component] + (self.mixture["scale_tril"][labels, component] @ eps).squeeze(2)
+        deviation = (self.mixture["scale_tril"][labels, component] @ eps).squeeze(2)
+        z = self.mixture["means"][labels, component] + self.temperature * deviation
         return z.float()
 
     def grid_latents(self, model: Net, samples_per_digit: int, seed: int = 0) -> torch.Tensor:

@@ -8,12 +8,14 @@ from tqdm.auto import tqdm
 
 from cvae.model.cvae import Net, model_device, prior_sample, sample
 from cvae.model.network import NUM_CLASSES
+from cvae.validate import check_finite
 
 
 class Sampler(Protocol):
     """Where z comes from (conf/sampler/): PriorSampler or GaussianMixtureSampler."""
 
     name: str
+    temperature: float
 
     def fit(self, model: Net, images: torch.Tensor, labels: torch.Tensor) -> "Sampler": ...
 
@@ -22,6 +24,11 @@ class Sampler(Protocol):
     def latents(self, model: Net, labels: torch.Tensor, seed: int) -> torch.Tensor: ...
 
     def grid_latents(self, model: Net, samples_per_digit: int, seed: int = 0) -> torch.Tensor: ...
+
+
+def check_temperature(value) -> float:
+    """sampler.temperature: the factor on every sampler's noise; 1 draws from the distribution itself."""
+    return check_finite(value, "sampler.temperature", minimum=0.0, above=True)
 
 
 def prior_latents(count: int, latent_dim: int, seed: int) -> torch.Tensor:
@@ -36,9 +43,13 @@ def grid_labels(samples_per_digit: int) -> torch.Tensor:
 
 
 class PriorSampler:
-    """z ~ p(z | y), the model's own prior."""
+    """z ~ p(z | y), the model's own prior; with temperature t < 1, z = mu_y + t * sigma_y * eps, the noise shrunk
+    toward each digit's mean (NVAE's and Glow's sampling temperature): likelier digits, less variety."""
 
     name = "prior"
+
+    def __init__(self, temperature: float = 1.0):
+        self.temperature = check_temperature(temperature)
 
     def fit(self, model: Net, images: torch.Tensor, labels: torch.Tensor) -> "PriorSampler":
         return self  # nothing to fit
@@ -48,12 +59,12 @@ class PriorSampler:
 
     def latents(self, model: Net, labels: torch.Tensor, seed: int) -> torch.Tensor:
         """One z per label, on the CPU."""
-        return from_prior(model, labels, prior_latents(len(labels), model.latent_dim, seed))
+        return from_prior(model, labels, self.temperature * prior_latents(len(labels), model.latent_dim, seed))
 
     def grid_latents(self, model: Net, samples_per_digit: int, seed: int = 0) -> torch.Tensor:
         """z for a grid with a row per digit: the same noise in every row, so a column is one style."""
         eps = prior_latents(samples_per_digit, model.latent_dim, seed).repeat(NUM_CLASSES, 1)
-        return from_prior(model, grid_labels(samples_per_digit), eps)
+        return from_prior(model, grid_labels(samples_per_digit), self.temperature * eps)
 
 
 @torch.no_grad()
