@@ -13,8 +13,7 @@ from cvae.data.mnist import MNISTDataModule, split_tensors
 from cvae.explore.digits import digit_strings, digit_variants
 from cvae.explore.figures import image_grid, latent_map_images, rows_grid
 from cvae.model.checkpoint import load_module
-from cvae.model.cvae import pixels, posterior_means, sample
-from cvae.model.network import IMAGE_SHAPE
+from cvae.model.cvae import pixels, posterior_means, reconstruct
 from cvae.sampling.gmm import GaussianMixtureSampler
 from cvae.sampling.prior import PriorSampler, Sampler
 from cvae.validate import check_choice
@@ -42,8 +41,7 @@ class Generator:
 
     def reconstruct(self, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         """Images decoded at their posterior means: (N, 1, 28, 28)."""
-        z = self.encode(images, labels)
-        return sample(self.model, labels, z).cpu().view(-1, *IMAGE_SHAPE)
+        return reconstruct(self.model, images, labels).cpu()
 
     def latent_map(self, images: torch.Tensor, labels: torch.Tensor) -> np.ndarray:
         """The posterior means coloured by digit (above latent_dim 2: two principal components): (H, W, 3)."""

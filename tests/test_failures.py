@@ -404,6 +404,7 @@ def no_work(cfg):
         ("evaluate", ["quality.resize=cubic"], "error: quality.resize='cubic' is unknown"),
         ("evaluate", ["quality.labels=random"], "error: quality.labels='random' is unknown"),
         ("evaluate", ["quality.stretch=yes"], "error: quality.stretch='yes' is not allowed"),
+        ("evaluate", ["quality.reconstructions=1x"], "error: quality.reconstructions='1x' is not allowed"),
         ("evaluate", ["quality.reference_cache=maybe"], "error: quality.reference_cache='maybe' is not allowed"),
         ("evaluate", [f"quality.cache_dir={ROOT / 'train.py'}"], "error: quality.cache_dir="),
         ("evaluate", ["anomaly.scores_for=missing.pt"], "error: anomaly.scores_for='missing.pt' is neither test"),

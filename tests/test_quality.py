@@ -205,3 +205,44 @@ def test_inception_wiring_with_stand_in_weights(tmp_path, real, monkeypatch):
         metrics.update(test_x[:6], test_y[:6], real=True)
         metrics.update(test_x[6:12], test_y[6:12], real=False)
     assert torch.isfinite(torch.tensor(metrics.compute()["fid"]))
+
+
+def frechet_distance(first: torch.Tensor, second: torch.Tensor) -> float:
+    """The Fréchet distance of two feature sets' Gaussians, written out in float64 with SciPy's matrix square root:
+    an independent computation of what torchmetrics' FID returns."""
+    import numpy as np
+    from scipy import linalg
+
+    a, b = first.double().numpy(), second.double().numpy()
+    mean_a, mean_b, cov_a, cov_b = a.mean(0), b.mean(0), np.cov(a, rowvar=False), np.cov(b, rowvar=False)
+    root = linalg.sqrtm(cov_a @ cov_b).real
+    return float(((mean_a - mean_b) ** 2).sum() + np.trace(cov_a + cov_b - 2 * root))
+
+
+@pytest.mark.filterwarnings("ignore:Matrix is singular")  # SciPy's sqrtm, on features with dead ReLU units
+def test_reconstruction_fid_scores_the_test_images_decoded_at_their_posterior_means(trained_run, real, tmp_path):
+    """quality.reconstructions adds test/fid_rec: the FID, on the chosen features, of each test image decoded at its
+    own posterior mean, against the test images (computed here by hand: encoder mean, decoder's Bernoulli means,
+    SciPy's Fréchet distance), and leaves every other figure as it was."""
+    from cvae.model.checkpoint import load_module
+    from cvae.run.evaluate import quality_report
+    from cvae.sampling.prior import PriorSampler
+    from tests.conftest import QUICK_EVALUATION, compose_config
+
+    net = load_module(trained_run[0] / "checkpoints" / "best.ckpt").net
+    test_x, test_y = real[0][:1000], real[1][:1000]
+    reports = {}
+    for flag in ("false", "true"):
+        overrides = [*QUICK_EVALUATION, "ckpt_path=unused", "quality.iw_samples=2", f"quality.reconstructions={flag}"]
+        cfg = compose_config("evaluate", overrides, tmp_path)
+        reports[flag] = quality_report(net, cfg, test_x, test_y, PriorSampler())
+    measured = reports["true"].pop("test/fid_rec")
+    assert "test/fid_rec" not in reports["false"] and reports["true"] == reports["false"]
+
+    with torch.no_grad():
+        mu, _ = net.encode(test_x, test_y)
+        rebuilt = torch.sigmoid(net.decode(mu, test_y))
+        features = load_reference_classifier().features
+        expected = frechet_distance(features(test_x), features(rebuilt))
+    assert measured == pytest.approx(expected, rel=1e-3)
+    assert expected > 1  # a two-epoch model's reconstructions are visibly not the test images

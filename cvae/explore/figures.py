@@ -12,7 +12,7 @@ from PIL import Image, ImageDraw, ImageFont
 from torchvision.utils import make_grid
 
 from cvae.explore import latent
-from cvae.model.cvae import Net, pixels, posterior_means, sample
+from cvae.model.cvae import Net, pixels, posterior_means, reconstruct, sample
 from cvae.model.network import IMAGE_SHAPE, NUM_CLASSES
 
 GRID_PADDING = 2  # pixels between the images of a grid (make_grid's default)
@@ -58,8 +58,7 @@ def digit_rows(model: Net, z: torch.Tensor) -> torch.Tensor:
 @torch.no_grad()
 def reconstruction_rows(model: Net, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     """Originals above their reconstructions, decoded at the posterior mean."""
-    mu, _ = model.encode(x, y)
-    return image_grid(torch.cat([x.view(-1, *IMAGE_SHAPE), sample(model, y, mu)]), nrow=len(x))
+    return image_grid(torch.cat([x.view(-1, *IMAGE_SHAPE), reconstruct(model, x, y)]), nrow=len(x))
 
 
 def latent_map_images(

@@ -16,7 +16,7 @@ from cvae.files import cache_dir, file_sha256, save_cache, shown
 from cvae.metrics import FEATURE_EXTRACTORS, LABELS, RESIZES
 from cvae.metrics.classifier import ReferenceClassifier, accuracy, fit_classifier, load_reference_classifier
 from cvae.metrics.inception import standard_inception, weights_file
-from cvae.model.cvae import Net, importance_weighted_nll
+from cvae.model.cvae import Net, importance_weighted_nll, reconstruct
 from cvae.model.network import NUM_CLASSES
 from cvae.sampling.prior import Sampler, generate
 from cvae.seeding import seeded_global_rng
@@ -159,6 +159,15 @@ def min_max_stretch(images: torch.Tensor) -> torch.Tensor:
     return torch.where(varies, (flat - low) / torch.where(varies, high - low, 1.0), flat).view_as(images)
 
 
+def reconstruction_fid(extractor: nn.Module, real_features: torch.Tensor, reconstructions: torch.Tensor) -> float:
+    """FID of the test images' reconstructions against the test images (their features given): Ghosh et al.'s REC,
+    what the decoder draws when each z is an image's own code, so the sampler is out of the comparison."""
+    fid = feature_fid(extractor.num_features)
+    fid.update(real_features, real=True)
+    fid.update(in_chunks(extractor, reconstructions), real=False)
+    return fid.compute().item()
+
+
 def reference_cache_folder(enabled: bool, folder: str | None, prefix: str) -> Path | None:
     """The folder reference features are cached in (cvae.files.cache_dir of `folder`), None when `enabled` is false:
     the one reading of `<prefix>.reference_cache` and `<prefix>.cache_dir`, for evaluate and the training callback."""
@@ -280,10 +289,12 @@ def generator_report(
     train_labels: torch.Tensor | None = None,
     cache: str | Path | None = None,
     stretch: bool = False,
+    reconstructions: bool = False,
 ) -> dict[str, float]:
     """The test-set figures of evaluate.py beyond the ELBO: nll_iw, FID and label accuracy (overall and per
     digit) of generated digits (z from the sampler, by default the prior; `labels` as sample_labels says; each
-    min-max stretched with `stretch`) against the real test images, and CAS when cas_per_digit > 0. Inception's
+    min-max stretched with `stretch`) against the real test images, CAS when cas_per_digit > 0, and with
+    `reconstructions` the FID of the test images' reconstructions (fid_rec; stretched as the samples are). Inception's
     features of the test images come from the `cache` folder when it holds them (None: computed each time)."""
     device = test_images.device
     metrics = conditional_generation_metrics(features, inception_weights, resize).to(device)
@@ -294,6 +305,11 @@ def generator_report(
     images = generate(model, generated, seed, sampler)
     metrics.update(min_max_stretch(images) if stretch else images, generated, real=False)
     report = {f"test/{name}": value for name, value in metrics.compute().items()}
+    if reconstructions:
+        rebuilt = reconstruct(model, test_images, test_labels)
+        report["test/fid_rec"] = reconstruction_fid(
+            metrics.extractor, real_features, min_max_stretch(rebuilt) if stretch else rebuilt
+        )
     with seeded_global_rng(seed, device):  # its own stream: the same bound whatever the FID's network drew
         report["test/nll_iw"] = mean_iw_nll(model, test_images, test_labels, iw_samples)
     if cas_per_digit > 0:

@@ -102,8 +102,8 @@ def quality_report(
     sampler: Sampler,
     train_labels: torch.Tensor | None = None,
 ) -> dict[str, float]:
-    """test/fid, test/label_acc (both also per digit), test/nll_iw and, with quality.cas, test/cas. train_labels:
-    what quality.labels=train_frequencies counts."""
+    """test/fid, test/label_acc (both also per digit), test/nll_iw, with quality.cas test/cas and with
+    quality.reconstructions test/fid_rec. train_labels: what quality.labels=train_frequencies counts."""
     quality, device = cfg.quality, model_device(model)
     cache = reference_cache_folder(quality.reference_cache, quality.cache_dir, "quality")
     with seeded_global_rng(cfg.seed, device):
@@ -122,6 +122,7 @@ def quality_report(
             resize=quality.resize,
             labels=quality.labels,
             stretch=quality.stretch,
+            reconstructions=quality.reconstructions,
             train_labels=train_labels,
             cache=cache,
         )

@@ -145,6 +145,7 @@ class Quality:
     resize: str = limit(one_of(*RESIZES))
     labels: str = limit(one_of(*LABELS))
     stretch: bool = limit(check_flag)
+    reconstructions: bool = limit(check_flag)
     reference_cache: bool = limit(check_flag)
     cache_dir: Any = limit(check_folder, None)
 
