@@ -44,12 +44,19 @@ class KillAt(pl.Callback):
     joblib member runs in a worker, the launcher's child, and lives on; a SLURM job is cancelled instead (scancel),
     as a user would, and SLURM sends it SIGTERM. A member that lives on holds at that step, as
     CVAE_TEST_HOLD=<run dir name>:<step> holds a run, until SIGTERM stops it (at most HOLD_SECONDS), so that it is
-    still mid-run when the launcher's death or the cancellation reaches it."""
+    still mid-run when the launcher's death or the cancellation reaches it. Where CVAE_TEST_HELD names a file, the
+    held run creates it once it holds, and the kill waits for it: on a loaded machine the other members' pace does
+    not decide whether the held one has reached its step."""
 
     def __init__(self, run_dir: str):
         self.run_dir = Path(run_dir)
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        held = Path(os.environ["CVAE_TEST_HELD"]) if os.environ.get("CVAE_TEST_HELD") else None
+        if self.asked("CVAE_TEST_HOLD", trainer) and held:
+            held.touch()
+        if self.asked("CVAE_TEST_KILL", trainer) and held:
+            wait_for(held.is_file, HOLD_SECONDS, "the held run never reached its step")
         if self.asked("CVAE_TEST_KILL", trainer) and os.environ.get("SLURM_ARRAY_JOB_ID"):
             job = f"{os.environ['SLURM_ARRAY_JOB_ID']}_{os.environ['SLURM_ARRAY_TASK_ID']}"
             subprocess.run(["scancel", job], check=True)
@@ -66,7 +73,16 @@ class KillAt(pl.Callback):
         return name == self.run_dir.name and trainer.global_step == int(step)
 
 
-HOLD_SECONDS = 60
+HOLD_SECONDS = 180  # a safety net only: SIGTERM ends the hold
+
+
+def wait_for(condition, seconds: float, failure: str) -> None:
+    deadline = time.monotonic() + seconds
+    while not condition():
+        assert time.monotonic() < deadline, failure
+        time.sleep(0.05)
+
+
 # how long the processes a killed launcher started may live on: a member's look at its launcher, the step it stops
 # at, and then the worker's end (cvae/callbacks/orphans.py GRACE_PERIOD)
 OUTLIVE_SECONDS = 20
@@ -194,7 +210,7 @@ def test_a_joblib_sweep_whose_launcher_was_killed_leaves_no_worker_and_finishes_
         finished.update(files_of(sweep_dir / "0"))
 
     joblib = ["hydra/launcher=joblib", "hydra.launcher.n_jobs=2"]
-    kill = {"CVAE_TEST_HOLD": "1:4", "CVAE_TEST_KILL": "2:4"}
+    kill = {"CVAE_TEST_HOLD": "1:4", "CVAE_TEST_KILL": "2:4", "CVAE_TEST_HELD": str(tmp_path / "held")}
     says = "is gone: its worker"
     again = killed_and_run_again(sweep_dir, data_dir, on_kill, *joblib, "latent_dim=2,3,4", kill=kill, says=says)
     assert files_of(sweep_dir / "0") == finished, "the finished member is kept as it was"

@@ -202,13 +202,13 @@ def test_a_sweep_run_again_while_its_killed_launchers_job_runs_never_writes_into
     sweep_dir = tmp_path / "sweep"
     command = ["train.py", "-m", "hydra/launcher=slurm", "latent_dim=2,3", *SWEEP_RUN, f"data.data_dir={data_dir}"]
     command += ["resume.auto=true", f"hydra.sweep.dir={sweep_dir}"]
-    env = {**os.environ, "CVAE_TEST_HOLD": "1:4"}
+    held = tmp_path / "held"  # member 1's job creates it once it holds at its step 4
+    env = {**os.environ, "CVAE_TEST_HOLD": "1:4", "CVAE_TEST_HELD": str(held)}
     launcher = subprocess.Popen([sys.executable, *command], cwd=ROOT, env=env, stdout=subprocess.DEVNULL)
     deadline = time.monotonic() + 300
-    while not ((sweep_dir / "0" / "metrics.json").is_file() and (sweep_dir / "1" / "checkpoints").is_dir()):
+    while not ((sweep_dir / "0" / "metrics.json").is_file() and held.is_file()):
         assert launcher.poll() is None and time.monotonic() < deadline, "the sweep ended before its kill"
         time.sleep(0.2)
-    time.sleep(2)  # member 1 is at its step 4, held
     launcher.kill()
     launcher.wait()
     job = next(path.name for path in sorted((sweep_dir / ".submitit").glob("*_1")))
