@@ -1,8 +1,8 @@
 """Every config group option composes, and the top-level knobs reach the objects they configure."""
 
 import pytest
-from hydra.utils import instantiate
 
+from cvae.trust import instantiate
 from tests.conftest import CONF_DIR, compose_config
 
 GROUP_OPTIONS = [

@@ -274,7 +274,7 @@ def test_the_pass_over_the_best_checkpoint_repeats_no_generation_of_the_same_wei
 
 
 def test_the_sampler_group_reaches_evaluate_and_the_callback(tmp_path):
-    from hydra.utils import instantiate
+    from cvae.trust import instantiate
 
     train_cfg = compose_config("train", ["sampler=gmm", "sampler.components=4"], tmp_path)
     callback = instantiate(train_cfg.callbacks.generation_quality)

@@ -2,11 +2,11 @@
 trainer=mps, and `--help` with a usage summary through Hydra's help template."""
 
 import pytest
-from hydra.utils import instantiate
 from pytorch_lightning.accelerators import AcceleratorRegistry
 from pytorch_lightning.callbacks import EarlyStopping, ModelCheckpoint
 from pytorch_lightning.profilers import SimpleProfiler
 
+from cvae.trust import instantiate
 from cvae.trust import instantiate_group as build_group
 from tests.conftest import QUICK_RUN_ANY_CALLBACKS, compose_config
 from tests.test_train import run_script
